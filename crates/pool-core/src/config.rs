@@ -1,0 +1,234 @@
+//! Pool settings ([`PoolConfig`]), their defaults and validation, and the [`Builder`].
+
+use std::time::Duration;
+
+use crate::error::BuildError;
+use crate::manager::Manager;
+use crate::pool::ConnectionPool;
+
+/// The settings of one pool, with the names operators know from SQLAlchemy.
+///
+/// Every field has a default (see [`PoolConfig::default`]); [`PoolConfig::validate`] rejects
+/// values that make no sense with an error naming the setting and the value.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Connections kept open [10].
+    pub pool_size: usize,
+    /// Extra connections opened under load and retired once idle for `idle_timeout` [20].
+    pub max_overflow: usize,
+    /// How long [`acquire`](ConnectionPool::acquire) may wait in all [30 s].
+    pub pool_timeout: Duration,
+    /// How long one connect attempt, one check or one reset may take [5 s].
+    pub connect_timeout: Duration,
+    /// Maximum lifetime of a connection [1 h]; `None` keeps connections forever.
+    /// A connection in use is never closed under its user: it is retired on return.
+    pub pool_recycle: Option<Duration>,
+    /// Negative jitter applied to each connection's lifetime, as a fraction [0.05]: a connection
+    /// lives between `pool_recycle × (1 − jitter)` and `pool_recycle`, so connections opened
+    /// together do not expire together.
+    pub recycle_jitter: f64,
+    /// Check a connection before handing it out [true], but only if it sat idle longer than
+    /// `pre_ping_bypass`. Never on release.
+    pub pool_pre_ping: bool,
+    /// A connection used within this window is handed out without a check [500 ms].
+    pub pre_ping_bypass: Duration,
+    /// Hand out the most recently returned idle connection [true]; `false` means FIFO.
+    pub pool_use_lifo: bool,
+    /// Connections opened at start-up and kept open while idle; `None` means `pool_size`.
+    pub min_idle: Option<usize>,
+    /// Idle connections beyond `min_idle` are retired after sitting idle this long [60 s].
+    pub idle_timeout: Option<Duration>,
+    /// Period of the maintenance task [30 s]: it checks connections idle for a whole period,
+    /// retires expired and idle-timed-out ones, and tops up `min_idle`. `None` disables it.
+    pub health_check_interval: Option<Duration>,
+    /// At most this many connects in flight at once [2].
+    pub max_connecting: usize,
+    /// Report a connection held longer than this [off].
+    pub leak_detection_threshold: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            pool_size: 10,
+            max_overflow: 20,
+            pool_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            pool_recycle: Some(Duration::from_secs(3600)),
+            recycle_jitter: 0.05,
+            pool_pre_ping: true,
+            pre_ping_bypass: Duration::from_millis(500),
+            pool_use_lifo: true,
+            min_idle: None,
+            idle_timeout: Some(Duration::from_secs(60)),
+            health_check_interval: Some(Duration::from_secs(30)),
+            max_connecting: 2,
+            leak_detection_threshold: None,
+        }
+    }
+}
+
+/// The largest `pool_size + max_overflow` a pool accepts.
+const MAX_CONNECTIONS: usize = 100_000;
+
+impl PoolConfig {
+    /// The most connections the pool may have open at once: `pool_size + max_overflow`.
+    pub fn max_size(&self) -> usize {
+        self.pool_size.saturating_add(self.max_overflow)
+    }
+
+    /// The warm connections kept: `min_idle`, or `pool_size` when unset, never above `pool_size`.
+    pub fn effective_min_idle(&self) -> usize {
+        self.min_idle.unwrap_or(self.pool_size).min(self.pool_size)
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Invalid`] naming the first setting whose value makes no sense.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        fn invalid(
+            setting: &'static str,
+            value: impl std::fmt::Debug,
+            reason: &'static str,
+        ) -> BuildError {
+            BuildError::Invalid { setting, value: format!("{value:?}"), reason }
+        }
+        let positive = |setting, d: Duration| {
+            if d.is_zero() { Err(invalid(setting, d, "must be greater than zero")) } else { Ok(()) }
+        };
+        if self.pool_size == 0 {
+            return Err(invalid("pool_size", 0, "must be at least 1"));
+        }
+        match self.pool_size.checked_add(self.max_overflow) {
+            Some(max) if max <= MAX_CONNECTIONS => {}
+            _ => {
+                return Err(invalid(
+                    "max_overflow",
+                    self.max_overflow,
+                    "pool_size + max_overflow must not exceed 100000",
+                ));
+            }
+        }
+        positive("pool_timeout", self.pool_timeout)?;
+        positive("connect_timeout", self.connect_timeout)?;
+        if let Some(d) = self.pool_recycle {
+            positive("pool_recycle", d)?;
+        }
+        if !(0.0..=0.5).contains(&self.recycle_jitter) {
+            return Err(invalid(
+                "recycle_jitter",
+                self.recycle_jitter,
+                "must be between 0 and 0.5",
+            ));
+        }
+        if let Some(min_idle) = self.min_idle
+            && min_idle > self.pool_size
+        {
+            return Err(invalid("min_idle", min_idle, "must not exceed pool_size"));
+        }
+        if let Some(d) = self.idle_timeout {
+            positive("idle_timeout", d)?;
+        }
+        if let Some(d) = self.health_check_interval {
+            positive("health_check_interval", d)?;
+        }
+        if self.max_connecting == 0 {
+            return Err(invalid("max_connecting", 0, "must be at least 1"));
+        }
+        if let Some(d) = self.leak_detection_threshold {
+            positive("leak_detection_threshold", d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`ConnectionPool`]: `ConnectionPool::builder(manager).pool_size(5).build()`.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder<M> {
+    pub(crate) manager: M,
+    pub(crate) name: String,
+    pub(crate) config: PoolConfig,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: $ty) -> Self {
+            self.config.$field = value;
+            self
+        }
+    )*};
+}
+
+impl<M: Manager> Builder<M> {
+    pub(crate) fn new(manager: M) -> Self {
+        Builder { manager, name: "default".to_owned(), config: PoolConfig::default() }
+    }
+
+    /// The pool's name in stats, metrics, logs and errors ["default"].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    setters! {
+        /// See [`PoolConfig::pool_size`].
+        pool_size: usize,
+        /// See [`PoolConfig::max_overflow`].
+        max_overflow: usize,
+        /// See [`PoolConfig::pool_timeout`].
+        pool_timeout: Duration,
+        /// See [`PoolConfig::connect_timeout`].
+        connect_timeout: Duration,
+        /// See [`PoolConfig::pool_recycle`].
+        pool_recycle: Option<Duration>,
+        /// See [`PoolConfig::recycle_jitter`].
+        recycle_jitter: f64,
+        /// See [`PoolConfig::pool_pre_ping`].
+        pool_pre_ping: bool,
+        /// See [`PoolConfig::pre_ping_bypass`].
+        pre_ping_bypass: Duration,
+        /// See [`PoolConfig::pool_use_lifo`].
+        pool_use_lifo: bool,
+        /// See [`PoolConfig::min_idle`].
+        min_idle: Option<usize>,
+        /// See [`PoolConfig::idle_timeout`].
+        idle_timeout: Option<Duration>,
+        /// See [`PoolConfig::health_check_interval`].
+        health_check_interval: Option<Duration>,
+        /// See [`PoolConfig::max_connecting`].
+        max_connecting: usize,
+        /// See [`PoolConfig::leak_detection_threshold`].
+        leak_detection_threshold: Option<Duration>,
+    }
+
+    /// Validates the settings and starts the pool: its maintenance task and the warm-up of
+    /// `min_idle` connections, both in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Invalid`] for a setting that makes no sense (a zero `pool_size`, a zero
+    /// `pool_timeout`...), [`BuildError::NoRuntime`] outside a tokio runtime.
+    pub fn build(self) -> Result<ConnectionPool<M>, BuildError> {
+        if self.name.is_empty() {
+            return Err(BuildError::Invalid {
+                setting: "name",
+                value: "\"\"".to_owned(),
+                reason: "must not be empty",
+            });
+        }
+        self.config.validate()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        Ok(ConnectionPool::start(self, &handle))
+    }
+}

@@ -1,0 +1,94 @@
+//! The object-safe [`Pool`] trait every layer above the backends speaks, and [`Health`].
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::PoolConfig;
+use crate::error::ResizeError;
+use crate::manager::Manager;
+use crate::pool::ConnectionPool;
+use crate::stats::PoolStats;
+
+/// A pool seen from above: metrics, the optimizer and the admin API hold `Arc<dyn Pool>` and
+/// never know the backend's types.
+#[async_trait]
+pub trait Pool: Send + Sync + fmt::Debug + 'static {
+    /// The pool's name (`main`, `main-replica-1`, `cache`...).
+    fn name(&self) -> &str;
+
+    /// The backend (`postgresql`, `redis`...), as `db.system.name` reports it.
+    fn backend(&self) -> &'static str;
+
+    /// A snapshot of the pool's stats.
+    fn stats(&self) -> PoolStats;
+
+    /// The pool's current settings.
+    fn config(&self) -> PoolConfig;
+
+    /// Changes `pool_size` and `max_overflow` at runtime (see [`ConnectionPool::resize`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ResizeError`] naming what was refused.
+    fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError>;
+
+    /// Zeroes counters, histograms and peaks.
+    fn reset_stats(&self);
+
+    /// Checks the pool actively: one real round trip on one of its connections, bounded by
+    /// `connect_timeout`.
+    async fn health(&self) -> Health;
+}
+
+/// The result of an active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The pool's name.
+    pub pool: String,
+    /// Whether the round trip succeeded.
+    pub healthy: bool,
+    /// How long the round trip took (zero when it failed before the check).
+    pub latency: Duration,
+    /// What failed, when it did.
+    pub error: Option<String>,
+}
+
+#[async_trait]
+impl<M: Manager + fmt::Debug> Pool for ConnectionPool<M> {
+    fn name(&self) -> &str {
+        ConnectionPool::name(self)
+    }
+
+    fn backend(&self) -> &'static str {
+        M::BACKEND
+    }
+
+    fn stats(&self) -> PoolStats {
+        ConnectionPool::stats(self)
+    }
+
+    fn config(&self) -> PoolConfig {
+        ConnectionPool::config(self)
+    }
+
+    fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
+        ConnectionPool::resize(self, pool_size, max_overflow)
+    }
+
+    fn reset_stats(&self) {
+        ConnectionPool::reset_stats(self);
+    }
+
+    async fn health(&self) -> Health {
+        let pool = self.name().to_owned();
+        match self.check_health().await {
+            Ok(latency) => Health { pool, healthy: true, latency, error: None },
+            Err(error) => {
+                Health { pool, healthy: false, latency: Duration::ZERO, error: Some(error) }
+            }
+        }
+    }
+}

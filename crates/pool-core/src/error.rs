@@ -1,0 +1,145 @@
+//! Errors, one type per operation: [`AcquireError`], [`TryAcquireError`], [`BuildError`],
+//! [`ResizeError`], [`CloseError`], [`RegisterError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::pool::PoolState;
+
+/// Why `acquire` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError<E: std::error::Error + 'static> {
+    /// No connection could be had within `pool_timeout`.
+    #[error(transparent)]
+    Timeout(#[from] TimeoutError<E>),
+    /// The pool was closed.
+    #[error("pool {pool:?} is closed")]
+    Closed {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
+}
+
+impl<E: std::error::Error + 'static> AcquireError<E> {
+    /// Whether this error is a timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AcquireError::Timeout(_))
+    }
+}
+
+/// An acquire that waited its whole timeout: how long, the pool's state at that moment, and the
+/// last connect error if connects were failing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pool {pool:?} timed out after {waited:?} waiting for a connection ({state}){}",
+    last_error.as_ref().map(|e| format!("; last connect error: {e}")).unwrap_or_default()
+)]
+#[non_exhaustive]
+pub struct TimeoutError<E: std::error::Error + 'static> {
+    /// The pool's name.
+    pub pool: Arc<str>,
+    /// How long the caller waited.
+    pub waited: Duration,
+    /// The pool's state when the wait ended.
+    pub state: PoolState,
+    /// The most recent connect failure, if the pool's last connect attempt failed.
+    #[source]
+    pub last_error: Option<Arc<ConnectError<E>>>,
+}
+
+/// Why a connect attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError<E: std::error::Error + 'static> {
+    /// The backend refused or failed.
+    #[error(transparent)]
+    Backend(E),
+    /// The attempt took longer than `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Why `try_acquire` returned without a connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryAcquireError {
+    /// No idle connection was ready (or others were already waiting for one).
+    #[error("pool {pool:?} has no idle connection ready ({state})")]
+    NoneIdle {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// The pool's state at that moment.
+        state: PoolState,
+    },
+    /// The pool was closed.
+    #[error("pool {pool:?} is closed")]
+    Closed {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting has a value that makes no sense.
+    #[error("invalid pool setting {setting} = {value}: {reason}")]
+    Invalid {
+        /// The setting's name (`pool_size`, `pool_timeout`...).
+        setting: &'static str,
+        /// The rejected value, as written in Rust's debug format.
+        value: String,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// `build` was called outside a tokio runtime.
+    #[error("a pool must be built inside a tokio runtime (it spawns its maintenance task)")]
+    NoRuntime,
+}
+
+/// Why a runtime resize was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResizeError {
+    /// The new size is invalid.
+    #[error("cannot resize pool {pool:?}: {source}")]
+    Invalid {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// What was wrong with the new size.
+        #[source]
+        source: BuildError,
+    },
+    /// The pool was closed.
+    #[error("cannot resize pool {pool:?}: it is closed")]
+    Closed {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
+}
+
+/// `close` gave up waiting for connections in use to come back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "pool {pool:?} closed, but {in_use} connection(s) were still in use after {waited:?}; they close on return"
+)]
+#[non_exhaustive]
+pub struct CloseError {
+    /// The pool's name.
+    pub pool: Arc<str>,
+    /// Connections still out when `close` stopped waiting.
+    pub in_use: usize,
+    /// How long `close` waited.
+    pub waited: Duration,
+}
+
+/// Why a pool could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// Another pool already has this name.
+    #[error("a pool named {0:?} is already registered")]
+    Duplicate(String),
+}

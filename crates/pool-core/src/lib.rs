@@ -1,0 +1,46 @@
+//! `pool-core`: the generic async connection-pool engine.
+//!
+//! A backend implements [`Manager`] (connect, check, reset); [`ConnectionPool`] does the rest:
+//! fair FIFO waiters with direct handoff, overflow, lifetimes with jitter, pre-ping with an idle
+//! bypass window, warm-up, idle timeout, a maintenance task, bounded concurrent connects with
+//! backoff, leak detection, runtime resize, close, and stats kept with atomics.
+//!
+//! Upper layers (metrics, optimizer, admin) hold pools as `Arc<dyn Pool>` in a [`Registry`], so
+//! they work with any backend.
+//!
+//! # Examples
+//!
+//! ```
+//! use pool_core::{ConnectionPool, testing::TestManager};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = ConnectionPool::builder(TestManager::new()).name("main").pool_size(4).build()?;
+//! let conn = pool.acquire().await?;
+//! assert_eq!(pool.stats().active_connections, 1);
+//! drop(conn); // back to the pool
+//! pool.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod dyn_pool;
+mod error;
+mod guard;
+mod manager;
+mod pool;
+mod registry;
+mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use crate::config::{Builder, PoolConfig};
+pub use crate::dyn_pool::{Health, Pool};
+pub use crate::error::{
+    AcquireError, BuildError, CloseError, ConnectError, RegisterError, ResizeError, TimeoutError,
+    TryAcquireError,
+};
+pub use crate::guard::PooledConnection;
+pub use crate::manager::Manager;
+pub use crate::pool::{ConnectionPool, PoolState};
+pub use crate::registry::Registry;
+pub use crate::stats::{CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats};

@@ -1,0 +1,1102 @@
+//! [`ConnectionPool`]: the typed engine — acquire, release, connect tasks, maintenance, resize
+//! and close — and [`PoolState`], the gauges an error reports.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{Builder, PoolConfig};
+use crate::error::{
+    AcquireError, BuildError, CloseError, ConnectError, ResizeError, TimeoutError, TryAcquireError,
+};
+use crate::guard::PooledConnection;
+use crate::manager::Manager;
+use crate::stats::{CloseReason, Gauges, PoolStats, Stats};
+
+#[cfg(test)]
+mod tests;
+
+/// A pool of connections opened by a [`Manager`].
+///
+/// Cheap to clone: clones share one pool. See [`acquire`](Self::acquire) for the contracts
+/// callers rely on.
+pub struct ConnectionPool<M: Manager> {
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M: Manager> Clone for ConnectionPool<M> {
+    fn clone(&self) -> Self {
+        ConnectionPool { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<M: Manager> fmt::Debug for ConnectionPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("name", &self.shared.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pool's gauges at one moment, as errors and [`ConnectionPool::state`] report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Connections checked out by users.
+    pub in_use: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    /// Connects in flight.
+    pub connecting: usize,
+    /// Connections open or opening: in use, idle, connecting, or held by the pool's own tasks.
+    pub open: usize,
+    /// The `pool_size` setting.
+    pub pool_size: usize,
+    /// The `max_overflow` setting.
+    pub max_overflow: usize,
+}
+
+impl fmt::Display for PoolState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in use, {} idle, {} waiting, {} connecting, limit {} + {} overflow",
+            self.in_use,
+            self.idle,
+            self.waiting,
+            self.connecting,
+            self.pool_size,
+            self.max_overflow
+        )
+    }
+}
+
+/// What the pool shares between its handles, guards and tasks.
+pub(crate) struct Shared<M: Manager> {
+    pub(crate) name: Arc<str>,
+    pub(crate) manager: M,
+    /// Settings that never change after build; the sizes live in [`State`].
+    pub(crate) config: PoolConfig,
+    state: Mutex<State<M>>,
+    pub(crate) stats: Stats,
+    /// Signalled whenever an open connection goes away, for `close().await`.
+    drained: Notify,
+    next_id: AtomicU64,
+}
+
+/// A pooled connection with the engine's bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Conn<C> {
+    pub(crate) raw: C,
+    pub(crate) id: u64,
+    /// When this connection must be retired (`pool_recycle` with jitter).
+    expires_at: Option<Instant>,
+    /// When a user last returned it (or it was opened): the start of its idle time.
+    idle_since: Instant,
+    /// When it was last known alive: opened, returned by a user, or checked.
+    alive_at: Instant,
+}
+
+impl<C> Conn<C> {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// Who holds a connection that is neither idle nor connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// A user (through a guard, or a pre-ping on the user's behalf).
+    User,
+    /// The pool's own maintenance check.
+    Pool,
+}
+
+struct Waiter<C> {
+    id: u64,
+    /// Receives a connection already counted in use; dropped unsent when the pool closes.
+    tx: oneshot::Sender<Conn<C>>,
+}
+
+#[derive(Debug)]
+struct LeakEntry {
+    acquired_at: Instant,
+    location: &'static Location<'static>,
+    reported: bool,
+}
+
+struct State<M: Manager> {
+    pool_size: usize,
+    max_overflow: usize,
+    min_idle: Option<usize>,
+    idle: VecDeque<Conn<M::Connection>>,
+    in_use: usize,
+    /// Held by the pool's maintenance checks.
+    busy: usize,
+    connecting: usize,
+    waiters: VecDeque<Waiter<M::Connection>>,
+    next_waiter: u64,
+    closed: bool,
+    /// Connections still to retire on return after a shrink.
+    shrink_debt: usize,
+    connect_failures: u32,
+    last_error: Option<Arc<ConnectError<M::Error>>>,
+    /// Checked-out connections, when leak detection is on.
+    leaks: HashMap<u64, LeakEntry>,
+}
+
+impl<M: Manager> State<M> {
+    fn open(&self) -> usize {
+        self.idle.len() + self.in_use + self.busy + self.connecting
+    }
+
+    fn max_size(&self) -> usize {
+        self.pool_size + self.max_overflow
+    }
+
+    fn min_idle(&self) -> usize {
+        self.min_idle.unwrap_or(self.pool_size).min(self.pool_size)
+    }
+
+    fn state(&self) -> PoolState {
+        PoolState {
+            in_use: self.in_use,
+            idle: self.idle.len(),
+            waiting: self.waiters.len(),
+            connecting: self.connecting,
+            open: self.open(),
+            pool_size: self.pool_size,
+            max_overflow: self.max_overflow,
+        }
+    }
+
+    fn unhold(&mut self, held: Held) {
+        match held {
+            Held::User => self.in_use -= 1,
+            Held::Pool => self.busy -= 1,
+        }
+    }
+
+    fn note_in_use(&self, stats: &Stats) {
+        if self.in_use > stats.peak_in_use.load(Relaxed) {
+            stats.peak_in_use.store(self.in_use, Relaxed);
+        }
+    }
+
+    /// Gives `conn` (already counted in use) to the oldest live waiter, or returns it.
+    fn hand_off(&mut self, mut conn: Conn<M::Connection>) -> Option<Conn<M::Connection>> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.tx.send(conn) {
+                Ok(()) => return None,
+                Err(back) => conn = back,
+            }
+        }
+        Some(conn)
+    }
+
+    /// How many connects to start now, and counts them as connecting: enough for the waiters
+    /// not already covered by connects in flight, and to keep `min_idle` warm (unless connects
+    /// are failing and `warm` is false), within the size limit and `max_connecting`.
+    fn connects_to_start(&mut self, max_connecting: usize, warm: bool) -> usize {
+        if self.closed {
+            return 0;
+        }
+        let open = self.open();
+        let demand = self.waiters.len().saturating_sub(self.connecting);
+        let warm_deficit = if warm || self.connect_failures == 0 {
+            self.min_idle().saturating_sub(open)
+        } else {
+            0
+        };
+        let n = demand
+            .max(warm_deficit)
+            .min(self.max_size().saturating_sub(open))
+            .min(max_connecting.saturating_sub(self.connecting));
+        self.connecting += n;
+        n
+    }
+}
+
+/// How an acquire may wait.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Queue and wait up to this long.
+    Upto(Duration),
+    /// Never queue (`try_acquire`).
+    Never,
+}
+
+enum AcquireFail<E: std::error::Error + 'static> {
+    Closed,
+    Timeout { waited: Duration, state: PoolState, last_error: Option<Arc<ConnectError<E>>> },
+    NoneIdle(PoolState),
+}
+
+impl<M: Manager> ConnectionPool<M> {
+    /// Starts building a pool over `manager`.
+    pub fn builder(manager: M) -> Builder<M> {
+        Builder::new(manager)
+    }
+
+    pub(crate) fn start(builder: Builder<M>, handle: &tokio::runtime::Handle) -> Self {
+        let Builder { manager, name, config } = builder;
+        let state = State {
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            min_idle: config.min_idle,
+            idle: VecDeque::with_capacity(config.max_size().min(1024)),
+            in_use: 0,
+            busy: 0,
+            connecting: 0,
+            waiters: VecDeque::new(),
+            next_waiter: 0,
+            closed: false,
+            shrink_debt: 0,
+            connect_failures: 0,
+            last_error: None,
+            leaks: HashMap::new(),
+        };
+        let shared = Arc::new(Shared {
+            name: name.into(),
+            manager,
+            config,
+            state: Mutex::new(state),
+            stats: Stats::default(),
+            drained: Notify::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let n = shared.lock().connects_to_start(shared.config.max_connecting, true);
+        shared.spawn_connects_on(handle, n);
+        if let Some(period) = shared.maintenance_period() {
+            handle.spawn(maintain(Arc::downgrade(&shared), period));
+        }
+        ConnectionPool { shared }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The manager this pool opens connections with.
+    pub fn manager(&self) -> &M {
+        &self.shared.manager
+    }
+
+    /// Checks a connection out, waiting up to `pool_timeout`.
+    ///
+    /// Served from the idle list when a connection is there (most recently returned first with
+    /// `pool_use_lifo`); a connection idle longer than `pre_ping_bypass` is checked first and
+    /// replaced if the check fails. Otherwise the caller queues and the pool opens connections
+    /// for the queue in background tasks, up to `pool_size + max_overflow`.
+    ///
+    /// # Fairness
+    ///
+    /// Waiters are served first come, first served. A returned or newly opened connection goes
+    /// straight to the oldest waiter; a caller that arrives while others wait queues behind
+    /// them, even if a connection is being returned at that moment (no barging).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future at any point loses nothing: a queued caller leaves the
+    /// queue, a connection handed to it in the meantime goes to the next waiter or the idle
+    /// list, and connects and checks run as their own tasks whose result goes to the next
+    /// waiter or the idle list.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError::Timeout`] after `pool_timeout` in all (the wait, the checks and the
+    /// connects it waited for), carrying how long it waited, the pool's state at that moment
+    /// and the last connect error; [`AcquireError::Closed`] once the pool is closed.
+    #[track_caller]
+    pub fn acquire(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<M>, AcquireError<M::Error>>> + Send + '_ {
+        self.acquire_timeout(self.shared.config.pool_timeout)
+    }
+
+    /// [`acquire`](Self::acquire) with a timeout other than `pool_timeout`.
+    #[track_caller]
+    pub fn acquire_timeout(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PooledConnection<M>, AcquireError<M::Error>>> + Send + '_ {
+        let location = Location::caller();
+        async move {
+            self.shared.acquire(Wait::Upto(timeout), location).await.map_err(|fail| match fail {
+                AcquireFail::Closed | AcquireFail::NoneIdle(_) => {
+                    AcquireError::Closed { pool: self.shared.name.clone() }
+                }
+                AcquireFail::Timeout { waited, state, last_error } => {
+                    AcquireError::Timeout(TimeoutError {
+                        pool: self.shared.name.clone(),
+                        waited,
+                        state,
+                        last_error,
+                    })
+                }
+            })
+        }
+    }
+
+    /// Checks out an idle connection without queueing: never waits for a connection to be
+    /// returned or opened, and fails at once when others are already waiting (fairness). It
+    /// may still run the pre-ping check on the idle connection it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoneIdle`] when no idle connection is ready,
+    /// [`TryAcquireError::Closed`] once the pool is closed.
+    #[track_caller]
+    pub fn try_acquire(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<M>, TryAcquireError>> + Send + '_ {
+        let location = Location::caller();
+        async move {
+            self.shared.acquire(Wait::Never, location).await.map_err(|fail| match fail {
+                AcquireFail::NoneIdle(state) => {
+                    TryAcquireError::NoneIdle { pool: self.shared.name.clone(), state }
+                }
+                _ => TryAcquireError::Closed { pool: self.shared.name.clone() },
+            })
+        }
+    }
+
+    /// The current settings, sizes included.
+    pub fn config(&self) -> PoolConfig {
+        let st = self.shared.lock();
+        PoolConfig {
+            pool_size: st.pool_size,
+            max_overflow: st.max_overflow,
+            min_idle: st.min_idle,
+            ..self.shared.config.clone()
+        }
+    }
+
+    /// The pool's gauges now.
+    pub fn state(&self) -> PoolState {
+        self.shared.lock().state()
+    }
+
+    /// A snapshot of the pool's gauges, counters and histograms (see [`PoolStats`] on how
+    /// consistent it is).
+    pub fn stats(&self) -> PoolStats {
+        let (gauges, config) = {
+            let st = self.shared.lock();
+            let g = Gauges {
+                in_use: st.in_use,
+                idle: st.idle.len(),
+                waiting: st.waiters.len(),
+                connecting: st.connecting,
+                open: st.open(),
+            };
+            let config = PoolConfig {
+                pool_size: st.pool_size,
+                max_overflow: st.max_overflow,
+                min_idle: st.min_idle,
+                ..self.shared.config.clone()
+            };
+            (g, config)
+        };
+        self.shared.stats.snapshot(&self.shared.name, M::BACKEND, &config, gauges)
+    }
+
+    /// Zeroes counters, histograms and peaks (peaks restart from the current gauges); gauges
+    /// are untouched.
+    pub fn reset_stats(&self) {
+        let (in_use, waiting) = {
+            let st = self.shared.lock();
+            (st.in_use, st.waiters.len())
+        };
+        self.shared.stats.reset(in_use, waiting);
+    }
+
+    /// Changes the pool's size at runtime.
+    ///
+    /// Growing takes effect at once: queued callers are served by new connections. Shrinking
+    /// retires idle connections beyond the new `pool_size` at once and, as they come back,
+    /// connections in use beyond it; a connection is never closed under its user. An explicit
+    /// `min_idle` above the new `pool_size` is lowered to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ResizeError::Invalid`] for a zero `pool_size` or a total above the limit,
+    /// [`ResizeError::Closed`] once the pool is closed.
+    pub fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
+        let shared = &self.shared;
+        let invalid =
+            |source: BuildError| ResizeError::Invalid { pool: shared.name.clone(), source };
+        let mut check = PoolConfig { pool_size, max_overflow, ..shared.config.clone() };
+        check.min_idle = check.min_idle.map(|m| m.min(pool_size));
+        check.validate().map_err(invalid)?;
+        let (retired, n) = {
+            let mut st = shared.lock();
+            if st.closed {
+                return Err(ResizeError::Closed { pool: shared.name.clone() });
+            }
+            st.pool_size = pool_size;
+            st.max_overflow = max_overflow;
+            st.min_idle = st.min_idle.map(|m| m.min(pool_size));
+            let mut retired = Vec::new();
+            while st.open() > pool_size {
+                match st.idle.pop_front() {
+                    Some(conn) => retired.push(conn),
+                    None => break,
+                }
+            }
+            st.shrink_debt = (st.in_use + st.busy).saturating_sub(pool_size);
+            let n = st.connects_to_start(shared.config.max_connecting, true);
+            (retired, n)
+        };
+        tracing::info!(pool = %shared.name, pool_size, max_overflow, "pool resized");
+        for conn in retired {
+            shared.close_conn(conn, CloseReason::Shrink);
+        }
+        shared.spawn_connects(n);
+        Ok(())
+    }
+
+    /// Closes the pool: new acquires fail with `Closed`, queued callers are woken with
+    /// `Closed`, idle connections close now and connections in use close on return. Waits up
+    /// to `pool_timeout` for every connection to be closed. Calling it again is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`CloseError`] when connections were still out after `pool_timeout`; they still close
+    /// when returned.
+    pub async fn close(&self) -> Result<(), CloseError> {
+        let shared = &self.shared;
+        let (idle, waiters) = {
+            let mut st = shared.lock();
+            st.closed = true;
+            (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
+        };
+        drop(waiters);
+        for conn in idle {
+            shared.close_conn(conn, CloseReason::PoolClosed);
+        }
+        let start = Instant::now();
+        let deadline = start + shared.config.pool_timeout;
+        loop {
+            let notified = shared.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let open = shared.lock().open();
+            if open == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(CloseError {
+                    pool: shared.name.clone(),
+                    in_use: shared.lock().open(),
+                    waited: start.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
+    /// Checks one connection actively: acquires one (waiting up to `connect_timeout`) and runs
+    /// the manager's check on it, bounded by `connect_timeout`. A connection that fails the
+    /// check is closed. Returns how long the check's round trip took.
+    ///
+    /// # Errors
+    ///
+    /// A description of what failed: the acquire or the check.
+    pub async fn check_health(&self) -> Result<Duration, String> {
+        let bound = self.shared.config.connect_timeout;
+        let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        match tokio::time::timeout(bound, self.shared.manager.check(&mut conn)).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(e)) => {
+                conn.discard_as(CloseReason::FailedCheck);
+                Err(format!("check failed: {e}"))
+            }
+            Err(_) => {
+                conn.discard_as(CloseReason::FailedCheck);
+                Err(format!("check timed out after {bound:?}"))
+            }
+        }
+    }
+}
+
+impl<M: Manager> Shared<M> {
+    fn lock(&self) -> MutexGuard<'_, State<M>> {
+        // The lock is never held across a panic point of ours; recover from a poisoned lock
+        // rather than propagate a panic from a user's code into every caller.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn maintenance_period(&self) -> Option<Duration> {
+        let c = &self.config;
+        [c.health_check_interval, c.leak_detection_threshold.map(|d| d / 2)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.max(Duration::from_millis(10)))
+    }
+
+    async fn acquire(
+        self: &Arc<Self>,
+        wait: Wait,
+        location: &'static Location<'static>,
+    ) -> Result<PooledConnection<M>, AcquireFail<M::Error>> {
+        let mut started: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let taken = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireFail::Closed);
+                }
+                if st.waiters.is_empty() {
+                    let conn = if self.config.pool_use_lifo {
+                        st.idle.pop_back()
+                    } else {
+                        st.idle.pop_front()
+                    };
+                    if conn.is_some() {
+                        st.in_use += 1;
+                        st.note_in_use(&self.stats);
+                    }
+                    conn
+                } else {
+                    None
+                }
+            };
+            if let Some(conn) = taken {
+                if conn.expired(now) {
+                    self.retire(conn, CloseReason::Recycled, Held::User);
+                    continue;
+                }
+                if self.config.pool_pre_ping
+                    && now.duration_since(conn.alive_at) > self.config.pre_ping_bypass
+                {
+                    let deadline = match wait {
+                        Wait::Upto(t) => *started.get_or_insert(now) + t,
+                        Wait::Never => now + self.config.connect_timeout,
+                    };
+                    match self.checked(conn, deadline).await {
+                        Checked::Alive(conn) => {
+                            return Ok(self.checked_out(conn, now, started, location));
+                        }
+                        Checked::Failed => continue,
+                        Checked::TimedOut => return Err(self.timed_out(started.unwrap_or(now))),
+                    }
+                }
+                return Ok(self.checked_out(conn, now, started, location));
+            }
+            let Wait::Upto(timeout) = wait else {
+                return Err(AcquireFail::NoneIdle(self.lock().state()));
+            };
+            let start = *started.get_or_insert(now);
+            let deadline = start + timeout;
+            let (id, rx, n) = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireFail::Closed);
+                }
+                if st.waiters.is_empty() && !st.idle.is_empty() {
+                    // A connection came back between the two locks: take it.
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                let id = st.next_waiter;
+                st.next_waiter += 1;
+                st.waiters.push_back(Waiter { id, tx });
+                if st.waiters.len() > self.stats.peak_waiting.load(Relaxed) {
+                    self.stats.peak_waiting.store(st.waiters.len(), Relaxed);
+                }
+                let n = st.connects_to_start(self.config.max_connecting, false);
+                (id, rx, n)
+            };
+            self.spawn_connects(n);
+            let mut queued = Queued { shared: self, id, rx: Some(rx) };
+            return match queued.wait(deadline).await {
+                Ok(conn) => {
+                    self.stats.waits.fetch_add(1, Relaxed);
+                    Ok(self.checked_out(conn, Instant::now(), Some(start), location))
+                }
+                Err(QueueEnd::Closed) => Err(AcquireFail::Closed),
+                Err(QueueEnd::TimedOut(state)) => {
+                    self.stats.timeouts.fetch_add(1, Relaxed);
+                    let last_error = self.lock().last_error.clone();
+                    Err(AcquireFail::Timeout { waited: start.elapsed(), state, last_error })
+                }
+            };
+        }
+    }
+
+    fn timed_out(&self, start: Instant) -> AcquireFail<M::Error> {
+        self.stats.timeouts.fetch_add(1, Relaxed);
+        let st = self.lock();
+        AcquireFail::Timeout {
+            waited: start.elapsed(),
+            state: st.state(),
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Runs the pre-ping check in its own task, so a caller that goes away mid-check loses
+    /// nothing: the task returns the connection to the pool itself.
+    async fn checked(
+        self: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        deadline: Instant,
+    ) -> Checked<M::Connection> {
+        let (tx, rx) = oneshot::channel();
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            match shared.check(conn).await {
+                Some(conn) => {
+                    if let Err(conn) = tx.send(conn) {
+                        shared.put_back(conn, Held::User);
+                    }
+                }
+                None => drop(tx),
+            }
+        });
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(conn)) => Checked::Alive(conn),
+            Ok(Err(_)) => Checked::Failed,
+            Err(_) => Checked::TimedOut,
+        }
+    }
+
+    /// Checks `conn` (held by a user or the pool); retires it and returns `None` on failure.
+    async fn check(self: &Arc<Self>, mut conn: Conn<M::Connection>) -> Option<Conn<M::Connection>> {
+        let bound = self.config.connect_timeout;
+        let result = tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await;
+        match result {
+            Ok(Ok(())) => {
+                conn.alive_at = Instant::now();
+                Some(conn)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %self.name, conn = conn.id, error = %e, "connection failed its check");
+                self.retire(conn, CloseReason::FailedCheck, Held::User);
+                None
+            }
+            Err(_) => {
+                tracing::debug!(pool = %self.name, conn = conn.id, "connection check timed out after {bound:?}");
+                self.retire(conn, CloseReason::FailedCheck, Held::User);
+                None
+            }
+        }
+    }
+
+    fn checked_out(
+        self: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        now: Instant,
+        started: Option<Instant>,
+        location: &'static Location<'static>,
+    ) -> PooledConnection<M> {
+        self.stats.acquires.fetch_add(1, Relaxed);
+        match started {
+            Some(start) => self.stats.wait.record(now.saturating_duration_since(start)),
+            None => self.stats.wait.record_zero(),
+        }
+        if self.config.leak_detection_threshold.is_some() {
+            self.lock()
+                .leaks
+                .insert(conn.id, LeakEntry { acquired_at: now, location, reported: false });
+        }
+        PooledConnection::new(Arc::clone(self), conn, now)
+    }
+
+    /// A user gave `conn` back (guard dropped).
+    pub(crate) fn release(self: &Arc<Self>, conn: Conn<M::Connection>, acquired_at: Instant) {
+        let now = Instant::now();
+        let held = now.saturating_duration_since(acquired_at);
+        self.stats.usage.record(held);
+        if let Some(threshold) = self.config.leak_detection_threshold {
+            let entry = self.lock().leaks.remove(&conn.id);
+            if let Some(entry) = entry.filter(|e| e.reported || held >= threshold) {
+                if !entry.reported {
+                    self.stats.leaks.fetch_add(1, Relaxed);
+                }
+                tracing::warn!(
+                    pool = %self.name,
+                    conn = conn.id,
+                    held = ?held,
+                    acquired_at = %entry.location,
+                    "connection held past the leak detection threshold came back"
+                );
+            }
+        }
+        if self.manager.is_broken(&conn.raw) {
+            return self.retire(conn, CloseReason::Broken, Held::User);
+        }
+        let mut conn = conn;
+        conn.idle_since = now;
+        conn.alive_at = now;
+        if self.manager.needs_reset(&conn.raw) {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return self.retire(conn, CloseReason::FailedReset, Held::User);
+            };
+            let shared = Arc::clone(self);
+            handle.spawn(async move {
+                let bound = shared.config.connect_timeout;
+                match tokio::time::timeout(bound, shared.manager.reset(&mut conn.raw)).await {
+                    Ok(Ok(())) => shared.put_back(conn, Held::User),
+                    Ok(Err(e)) => {
+                        tracing::debug!(pool = %shared.name, conn = conn.id, error = %e, "reset on return failed");
+                        shared.retire(conn, CloseReason::FailedReset, Held::User);
+                    }
+                    Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::User),
+                }
+            });
+            return;
+        }
+        self.put_back(conn, Held::User);
+    }
+
+    /// Returns a live connection to the oldest waiter or the idle list, or retires it.
+    fn put_back(self: &Arc<Self>, conn: Conn<M::Connection>, held: Held) {
+        if conn.expired(Instant::now()) {
+            return self.retire(conn, CloseReason::Recycled, held);
+        }
+        let mut st = self.lock();
+        let reason = if st.closed {
+            Some(CloseReason::PoolClosed)
+        } else if st.open() > st.max_size() {
+            Some(CloseReason::Shrink)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            st.unhold(held);
+            drop(st);
+            self.close_conn(conn, reason);
+            return;
+        }
+        if held == Held::Pool {
+            st.busy -= 1;
+            st.in_use += 1;
+        }
+        let Some(conn) = st.hand_off(conn) else { return };
+        // Nobody waits: after a shrink, a connection above the new `pool_size` is retired.
+        let excess = st.open() > st.pool_size;
+        st.in_use -= 1;
+        if st.shrink_debt > 0 {
+            st.shrink_debt -= 1;
+            if excess {
+                drop(st);
+                self.close_conn(conn, CloseReason::Shrink);
+                return;
+            }
+        }
+        st.idle.push_back(conn);
+    }
+
+    /// Closes a connection that `held` had, and starts what connects the pool now needs.
+    pub(crate) fn retire(
+        self: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        reason: CloseReason,
+        held: Held,
+    ) {
+        let n = {
+            let mut st = self.lock();
+            st.unhold(held);
+            st.leaks.remove(&conn.id);
+            st.connects_to_start(self.config.max_connecting, false)
+        };
+        self.close_conn(conn, reason);
+        self.spawn_connects(n);
+    }
+
+    /// A user took a connection out of the pool (`detach`).
+    pub(crate) fn forget(self: &Arc<Self>, id: u64) {
+        let n = {
+            let mut st = self.lock();
+            st.in_use -= 1;
+            st.leaks.remove(&id);
+            st.connects_to_start(self.config.max_connecting, false)
+        };
+        self.stats.closed(CloseReason::Detached);
+        self.spawn_connects(n);
+        self.drained.notify_waiters();
+    }
+
+    /// Counts and closes a connection already removed from the state's counts.
+    fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
+        self.stats.closed(reason);
+        tracing::debug!(pool = %self.name, conn = conn.id, reason = reason.as_str(), "connection closed");
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let shared = Arc::clone(self);
+                handle.spawn(async move { shared.manager.close(conn.raw).await });
+            }
+            Err(_) => drop(conn),
+        }
+        self.drained.notify_waiters();
+    }
+
+    fn spawn_connects(self: &Arc<Self>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => self.spawn_connects_on(&handle, n),
+            Err(_) => {
+                self.lock().connecting -= n;
+                self.drained.notify_waiters();
+            }
+        }
+    }
+
+    fn spawn_connects_on(self: &Arc<Self>, handle: &tokio::runtime::Handle, n: usize) {
+        for _ in 0..n {
+            handle.spawn(Arc::clone(self).connect());
+        }
+    }
+
+    /// One connect slot: opens a connection and gives it to the oldest waiter or the idle
+    /// list; on failure, backs off with jitter and retries while callers wait.
+    async fn connect(self: Arc<Self>) {
+        let bound = self.config.connect_timeout;
+        loop {
+            let start = Instant::now();
+            let result = match tokio::time::timeout(bound, self.manager.connect()).await {
+                Ok(Ok(raw)) => Ok(raw),
+                Ok(Err(e)) => Err(ConnectError::Backend(e)),
+                Err(_) => Err(ConnectError::TimedOut(bound)),
+            };
+            let error = match result {
+                Ok(raw) => return self.opened(raw, start),
+                Err(e) => e,
+            };
+            self.stats.connect_errors.fetch_add(1, Relaxed);
+            tracing::warn!(pool = %self.name, error = %error, "connect failed");
+            let delay = {
+                let mut st = self.lock();
+                st.connect_failures = st.connect_failures.saturating_add(1);
+                st.last_error = Some(Arc::new(error));
+                if st.closed || st.waiters.is_empty() {
+                    st.connecting -= 1;
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return;
+                }
+                backoff(st.connect_failures)
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant) {
+        let now = Instant::now();
+        self.stats.created.fetch_add(1, Relaxed);
+        self.stats.connect.record(now.saturating_duration_since(start));
+        let expires_at = self.config.pool_recycle.map(|life| {
+            let jitter = self.config.recycle_jitter * fastrand::f64();
+            now + life.mul_f64(1.0 - jitter)
+        });
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let conn = Conn { raw, id, expires_at, idle_since: now, alive_at: now };
+        tracing::debug!(pool = %self.name, conn = id, "connection opened");
+        let mut st = self.lock();
+        st.connecting -= 1;
+        st.connect_failures = 0;
+        st.last_error = None;
+        if st.closed {
+            drop(st);
+            return self.close_conn(conn, CloseReason::PoolClosed);
+        }
+        st.in_use += 1;
+        match st.hand_off(conn) {
+            None => st.note_in_use(&self.stats),
+            Some(conn) => {
+                st.in_use -= 1;
+                st.idle.push_back(conn);
+            }
+        }
+        let n = st.connects_to_start(self.config.max_connecting, false);
+        drop(st);
+        self.spawn_connects(n);
+    }
+
+    /// One pass of the maintenance task.
+    async fn maintain(self: &Arc<Self>) {
+        let now = Instant::now();
+        let c = &self.config;
+        let mut retire = Vec::new();
+        let mut ping = Vec::new();
+        let mut leaks = Vec::new();
+        let n = {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            let keep = st.min_idle();
+            let mut open = st.open();
+            let mut kept = VecDeque::with_capacity(st.idle.len());
+            // Oldest returned first: with LIFO these are the ones sitting idle longest.
+            while let Some(conn) = st.idle.pop_front() {
+                if conn.expired(now) {
+                    retire.push((conn, CloseReason::Recycled));
+                    open -= 1;
+                } else if c.idle_timeout.is_some_and(|t| now.duration_since(conn.idle_since) >= t)
+                    && open > keep
+                {
+                    retire.push((conn, CloseReason::Idle));
+                    open -= 1;
+                } else if c
+                    .health_check_interval
+                    .is_some_and(|t| now.duration_since(conn.alive_at) >= t)
+                {
+                    ping.push(conn);
+                } else {
+                    kept.push_back(conn);
+                }
+            }
+            st.idle = kept;
+            st.busy += ping.len();
+            if let Some(threshold) = c.leak_detection_threshold {
+                for (id, entry) in st.leaks.iter_mut() {
+                    let held = now.duration_since(entry.acquired_at);
+                    if !entry.reported && held >= threshold {
+                        entry.reported = true;
+                        leaks.push((*id, held, entry.location));
+                    }
+                }
+            }
+            st.connects_to_start(c.max_connecting, true)
+        };
+        for (conn, reason) in retire {
+            self.close_conn(conn, reason);
+        }
+        self.spawn_connects(n);
+        for (id, held, location) in leaks {
+            self.stats.leaks.fetch_add(1, Relaxed);
+            tracing::warn!(
+                pool = %self.name,
+                conn = id,
+                held = ?held,
+                acquired_at = %location,
+                "connection held past the leak detection threshold (possible leak)"
+            );
+        }
+        for conn in ping {
+            let bound = c.connect_timeout;
+            let mut conn = conn;
+            match tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await {
+                Ok(Ok(())) => {
+                    conn.alive_at = Instant::now();
+                    self.put_back(conn, Held::Pool);
+                }
+                _ => self.retire(conn, CloseReason::FailedCheck, Held::Pool),
+            }
+        }
+    }
+}
+
+enum Checked<C> {
+    Alive(Conn<C>),
+    Failed,
+    TimedOut,
+}
+
+enum QueueEnd {
+    Closed,
+    TimedOut(PoolState),
+}
+
+/// A caller's place in the queue; leaving it (drop) gives back anything handed to it.
+struct Queued<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Conn<M::Connection>>>,
+}
+
+impl<M: Manager> Queued<'_, M> {
+    async fn wait(&mut self, deadline: Instant) -> Result<Conn<M::Connection>, QueueEnd> {
+        let Some(rx) = self.rx.as_mut() else { return Err(QueueEnd::Closed) };
+        let received = tokio::time::timeout_at(deadline, &mut *rx).await;
+        match received {
+            Ok(Ok(conn)) => {
+                self.rx = None;
+                Ok(conn)
+            }
+            Ok(Err(_)) => {
+                self.rx = None;
+                Err(QueueEnd::Closed)
+            }
+            Err(_) => {
+                let mut st = self.shared.lock();
+                if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
+                    st.waiters.remove(pos);
+                    let state = st.state();
+                    drop(st);
+                    self.rx = None;
+                    return Err(QueueEnd::TimedOut(state));
+                }
+                drop(st);
+                // Served at the last moment: the connection is in the channel already.
+                let mut rx = self.rx.take().expect("checked above");
+                match rx.try_recv() {
+                    Ok(conn) => Ok(conn),
+                    Err(_) => Err(QueueEnd::Closed),
+                }
+            }
+        }
+    }
+}
+
+impl<M: Manager> Drop for Queued<'_, M> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let removed = {
+            let mut st = self.shared.lock();
+            match st.waiters.iter().position(|w| w.id == self.id) {
+                Some(pos) => {
+                    st.waiters.remove(pos);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !removed {
+            rx.close();
+            if let Ok(conn) = rx.try_recv() {
+                self.shared.put_back(conn, Held::User);
+            }
+        }
+    }
+}
+
+/// Delay before connect retry number `failures`: exponential from 25 ms, capped at 2 s, with
+/// jitter (between half and all of it), so a fleet of pools does not retry in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let exp = Duration::from_millis(25).saturating_mul(1 << failures.saturating_sub(1).min(16));
+    exp.min(Duration::from_secs(2)).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// The maintenance task: runs every `period` until the pool is closed or dropped.
+async fn maintain<M: Manager>(pool: Weak<Shared<M>>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(shared) = pool.upgrade() else { return };
+        if shared.lock().closed {
+            return;
+        }
+        shared.maintain().await;
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of the engine's contracts, with the in-memory test manager.

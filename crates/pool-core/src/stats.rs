@@ -1,0 +1,368 @@
+//! Stats kept with atomics on the hot path, and the [`PoolStats`] snapshot read from them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (inclusive, in seconds) of the engine's histogram buckets; a last bucket holds
+/// everything above the largest bound. From 10 µs (a wait served from the idle list) to 60 s
+/// (past any sensible `pool_timeout`).
+pub const HISTOGRAM_BOUNDS: [f64; 21] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+const BOUNDS_NS: [u64; 21] = {
+    let mut ns = [0u64; 21];
+    let mut i = 0;
+    while i < 21 {
+        ns[i] = (HISTOGRAM_BOUNDS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
+const BUCKETS: usize = HISTOGRAM_BOUNDS.len() + 1;
+
+/// A fixed-bucket histogram of durations, recorded with relaxed atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let idx = BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[idx].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+        self.max_ns.fetch_max(ns, Relaxed);
+    }
+
+    /// Records a duration of zero: one increment, no clock read needed.
+    pub(crate) fn record_zero(&self) {
+        self.buckets[0].fetch_add(1, Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
+            max: Duration::from_nanos(self.max_ns.load(Relaxed)),
+        }
+    }
+
+    fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Relaxed);
+        }
+        self.sum_ns.store(0, Relaxed);
+        self.max_ns.store(0, Relaxed);
+    }
+}
+
+/// A histogram read at one moment: per-bucket counts over [`HISTOGRAM_BOUNDS`] (plus one
+/// overflow bucket), the sum and the largest value recorded.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct HistogramSnapshot {
+    /// Count per bucket, not cumulative; `counts[i]` holds values `≤ HISTOGRAM_BOUNDS[i]` and
+    /// above the previous bound; the last entry holds values above every bound.
+    pub counts: Vec<u64>,
+    /// Sum of all values recorded.
+    pub sum: Duration,
+    /// Largest value recorded.
+    pub max: Duration,
+}
+
+impl HistogramSnapshot {
+    /// Number of values recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Mean of the values recorded, zero when empty.
+    pub fn mean(&self) -> Duration {
+        match self.count() {
+            0 => Duration::ZERO,
+            n => self.sum / u32::try_from(n).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Estimates the `q` quantile (0 ≤ q ≤ 1) by linear interpolation inside its bucket, capped
+    /// at the largest value recorded. Zero when empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let total = self.count();
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0.0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if seen + c as f64 >= rank {
+                let lo = if i == 0 { 0.0 } else { HISTOGRAM_BOUNDS[i - 1] };
+                let hi = HISTOGRAM_BOUNDS.get(i).copied().unwrap_or(lo).min(self.max.as_secs_f64());
+                let hi = hi.max(lo);
+                let frac = (rank - seen) / c as f64;
+                return Duration::from_secs_f64(lo + (hi - lo) * frac);
+            }
+            seen += c as f64;
+        }
+        self.max
+    }
+
+    /// The difference `self − earlier`, for windows of activity (saturating at zero).
+    pub fn delta(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+            sum: self.sum.saturating_sub(earlier.sum),
+            max: self.max,
+        }
+    }
+}
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The manager reported it broken on return.
+    Broken,
+    /// A pre-ping or maintenance check failed.
+    FailedCheck,
+    /// The reset on return failed.
+    FailedReset,
+    /// It reached its lifetime (`pool_recycle`).
+    Recycled,
+    /// It sat idle past `idle_timeout`.
+    Idle,
+    /// The pool shrank (resize).
+    Shrink,
+    /// The pool was closed.
+    PoolClosed,
+    /// The user took it out of the pool (`detach`) or discarded it.
+    Detached,
+}
+
+impl CloseReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Broken,
+        CloseReason::FailedCheck,
+        CloseReason::FailedReset,
+        CloseReason::Recycled,
+        CloseReason::Idle,
+        CloseReason::Shrink,
+        CloseReason::PoolClosed,
+        CloseReason::Detached,
+    ];
+
+    /// The reason's name as metrics label it: `broken`, `failed_check`, `recycled`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Broken => "broken",
+            CloseReason::FailedCheck => "failed_check",
+            CloseReason::FailedReset => "failed_reset",
+            CloseReason::Recycled => "recycled",
+            CloseReason::Idle => "idle",
+            CloseReason::Shrink => "shrink",
+            CloseReason::PoolClosed => "pool_closed",
+            CloseReason::Detached => "detached",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Connections closed, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClosedCounts {
+    counts: [u64; 8],
+}
+
+impl ClosedCounts {
+    /// Connections closed for `reason`.
+    pub fn get(&self, reason: CloseReason) -> u64 {
+        self.counts[reason.index()]
+    }
+
+    /// Connections closed for any reason.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason.
+    pub fn iter(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
+        CloseReason::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+}
+
+/// The engine's counters and histograms. Gauges live in the pool's state.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) acquires: AtomicU64,
+    pub(crate) waits: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) created: AtomicU64,
+    pub(crate) connect_errors: AtomicU64,
+    pub(crate) closed: [AtomicU64; 8],
+    pub(crate) leaks: AtomicU64,
+    pub(crate) peak_in_use: AtomicUsize,
+    pub(crate) peak_waiting: AtomicUsize,
+    pub(crate) wait: Histogram,
+    pub(crate) usage: Histogram,
+    pub(crate) connect: Histogram,
+}
+
+/// Gauges read under the pool's lock at snapshot time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gauges {
+    pub(crate) in_use: usize,
+    pub(crate) idle: usize,
+    pub(crate) waiting: usize,
+    pub(crate) connecting: usize,
+    pub(crate) open: usize,
+}
+
+impl Stats {
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reset(&self, in_use: usize, waiting: usize) {
+        for c in [
+            &self.acquires,
+            &self.waits,
+            &self.timeouts,
+            &self.created,
+            &self.connect_errors,
+            &self.leaks,
+        ] {
+            c.store(0, Relaxed);
+        }
+        for c in &self.closed {
+            c.store(0, Relaxed);
+        }
+        self.peak_in_use.store(in_use, Relaxed);
+        self.peak_waiting.store(waiting, Relaxed);
+        self.wait.reset();
+        self.usage.reset();
+        self.connect.reset();
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        name: &str,
+        backend: &'static str,
+        config: &crate::PoolConfig,
+        g: Gauges,
+    ) -> PoolStats {
+        let mut closed = ClosedCounts::default();
+        for (i, c) in self.closed.iter().enumerate() {
+            closed.counts[i] = c.load(Relaxed);
+        }
+        let wait_time = self.wait.snapshot();
+        PoolStats {
+            name: name.to_owned(),
+            backend,
+            pool_size: config.pool_size,
+            max_overflow: config.max_overflow,
+            min_idle: config.effective_min_idle(),
+            active_connections: g.in_use,
+            idle_connections: g.idle,
+            waiting: g.waiting,
+            connecting: g.connecting,
+            open_connections: g.open,
+            overflow: g.open.saturating_sub(config.pool_size),
+            peak_connections: self.peak_in_use.load(Relaxed).max(g.in_use),
+            peak_waiting: self.peak_waiting.load(Relaxed).max(g.waiting),
+            acquires: self.acquires.load(Relaxed),
+            waits: self.waits.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            connections_created: self.created.load(Relaxed),
+            connect_errors: self.connect_errors.load(Relaxed),
+            connections_closed: closed.total(),
+            closed,
+            leaks_detected: self.leaks.load(Relaxed),
+            average_wait_time: wait_time.mean(),
+            wait_time,
+            use_time: self.usage.snapshot(),
+            connect_time: self.connect.snapshot(),
+        }
+    }
+}
+
+/// One pool's stats at one moment.
+///
+/// # Consistency
+///
+/// Each field is exact when read, but the set is read without stopping the pool: gauges are
+/// read together under the pool's lock, counters and histograms each with one atomic load, so
+/// counters may disagree with gauges by operations in flight (an acquire counted whose
+/// connection is not yet in use, say). Counters and peaks restart from zero on `reset_stats`;
+/// gauges do not.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// The pool's name.
+    pub name: String,
+    /// The backend (`postgresql`, `redis`...).
+    pub backend: &'static str,
+    /// Connections kept (setting).
+    pub pool_size: usize,
+    /// Extra connections allowed under load (setting).
+    pub max_overflow: usize,
+    /// Warm connections kept (effective setting).
+    pub min_idle: usize,
+    /// Connections checked out now (the seed's `active_connections`).
+    pub active_connections: usize,
+    /// Connections idle in the pool now.
+    pub idle_connections: usize,
+    /// Callers waiting for a connection now.
+    pub waiting: usize,
+    /// Connects in flight now.
+    pub connecting: usize,
+    /// Connections open now: in use, idle, or being checked or reset by the pool.
+    pub open_connections: usize,
+    /// Open connections beyond `pool_size` (the seed's `overflow`).
+    pub overflow: usize,
+    /// Most connections in use at once since the last reset (the seed's `peak_connections`).
+    pub peak_connections: usize,
+    /// Most callers waiting at once since the last reset.
+    pub peak_waiting: usize,
+    /// Successful acquires (checkouts).
+    pub acquires: u64,
+    /// Acquires that had to wait for a connection.
+    pub waits: u64,
+    /// Acquires that timed out.
+    pub timeouts: u64,
+    /// Connections opened (the seed's `connections_created`).
+    pub connections_created: u64,
+    /// Connect attempts that failed or timed out.
+    pub connect_errors: u64,
+    /// Connections closed for any reason (the seed's `connections_closed`).
+    pub connections_closed: u64,
+    /// Connections closed, by reason.
+    pub closed: ClosedCounts,
+    /// Connections held past `leak_detection_threshold`.
+    pub leaks_detected: u64,
+    /// Mean wait of successful acquires (the seed's `average_wait_time`).
+    pub average_wait_time: Duration,
+    /// How long acquires waited (zero when served from the idle list without waiting).
+    pub wait_time: HistogramSnapshot,
+    /// How long connections were held by their users.
+    pub use_time: HistogramSnapshot,
+    /// How long successful connects took.
+    pub connect_time: HistogramSnapshot,
+}

@@ -1,0 +1,19 @@
+//! Launchers for throwaway PostgreSQL and Redis servers, and the URLs of the shared test services.
+//!
+//! Ordinary tests use [`postgres_url`] and [`redis_url`]; fault tests that stop, kill or
+//! restart a server start their own [`PgInstance`] or [`RedisInstance`], which cleans up
+//! after itself on drop, even while a panicking test unwinds.
+
+mod detached;
+mod dirs;
+mod ports;
+mod postgres;
+mod redis;
+mod services;
+
+pub use detached::{Detached, Service};
+pub use dirs::target_dir;
+pub use ports::free_port;
+pub use postgres::PgInstance;
+pub use redis::RedisInstance;
+pub use services::{postgres_url, reachable, redis_url};

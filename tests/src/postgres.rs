@@ -1,0 +1,315 @@
+//! [`PgInstance`]: a throwaway PostgreSQL server, as a primary or a streaming replica.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::detached::{Detached, Service};
+use crate::dirs::{as_postgres, claim_dir, give_to_postgres, remove_dir, run};
+use crate::ports::free_port;
+
+/// How many fresh ports a launcher tries when the server cannot bind its port.
+pub(crate) const START_ATTEMPTS: usize = 5;
+
+/// A throwaway PostgreSQL server with its own data directory, on 127.0.0.1 at a free port.
+///
+/// Its files live in `<target>/harness/pg-<port>`: the data directory `data/`, the
+/// unix socket and the server log `postgres.log`. Authentication is `trust` for the
+/// `postgres` user, including replication connections from 127.0.0.1, and the
+/// settings favour speed over durability (`fsync = off`).
+///
+/// When this process runs as root, every server program runs as the `postgres`
+/// system user through `runuser`, since PostgreSQL refuses to run as root.
+///
+/// Dropping an instance stops the server immediately and removes its files, also while
+/// a panicking test unwinds, unless it was [detached](Self::detach).
+///
+/// # Examples
+///
+/// ```no_run
+/// let pg = pool_harness::PgInstance::start()?;
+/// assert_eq!(pg.psql("select 1 + 1")?, "2");
+/// pg.restart()?;
+/// # anyhow::Ok(())
+/// ```
+#[derive(Debug)]
+pub struct PgInstance {
+    bin: PathBuf,
+    root: PathBuf,
+    port: u16,
+    detached: bool,
+}
+
+impl PgInstance {
+    /// Creates a fresh cluster with `initdb` and starts it, waiting until it accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the PostgreSQL binaries are missing (saying which Debian package to
+    /// install), if `initdb` or `pg_ctl start` fails, or if the server could not bind
+    /// a port after several fresh ones.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = bin_dir()?;
+        Self::launch(bin, |pg| {
+            pg.initdb()?;
+            pg.start_server()
+        })
+    }
+
+    /// Starts a hot-standby replica streaming from this server, on a new free port.
+    ///
+    /// The replica is cloned with `pg_basebackup -R -X stream`, and this call returns
+    /// once it accepts connections and `pg_is_in_recovery()` answers true.
+    ///
+    /// # Errors
+    ///
+    /// Fails if this server is not running, or if the backup or the replica's start fails.
+    pub fn start_replica(&self) -> anyhow::Result<PgInstance> {
+        let primary_port = self.port.to_string();
+        let replica = Self::launch(self.bin.clone(), |pg| {
+            run(as_postgres(self.bin.join("pg_basebackup"))
+                .args(["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres"])
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-D"])
+                .arg(pg.data_dir()))?;
+            // The copied configuration names the primary's port and socket directory.
+            pg.append_config()?;
+            pg.start_server()
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while replica.psql("select pg_is_in_recovery()").ok().as_deref() != Some("t") {
+            if Instant::now() > deadline {
+                bail!("replica on port {} is not in recovery after 30s", replica.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(replica)
+    }
+
+    /// Returns `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Returns the TCP port the server listens on; it stays the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Returns the postmaster's process id while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
+    /// Returns the directory holding the data directory, the socket and the log.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stops the server with a fast shutdown and waits until it has exited.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `pg_ctl stop` fails, for instance because the server is not running.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// Stops the server abruptly (`pg_ctl stop -m immediate`), as a crash would, and waits.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `pg_ctl stop` fails, for instance because the server is not running.
+    pub fn kill(&self) -> anyhow::Result<()> {
+        self.pg_ctl_stop("immediate")
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `pg_ctl start` fails, for instance because another process took the port.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.start_server()
+    }
+
+    /// Stops the server with a fast shutdown and starts it again on the same port.
+    ///
+    /// # Errors
+    ///
+    /// Fails if stopping or starting fails.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start_server()
+    }
+
+    /// Whether the server is running, according to `pg_ctl status`.
+    pub fn is_running(&self) -> bool {
+        as_postgres(self.bin.join("pg_ctl"))
+            .arg("status")
+            .arg("-D")
+            .arg(self.data_dir())
+            .output()
+            .is_ok_and(|out| out.status.success())
+    }
+
+    /// Runs `sql` with `psql -At` as user `postgres` on database `postgres`, returning the trimmed output.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `psql` cannot connect or the statement fails.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        let out = run(std::process::Command::new(self.bin.join("psql"))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-d", "postgres", "-p", &self.port.to_string(), "-c", sql]))?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Leaves the server running after this value is gone, and returns what is needed to stop it later.
+    pub fn detach(mut self) -> Detached {
+        self.detached = true;
+        Detached {
+            service: Service::Postgres,
+            url: self.url(),
+            port: self.port,
+            pid: self.pid(),
+            dir: self.root.clone(),
+        }
+    }
+
+    /// Claims a directory and a port, prepares and starts a server there, retrying on a
+    /// fresh port when the server could not bind its port.
+    fn launch(bin: PathBuf, prepare: impl Fn(&Self) -> anyhow::Result<()>) -> anyhow::Result<Self> {
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let Some(root) = claim_dir(&format!("pg-{port}"))? else { continue };
+            let pg = PgInstance { bin: bin.clone(), root, port, detached: false };
+            give_to_postgres(&pg.root)?;
+            match prepare(&pg) {
+                Ok(()) => return Ok(pg),
+                Err(_) if pg.log().contains("could not bind") => continue,
+                Err(e) => return Err(e.context(format!("log: {}", pg.log().trim()))),
+            }
+        }
+        bail!("PostgreSQL could not bind a free port after {START_ATTEMPTS} attempts")
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        run(as_postgres(self.bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+            .arg(self.data_dir()))?;
+        self.append_config()?;
+        let hba = self.data_dir().join("pg_hba.conf");
+        append(&hba, "host replication all 127.0.0.1/32 trust\n")
+    }
+
+    /// Appends this instance's settings to `postgresql.conf`; later lines win over earlier ones.
+    fn append_config(&self) -> anyhow::Result<()> {
+        let mut conf = String::from("\n# pool-harness\n");
+        let _ = writeln!(conf, "port = {}", self.port);
+        let _ = writeln!(conf, "unix_socket_directories = '{}'", self.root.display());
+        conf.push_str(
+            "listen_addresses = '127.0.0.1'\n\
+             wal_level = replica\n\
+             max_wal_senders = 10\n\
+             hot_standby = on\n\
+             fsync = off\n\
+             synchronous_commit = off\n\
+             full_page_writes = off\n\
+             max_connections = 200\n\
+             shared_buffers = 16MB\n",
+        );
+        append(&self.data_dir().join("postgresql.conf"), &conf)
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        run(as_postgres(self.bin.join("pg_ctl"))
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.root.join("postgres.log")))?;
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {
+        stop_data_dir(&self.bin, &self.data_dir(), mode)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgInstance {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if self.data_dir().join("postmaster.pid").exists() {
+            let _ = self.pg_ctl_stop("immediate");
+        }
+        remove_dir(&self.root);
+    }
+}
+
+/// Stops a detached server whose files live in `root` and removes them.
+pub(crate) fn stop_detached(root: &Path) -> anyhow::Result<()> {
+    let data = root.join("data");
+    if data.join("postmaster.pid").exists() {
+        stop_data_dir(&bin_dir()?, &data, "fast")?;
+    }
+    remove_dir(root);
+    Ok(())
+}
+
+fn stop_data_dir(bin: &Path, data: &Path, mode: &str) -> anyhow::Result<()> {
+    run(as_postgres(bin.join("pg_ctl"))
+        .args(["stop", "-w", "-t", "60", "-m", mode, "-D"])
+        .arg(data))?;
+    Ok(())
+}
+
+fn append(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Finds the newest `/usr/lib/postgresql/<version>/bin`, or a directory on `PATH` with `initdb`.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = BIN.get_or_init(|| {
+        let versioned = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version: f64 = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, bin)| bin);
+        versioned.or_else(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path).find(|dir| dir.join("initdb").is_file())
+        })
+    });
+    match found {
+        Some(bin) => Ok(bin.clone()),
+        None => bail!(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin \
+             or on PATH: install the Debian package `postgresql`"
+        ),
+    }
+}

@@ -1,0 +1,76 @@
+//! `cargo xtask`: the workspace's tasks as one small program, one module per task.
+
+mod bench;
+mod services;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// The workspace's tasks; run them with `cargo xtask <task>`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Start, stop or show the PostgreSQL and Redis that the tests use.
+    Services {
+        /// What to do: `up` reuses reachable servers or starts throwaway ones,
+        /// `down` stops the ones xtask started, `status` shows what is reachable.
+        #[arg(value_enum, default_value_t = services::Action::Up)]
+        action: services::Action,
+    },
+    /// Bring the services up and run `cargo test --workspace -j2` against them.
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Bring up the services a benchmark needs and run it with `pool-bench` in release mode.
+    Bench {
+        /// Which benchmark to run.
+        #[arg(value_enum)]
+        name: bench::Bench,
+        /// Extra arguments for `pool-bench`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().task {
+        Task::Services { action } => services::run(action),
+        Task::Test { args } => test::run(&args),
+        Task::Bench { name, args } => bench::run(name, &args),
+    }
+}
+
+/// Returns the workspace root, the parent of this crate's directory.
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace")
+}
+
+/// Returns a `cargo` command (the one running xtask, if any) to run in the workspace root.
+fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cmd` and turns its exit status into this program's.
+fn exit_code_of(mut cmd: Command) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}

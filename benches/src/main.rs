@@ -1,0 +1,28 @@
+//! `pool-bench`: the benchmarks behind `cargo xtask bench`, our pools against the peers in one
+//! run on one machine, reported as a table and as JSON under `target/bench/`.
+//!
+//! Run with `cargo xtask bench core` (or `cargo run --release -p pool-bench -- core --help`).
+
+mod core;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Connection-pool benchmarks: ours against deadpool, bb8 and sqlx in one run")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// The engine with no-op connections against deadpool and bb8.
+    Core(core::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Core(args) => core::run(&args),
+    }
+}

@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use tokio::time::Instant;
+use crate::clock::Instant;
 
 use crate::manager::Manager;
 use crate::pool::{Conn, Held, Shared};

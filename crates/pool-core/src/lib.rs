@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod clock;
 mod config;
 mod dyn_pool;
 mod error;

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
-use tokio::time::Instant;
+
+use crate::clock::{self, Instant};
 
 use crate::config::{Builder, PoolConfig};
 use crate::error::{
@@ -91,7 +92,16 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) stats: Stats,
     /// Signalled whenever an open connection goes away, for `close().await`.
     drained: Notify,
+    /// Wakes the reaper task, which times out waiters (one timer for the whole queue).
+    reaper: Arc<Notify>,
     next_id: AtomicU64,
+}
+
+impl<M: Manager> Drop for Shared<M> {
+    fn drop(&mut self) {
+        // The reaper holds only a weak reference: wake it so it sees the pool is gone.
+        self.reaper.notify_one();
+    }
 }
 
 /// A pooled connection with the engine's bookkeeping.
@@ -124,7 +134,10 @@ pub(crate) enum Held {
 
 struct Waiter<C> {
     id: u64,
-    /// Receives a connection already counted in use; dropped unsent when the pool closes.
+    /// When the reaper gives up on this waiter.
+    deadline: Instant,
+    /// Receives a connection already counted in use; dropped unsent when the pool closes or
+    /// the waiter's deadline passes.
     tx: oneshot::Sender<Conn<C>>,
 }
 
@@ -144,8 +157,12 @@ struct State<M: Manager> {
     /// Held by the pool's maintenance checks.
     busy: usize,
     connecting: usize,
+    /// Retired connections whose close is still running: they still count against the limit.
+    closing: usize,
     waiters: VecDeque<Waiter<M::Connection>>,
     next_waiter: u64,
+    /// When the reaper wakes next; `None` while it sleeps until notified.
+    reaper_at: Option<Instant>,
     closed: bool,
     /// Connections still to retire on return after a shrink.
     shrink_debt: usize,
@@ -157,7 +174,12 @@ struct State<M: Manager> {
 
 impl<M: Manager> State<M> {
     fn open(&self) -> usize {
-        self.idle.len() + self.in_use + self.busy + self.connecting
+        self.idle.len() + self.in_use + self.busy + self.connecting + self.closing
+    }
+
+    /// Open connections that are staying: all but those being closed.
+    fn kept(&self) -> usize {
+        self.open() - self.closing
     }
 
     fn max_size(&self) -> usize {
@@ -258,8 +280,10 @@ impl<M: Manager> ConnectionPool<M> {
             in_use: 0,
             busy: 0,
             connecting: 0,
+            closing: 0,
             waiters: VecDeque::new(),
             next_waiter: 0,
+            reaper_at: None,
             closed: false,
             shrink_debt: 0,
             connect_failures: 0,
@@ -273,8 +297,10 @@ impl<M: Manager> ConnectionPool<M> {
             state: Mutex::new(state),
             stats: Stats::default(),
             drained: Notify::new(),
+            reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
         });
+        handle.spawn(reap(Arc::downgrade(&shared), Arc::clone(&shared.reaper)));
         let n = shared.lock().connects_to_start(shared.config.max_connecting, true);
         shared.spawn_connects_on(handle, n);
         if let Some(period) = shared.maintenance_period() {
@@ -454,6 +480,7 @@ impl<M: Manager> ConnectionPool<M> {
                     None => break,
                 }
             }
+            st.closing += retired.len();
             st.shrink_debt = (st.in_use + st.busy).saturating_sub(pool_size);
             let n = st.connects_to_start(shared.config.max_connecting, true);
             (retired, n)
@@ -479,13 +506,15 @@ impl<M: Manager> ConnectionPool<M> {
         let (idle, waiters) = {
             let mut st = shared.lock();
             st.closed = true;
+            st.closing += st.idle.len();
             (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
         };
         drop(waiters);
+        shared.reaper.notify_one();
         for conn in idle {
             shared.close_conn(conn, CloseReason::PoolClosed);
         }
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         let deadline = start + shared.config.pool_timeout;
         loop {
             let notified = shared.drained.notified();
@@ -520,7 +549,7 @@ impl<M: Manager> ConnectionPool<M> {
     pub async fn check_health(&self) -> Result<Duration, String> {
         let bound = self.shared.config.connect_timeout;
         let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
-        let start = Instant::now();
+        let start = clock::now();
         match tokio::time::timeout(bound, self.shared.manager.check(&mut conn)).await {
             Ok(Ok(())) => Ok(start.elapsed()),
             Ok(Err(e)) => {
@@ -556,89 +585,98 @@ impl<M: Manager> Shared<M> {
         wait: Wait,
         location: &'static Location<'static>,
     ) -> Result<PooledConnection<M>, AcquireFail<M::Error>> {
+        // Read the clocks only as needed: the fast path reads the engine's clock once.
         let mut started: Option<Instant> = None;
+        let mut deadline: Option<Instant> = None;
+        let mut deadline_for = |now: Instant, wait: Wait| {
+            *deadline.get_or_insert_with(|| {
+                now + match wait {
+                    Wait::Upto(t) => t,
+                    Wait::Never => self.config.connect_timeout,
+                }
+            })
+        };
         loop {
-            let now = Instant::now();
-            let taken = {
+            let now = clock::now();
+            let step = {
                 let mut st = self.lock();
                 if st.closed {
                     return Err(AcquireFail::Closed);
                 }
-                if st.waiters.is_empty() {
-                    let conn = if self.config.pool_use_lifo {
-                        st.idle.pop_back()
-                    } else {
-                        st.idle.pop_front()
-                    };
-                    if conn.is_some() {
-                        st.in_use += 1;
-                        st.note_in_use(&self.stats);
-                    }
-                    conn
-                } else {
+                let idle = if !st.waiters.is_empty() {
                     None
-                }
-            };
-            if let Some(conn) = taken {
-                if conn.expired(now) {
-                    self.retire(conn, CloseReason::Recycled, Held::User);
-                    continue;
-                }
-                if self.config.pool_pre_ping
-                    && now.duration_since(conn.alive_at) > self.config.pre_ping_bypass
-                {
-                    let deadline = match wait {
-                        Wait::Upto(t) => *started.get_or_insert(now) + t,
-                        Wait::Never => now + self.config.connect_timeout,
-                    };
-                    match self.checked(conn, deadline).await {
-                        Checked::Alive(conn) => {
-                            return Ok(self.checked_out(conn, now, started, location));
-                        }
-                        Checked::Failed => continue,
-                        Checked::TimedOut => return Err(self.timed_out(started.unwrap_or(now))),
+                } else if self.config.pool_use_lifo {
+                    st.idle.pop_back()
+                } else {
+                    st.idle.pop_front()
+                };
+                if let Some(conn) = idle {
+                    st.in_use += 1;
+                    st.note_in_use(&self.stats);
+                    Step::Idle(conn)
+                } else if let Wait::Upto(_) = wait {
+                    started.get_or_insert(now);
+                    let deadline = deadline_for(now, wait);
+                    let (tx, rx) = oneshot::channel();
+                    let id = st.next_waiter;
+                    st.next_waiter += 1;
+                    st.waiters.push_back(Waiter { id, deadline, tx });
+                    if st.waiters.len() > self.stats.peak_waiting.load(Relaxed) {
+                        self.stats.peak_waiting.store(st.waiters.len(), Relaxed);
                     }
+                    let wake = st.reaper_at.is_none_or(|at| deadline < at);
+                    if wake {
+                        st.reaper_at = Some(deadline);
+                    }
+                    let connects = st.connects_to_start(self.config.max_connecting, false);
+                    Step::Queued { id, rx, wake, connects }
+                } else {
+                    Step::NoneIdle(st.state())
                 }
-                return Ok(self.checked_out(conn, now, started, location));
+            };
+            match step {
+                Step::Idle(conn) => {
+                    if conn.expired(now) {
+                        self.retire(conn, CloseReason::Recycled, Held::User);
+                        continue;
+                    }
+                    if self.config.pool_pre_ping
+                        && now.duration_since(conn.alive_at) > self.config.pre_ping_bypass
+                    {
+                        let start = *started.get_or_insert(now);
+                        match self.checked(conn, deadline_for(now, wait)).await {
+                            Checked::Alive(conn) => {
+                                return Ok(self.checked_out(
+                                    conn,
+                                    clock::now(),
+                                    Some(start),
+                                    location,
+                                ));
+                            }
+                            Checked::Failed => continue,
+                            Checked::TimedOut => return Err(self.timed_out(start)),
+                        }
+                    }
+                    return Ok(self.checked_out(conn, now, started, location));
+                }
+                Step::NoneIdle(state) => return Err(AcquireFail::NoneIdle(state)),
+                Step::Queued { id, rx, wake, connects } => {
+                    if wake {
+                        self.reaper.notify_one();
+                    }
+                    self.spawn_connects(connects);
+                    let start = started.unwrap_or(now);
+                    let mut queued = Queued { shared: self, id, rx: Some(rx) };
+                    return match queued.wait().await {
+                        Ok(conn) => {
+                            self.stats.waits.fetch_add(1, Relaxed);
+                            Ok(self.checked_out(conn, clock::now(), Some(start), location))
+                        }
+                        Err(QueueEnd::Closed) => Err(AcquireFail::Closed),
+                        Err(QueueEnd::TimedOut) => Err(self.timed_out(start)),
+                    };
+                }
             }
-            let Wait::Upto(timeout) = wait else {
-                return Err(AcquireFail::NoneIdle(self.lock().state()));
-            };
-            let start = *started.get_or_insert(now);
-            let deadline = start + timeout;
-            let (id, rx, n) = {
-                let mut st = self.lock();
-                if st.closed {
-                    return Err(AcquireFail::Closed);
-                }
-                if st.waiters.is_empty() && !st.idle.is_empty() {
-                    // A connection came back between the two locks: take it.
-                    continue;
-                }
-                let (tx, rx) = oneshot::channel();
-                let id = st.next_waiter;
-                st.next_waiter += 1;
-                st.waiters.push_back(Waiter { id, tx });
-                if st.waiters.len() > self.stats.peak_waiting.load(Relaxed) {
-                    self.stats.peak_waiting.store(st.waiters.len(), Relaxed);
-                }
-                let n = st.connects_to_start(self.config.max_connecting, false);
-                (id, rx, n)
-            };
-            self.spawn_connects(n);
-            let mut queued = Queued { shared: self, id, rx: Some(rx) };
-            return match queued.wait(deadline).await {
-                Ok(conn) => {
-                    self.stats.waits.fetch_add(1, Relaxed);
-                    Ok(self.checked_out(conn, Instant::now(), Some(start), location))
-                }
-                Err(QueueEnd::Closed) => Err(AcquireFail::Closed),
-                Err(QueueEnd::TimedOut(state)) => {
-                    self.stats.timeouts.fetch_add(1, Relaxed);
-                    let last_error = self.lock().last_error.clone();
-                    Err(AcquireFail::Timeout { waited: start.elapsed(), state, last_error })
-                }
-            };
         }
     }
 
@@ -646,10 +684,23 @@ impl<M: Manager> Shared<M> {
         self.stats.timeouts.fetch_add(1, Relaxed);
         let st = self.lock();
         AcquireFail::Timeout {
-            waited: start.elapsed(),
+            waited: clock::now().duration_since(start),
             state: st.state(),
             last_error: st.last_error.clone(),
         }
+    }
+
+    /// Drops the waiters whose deadline passed (they wake with a timeout) and returns when the
+    /// reaper should wake next, or `None` once the pool is closed.
+    fn expire_waiters(&self, now: Instant) -> Option<Option<Instant>> {
+        let mut st = self.lock();
+        if st.closed {
+            return None;
+        }
+        st.waiters.retain(|w| w.deadline > now);
+        let next = st.waiters.iter().map(|w| w.deadline).min();
+        st.reaper_at = next;
+        Some(next)
     }
 
     /// Runs the pre-ping check in its own task, so a caller that goes away mid-check loses
@@ -671,7 +722,7 @@ impl<M: Manager> Shared<M> {
                 None => drop(tx),
             }
         });
-        match tokio::time::timeout_at(deadline, rx).await {
+        match tokio::time::timeout(deadline.duration_since(clock::now()), rx).await {
             Ok(Ok(conn)) => Checked::Alive(conn),
             Ok(Err(_)) => Checked::Failed,
             Err(_) => Checked::TimedOut,
@@ -684,7 +735,7 @@ impl<M: Manager> Shared<M> {
         let result = tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await;
         match result {
             Ok(Ok(())) => {
-                conn.alive_at = Instant::now();
+                conn.alive_at = clock::now();
                 Some(conn)
             }
             Ok(Err(e)) => {
@@ -707,9 +758,8 @@ impl<M: Manager> Shared<M> {
         started: Option<Instant>,
         location: &'static Location<'static>,
     ) -> PooledConnection<M> {
-        self.stats.acquires.fetch_add(1, Relaxed);
         match started {
-            Some(start) => self.stats.wait.record(now.saturating_duration_since(start)),
+            Some(start) => self.stats.wait.record(now.duration_since(start)),
             None => self.stats.wait.record_zero(),
         }
         if self.config.leak_detection_threshold.is_some() {
@@ -722,8 +772,8 @@ impl<M: Manager> Shared<M> {
 
     /// A user gave `conn` back (guard dropped).
     pub(crate) fn release(self: &Arc<Self>, conn: Conn<M::Connection>, acquired_at: Instant) {
-        let now = Instant::now();
-        let held = now.saturating_duration_since(acquired_at);
+        let now = clock::now();
+        let held = now.duration_since(acquired_at);
         self.stats.usage.record(held);
         if let Some(threshold) = self.config.leak_detection_threshold {
             let entry = self.lock().leaks.remove(&conn.id);
@@ -769,19 +819,20 @@ impl<M: Manager> Shared<M> {
 
     /// Returns a live connection to the oldest waiter or the idle list, or retires it.
     fn put_back(self: &Arc<Self>, conn: Conn<M::Connection>, held: Held) {
-        if conn.expired(Instant::now()) {
+        if conn.expired(clock::now()) {
             return self.retire(conn, CloseReason::Recycled, held);
         }
         let mut st = self.lock();
         let reason = if st.closed {
             Some(CloseReason::PoolClosed)
-        } else if st.open() > st.max_size() {
+        } else if st.kept() > st.max_size() {
             Some(CloseReason::Shrink)
         } else {
             None
         };
         if let Some(reason) = reason {
             st.unhold(held);
+            st.closing += 1;
             drop(st);
             self.close_conn(conn, reason);
             return;
@@ -792,11 +843,12 @@ impl<M: Manager> Shared<M> {
         }
         let Some(conn) = st.hand_off(conn) else { return };
         // Nobody waits: after a shrink, a connection above the new `pool_size` is retired.
-        let excess = st.open() > st.pool_size;
+        let excess = st.kept() > st.pool_size;
         st.in_use -= 1;
         if st.shrink_debt > 0 {
             st.shrink_debt -= 1;
             if excess {
+                st.closing += 1;
                 drop(st);
                 self.close_conn(conn, CloseReason::Shrink);
                 return;
@@ -815,6 +867,7 @@ impl<M: Manager> Shared<M> {
         let n = {
             let mut st = self.lock();
             st.unhold(held);
+            st.closing += 1;
             st.leaks.remove(&conn.id);
             st.connects_to_start(self.config.max_connecting, false)
         };
@@ -835,17 +888,33 @@ impl<M: Manager> Shared<M> {
         self.drained.notify_waiters();
     }
 
-    /// Counts and closes a connection already removed from the state's counts.
+    /// Counts and closes a connection the state already counts as `closing`; once closed, the
+    /// slot is free and the pool starts what connects it needs.
     fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
         self.stats.closed(reason);
         tracing::debug!(pool = %self.name, conn = conn.id, reason = reason.as_str(), "connection closed");
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let shared = Arc::clone(self);
-                handle.spawn(async move { shared.manager.close(conn.raw).await });
+                handle.spawn(async move {
+                    shared.manager.close(conn.raw).await;
+                    shared.closed_one();
+                });
             }
-            Err(_) => drop(conn),
+            Err(_) => {
+                drop(conn);
+                self.closed_one();
+            }
         }
+    }
+
+    fn closed_one(self: &Arc<Self>) {
+        let n = {
+            let mut st = self.lock();
+            st.closing -= 1;
+            st.connects_to_start(self.config.max_connecting, false)
+        };
+        self.spawn_connects(n);
         self.drained.notify_waiters();
     }
 
@@ -873,7 +942,7 @@ impl<M: Manager> Shared<M> {
     async fn connect(self: Arc<Self>) {
         let bound = self.config.connect_timeout;
         loop {
-            let start = Instant::now();
+            let start = clock::now();
             let result = match tokio::time::timeout(bound, self.manager.connect()).await {
                 Ok(Ok(raw)) => Ok(raw),
                 Ok(Err(e)) => Err(ConnectError::Backend(e)),
@@ -902,9 +971,9 @@ impl<M: Manager> Shared<M> {
     }
 
     fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant) {
-        let now = Instant::now();
+        let now = clock::now();
         self.stats.created.fetch_add(1, Relaxed);
-        self.stats.connect.record(now.saturating_duration_since(start));
+        self.stats.connect.record(now.duration_since(start));
         let expires_at = self.config.pool_recycle.map(|life| {
             let jitter = self.config.recycle_jitter * fastrand::f64();
             now + life.mul_f64(1.0 - jitter)
@@ -917,6 +986,7 @@ impl<M: Manager> Shared<M> {
         st.connect_failures = 0;
         st.last_error = None;
         if st.closed {
+            st.closing += 1;
             drop(st);
             return self.close_conn(conn, CloseReason::PoolClosed);
         }
@@ -935,7 +1005,7 @@ impl<M: Manager> Shared<M> {
 
     /// One pass of the maintenance task.
     async fn maintain(self: &Arc<Self>) {
-        let now = Instant::now();
+        let now = clock::now();
         let c = &self.config;
         let mut retire = Vec::new();
         let mut ping = Vec::new();
@@ -969,6 +1039,7 @@ impl<M: Manager> Shared<M> {
             }
             st.idle = kept;
             st.busy += ping.len();
+            st.closing += retire.len();
             if let Some(threshold) = c.leak_detection_threshold {
                 for (id, entry) in st.leaks.iter_mut() {
                     let held = now.duration_since(entry.acquired_at);
@@ -999,7 +1070,7 @@ impl<M: Manager> Shared<M> {
             let mut conn = conn;
             match tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await {
                 Ok(Ok(())) => {
-                    conn.alive_at = Instant::now();
+                    conn.alive_at = clock::now();
                     self.put_back(conn, Held::Pool);
                 }
                 _ => self.retire(conn, CloseReason::FailedCheck, Held::Pool),
@@ -1016,7 +1087,13 @@ enum Checked<C> {
 
 enum QueueEnd {
     Closed,
-    TimedOut(PoolState),
+    TimedOut,
+}
+
+enum Step<C> {
+    Idle(Conn<C>),
+    Queued { id: u64, rx: oneshot::Receiver<Conn<C>>, wake: bool, connects: usize },
+    NoneIdle(PoolState),
 }
 
 /// A caller's place in the queue; leaving it (drop) gives back anything handed to it.
@@ -1027,35 +1104,15 @@ struct Queued<'a, M: Manager> {
 }
 
 impl<M: Manager> Queued<'_, M> {
-    async fn wait(&mut self, deadline: Instant) -> Result<Conn<M::Connection>, QueueEnd> {
+    /// Waits for a connection; the reaper ends the wait at the deadline by dropping the sender.
+    async fn wait(&mut self) -> Result<Conn<M::Connection>, QueueEnd> {
         let Some(rx) = self.rx.as_mut() else { return Err(QueueEnd::Closed) };
-        let received = tokio::time::timeout_at(deadline, &mut *rx).await;
+        let received = rx.await;
+        self.rx = None;
         match received {
-            Ok(Ok(conn)) => {
-                self.rx = None;
-                Ok(conn)
-            }
-            Ok(Err(_)) => {
-                self.rx = None;
-                Err(QueueEnd::Closed)
-            }
-            Err(_) => {
-                let mut st = self.shared.lock();
-                if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
-                    st.waiters.remove(pos);
-                    let state = st.state();
-                    drop(st);
-                    self.rx = None;
-                    return Err(QueueEnd::TimedOut(state));
-                }
-                drop(st);
-                // Served at the last moment: the connection is in the channel already.
-                let mut rx = self.rx.take().expect("checked above");
-                match rx.try_recv() {
-                    Ok(conn) => Ok(conn),
-                    Err(_) => Err(QueueEnd::Closed),
-                }
-            }
+            Ok(conn) => Ok(conn),
+            Err(_) if self.shared.lock().closed => Err(QueueEnd::Closed),
+            Err(_) => Err(QueueEnd::TimedOut),
         }
     }
 }
@@ -1087,6 +1144,29 @@ impl<M: Manager> Drop for Queued<'_, M> {
 fn backoff(failures: u32) -> Duration {
     let exp = Duration::from_millis(25).saturating_mul(1 << failures.saturating_sub(1).min(16));
     exp.min(Duration::from_secs(2)).mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// The reaper task: one timer for the whole queue. It sleeps until the earliest waiter's
+/// deadline (or until woken by a waiter with an earlier one) and drops the expired waiters.
+async fn reap<M: Manager>(pool: Weak<Shared<M>>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(shared) = pool.upgrade() else { return };
+            match shared.expire_waiters(clock::now()) {
+                Some(next) => next,
+                None => return,
+            }
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep(at.duration_since(clock::now())) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
 }
 
 /// The maintenance task: runs every `period` until the pool is closed or dropped.

@@ -37,7 +37,9 @@ impl Histogram {
         let idx = BOUNDS_NS.partition_point(|&bound| bound < ns);
         self.buckets[idx].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
-        self.max_ns.fetch_max(ns, Relaxed);
+        if ns > self.max_ns.load(Relaxed) {
+            self.max_ns.fetch_max(ns, Relaxed);
+        }
     }
 
     /// Records a duration of zero: one increment, no clock read needed.
@@ -211,7 +213,6 @@ impl ClosedCounts {
 /// The engine's counters and histograms. Gauges live in the pool's state.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    pub(crate) acquires: AtomicU64,
     pub(crate) waits: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) created: AtomicU64,
@@ -241,14 +242,7 @@ impl Stats {
     }
 
     pub(crate) fn reset(&self, in_use: usize, waiting: usize) {
-        for c in [
-            &self.acquires,
-            &self.waits,
-            &self.timeouts,
-            &self.created,
-            &self.connect_errors,
-            &self.leaks,
-        ] {
+        for c in [&self.waits, &self.timeouts, &self.created, &self.connect_errors, &self.leaks] {
             c.store(0, Relaxed);
         }
         for c in &self.closed {
@@ -287,7 +281,7 @@ impl Stats {
             overflow: g.open.saturating_sub(config.pool_size),
             peak_connections: self.peak_in_use.load(Relaxed).max(g.in_use),
             peak_waiting: self.peak_waiting.load(Relaxed).max(g.waiting),
-            acquires: self.acquires.load(Relaxed),
+            acquires: wait_time.count(),
             waits: self.waits.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             connections_created: self.created.load(Relaxed),
@@ -341,7 +335,7 @@ pub struct PoolStats {
     pub peak_connections: usize,
     /// Most callers waiting at once since the last reset.
     pub peak_waiting: usize,
-    /// Successful acquires (checkouts).
+    /// Successful acquires (checkouts): the count of `wait_time`.
     pub acquires: u64,
     /// Acquires that had to wait for a connection.
     pub waits: u64,

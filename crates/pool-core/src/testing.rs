@@ -38,6 +38,9 @@ struct Inner {
     fail_checks: AtomicBool,
     fail_next_checks: AtomicUsize,
     fail_resets: AtomicBool,
+    /// Failure probabilities of connects and checks, in millionths.
+    connect_failure_ppm: AtomicU64,
+    check_failure_ppm: AtomicU64,
     hold_connects: AtomicBool,
     gate: Gate,
     next_id: AtomicU64,
@@ -157,6 +160,13 @@ impl TestManager {
         self.inner.fail_next_checks.store(n, SeqCst);
     }
 
+    /// Makes connects and checks fail at random with these probabilities (0 to 1).
+    pub fn set_failure_rates(&self, connect: f64, check: f64) {
+        let ppm = |p: f64| (p.clamp(0.0, 1.0) * 1e6) as u64;
+        self.inner.connect_failure_ppm.store(ppm(connect), SeqCst);
+        self.inner.check_failure_ppm.store(ppm(check), SeqCst);
+    }
+
     /// Makes every reset fail (`true`) or succeed (`false`).
     pub fn fail_resets(&self, fail: bool) {
         self.inner.fail_resets.store(fail, SeqCst);
@@ -213,8 +223,10 @@ impl TestManager {
         self.inner.events.notify_waiters();
     }
 
-    fn take_one(flag: &AtomicBool, next: &AtomicUsize) -> bool {
-        flag.load(SeqCst) || next.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+    fn take_one(flag: &AtomicBool, next: &AtomicUsize, ppm: &AtomicU64) -> bool {
+        flag.load(SeqCst)
+            || next.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+            || fastrand::u64(0..1_000_000) < ppm.load(SeqCst)
     }
 }
 
@@ -248,7 +260,7 @@ impl Manager for TestManager {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if Self::take_one(&i.fail_connects, &i.fail_next_connects) {
+        if Self::take_one(&i.fail_connects, &i.fail_next_connects, &i.connect_failure_ppm) {
             i.failed_connects.fetch_add(1, SeqCst);
             return Err(TestError("connection refused"));
         }
@@ -267,7 +279,8 @@ impl Manager for TestManager {
         }
         i.checks.fetch_add(1, SeqCst);
         self.event();
-        if conn.broken || Self::take_one(&i.fail_checks, &i.fail_next_checks) {
+        if conn.broken || Self::take_one(&i.fail_checks, &i.fail_next_checks, &i.check_failure_ppm)
+        {
             return Err(TestError("check failed"));
         }
         Ok(())

@@ -1,1 +1,663 @@
-//! Tests of the engine's contracts, with the in-memory test manager.
+//! Tests of the engine's contracts, with the in-memory test manager. Tests that depend on time
+//! run on tokio's paused clock, which the engine reads under the `testing` feature.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::testing::TestManager;
+use crate::{AcquireError, Builder, CloseReason, ConnectionPool, Pool, Registry, TryAcquireError};
+
+fn builder(m: &TestManager) -> Builder<TestManager> {
+    ConnectionPool::builder(m.clone()).name("t")
+}
+
+/// Lets other tasks run until `cond` holds; fails rather than spin forever.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A pool of `n` connections, all opened and idle.
+async fn warm_pool(b: Builder<TestManager>, n: usize) -> ConnectionPool<TestManager> {
+    let pool = b.build().unwrap();
+    until("warm-up", || pool.state().idle == n).await;
+    pool
+}
+
+#[test]
+fn build_rejects_bad_settings_naming_them() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let m = TestManager::new();
+    let cases: Vec<(Builder<TestManager>, &str)> = vec![
+        (builder(&m).pool_size(0), "invalid pool setting pool_size = 0: must be at least 1"),
+        (builder(&m).max_overflow(usize::MAX), "max_overflow = 18446744073709551615"),
+        (builder(&m).pool_timeout(Duration::ZERO), "pool_timeout = 0ns: must be greater than zero"),
+        (builder(&m).connect_timeout(Duration::ZERO), "connect_timeout = 0ns"),
+        (builder(&m).pool_recycle(Some(Duration::ZERO)), "pool_recycle = 0ns"),
+        (builder(&m).recycle_jitter(0.9), "recycle_jitter = 0.9: must be between 0 and 0.5"),
+        (builder(&m).min_idle(Some(11)), "min_idle = 11: must not exceed pool_size"),
+        (builder(&m).idle_timeout(Some(Duration::ZERO)), "idle_timeout = 0ns"),
+        (builder(&m).health_check_interval(Some(Duration::ZERO)), "health_check_interval = 0ns"),
+        (builder(&m).max_connecting(0), "max_connecting = 0: must be at least 1"),
+        (
+            builder(&m).leak_detection_threshold(Some(Duration::ZERO)),
+            "leak_detection_threshold = 0ns",
+        ),
+        (builder(&m).name(""), "invalid pool setting name = \"\": must not be empty"),
+    ];
+    for (b, expected) in cases {
+        let err = b.build().unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+    }
+}
+
+#[test]
+fn build_outside_a_runtime_is_an_error() {
+    let err = builder(&TestManager::new()).build().unwrap_err();
+    assert_eq!(err, crate::BuildError::NoRuntime);
+}
+
+#[test]
+fn pool_guard_and_acquire_future_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ConnectionPool<TestManager>>();
+    send_sync::<Registry>();
+    fn guard_is_send(g: crate::PooledConnection<TestManager>) -> impl Send {
+        g
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let pool = builder(&TestManager::new()).build().unwrap();
+        let acquire = pool.acquire();
+        send(&acquire);
+        let try_acquire = pool.try_acquire();
+        send(&try_acquire);
+        let close = pool.close();
+        send(&close);
+        send(&guard_is_send(acquire.await.unwrap()));
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_first_come_first_served_without_barging() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let held = pool.acquire().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (p, order) = (pool.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let conn = p.acquire().await.unwrap();
+            order.lock().unwrap().push(i);
+            drop(conn);
+        }));
+        until("queued", || pool.state().waiting == i + 1).await;
+    }
+    drop(held);
+    // The connection went straight to the oldest waiter: a newcomer cannot take it.
+    assert!(matches!(pool.try_acquire().await, Err(TryAcquireError::NoneIdle { .. })));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(pool.stats().waits, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_acquires_lose_nothing() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let a = pool.acquire().await.unwrap();
+    let b = pool.acquire().await.unwrap();
+    // Ten queued callers; every other one goes away while waiting.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move { p.acquire().await.map(drop) }));
+        until("queued", || pool.state().waiting == i + 1).await;
+    }
+    for t in tasks.iter().step_by(2) {
+        t.abort();
+    }
+    until("aborted waiters left the queue", || pool.state().waiting == 5).await;
+    // A connection handed to a waiter whose task is cancelled before it runs comes back.
+    drop(a);
+    tasks[1].abort();
+    drop(b);
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await);
+    }
+    let served = outcomes.iter().filter(|o| matches!(o, Ok(Ok(())))).count();
+    let cancelled = outcomes.iter().filter(|o| matches!(o, Err(e) if e.is_cancelled())).count();
+    assert_eq!((served, cancelled), (4, 6));
+    until("connections back", || pool.state().idle == 2).await;
+    let s = pool.state();
+    assert_eq!((s.in_use, s.waiting, s.open), (0, 0, 2));
+    assert_eq!(m.counts().live, 2);
+    assert_eq!(m.counts().connects, 2, "no connection was lost and replaced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_handed_to_a_dropped_waiter_goes_to_the_next() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let held = pool.acquire().await.unwrap();
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(drop) }
+    });
+    until("queued", || pool.state().waiting == 1).await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|c| c.id()) }
+    });
+    until("queued", || pool.state().waiting == 2).await;
+    drop(held); // handed to `first`, which has not run yet
+    first.abort();
+    assert_eq!(second.await.unwrap().unwrap(), 1);
+    assert_eq!(m.counts().connects, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_error_reports_the_wait_and_the_pool_state() {
+    let m = TestManager::new();
+    let pool =
+        warm_pool(builder(&m).pool_size(1).max_overflow(0).pool_timeout(Duration::from_secs(2)), 1)
+            .await;
+    let _held = pool.acquire().await.unwrap();
+    let err = pool.acquire().await.unwrap_err();
+    let AcquireError::Timeout(t) = &err else { panic!("expected a timeout, got {err}") };
+    assert!(t.waited >= Duration::from_secs(2), "{:?}", t.waited);
+    assert_eq!((t.state.in_use, t.state.waiting, t.state.idle, t.state.pool_size), (1, 0, 0, 1));
+    assert!(t.last_error.is_none());
+    let msg = err.to_string();
+    assert!(msg.starts_with("pool \"t\" timed out after 2"), "{msg}");
+    assert!(
+        msg.contains("(1 in use, 0 idle, 0 waiting, 0 connecting, limit 1 + 0 overflow)"),
+        "{msg}"
+    );
+    assert_eq!(pool.stats().timeouts, 1);
+    assert_eq!(pool.state().waiting, 0, "the timed-out waiter left the queue");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_error_carries_the_last_connect_error() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = builder(&m).min_idle(Some(0)).pool_timeout(Duration::from_secs(3)).build().unwrap();
+    let err = pool.acquire().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.ends_with("; last connect error: test manager: connection refused"), "{msg}");
+    assert!(pool.stats().connect_errors >= 2, "connects were retried with backoff");
+    m.fail_connects(false);
+    assert!(pool.acquire().await.is_ok(), "the pool heals once connects succeed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifo_hands_out_the_most_recently_returned_and_fifo_the_oldest() {
+    for (lifo, expected) in [(true, 3), (false, 1)] {
+        let m = TestManager::new();
+        let pool = warm_pool(builder(&m).pool_size(3).pool_use_lifo(lifo), 3).await;
+        let conns = [
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+            pool.acquire().await.unwrap(),
+        ];
+        let ids: Vec<u64> = conns.iter().map(|c| c.id()).collect();
+        for c in conns {
+            drop(c); // returned in order ids[0], ids[1], ids[2]
+        }
+        let next = pool.acquire().await.unwrap();
+        assert_eq!(next.id(), ids[expected - 1], "lifo = {lifo}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn overflow_is_opened_under_load_and_retired_once_idle() {
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(2)
+        .max_overflow(2)
+        .pool_timeout(Duration::from_secs(1))
+        .idle_timeout(Some(Duration::from_secs(10)))
+        .health_check_interval(Some(Duration::from_secs(1)));
+    let pool = warm_pool(b, 2).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    let s = pool.stats();
+    assert_eq!((s.open_connections, s.overflow, s.active_connections), (4, 2, 4));
+    assert!(
+        pool.acquire().await.unwrap_err().is_timeout(),
+        "pool_size + max_overflow is the limit"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let s = pool.stats();
+    assert_eq!((s.open_connections, s.overflow, s.idle_connections), (2, 0, 2));
+    assert_eq!(s.closed.get(CloseReason::Idle), 2);
+    assert_eq!(m.counts().live, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetimes_are_spread_by_jitter_and_never_cut_a_user_short() {
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(20)
+        .pool_recycle(Some(Duration::from_secs(100)))
+        .recycle_jitter(0.2)
+        .health_check_interval(Some(Duration::from_secs(1)));
+    let pool = warm_pool(b, 20).await;
+    let held = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(79_500)).await;
+    assert_eq!(pool.stats().closed.get(CloseReason::Recycled), 0, "nothing expires before 80 s");
+    let mut retired_per_second = Vec::new();
+    let mut last = 0;
+    for _ in 0..22 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = pool.stats().closed.get(CloseReason::Recycled);
+        retired_per_second.push(now - last);
+        last = now;
+    }
+    assert_eq!(last, 19, "every idle connection was recycled: {retired_per_second:?}");
+    let busiest = retired_per_second.iter().max().copied().unwrap_or(0);
+    assert!(
+        busiest < 10,
+        "retirements are spread over time, not all at once: {retired_per_second:?}"
+    );
+    // The held connection outlived its lifetime in its user's hands and retires on return.
+    assert_eq!(held.id(), held.id());
+    drop(held);
+    assert_eq!(pool.stats().closed.get(CloseReason::Recycled), 20);
+    until("replacements", || pool.state().idle == 20).await;
+    assert_eq!(m.counts().live, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pre_ping_skips_recent_connections_and_replaces_failed_ones() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).health_check_interval(None), 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = pool.acquire().await.unwrap().id();
+    assert_eq!(m.counts().checks, 1, "idle past the bypass window: checked");
+    let again = pool.acquire().await.unwrap().id();
+    assert_eq!(m.counts().checks, 1, "used a moment ago: not checked");
+    assert_eq!(first, again);
+    m.fail_next_checks(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replaced = pool.acquire().await.unwrap().id();
+    assert_ne!(replaced, first, "the connection that failed its check was replaced");
+    let s = pool.stats();
+    assert_eq!(s.closed.get(CloseReason::FailedCheck), 1);
+    assert_eq!(s.connections_created, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_up_opens_min_idle_connections() {
+    let m = TestManager::new();
+    let pool = builder(&m).pool_size(5).min_idle(Some(3)).build().unwrap();
+    m.wait_until(|c| c.connects == 3).await;
+    until("warm connections idle", || pool.state().idle == 3).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(m.counts().connects, 3, "no more than min_idle");
+    let default = builder(&m).name("d").pool_size(4).build().unwrap();
+    until("warm to pool_size by default", || default.state().idle == 4).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_never_goes_below_min_idle() {
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(5)
+        .min_idle(Some(2))
+        .idle_timeout(Some(Duration::from_secs(10)))
+        .health_check_interval(Some(Duration::from_secs(1)));
+    let pool = warm_pool(b, 2).await;
+    let held: Vec<_> = futures_join(&pool, 5).await;
+    assert_eq!(pool.state().open, 5);
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let s = pool.stats();
+    assert_eq!((s.open_connections, s.idle_connections), (2, 2));
+    assert_eq!(s.closed.get(CloseReason::Idle), 3);
+}
+
+async fn futures_join(
+    pool: &ConnectionPool<TestManager>,
+    n: usize,
+) -> Vec<crate::PooledConnection<TestManager>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move { pool.acquire().await.unwrap() }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_connecting_bounds_a_connect_storm() {
+    let m = TestManager::new();
+    m.hold_connects();
+    let pool = builder(&m).pool_size(50).min_idle(Some(0)).max_connecting(3).build().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move { pool.acquire().await.map(drop) }));
+    }
+    m.wait_until(|c| c.in_flight == 3).await;
+    until("all queued", || pool.state().waiting == 40).await;
+    assert_eq!(m.counts().max_in_flight, 3);
+    assert_eq!(pool.state().connecting, 3);
+    m.resume_connects();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(m.counts().max_in_flight <= 3, "{:?}", m.counts());
+}
+
+/// Collects what tracing writes, for the leak report test.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_taken() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(1)
+        .health_check_interval(None)
+        .leak_detection_threshold(Some(Duration::from_secs(5)));
+    let pool = warm_pool(b, 1).await;
+    let conn = pool.acquire().await.unwrap();
+    let line = line!() - 1;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(pool.stats().leaks_detected, 1);
+    drop(conn);
+    assert_eq!(pool.stats().leaks_detected, 1, "reported once, then again on return, counted once");
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let at = format!("src/pool/tests.rs:{line}");
+    assert!(log.contains("possible leak") && log.contains(&at), "{log}");
+    assert!(log.contains("came back"), "{log}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn resize_grows_for_waiters_and_shrinks_without_cutting_users_short() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let held = futures_join(&pool, 2).await;
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let p = pool.clone();
+        waiters.push(tokio::spawn(async move { p.acquire().await.unwrap() }));
+        until("queued", || pool.state().waiting == i + 1).await;
+    }
+    pool.resize(5, 0).unwrap();
+    let mut more = Vec::new();
+    for w in waiters {
+        more.push(w.await.unwrap());
+    }
+    assert_eq!(pool.state().in_use, 5, "the waiters were served by new connections");
+    // Shrink to 1: four connections are in use; they close as they come back.
+    drop(more.pop());
+    pool.resize(1, 0).unwrap();
+    until("the idle one retired at once", || pool.state().open == 4).await;
+    assert_eq!(held[0].id(), held[0].id(), "connections in use are still usable");
+    drop(held);
+    drop(more);
+    until("closed", || m.counts().live == 1).await;
+    let s = pool.stats();
+    assert_eq!((s.open_connections, s.idle_connections, s.pool_size), (1, 1, 1));
+    assert_eq!(s.closed.get(CloseReason::Shrink), 4);
+    let err = pool.resize(0, 0).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot resize pool \"t\": invalid pool setting pool_size = 0: must be at least 1"
+    );
+    assert_eq!(pool.config().pool_size, 1, "a refused resize changes nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_fails_waiters_and_new_acquires_and_closes_connections_as_they_return() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let held = futures_join(&pool, 2).await;
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(drop) }
+    });
+    until("queued", || pool.state().waiting == 1).await;
+    let closing = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.close().await }
+    });
+    until("closed", || pool.is_closed()).await;
+    assert!(matches!(waiter.await.unwrap(), Err(AcquireError::Closed { .. })));
+    assert_eq!(pool.acquire().await.unwrap_err().to_string(), "pool \"t\" is closed");
+    assert!(!closing.is_finished(), "close waits for connections in use");
+    drop(held);
+    closing.await.unwrap().unwrap();
+    assert_eq!(m.counts().live, 0);
+    assert_eq!(pool.stats().closed.get(CloseReason::PoolClosed), 2);
+    assert!(pool.resize(3, 0).is_err());
+    assert!(pool.close().await.is_ok(), "closing twice is harmless");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_gives_up_after_pool_timeout_and_says_what_is_still_out() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).pool_timeout(Duration::from_secs(1)), 1).await;
+    let held = pool.acquire().await.unwrap();
+    let err = pool.close().await.unwrap_err();
+    assert_eq!(err.in_use, 1);
+    assert!(err.to_string().contains("1 connection(s) were still in use"), "{err}");
+    drop(held);
+    until("closed on return", || m.counts().live == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn returned_connections_are_reset_or_closed_before_reuse() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1), 1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    conn.dirty = true;
+    drop(conn);
+    until("reset", || pool.state().idle == 1).await;
+    assert_eq!(m.counts().resets, 1);
+    let conn = pool.acquire().await.unwrap();
+    assert!(!conn.dirty, "the next user gets a clean connection");
+    let id = conn.id();
+    drop(conn);
+    m.fail_resets(true);
+    let mut conn = pool.acquire().await.unwrap();
+    conn.dirty = true;
+    drop(conn);
+    until("replaced", || pool.state().idle == 1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    assert_ne!(conn.id(), id, "a connection whose reset failed was closed");
+    conn.broken = true;
+    drop(conn);
+    until("replaced", || pool.state().idle == 1).await;
+    let s = pool.stats();
+    assert_eq!((s.closed.get(CloseReason::FailedReset), s.closed.get(CloseReason::Broken)), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn detach_takes_a_connection_out_and_the_pool_replaces_it() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let raw = pool.acquire().await.unwrap().detach();
+    until("replaced", || pool.state().idle == 2).await;
+    assert_eq!(m.counts().live, 3, "the detached one is the caller's");
+    drop(raw);
+    let discarded = pool.acquire().await.unwrap();
+    discarded.discard();
+    let s = pool.stats();
+    assert_eq!(s.closed.get(CloseReason::Detached), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_stats_zeroes_counters_and_peaks_but_not_gauges() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(3), 3).await;
+    let held = futures_join(&pool, 3).await;
+    drop(held);
+    let one = pool.acquire().await.unwrap();
+    let before = pool.stats();
+    assert_eq!((before.acquires, before.peak_connections, before.connections_created), (4, 3, 3));
+    Pool::reset_stats(&pool);
+    let after = pool.stats();
+    assert_eq!((after.acquires, after.peak_connections, after.connections_created), (0, 1, 0));
+    assert_eq!(
+        (after.active_connections, after.idle_connections, after.open_connections),
+        (1, 2, 3)
+    );
+    drop(one);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_trait_and_registry_see_any_pool() {
+    let m = TestManager::new();
+    let registry = Registry::new();
+    let pool: Arc<dyn Pool> = Arc::new(warm_pool(builder(&m).name("main").pool_size(2), 2).await);
+    registry.register(pool.clone()).unwrap();
+    let err = registry.register(pool.clone()).unwrap_err();
+    assert_eq!(err.to_string(), "a pool named \"main\" is already registered");
+    let p = registry.get("main").unwrap();
+    assert_eq!((p.name(), p.backend(), p.config().pool_size), ("main", "test", 2));
+    let health = p.health().await;
+    assert!(health.healthy, "{health:?}");
+    m.fail_checks(true);
+    let health = p.health().await;
+    assert!(!health.healthy);
+    assert_eq!(health.error.as_deref(), Some("check failed: test manager: check failed"));
+    p.resize(4, 1).unwrap();
+    assert_eq!((p.stats().pool_size, p.stats().max_overflow), (4, 1));
+    assert!(registry.get("nope").is_none());
+    assert_eq!(registry.names(), vec!["main".to_owned()]);
+}
+
+/// 1,000 tasks with random hold times and cancellations, random connect and check failures,
+/// and resizes in the middle; afterwards every invariant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_keeps_every_invariant() {
+    const TASKS: usize = 1000;
+    let m = TestManager::new();
+    m.set_failure_rates(0.05, 0.05);
+    let pool = builder(&m)
+        .pool_size(8)
+        .max_overflow(4)
+        .pre_ping_bypass(Duration::ZERO)
+        .pool_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let (ok, failed, cancelled) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (pool, ok, failed, cancelled) =
+            (pool.clone(), ok.clone(), failed.clone(), cancelled.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(i as u64);
+            for _ in 0..5 {
+                let give_up = Duration::from_micros(rng.u64(0..2000));
+                let result = match rng.u8(0..3) {
+                    0 => tokio::time::timeout(give_up, pool.acquire()).await,
+                    1 => Ok(pool.acquire_timeout(Duration::from_millis(rng.u64(1..4))).await),
+                    _ => Ok(pool.acquire().await),
+                };
+                match result {
+                    Ok(Ok(mut conn)) => {
+                        ok.fetch_add(1, SeqCst);
+                        for _ in 0..rng.usize(0..5) {
+                            tokio::task::yield_now().await;
+                        }
+                        if rng.u8(0..20) == 0 {
+                            tokio::time::sleep(Duration::from_micros(rng.u64(0..500))).await;
+                        }
+                        match rng.u8(0..50) {
+                            0 => conn.broken = true,
+                            1 => conn.dirty = true,
+                            2 => conn.discard(),
+                            _ => drop(conn),
+                        }
+                    }
+                    Ok(Err(_)) => drop(failed.fetch_add(1, SeqCst)),
+                    Err(_) => drop(cancelled.fetch_add(1, SeqCst)),
+                }
+            }
+        }));
+    }
+    let resizer = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            for (size, overflow) in [(4, 2), (12, 4), (2, 0), (8, 4)] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                pool.resize(size, overflow).unwrap();
+            }
+        }
+    });
+    for t in tasks {
+        t.await.unwrap();
+    }
+    resizer.await.unwrap();
+    m.set_failure_rates(0.0, 0.0);
+    let total = ok.load(SeqCst) + failed.load(SeqCst) + cancelled.load(SeqCst);
+    assert_eq!(total, TASKS * 5, "every acquire succeeded, failed or was cancelled");
+    assert!(ok.load(SeqCst) > 0 && failed.load(SeqCst) > 0 && cancelled.load(SeqCst) > 0);
+    // Let background connects, checks and closes settle.
+    settle(|| {
+        let s = pool.state();
+        s.connecting == 0 && s.in_use == 0 && m.counts().live == s.open
+    })
+    .await;
+    let s = pool.stats();
+    assert_eq!((s.waiting, s.active_connections), (0, 0));
+    assert_eq!(s.connections_created - s.connections_closed, s.open_connections as u64);
+    assert!(m.counts().max_live <= 16, "never more than the largest limit: {:?}", m.counts());
+    assert!(s.open_connections <= 12);
+    pool.close().await.unwrap();
+    settle(|| m.counts().live == 0).await;
+}
+
+/// Polls `cond` on a real clock until it holds, for background work on other threads (a
+/// connect may sit in its backoff for up to 2 s); fails after 30 s.
+async fn settle(cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the pool never settled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,13 +1,15 @@
 //! The object-safe [`Pool`] trait every layer above the backends speaks, and [`Health`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::config::PoolConfig;
-use crate::error::ResizeError;
+use crate::error::{ObserveError, ResizeError};
 use crate::manager::Manager;
+use crate::observer::Observer;
 use crate::pool::ConnectionPool;
 use crate::stats::PoolStats;
 
@@ -36,6 +38,13 @@ pub trait Pool: Send + Sync + fmt::Debug + 'static {
 
     /// Zeroes counters, histograms and peaks.
     fn reset_stats(&self);
+
+    /// Attaches an [`Observer`] (see [`ConnectionPool::set_observer`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ObserveError`] when the pool has one already.
+    fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError>;
 
     /// Checks the pool actively: one real round trip on one of its connections, bounded by
     /// `connect_timeout`.
@@ -80,6 +89,10 @@ impl<M: Manager + fmt::Debug> Pool for ConnectionPool<M> {
 
     fn reset_stats(&self) {
         ConnectionPool::reset_stats(self);
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
+        ConnectionPool::set_observer(self, observer)
     }
 
     async fn health(&self) -> Health {

@@ -1,5 +1,5 @@
 //! Errors, one type per operation: [`AcquireError`], [`TryAcquireError`], [`BuildError`],
-//! [`ResizeError`], [`CloseError`], [`RegisterError`].
+//! [`ResizeError`], [`CloseError`], [`RegisterError`], [`ObserveError`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,4 +142,16 @@ pub enum RegisterError {
     /// Another pool already has this name.
     #[error("a pool named {0:?} is already registered")]
     Duplicate(String),
+}
+
+/// Why an observer could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// The pool has an observer already.
+    #[error("pool {pool:?} has an observer attached already")]
+    AlreadyAttached {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
 }

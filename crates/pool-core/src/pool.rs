@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -15,10 +15,12 @@ use crate::clock::{self, Instant};
 
 use crate::config::{Builder, PoolConfig};
 use crate::error::{
-    AcquireError, BuildError, CloseError, ConnectError, ResizeError, TimeoutError, TryAcquireError,
+    AcquireError, BuildError, CloseError, ConnectError, ObserveError, ResizeError, TimeoutError,
+    TryAcquireError,
 };
 use crate::guard::PooledConnection;
 use crate::manager::Manager;
+use crate::observer::Observer;
 use crate::stats::{CloseReason, Gauges, PoolStats, Stats};
 
 #[cfg(test)]
@@ -90,6 +92,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) config: PoolConfig,
     state: Mutex<State<M>>,
     pub(crate) stats: Stats,
+    /// The exporter's hook, if one is attached.
+    observer: OnceLock<Arc<dyn Observer>>,
     /// Signalled whenever an open connection goes away, for `close().await`.
     drained: Notify,
     /// Wakes the reaper task, which times out waiters (one timer for the whole queue).
@@ -296,6 +300,7 @@ impl<M: Manager> ConnectionPool<M> {
             config,
             state: Mutex::new(state),
             stats: Stats::default(),
+            observer: OnceLock::new(),
             drained: Notify::new(),
             reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
@@ -534,6 +539,19 @@ impl<M: Manager> ConnectionPool<M> {
         }
     }
 
+    /// Attaches an [`Observer`] that sees every acquire, release and connect as it happens.
+    ///
+    /// # Errors
+    ///
+    /// [`ObserveError::AlreadyAttached`] when the pool has one already (a pool has at most one;
+    /// an observer can fan out to several sinks).
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
+        self.shared
+            .observer
+            .set(observer)
+            .map_err(|_| ObserveError::AlreadyAttached { pool: self.shared.name.clone() })
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
@@ -758,9 +776,19 @@ impl<M: Manager> Shared<M> {
         started: Option<Instant>,
         location: &'static Location<'static>,
     ) -> PooledConnection<M> {
-        match started {
-            Some(start) => self.stats.wait.record(now.duration_since(start)),
-            None => self.stats.wait.record_zero(),
+        let wait = match started {
+            Some(start) => {
+                let wait = now.duration_since(start);
+                self.stats.wait.record(wait);
+                wait
+            }
+            None => {
+                self.stats.wait.record_zero();
+                Duration::ZERO
+            }
+        };
+        if let Some(observer) = self.observer.get() {
+            observer.acquired(wait);
         }
         if self.config.leak_detection_threshold.is_some() {
             self.lock()
@@ -775,6 +803,9 @@ impl<M: Manager> Shared<M> {
         let now = clock::now();
         let held = now.duration_since(acquired_at);
         self.stats.usage.record(held);
+        if let Some(observer) = self.observer.get() {
+            observer.released(held);
+        }
         if let Some(threshold) = self.config.leak_detection_threshold {
             let entry = self.lock().leaks.remove(&conn.id);
             if let Some(entry) = entry.filter(|e| e.reported || held >= threshold) {
@@ -973,7 +1004,11 @@ impl<M: Manager> Shared<M> {
     fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant) {
         let now = clock::now();
         self.stats.created.fetch_add(1, Relaxed);
-        self.stats.connect.record(now.duration_since(start));
+        let took = now.duration_since(start);
+        self.stats.connect.record(took);
+        if let Some(observer) = self.observer.get() {
+            observer.connected(took);
+        }
         let expires_at = self.config.pool_recycle.map(|life| {
             let jitter = self.config.recycle_jitter * fastrand::f64();
             now + life.mul_f64(1.0 - jitter)

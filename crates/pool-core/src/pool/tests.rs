@@ -661,3 +661,41 @@ async fn settle(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+#[derive(Debug, Default)]
+struct Events(Mutex<Vec<(&'static str, Duration)>>);
+
+impl crate::Observer for Events {
+    fn acquired(&self, wait: Duration) {
+        self.0.lock().unwrap().push(("acquired", wait));
+    }
+    fn released(&self, held: Duration) {
+        self.0.lock().unwrap().push(("released", held));
+    }
+    fn connected(&self, took: Duration) {
+        self.0.lock().unwrap().push(("connected", took));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observer_sees_every_timed_event_as_it_happens() {
+    let m = TestManager::new();
+    m.set_connect_delay(Duration::from_millis(30));
+    let pool = builder(&m).pool_size(1).min_idle(Some(0)).build().unwrap();
+    let events = Arc::new(Events::default());
+    pool.set_observer(events.clone()).unwrap();
+    let err = pool.set_observer(events.clone()).unwrap_err();
+    assert_eq!(err.to_string(), "pool \"t\" has an observer attached already");
+    let conn = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(conn);
+    let _again = pool.acquire().await.unwrap();
+    let seen = events.0.lock().unwrap().clone();
+    let expected = vec![
+        ("connected", Duration::from_millis(30)),
+        ("acquired", Duration::from_millis(30)),
+        ("released", Duration::from_millis(200)),
+        ("acquired", Duration::ZERO),
+    ];
+    assert_eq!(seen, expected);
+}

@@ -1,0 +1,211 @@
+//! Both exporters over the same pools after a known sequence of operations, on tokio's paused
+//! clock so every duration is exact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use pool_core::testing::TestManager;
+use pool_core::{ConnectionPool, Registry};
+
+use crate::{METRICS, OtelMetrics, render};
+
+/// Two pools, `db` and `cache`, after a scripted sequence; returns them in a registry.
+async fn scripted(before: impl FnOnce(&Registry)) -> Registry {
+    let registry = Registry::new();
+    let m = TestManager::new();
+    m.set_connect_delay(Duration::from_millis(2));
+    let db =
+        ConnectionPool::builder(m.clone()).name("db").pool_size(2).max_overflow(0).build().unwrap();
+    let cache = ConnectionPool::builder(m.clone())
+        .name("cache")
+        .pool_size(1)
+        .max_overflow(3)
+        .build()
+        .unwrap();
+    registry.register(Arc::new(db.clone())).unwrap();
+    registry.register(Arc::new(cache.clone())).unwrap();
+    before(&registry);
+    m.wait_until(|c| c.connects == 3).await;
+    while db.state().idle < 2 || cache.state().idle < 1 {
+        tokio::task::yield_now().await;
+    }
+    let a = db.acquire().await.unwrap();
+    let b = db.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(db.acquire_timeout(Duration::from_millis(100)).await.is_err());
+    drop(a);
+    drop(b);
+    let c = cache.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(c);
+    cache.acquire().await.unwrap().detach();
+    m.wait_until(|c| c.connects == 4).await;
+    while cache.state().idle < 1 {
+        tokio::task::yield_now().await;
+    }
+    let _held = cache.acquire().await.unwrap().detach();
+    registry
+}
+
+#[tokio::test(start_paused = true)]
+async fn prometheus_text_matches_the_expected_file_and_parses_back() {
+    let registry = scripted(|_| {}).await;
+    let text = render(&registry);
+    expect_test::expect_file!["../tests/expected.prom"].assert_eq(&text);
+
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, pool: &str, extra: Option<(&str, &str)>| -> f64 {
+        let found: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == name && s.labels.get("db_client_connection_pool_name") == Some(pool)
+            })
+            .filter(|s| extra.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .collect();
+        assert_eq!(found.len(), 1, "{name} for {pool} {extra:?}: {found:?}");
+        match &found[0].value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    };
+    // Every family, for both pools, with the backend label.
+    for m in &METRICS {
+        for pool in ["db", "cache"] {
+            let n = scrape
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.metric == m.prometheus
+                        && s.labels.get("db_client_connection_pool_name") == Some(pool)
+                })
+                .inspect(|s| assert_eq!(s.labels.get("db_system_name"), Some("test")))
+                .count();
+            assert!(n >= 1, "{} missing for {pool}", m.prometheus);
+        }
+    }
+    let state = |s| Some(("db_client_connection_state", s));
+    assert_eq!(value("db_client_connection_count", "db", state("used")), 0.0);
+    assert_eq!(value("db_client_connection_count", "db", state("idle")), 2.0);
+    assert_eq!(value("db_client_connection_count", "cache", state("used")), 0.0);
+    assert_eq!(value("db_client_connection_max", "cache", None), 4.0);
+    assert_eq!(value("db_client_connection_timeouts_total", "db", None), 1.0);
+    assert_eq!(value("db_client_connection_timeouts_total", "cache", None), 0.0);
+    assert_eq!(value("db_client_connection_created_total", "cache", None), 2.0);
+    let detached = Some(("db_client_connection_close_reason", "detached"));
+    assert_eq!(value("db_client_connection_closed_total", "cache", detached), 2.0);
+    assert_eq!(value("db_client_connection_used_peak", "db", None), 2.0);
+    let histogram = |name: &str, pool: &str| {
+        scrape
+            .samples
+            .iter()
+            .find_map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(h)
+                    if s.metric == name
+                        && s.labels.get("db_client_connection_pool_name") == Some(pool) =>
+                {
+                    Some(h.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} for {pool}"))
+    };
+    let use_time = histogram("db_client_connection_use_time_seconds", "db");
+    assert_eq!(use_time.last().unwrap().count, 2.0, "two uses");
+    let le = |h: &[prometheus_parse::HistogramCount], bound: f64| {
+        h.iter().find(|b| b.less_than == bound).unwrap().count
+    };
+    assert_eq!((le(&use_time, 0.1), le(&use_time, 0.25)), (0.0, 2.0), "both held 130 ms");
+    let create = histogram("db_client_connection_create_time_seconds", "cache");
+    assert_eq!((le(&create, 0.001), le(&create, 0.0025)), (0.0, 2.0), "connects took 2 ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn otel_instruments_read_back_through_the_sdk() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let meter = provider.meter("pool-metrics-test");
+    let mut keep = None;
+    let registry = scripted(|r| keep = Some(OtelMetrics::new(&meter, r.clone()).unwrap())).await;
+    assert!(keep.is_some());
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let metrics: Vec<_> =
+        exported.iter().flat_map(|r| r.scope_metrics()).flat_map(|s| s.metrics()).collect();
+    for m in &METRICS {
+        let found = metrics
+            .iter()
+            .find(|x| x.name() == m.name)
+            .unwrap_or_else(|| panic!("{} not exported", m.name));
+        assert_eq!(found.unit(), m.unit, "{}", m.name);
+        assert_eq!(found.description(), m.help);
+        let kind_ok = match (m.kind, found.data()) {
+            (crate::Kind::Gauge, AggregatedMetrics::I64(MetricData::Sum(s))) => !s.is_monotonic(),
+            (crate::Kind::Counter, AggregatedMetrics::U64(MetricData::Sum(s))) => s.is_monotonic(),
+            (crate::Kind::Histogram, AggregatedMetrics::F64(MetricData::Histogram(_))) => true,
+            _ => false,
+        };
+        assert!(kind_ok, "{}: {:?}", m.name, found.data());
+    }
+    let attrs = |a: Vec<&opentelemetry::KeyValue>| -> Vec<(String, String)> {
+        let mut v: Vec<_> = a.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
+        v.sort();
+        v
+    };
+    let find = |name: &str| metrics.iter().find(|x| x.name() == name).unwrap();
+    let AggregatedMetrics::U64(MetricData::Sum(timeouts)) =
+        find("db.client.connection.timeouts").data()
+    else {
+        panic!()
+    };
+    let points: Vec<_> =
+        timeouts.data_points().map(|p| (attrs(p.attributes().collect()), p.value())).collect();
+    let pool = |name: &str| {
+        vec![
+            ("db.client.connection.pool.name".to_owned(), name.to_owned()),
+            ("db.system.name".to_owned(), "test".to_owned()),
+        ]
+    };
+    assert!(
+        points.contains(&(pool("db"), 1)) && points.contains(&(pool("cache"), 0)),
+        "{points:?}"
+    );
+    let AggregatedMetrics::I64(MetricData::Sum(count)) = find("db.client.connection.count").data()
+    else {
+        panic!()
+    };
+    let idle_db = count
+        .data_points()
+        .find(|p| {
+            let a = attrs(p.attributes().collect());
+            a.contains(&("db.client.connection.state".to_owned(), "idle".to_owned()))
+                && a.contains(&("db.client.connection.pool.name".to_owned(), "db".to_owned()))
+        })
+        .unwrap();
+    assert_eq!(idle_db.value(), 2);
+    let AggregatedMetrics::F64(MetricData::Histogram(wait)) =
+        find("db.client.connection.wait_time").data()
+    else {
+        panic!()
+    };
+    let db_wait =
+        wait.data_points().find(|p| attrs(p.attributes().collect()) == pool("db")).unwrap();
+    assert_eq!(db_wait.count(), 2, "two acquires served; the timeout records no wait");
+    assert_eq!(db_wait.bounds().count(), pool_core::HISTOGRAM_BOUNDS.len());
+    let AggregatedMetrics::F64(MetricData::Histogram(usage)) =
+        find("db.client.connection.use_time").data()
+    else {
+        panic!()
+    };
+    let db_use =
+        usage.data_points().find(|p| attrs(p.attributes().collect()) == pool("db")).unwrap();
+    assert_eq!((db_use.count(), db_use.sum()), (2, 0.26));
+    assert_eq!(registry.len(), 2);
+}

@@ -1,0 +1,150 @@
+//! Table-driven scenarios of the analysis, with their recommendations as snapshots.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use expect_test::{Expect, expect};
+
+use super::*;
+
+/// A window of 10 s: `rate` checkouts/s held `hold_ms`, p90 wait `wait_ms`.
+fn w(pool_size: usize, rate: f64, hold_ms: f64, wait_ms: f64) -> Window {
+    let hold = Duration::from_secs_f64(hold_ms / 1e3);
+    let wait = Duration::from_secs_f64(wait_ms / 1e3);
+    Window {
+        pool: "main".to_owned(),
+        duration: Duration::from_secs(10),
+        pool_size,
+        max_overflow: 5,
+        checkouts: (rate * 10.0) as u64,
+        hold_mean: hold,
+        hold_p90: hold * 2,
+        wait_mean: wait / 2,
+        wait_p50: wait / 4,
+        wait_p90: wait,
+        wait_p99: wait * 2,
+        open: pool_size,
+        ..Window::default()
+    }
+}
+
+fn check(windows: Vec<Window>, budgets: &[Budget], expected: Expect) {
+    let mut all = BTreeMap::new();
+    for window in windows {
+        all.entry(window.pool.clone()).or_insert_with(Vec::new).push(window);
+    }
+    let recs = analyze(&all, &Settings::default(), budgets);
+    let text: Vec<String> = recs.iter().map(ToString::to_string).collect();
+    expected.assert_eq(&text.join("\n"));
+}
+
+#[test]
+fn beta_and_needed_follow_square_root_staffing() {
+    assert!((beta_for(0.05) - 1.73).abs() < 0.02, "{}", beta_for(0.05));
+    assert!((beta_for(0.2) - 1.06).abs() < 0.02, "{}", beta_for(0.2));
+    assert_eq!(needed(10.0, beta_for(0.05)), 16);
+    assert_eq!(needed(0.0, 1.7), 1);
+    assert_eq!(needed(100.0, beta_for(0.05)), 118);
+}
+
+#[test]
+fn steady_load_on_a_right_sized_pool_needs_nothing() {
+    check(vec![w(16, 200.0, 50.0, 0.0); 6], &[], expect![[""]]);
+}
+
+#[test]
+fn too_few_windows_say_nothing() {
+    check(vec![w(2, 600.0, 50.0, 500.0); 2], &[], expect![[""]]);
+}
+
+#[test]
+fn a_spike_with_flat_hold_time_grows_the_pool() {
+    let mut ws = vec![w(16, 200.0, 50.0, 0.0); 3];
+    ws.extend([
+        w(16, 320.0, 50.0, 40.0),
+        w(16, 320.0, 50.0, 60.0),
+        Window { timeouts: 3, ..w(16, 320.0, 50.0, 80.0) },
+    ]);
+    check(
+        ws,
+        &[],
+        expect![
+            "[high] main: High wait times: Increase pool_size to 23 (pool_size 16 + 5; 260/s × 50.0 ms = 16.0 busy, needed 23, wait p90 80.0 ms, timeouts 3, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.60, connect errors 0)"
+        ],
+    );
+}
+
+#[test]
+fn hold_time_rising_with_load_means_the_database_is_saturated() {
+    let ws = vec![
+        w(20, 200.0, 50.0, 0.0),
+        w(20, 210.0, 55.0, 0.0),
+        w(20, 220.0, 60.0, 5.0),
+        w(20, 260.0, 75.0, 30.0),
+        w(20, 270.0, 80.0, 50.0),
+        w(20, 280.0, 85.0, 70.0),
+    ];
+    check(
+        ws,
+        &[],
+        expect![
+            "[high] main: Database saturated: Do not add connections: hold time rose 1.5x as load rose 1.3x, so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.29, connect errors 0)"
+        ],
+    );
+}
+
+#[test]
+fn an_over_provisioned_pool_shrinks_to_what_the_load_needs() {
+    check(
+        vec![w(50, 100.0, 20.0, 0.0); 6],
+        &[],
+        expect![[
+            r#"[low] main: Too many idle connections: Decrease pool_size to 5 (pool_size 50 + 5; 100/s × 20.0 ms = 2.0 busy, needed 5, wait p90 0.0 ms, timeouts 0, idle 96%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)"#
+        ]],
+    );
+}
+
+#[test]
+fn connect_errors_raise_an_alert_and_freeze_sizing() {
+    let mut ws = vec![w(2, 600.0, 50.0, 500.0); 5];
+    ws.push(Window { connect_errors: 4, ..w(2, 600.0, 50.0, 500.0) });
+    check(
+        ws,
+        &[],
+        expect![[
+            r#"[high] main: Connection errors: Check the database and the network: 4 connect errors in the last 6 windows; sizing is frozen until they stop (pool_size 2 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 500.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 4)"#
+        ]],
+    );
+}
+
+#[test]
+fn overflow_in_use_most_of_the_time_means_pool_size_is_too_small() {
+    let ws = vec![Window { overflow: 4, open: 14, ..w(10, 140.0, 50.0, 1.0) }; 6];
+    check(
+        ws,
+        &[],
+        expect![[
+            r#"[medium] main: Overflow used most of the time: Increase pool_size to 14 (pool_size 10 + 5; 140/s × 50.0 ms = 7.0 busy, needed 12, wait p90 1.0 ms, timeouts 0, idle 50%, overflow in 100% of windows, hold ×1.00, load ×1.00, connect errors 0)"#
+        ]],
+    );
+}
+
+#[test]
+fn no_proposal_breaks_the_connection_budget() {
+    let mut ws = vec![w(16, 600.0, 50.0, 200.0); 6];
+    ws.extend(vec![Window { pool: "other".to_owned(), ..w(10, 10.0, 10.0, 0.0) }; 6]);
+    let budget = Budget {
+        name: "primary".to_owned(),
+        max_connections: 50,
+        reserved: 5,
+        pools: vec!["main".to_owned(), "other".to_owned()],
+    };
+    check(
+        ws,
+        &[budget],
+        expect![[r#"
+        [high] main: Connection budget exhausted: pool_size can grow only to 25: primary allows 45 connections (50 max_connections, 5 reserved) and its other pools may open 15 (pool_size 16 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+        [medium] main: High wait times: Increase pool_size to 25 (pool_size 16 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+        [low] other: Too many idle connections: Decrease pool_size to 1 (pool_size 10 + 5; 10/s × 10.0 ms = 0.1 busy, needed 1, wait p90 0.0 ms, timeouts 0, idle 99%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)"#]],
+    );
+}

@@ -1,0 +1,61 @@
+//! [`Sampler`]: stats snapshots of every pool at a fixed interval, kept as a bounded history
+//! of windows per pool.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use pool_core::{PoolStats, Registry};
+use tokio::time::Instant;
+
+use crate::window::Window;
+
+/// Samples every pool of a registry and keeps the last `capacity` windows of each.
+///
+/// The caller decides when to sample (the [`AutoTuner`](crate::AutoTuner)'s loop does it on a
+/// timer); the sampler only reads the clock it is given.
+#[derive(Debug)]
+pub struct Sampler {
+    pools: Registry,
+    capacity: usize,
+    last: HashMap<String, (Instant, PoolStats)>,
+    windows: BTreeMap<String, VecDeque<Window>>,
+}
+
+impl Sampler {
+    /// A sampler over `pools` keeping `capacity` windows per pool (at least one).
+    pub fn new(pools: Registry, capacity: usize) -> Self {
+        Sampler { pools, capacity: capacity.max(1), last: HashMap::new(), windows: BTreeMap::new() }
+    }
+
+    /// Takes a snapshot of every pool at `now` and appends a window per pool seen before.
+    /// Pools gone from the registry are forgotten.
+    pub fn sample(&mut self, now: Instant) {
+        let pools = self.pools.pools();
+        let names: Vec<String> = pools.iter().map(|p| p.name().to_owned()).collect();
+        self.last.retain(|name, _| names.contains(name));
+        self.windows.retain(|name, _| names.contains(name));
+        for pool in pools {
+            let stats = pool.stats();
+            let name = stats.name.clone();
+            if let Some((at, before)) = self.last.get(&name)
+                && let Some(window) = Window::between(before, &stats, now.duration_since(*at))
+            {
+                let windows = self.windows.entry(name.clone()).or_default();
+                if windows.len() == self.capacity {
+                    windows.pop_front();
+                }
+                windows.push_back(window);
+            }
+            self.last.insert(name, (now, stats));
+        }
+    }
+
+    /// Every pool's windows, oldest first.
+    pub fn windows(&self) -> BTreeMap<String, Vec<Window>> {
+        self.windows.iter().map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect()
+    }
+
+    /// The registry sampled.
+    pub fn pools(&self) -> &Registry {
+        &self.pools
+    }
+}

@@ -1,0 +1,244 @@
+//! The auto-tuner in virtual time: a queue with Poisson arrivals and exponential hold times
+//! (M/M/c with timeouts), resized by the tuner between windows.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use super::*;
+use crate::analysis::{beta_for, needed};
+
+/// An M/M/c queue with abandonment after `timeout`, in nanoseconds of virtual time.
+struct Queue {
+    rng: fastrand::Rng,
+    arrivals_per_sec: f64,
+    hold_mean: f64,
+    timeout: u64,
+    now: u64,
+    next_arrival: u64,
+    busy: BinaryHeap<Reverse<u64>>,
+    queue: VecDeque<u64>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(
+        sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1],
+    )
+}
+
+impl Queue {
+    fn new(seed: u64, arrivals_per_sec: f64, hold_mean: Duration, timeout: Duration) -> Queue {
+        let mut q = Queue {
+            rng: fastrand::Rng::with_seed(seed),
+            arrivals_per_sec,
+            hold_mean: hold_mean.as_secs_f64(),
+            timeout: timeout.as_nanos() as u64,
+            now: 0,
+            next_arrival: 0,
+            busy: BinaryHeap::new(),
+            queue: VecDeque::new(),
+        };
+        q.next_arrival = q.exp(1.0 / arrivals_per_sec);
+        q
+    }
+
+    fn exp(&mut self, mean_secs: f64) -> u64 {
+        (-(1.0 - self.rng.f64()).ln() * mean_secs * 1e9) as u64
+    }
+
+    /// Runs one window of `len` with `size` connections and returns what a sampler would see.
+    fn window(&mut self, len: Duration, size: usize) -> Window {
+        let end = self.now + len.as_nanos() as u64;
+        let (mut waits, mut holds, mut timeouts) = (Vec::new(), Vec::new(), 0u64);
+        let start =
+            |q: &mut Queue, arrived: u64, waits: &mut Vec<u64>, holds: &mut Vec<u64>| {
+                let hold = q.exp(q.hold_mean);
+                waits.push(q.now - arrived);
+                holds.push(hold);
+                q.busy.push(Reverse(q.now + hold));
+            };
+        // Connections added by a resize serve the queue at once.
+        while self.busy.len() < size
+            && let Some(arrived) = self.queue.pop_front()
+        {
+            if self.now - arrived > self.timeout {
+                timeouts += 1;
+            } else {
+                start(self, arrived, &mut waits, &mut holds);
+            }
+        }
+        loop {
+            let done = self.busy.peek().map_or(u64::MAX, |r| r.0);
+            let next = done.min(self.next_arrival);
+            if next >= end {
+                break;
+            }
+            self.now = next;
+            if done <= self.next_arrival {
+                self.busy.pop();
+                while self.busy.len() < size
+                    && let Some(arrived) = self.queue.pop_front()
+                {
+                    if self.now - arrived > self.timeout {
+                        timeouts += 1;
+                    } else {
+                        start(self, arrived, &mut waits, &mut holds);
+                        break;
+                    }
+                }
+            } else {
+                let arrived = self.now;
+                self.next_arrival = self.now + self.exp(1.0 / self.arrivals_per_sec);
+                if self.busy.len() < size {
+                    start(self, arrived, &mut waits, &mut holds);
+                } else {
+                    self.queue.push_back(arrived);
+                }
+            }
+        }
+        self.now = end;
+        let before = self.queue.len();
+        self.queue.retain(|&a| end - a <= self.timeout);
+        timeouts += (before - self.queue.len()) as u64;
+        waits.sort_unstable();
+        holds.sort_unstable();
+        let mean =
+            |v: &[u64]| Duration::from_nanos(v.iter().sum::<u64>() / (v.len().max(1) as u64));
+        Window {
+            pool: "sim".to_owned(),
+            duration: len,
+            pool_size: size,
+            max_overflow: 0,
+            checkouts: waits.len() as u64,
+            hold_mean: mean(&holds),
+            hold_p90: percentile(&holds, 0.9),
+            wait_mean: mean(&waits),
+            wait_p50: percentile(&waits, 0.5),
+            wait_p90: percentile(&waits, 0.9),
+            wait_p99: percentile(&waits, 0.99),
+            timeouts,
+            connect_errors: 0,
+            overflow: 0,
+            open: size,
+        }
+    }
+}
+
+/// Runs the tuner against the queue for `windows` windows from `start` connections and
+/// returns the size in force during each window.
+fn converge(start: usize, windows: usize, seed: u64) -> (Vec<usize>, AutoTuner) {
+    let mut queue = Queue::new(seed, 200.0, Duration::from_millis(50), Duration::from_secs(1));
+    let mut tuner = AutoTuner::new(TunerSettings::default(), Settings::default(), Vec::new());
+    let mut history: BTreeMap<String, Vec<Window>> = BTreeMap::new();
+    let mut size = start;
+    let mut sizes = Vec::new();
+    for _ in 0..windows {
+        sizes.push(size);
+        let w = queue.window(Duration::from_secs(10), size);
+        let ws = history.entry("sim".to_owned()).or_default();
+        ws.push(w);
+        if ws.len() > 30 {
+            ws.remove(0);
+        }
+        for change in tuner.decide(&history) {
+            size = change.pool_size;
+        }
+    }
+    (sizes, tuner)
+}
+
+/// How often the direction of change flipped.
+fn reversals(sizes: &[usize]) -> usize {
+    let steps: Vec<i64> =
+        sizes.windows(2).map(|w| w[1] as i64 - w[0] as i64).filter(|d| *d != 0).collect();
+    steps.windows(2).filter(|d| d[0].signum() != d[1].signum()).count()
+}
+
+/// Windows until the size stopped changing for good.
+fn settled_at(sizes: &[usize]) -> usize {
+    let last = *sizes.last().unwrap();
+    sizes.iter().rposition(|&s| s != last).map_or(0, |i| i + 1)
+}
+
+#[test]
+fn starting_too_small_it_grows_to_the_predicted_size_and_stays() {
+    let predicted = needed(200.0 * 0.05, beta_for(0.05));
+    assert_eq!(predicted, 16);
+    for seed in 1..=5 {
+        let (sizes, tuner) = converge(2, 80, seed);
+        let settled = settled_at(&sizes);
+        eprintln!("seed {seed}: sizes per window {sizes:?}, settled after {settled} windows");
+        let last = *sizes.last().unwrap();
+        assert!(
+            last.abs_diff(predicted) <= 1,
+            "settled at {last}, predicted {predicted}: {sizes:?}"
+        );
+        assert!(settled <= 60, "took {settled} windows: {sizes:?}");
+        let changes = sizes.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes <= 8, "{changes} changes: {sizes:?}");
+        assert!(reversals(&sizes) <= 1, "no oscillation: {sizes:?}");
+        assert!(
+            !tuner.log().iter().any(|d| d.action == Action::StepBack),
+            "every step up paid off"
+        );
+    }
+}
+
+#[test]
+fn starting_too_large_it_shrinks_to_the_predicted_size_never_below() {
+    let predicted = 16;
+    for seed in 1..=5 {
+        let (sizes, _) = converge(50, 80, seed);
+        let settled = settled_at(&sizes);
+        eprintln!("seed {seed}: sizes per window {sizes:?}, settled after {settled} windows");
+        let last = *sizes.last().unwrap();
+        assert!(
+            last.abs_diff(predicted) <= 1,
+            "settled at {last}, predicted {predicted}: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().all(|&s| s + 1 >= predicted),
+            "never below what the load needs: {sizes:?}"
+        );
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "monotone, no oscillation: {sizes:?}");
+        assert!(settled <= 60, "took {settled} windows: {sizes:?}");
+    }
+}
+
+#[test]
+fn a_step_up_that_does_not_raise_throughput_is_undone_and_capped() {
+    let mut tuner = AutoTuner::new(
+        TunerSettings { agree: 1, cooldown: 1, ..TunerSettings::default() },
+        Settings { min_windows: 1, ..Settings::default() },
+        Vec::new(),
+    );
+    // A pool whose waits stay high and whose throughput stays flat whatever its size: the
+    // limit is elsewhere.
+    let w = |size| Window {
+        pool: "p".to_owned(),
+        duration: Duration::from_secs(10),
+        pool_size: size,
+        checkouts: 1000,
+        hold_mean: Duration::from_millis(100),
+        wait_p90: Duration::from_millis(100),
+        open: size,
+        ..Window::default()
+    };
+    let mut history = BTreeMap::from([("p".to_owned(), vec![w(4)])]);
+    let grow = tuner.decide(&history);
+    assert_eq!(grow, vec![Change { pool: "p".to_owned(), pool_size: 6, max_overflow: 0 }]);
+    history.get_mut("p").unwrap().push(w(6));
+    let back = tuner.decide(&history);
+    assert_eq!(back, vec![Change { pool: "p".to_owned(), pool_size: 4, max_overflow: 0 }]);
+    history.get_mut("p").unwrap().push(w(4));
+    assert!(tuner.decide(&history).is_empty(), "cooldown after the step back");
+    history.get_mut("p").unwrap().push(w(4));
+    assert!(tuner.decide(&history).is_empty(), "capped at 4");
+    let actions: Vec<Action> = tuner.log().iter().map(|d| d.action).collect();
+    assert_eq!(actions, vec![Action::Grow, Action::StepBack, Action::Hold]);
+    assert!(tuner.log()[1].reason.contains("back to 4 and capped there"), "{}", tuner.log()[1]);
+    assert!(tuner.log()[2].reason.contains("but capped at 4"), "{}", tuner.log()[2]);
+}

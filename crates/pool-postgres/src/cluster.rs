@@ -1,0 +1,607 @@
+//! [`PgCluster`]: a primary pool and replica pools, with routing of reads to the least busy
+//! healthy replica, bans, a replay-lag probe and read-your-writes tokens.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use pool_core::{AcquireError, CloseError, ConnectionPool, Manager, PoolConfig, Registry};
+use sqlx::postgres::PgConnection;
+use tokio::time::Instant;
+
+use crate::error::{ClusterBuildError, SessionError};
+use crate::manager::PgManager;
+use crate::stats::{ClusterStats, ReplicaStats};
+use crate::token::{CausalToken, Lsn};
+use crate::{PgPool, PgPooledConnection};
+
+/// A primary pool and any number of replica pools.
+///
+/// - [`session`](Self::session) goes to the primary.
+/// - [`session_read_only`](Self::session_read_only) goes to the least busy usable replica (fewest
+///   connections in use, ties broken at random), or to the primary when none is usable (counted
+///   as a fallback). A replica is usable unless banned or lagging.
+/// - A replica whose pool cannot connect (an acquire that times out while its connects fail) or
+///   that fails the lag probe's query is banned for `ban_duration`; after that the lag probe
+///   tries it, and lifts the ban when it answers (without the probe, the next read tries it).
+///   The primary is never banned.
+/// - The lag probe measures, every `lag_probe_interval`, each replica's replay lag and skips a
+///   replica whose lag exceeds `max_replica_lag` until it is back under half of it (hysteresis).
+/// - [`session_read_only_after`](Self::session_read_only_after) takes a [`CausalToken`] and goes
+///   only to a replica that has replayed it, else to the primary.
+///
+/// Every pool is an ordinary [`PgPool`] named `NAME` (the primary), `NAME-replica-1`,
+/// `NAME-replica-2`...; [`register`](Self::register) puts them all in a [`Registry`].
+///
+/// Cheap to clone: clones share the cluster. The lag probe stops when the last clone is dropped
+/// or the cluster is closed.
+#[derive(Clone)]
+pub struct PgCluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    primary: PgPool,
+    replicas: Vec<Replica>,
+    settings: Settings,
+    fallbacks: AtomicU64,
+    causal_primary_reads: AtomicU64,
+    probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    ban_duration: Duration,
+    replica_timeout: Duration,
+    max_replica_lag: Option<Duration>,
+    lag_probe_interval: Option<Duration>,
+    connect_timeout: Duration,
+}
+
+struct Replica {
+    pool: PgPool,
+    health: Mutex<Health>,
+    reads: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// `Some` while banned: when the ban's cooldown ends.
+    banned_until: Option<Instant>,
+    bans: u64,
+    lagging: bool,
+    lag: Option<Duration>,
+    lag_bytes: Option<u64>,
+    replay_lsn: Option<Lsn>,
+    last_error: Option<String>,
+}
+
+impl Replica {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Builds a [`PgCluster`]: `PgCluster::builder("main", primary).replica(r1).build()`.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterBuilder {
+    name: String,
+    primary: PgManager,
+    replicas: Vec<PgManager>,
+    config: PoolConfig,
+    replica_config: Option<PoolConfig>,
+    ban_duration: Duration,
+    replica_timeout: Duration,
+    max_replica_lag: Option<Duration>,
+    lag_probe_interval: Option<Duration>,
+}
+
+impl ClusterBuilder {
+    /// Adds a replica; replicas are numbered from 1 in the order they are added.
+    pub fn replica(mut self, replica: PgManager) -> Self {
+        self.replicas.push(replica);
+        self
+    }
+
+    /// The settings of every pool [`PoolConfig::default`], e.g. from
+    /// [`config_from_env`](crate::config_from_env).
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Other settings for the replica pools [the same as the primary's].
+    pub fn replica_config(mut self, config: PoolConfig) -> Self {
+        self.replica_config = Some(config);
+        self
+    }
+
+    /// How long a replica that failed stays out of rotation before it is tried again [30 s].
+    pub fn ban_duration(mut self, duration: Duration) -> Self {
+        self.ban_duration = duration;
+        self
+    }
+
+    /// How long a read waits for a replica's connection before it tries another replica or the
+    /// primary [2 s]. A replica whose connects failed during that wait is banned.
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// Replay lag beyond which a replica is skipped [10 s]; `None` never skips for lag.
+    pub fn max_replica_lag(mut self, lag: Option<Duration>) -> Self {
+        self.max_replica_lag = lag;
+        self
+    }
+
+    /// Period of the lag probe [1 s]; `None` turns it off (no lag awareness, and banned replicas
+    /// are retried by reads once their ban ends).
+    pub fn lag_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.lag_probe_interval = interval;
+        self
+    }
+
+    /// Starts every pool and the lag probe.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterBuildError::Pool`] naming the pool whose settings were refused (or when called
+    /// outside a tokio runtime), [`ClusterBuildError::Invalid`] for a zero duration.
+    pub fn build(self) -> Result<PgCluster, ClusterBuildError> {
+        let invalid = |setting, value: Duration| ClusterBuildError::Invalid {
+            setting,
+            value: format!("{value:?}"),
+            reason: "must be greater than zero",
+        };
+        for (setting, value) in [
+            ("ban_duration", Some(self.ban_duration)),
+            ("replica_timeout", Some(self.replica_timeout)),
+            ("max_replica_lag", self.max_replica_lag),
+            ("lag_probe_interval", self.lag_probe_interval),
+        ] {
+            if let Some(v) = value.filter(|v| v.is_zero()) {
+                return Err(invalid(setting, v));
+            }
+        }
+        let build = |name: String, manager: PgManager, config: &PoolConfig| {
+            ConnectionPool::builder(manager)
+                .name(name.clone())
+                .config(config.clone())
+                .build()
+                .map_err(|source| ClusterBuildError::Pool { pool: name, source })
+        };
+        let primary = build(self.name.clone(), self.primary, &self.config)?;
+        let replica_config = self.replica_config.as_ref().unwrap_or(&self.config);
+        let mut replicas = Vec::with_capacity(self.replicas.len());
+        for (i, manager) in self.replicas.into_iter().enumerate() {
+            let pool = build(format!("{}-replica-{}", self.name, i + 1), manager, replica_config)?;
+            replicas.push(Replica {
+                pool,
+                health: Mutex::new(Health::default()),
+                reads: AtomicU64::new(0),
+            });
+        }
+        let settings = Settings {
+            ban_duration: self.ban_duration,
+            replica_timeout: self.replica_timeout,
+            max_replica_lag: self.max_replica_lag,
+            lag_probe_interval: self.lag_probe_interval.filter(|_| !replicas.is_empty()),
+            connect_timeout: replica_config.connect_timeout,
+        };
+        let inner = Arc::new(Inner {
+            name: self.name,
+            primary,
+            replicas,
+            settings,
+            fallbacks: AtomicU64::new(0),
+            causal_primary_reads: AtomicU64::new(0),
+            probe: Mutex::new(None),
+        });
+        if let Some(period) = settings.lag_probe_interval {
+            let task = tokio::spawn(probe(Arc::downgrade(&inner), period));
+            *inner.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        Ok(PgCluster { inner })
+    }
+}
+
+impl PgCluster {
+    /// Starts building a cluster named `name` (its primary pool's name) over `primary`.
+    pub fn builder(name: impl Into<String>, primary: PgManager) -> ClusterBuilder {
+        ClusterBuilder {
+            name: name.into(),
+            primary,
+            replicas: Vec::new(),
+            config: PoolConfig::default(),
+            replica_config: None,
+            ban_duration: Duration::from_secs(30),
+            replica_timeout: Duration::from_secs(2),
+            max_replica_lag: Some(Duration::from_secs(10)),
+            lag_probe_interval: Some(Duration::from_secs(1)),
+        }
+    }
+
+    /// A connection to the primary, for writes (and reads that must see them).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Acquire`] when the primary pool times out or is closed.
+    pub async fn session(&self) -> Result<PgPooledConnection, SessionError> {
+        Ok(self.inner.primary.acquire().await?)
+    }
+
+    /// A connection to a replica for reads, or to the primary when no replica is usable.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Acquire`] when the read went to the primary and the primary pool timed
+    /// out or is closed; replica failures are handled by banning the replica.
+    pub async fn session_read_only(&self) -> Result<PgPooledConnection, SessionError> {
+        self.read(None).await
+    }
+
+    /// [`session_read_only`](Self::session_read_only) when `read_only`, else
+    /// [`session`](Self::session) (the seed's `get_session(read_only)`).
+    ///
+    /// # Errors
+    ///
+    /// As for those two.
+    pub async fn get_session(&self, read_only: bool) -> Result<PgPooledConnection, SessionError> {
+        if read_only { self.session_read_only().await } else { self.session().await }
+    }
+
+    /// A read connection that sees every write before `token`: a usable replica known (from the
+    /// lag probe) or checked (one query of `pg_last_wal_replay_lsn()` on the connection) to have
+    /// replayed the token's position, else the primary.
+    ///
+    /// # Errors
+    ///
+    /// As for [`session_read_only`](Self::session_read_only).
+    pub async fn session_read_only_after(
+        &self,
+        token: &CausalToken,
+    ) -> Result<PgPooledConnection, SessionError> {
+        self.read(Some(token.lsn())).await
+    }
+
+    /// The primary pool.
+    pub fn primary(&self) -> &PgPool {
+        &self.inner.primary
+    }
+
+    /// The replica pools, in order (`NAME-replica-1` first).
+    pub fn replicas(&self) -> Vec<PgPool> {
+        self.inner.replicas.iter().map(|r| r.pool.clone()).collect()
+    }
+
+    /// Adds every pool of the cluster (primary first) to `registry`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterBuildError::Register`] when a name is taken; pools of this cluster registered
+    /// before the failure are removed again.
+    pub fn register(&self, registry: &Registry) -> Result<(), ClusterBuildError> {
+        let pools =
+            std::iter::once(&self.inner.primary).chain(self.inner.replicas.iter().map(|r| &r.pool));
+        let mut done = Vec::new();
+        for pool in pools {
+            if let Err(e) = registry.register(Arc::new(pool.clone())) {
+                for name in done {
+                    registry.remove(name);
+                }
+                return Err(e.into());
+            }
+            done.push(pool.name());
+        }
+        Ok(())
+    }
+
+    /// The cluster's routing counters and each replica's health (taken replica by replica, so
+    /// fields of different replicas may be from slightly different moments).
+    pub fn stats(&self) -> ClusterStats {
+        let now = Instant::now();
+        let replicas = self
+            .inner
+            .replicas
+            .iter()
+            .map(|r| {
+                let h = r.health();
+                ReplicaStats {
+                    pool: r.pool.name().to_owned(),
+                    reads: r.reads.load(Relaxed),
+                    banned: h.banned_until.is_some(),
+                    ban_remaining: h.banned_until.map(|t| t.saturating_duration_since(now)),
+                    bans: h.bans,
+                    lagging: h.lagging,
+                    lag: h.lag,
+                    lag_bytes: h.lag_bytes,
+                    replay_lsn: h.replay_lsn,
+                    last_error: h.last_error.clone(),
+                }
+            })
+            .collect();
+        ClusterStats {
+            name: self.inner.name.clone(),
+            fallbacks: self.inner.fallbacks.load(Relaxed),
+            causal_primary_reads: self.inner.causal_primary_reads.load(Relaxed),
+            replicas,
+        }
+    }
+
+    /// Stops the lag probe and closes every pool (see [`ConnectionPool::close`]).
+    ///
+    /// # Errors
+    ///
+    /// The first pool's [`CloseError`], when connections were still in use after its
+    /// `pool_timeout`; every pool is closed regardless.
+    pub async fn close(&self) -> Result<(), CloseError> {
+        if let Some(task) = self.inner.probe.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            task.abort();
+        }
+        let mut result = self.inner.primary.close().await;
+        for r in &self.inner.replicas {
+            let closed = r.pool.close().await;
+            result = result.and(closed);
+        }
+        result
+    }
+
+    async fn read(&self, token: Option<Lsn>) -> Result<PgPooledConnection, SessionError> {
+        let inner = &*self.inner;
+        let mut tried = Vec::new();
+        while let Some(i) = inner.pick(&tried, token) {
+            tried.push(i);
+            let replica = &inner.replicas[i];
+            let mut conn = match replica.pool.acquire_timeout(inner.settings.replica_timeout).await
+            {
+                Ok(conn) => conn,
+                Err(AcquireError::Timeout(t)) => {
+                    if let Some(e) = &t.last_error {
+                        inner.ban(i, e.to_string());
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if inner.settings.lag_probe_interval.is_none() {
+                replica.health().banned_until = None;
+            }
+            if let Some(token) = token {
+                let known = replica.health().replay_lsn;
+                if known.is_none_or(|lsn| lsn < token) {
+                    match replay_lsn(&mut conn).await {
+                        Ok(Some(lsn)) => {
+                            let mut h = replica.health();
+                            h.replay_lsn = h.replay_lsn.max(Some(lsn));
+                            if lsn < token {
+                                // The freshest replica has not replayed the write: read from the primary.
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            inner.ban(i, e.to_string());
+                            continue;
+                        }
+                    }
+                }
+            }
+            replica.reads.fetch_add(1, Relaxed);
+            return Ok(conn);
+        }
+        if !inner.replicas.is_empty() {
+            inner.fallbacks.fetch_add(1, Relaxed);
+            if token.is_some() {
+                inner.causal_primary_reads.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(inner.primary.acquire().await?)
+    }
+}
+
+impl Inner {
+    /// The least busy usable replica not yet tried; for a causal read, one known to have replayed
+    /// the token is preferred.
+    fn pick(&self, tried: &[usize], token: Option<Lsn>) -> Option<usize> {
+        let now = Instant::now();
+        let probing = self.settings.lag_probe_interval.is_some();
+        let mut best: Vec<usize> = Vec::new();
+        let mut best_key = (true, usize::MAX);
+        for (i, r) in self.replicas.iter().enumerate() {
+            if tried.contains(&i) {
+                continue;
+            }
+            let behind = {
+                let h = r.health();
+                let banned = match h.banned_until {
+                    // With the probe on, only the probe lifts a ban.
+                    Some(until) => probing || now < until,
+                    None => false,
+                };
+                if banned || h.lagging {
+                    continue;
+                }
+                token.is_some_and(|t| h.replay_lsn.is_none_or(|lsn| lsn < t))
+            };
+            // Replicas known to have the token first, then the least busy.
+            let key = (behind, r.pool.state().in_use);
+            if best.is_empty() || key < best_key {
+                best.clear();
+                best_key = key;
+            }
+            if key == best_key {
+                best.push(i);
+            }
+        }
+        match best.len() {
+            0 => None,
+            1 => Some(best[0]),
+            n => Some(best[fastrand::usize(..n)]),
+        }
+    }
+
+    fn ban(&self, i: usize, error: String) {
+        let replica = &self.replicas[i];
+        let mut h = replica.health();
+        if h.banned_until.is_none() {
+            h.bans += 1;
+            tracing::warn!(cluster = %self.name, pool = %replica.pool.name(), error = %error, ban = ?self.settings.ban_duration, "replica banned");
+        }
+        h.banned_until = Some(Instant::now() + self.settings.ban_duration);
+        h.last_error = Some(error);
+    }
+}
+
+impl fmt::Debug for PgCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgCluster")
+            .field("name", &self.inner.name)
+            .field("primary", &self.inner.primary)
+            .field("replicas", &self.inner.replicas.iter().map(|r| &r.pool).collect::<Vec<_>>())
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `pg_last_wal_replay_lsn()` on `conn`: `None` when the server is not a replica.
+async fn replay_lsn(conn: &mut PgConnection) -> Result<Option<Lsn>, sqlx::Error> {
+    let (text,): (Option<String>,) =
+        sqlx::query_as("SELECT pg_last_wal_replay_lsn()::text").fetch_one(conn).await?;
+    text.map(|t| t.parse().map_err(|e: crate::TokenError| sqlx::Error::Decode(e.into())))
+        .transpose()
+}
+
+/// The lag probe's connections and the primary's recent WAL positions.
+struct Probe {
+    primary: Option<PgConnection>,
+    replicas: Vec<Option<PgConnection>>,
+    /// `(when, primary's pg_current_wal_lsn())`, oldest first.
+    history: VecDeque<(Instant, Lsn)>,
+}
+
+/// How many primary positions the probe remembers to date a replica's replay position.
+const HISTORY: usize = 600;
+
+/// The lag probe: every `period`, reads the primary's WAL position and each replica's replay
+/// position on connections of its own (outside the pools, so it never waits behind users), and
+/// updates bans and lag.
+///
+/// A replica's lag is the age of the newest primary position it has replayed: zero when it has
+/// replayed the primary's current position, else the time since the probe saw the primary at
+/// the newest position the replica has reached. This needs no clock agreement between servers
+/// and does not grow while the primary is idle; when the replica is behind every remembered
+/// position, `now() - pg_last_xact_replay_timestamp()` on the replica is the lower bound used.
+async fn probe(cluster: Weak<Inner>, period: Duration) {
+    let mut state = Probe { primary: None, replicas: Vec::new(), history: VecDeque::new() };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = cluster.upgrade() else { return };
+        state.replicas.resize_with(inner.replicas.len(), || None);
+        let timeout = inner.settings.connect_timeout;
+        let primary_lsn = query_lsn(
+            &mut state.primary,
+            inner.primary.manager(),
+            timeout,
+            "SELECT pg_current_wal_lsn()::text, NULL::float8",
+        )
+        .await
+        .ok()
+        .and_then(|(lsn, _)| lsn);
+        let now = Instant::now();
+        if let Some(lsn) = primary_lsn {
+            if state.history.back().is_none_or(|(_, last)| *last != lsn) {
+                state.history.push_back((now, lsn));
+            } else if let Some(last) = state.history.back_mut() {
+                // Same position as before: the primary was idle, so the newest time it held counts.
+                last.0 = now;
+            }
+            while state.history.len() > HISTORY {
+                state.history.pop_front();
+            }
+        }
+        for (i, replica) in inner.replicas.iter().enumerate() {
+            if replica.health().banned_until.is_some_and(|until| now < until) {
+                continue;
+            }
+            let answer = query_lsn(
+                &mut state.replicas[i],
+                replica.pool.manager(),
+                timeout,
+                "SELECT pg_last_wal_replay_lsn()::text, \
+                 extract(epoch from now() - pg_last_xact_replay_timestamp())::float8",
+            )
+            .await;
+            match answer {
+                Err(e) => inner.ban(i, e),
+                Ok((replay, ts_lag)) => {
+                    let mut h = replica.health();
+                    if h.banned_until.take().is_some() {
+                        tracing::info!(cluster = %inner.name, pool = %replica.pool.name(), "replica back in rotation");
+                    }
+                    h.replay_lsn = replay;
+                    let Some(replay) = replay else { continue };
+                    let Some(&(_, current)) = state.history.back() else { continue };
+                    let lag = if replay >= current {
+                        Duration::ZERO
+                    } else {
+                        let reached = state.history.iter().rev().find(|(_, lsn)| *lsn <= replay);
+                        match reached {
+                            Some((at, _)) => now.saturating_duration_since(*at),
+                            None => {
+                                let oldest = state
+                                    .history
+                                    .front()
+                                    .map(|(at, _)| now.saturating_duration_since(*at));
+                                let ts = ts_lag.and_then(|s| Duration::try_from_secs_f64(s).ok());
+                                oldest.max(ts).unwrap_or_default()
+                            }
+                        }
+                    };
+                    h.lag = Some(lag);
+                    h.lag_bytes = Some(current.bytes_since(replay));
+                    if let Some(max) = inner.settings.max_replica_lag {
+                        let was = h.lagging;
+                        h.lagging = if was { lag > max / 2 } else { lag > max };
+                        if h.lagging != was {
+                            tracing::info!(cluster = %inner.name, pool = %replica.pool.name(), lag = ?lag, lagging = h.lagging, "replica lag state changed");
+                        }
+                    }
+                }
+            }
+        }
+        drop(inner);
+    }
+}
+
+/// Runs `sql` (returning an LSN as text and a float) on the probe's connection, opening it if
+/// needed; a failure drops the connection so the next round opens a new one.
+async fn query_lsn(
+    conn: &mut Option<PgConnection>,
+    manager: &PgManager,
+    timeout: Duration,
+    sql: &'static str,
+) -> Result<(Option<Lsn>, Option<f64>), String> {
+    let attempt = async {
+        if conn.is_none() {
+            *conn = Some(manager.connect().await.map_err(|e| e.to_string())?.into_inner());
+        }
+        let c = conn.as_mut().expect("opened above");
+        let (lsn, secs): (Option<String>, Option<f64>) =
+            sqlx::query_as(sql).fetch_one(c).await.map_err(|e| e.to_string())?;
+        let lsn = lsn.map(|t| t.parse::<Lsn>()).transpose().map_err(|e| e.to_string())?;
+        Ok((lsn, secs))
+    };
+    let result = match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("lag probe timed out after {timeout:?}")),
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}

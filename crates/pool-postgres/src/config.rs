@@ -1,0 +1,173 @@
+//! Pool settings from the environment: `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`,
+//! `DATABASE_POOL_TIMEOUT`, `DATABASE_POOL_RECYCLE`.
+
+use std::time::Duration;
+
+use pool_core::{BuildError, PoolConfig};
+
+use crate::error::EnvError;
+
+/// `pool_size`, a whole number.
+pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
+/// `max_overflow`, a whole number.
+pub const DATABASE_POOL_OVERFLOW: &str = "DATABASE_POOL_OVERFLOW";
+/// `pool_timeout`, in seconds (`30`, `2.5`).
+pub const DATABASE_POOL_TIMEOUT: &str = "DATABASE_POOL_TIMEOUT";
+/// `pool_recycle`, in seconds; `-1` means never, as in SQLAlchemy.
+pub const DATABASE_POOL_RECYCLE: &str = "DATABASE_POOL_RECYCLE";
+
+/// `base` with the settings found in the process's environment variables
+/// ([`DATABASE_POOL_SIZE`], [`DATABASE_POOL_OVERFLOW`], [`DATABASE_POOL_TIMEOUT`],
+/// [`DATABASE_POOL_RECYCLE`]); unset variables leave `base` as it is.
+///
+/// # Errors
+///
+/// [`EnvError`] naming the first variable whose value does not parse (or is not UTF-8), or
+/// whose value the pool would refuse (a zero `DATABASE_POOL_SIZE`...).
+///
+/// # Examples
+///
+/// ```
+/// let config = pool_postgres::config_from_env(pool_core::PoolConfig::default())?;
+/// # Ok::<_, pool_postgres::EnvError>(())
+/// ```
+pub fn config_from_env(base: PoolConfig) -> Result<PoolConfig, EnvError> {
+    apply(base, |name| match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(raw)) => Err(EnvError {
+            variable: name,
+            value: raw.to_string_lossy().into_owned(),
+            reason: "must be valid UTF-8".to_owned(),
+        }),
+    })
+}
+
+/// [`config_from_env`] with the variables given as `(name, value)` pairs instead of read from
+/// the process (for other configuration sources, and for tests).
+///
+/// # Errors
+///
+/// As for [`config_from_env`].
+///
+/// # Examples
+///
+/// ```
+/// use pool_postgres::config_from_vars;
+///
+/// let config = config_from_vars(Default::default(), [("DATABASE_POOL_SIZE", "5")])?;
+/// assert_eq!(config.pool_size, 5);
+/// let err = config_from_vars(Default::default(), [("DATABASE_POOL_TIMEOUT", "soon")]).unwrap_err();
+/// assert_eq!(err.variable, "DATABASE_POOL_TIMEOUT");
+/// # Ok::<_, pool_postgres::EnvError>(())
+/// ```
+pub fn config_from_vars<'a>(
+    base: PoolConfig,
+    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<PoolConfig, EnvError> {
+    let vars: Vec<(&str, &str)> = vars.into_iter().collect();
+    apply(base, |name| {
+        Ok(vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    })
+}
+
+fn apply(
+    mut config: PoolConfig,
+    lookup: impl Fn(&'static str) -> Result<Option<String>, EnvError>,
+) -> Result<PoolConfig, EnvError> {
+    let mut set = Vec::new();
+    if let Some(v) = lookup(DATABASE_POOL_SIZE)? {
+        config.pool_size = count(DATABASE_POOL_SIZE, &v)?;
+        set.push(("pool_size", DATABASE_POOL_SIZE, v));
+    }
+    if let Some(v) = lookup(DATABASE_POOL_OVERFLOW)? {
+        config.max_overflow = count(DATABASE_POOL_OVERFLOW, &v)?;
+        set.push(("max_overflow", DATABASE_POOL_OVERFLOW, v));
+    }
+    if let Some(v) = lookup(DATABASE_POOL_TIMEOUT)? {
+        config.pool_timeout = seconds(DATABASE_POOL_TIMEOUT, &v)?;
+        set.push(("pool_timeout", DATABASE_POOL_TIMEOUT, v));
+    }
+    if let Some(v) = lookup(DATABASE_POOL_RECYCLE)? {
+        config.pool_recycle =
+            if v.trim() == "-1" { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
+        set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
+    }
+    // A value that parses but that the pool would refuse is still the variable's fault.
+    if let Err(BuildError::Invalid { setting, reason, .. }) = config.validate()
+        && let Some((_, variable, value)) = set.into_iter().find(|(s, _, _)| *s == setting)
+    {
+        return Err(EnvError { variable, value, reason: reason.to_owned() });
+    }
+    Ok(config)
+}
+
+fn count(variable: &'static str, value: &str) -> Result<usize, EnvError> {
+    value.trim().parse().map_err(|_| EnvError {
+        variable,
+        value: value.to_owned(),
+        reason: "must be a whole number".to_owned(),
+    })
+}
+
+fn seconds(variable: &'static str, value: &str) -> Result<Duration, EnvError> {
+    let invalid = || EnvError {
+        variable,
+        value: value.to_owned(),
+        reason: "must be a number of seconds greater than zero".to_owned(),
+    };
+    let secs: f64 = value.trim().parse().map_err(|_| invalid())?;
+    Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pool_core::PoolConfig;
+
+    use super::config_from_vars;
+
+    #[test]
+    fn variables_set_their_settings() {
+        let c = config_from_vars(
+            PoolConfig::default(),
+            [
+                ("DATABASE_POOL_SIZE", "5"),
+                ("DATABASE_POOL_OVERFLOW", "0"),
+                ("DATABASE_POOL_TIMEOUT", "2.5"),
+                ("DATABASE_POOL_RECYCLE", "600"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.pool_size, 5);
+        assert_eq!(c.max_overflow, 0);
+        assert_eq!(c.pool_timeout, Duration::from_millis(2500));
+        assert_eq!(c.pool_recycle, Some(Duration::from_secs(600)));
+        let c = config_from_vars(PoolConfig::default(), [("DATABASE_POOL_RECYCLE", "-1")]).unwrap();
+        assert_eq!(c.pool_recycle, None);
+        assert_eq!(config_from_vars(PoolConfig::default(), []).unwrap(), PoolConfig::default());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            ("DATABASE_POOL_SIZE", "ten"),
+            ("DATABASE_POOL_SIZE", "-3"),
+            ("DATABASE_POOL_SIZE", "0"),
+            ("DATABASE_POOL_SIZE", ""),
+            ("DATABASE_POOL_OVERFLOW", "1.5"),
+            ("DATABASE_POOL_TIMEOUT", "30s"),
+            ("DATABASE_POOL_TIMEOUT", "0"),
+            ("DATABASE_POOL_TIMEOUT", "-1"),
+            ("DATABASE_POOL_TIMEOUT", "NaN"),
+            ("DATABASE_POOL_TIMEOUT", "1e300"),
+            ("DATABASE_POOL_RECYCLE", "an hour"),
+        ];
+        for (variable, value) in cases {
+            let err = config_from_vars(PoolConfig::default(), [(variable, value)]).unwrap_err();
+            assert_eq!(err.variable, variable, "{variable}={value:?}");
+            assert!(err.to_string().contains(variable), "{err}");
+        }
+    }
+}

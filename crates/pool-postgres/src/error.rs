@@ -1,0 +1,82 @@
+//! Errors, one type per operation: [`UrlError`], [`EnvError`], [`SessionError`],
+//! [`ClusterBuildError`], [`TokenError`].
+
+use pool_core::{AcquireError, BuildError, RegisterError};
+
+/// A PostgreSQL URL that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid PostgreSQL URL {url:?}: {source}")]
+#[non_exhaustive]
+pub struct UrlError {
+    /// The URL, with its password hidden.
+    pub url: String,
+    /// What sqlx said about it.
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// An environment variable whose value is not a valid setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {variable}={value:?} is invalid: {reason}")]
+#[non_exhaustive]
+pub struct EnvError {
+    /// The variable's name (`DATABASE_POOL_SIZE`...).
+    pub variable: &'static str,
+    /// Its value (lossily decoded if it was not UTF-8).
+    pub value: String,
+    /// What the value must be.
+    pub reason: String,
+}
+
+/// Why a cluster could not hand out a session.
+///
+/// Replica failures never surface here: a replica that cannot serve is banned and the read goes
+/// to the primary, so this is always the primary pool's error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The primary pool timed out or is closed.
+    #[error(transparent)]
+    Acquire(#[from] AcquireError<sqlx::Error>),
+}
+
+/// Why a cluster could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterBuildError {
+    /// One of the cluster's pools refused its settings.
+    #[error("cannot build pool {pool:?} of cluster: {source}")]
+    Pool {
+        /// The pool's name (`main`, `main-replica-1`...).
+        pool: String,
+        /// What was wrong.
+        #[source]
+        source: BuildError,
+    },
+    /// A cluster setting has a value that makes no sense.
+    #[error("invalid cluster setting {setting} = {value}: {reason}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// The rejected value, in Rust's debug format.
+        value: String,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// A pool of the cluster could not be registered.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+}
+
+/// Why a causal token could not be taken or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The query for the WAL position failed (on a replica, PostgreSQL refuses it: "recovery is
+    /// in progress").
+    #[error("cannot read the primary's WAL position: {0}")]
+    Query(#[source] sqlx::Error),
+    /// A token's text is not a WAL position like `16/B374D848`.
+    #[error("invalid causal token {0:?}: expected a WAL position like 16/B374D848")]
+    Parse(String),
+}

@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+
+mod cluster;
+mod config;
+mod connection;
+mod error;
+mod manager;
+mod stats;
+mod token;
+
+/// The sqlx this crate is built on, so users get the matching version.
+pub use sqlx;
+
+pub use crate::cluster::{ClusterBuilder, PgCluster};
+pub use crate::config::{
+    DATABASE_POOL_OVERFLOW, DATABASE_POOL_RECYCLE, DATABASE_POOL_SIZE, DATABASE_POOL_TIMEOUT,
+    config_from_env, config_from_vars,
+};
+pub use crate::connection::PgConn;
+pub use crate::error::{ClusterBuildError, EnvError, SessionError, TokenError, UrlError};
+pub use crate::manager::PgManager;
+pub use crate::stats::{ClusterStats, ReplicaStats};
+pub use crate::token::{CausalToken, Lsn};
+
+/// A pool of PostgreSQL connections.
+pub type PgPool = pool_core::ConnectionPool<PgManager>;
+
+/// A connection checked out of a [`PgPool`]; derefs to [`PgConn`], which derefs to
+/// [`sqlx::PgConnection`].
+pub type PgPooledConnection = pool_core::PooledConnection<PgManager>;

@@ -1,0 +1,163 @@
+//! [`PgManager`]: opens, checks, resets and closes pooled [`PgConn`]s for `pool-core`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use pool_core::Manager;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+use crate::connection::PgConn;
+use crate::error::UrlError;
+
+/// Opens `sqlx::PgConnection`s for a [`ConnectionPool`](pool_core::ConnectionPool), and checks
+/// and resets them:
+///
+/// - check: a protocol-level `Sync` message answered by `ReadyForQuery` (sqlx's `ping`), the
+///   cheapest real round trip to the server process; the pool bounds it with `connect_timeout`;
+/// - reset on return, only when the connection says it needs one (no IO otherwise): finish an
+///   interrupted query, then `ROLLBACK` an open transaction; a failed reset closes the
+///   connection;
+/// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error is closed
+///   on return, never handed out again;
+/// - close: sqlx's graceful `Terminate`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use pool_postgres::{PgManager, PgPool};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool: PgPool = PgPool::builder(PgManager::from_url("postgres://postgres@localhost/app")?)
+///     .name("main")
+///     .build()?;
+/// let mut conn = pool.acquire().await?;
+/// let (n,): (i32,) = sqlx::query_as("SELECT 1").fetch_one(&mut *conn).await?;
+/// # let _ = n;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgManager {
+    options: PgConnectOptions,
+}
+
+impl PgManager {
+    /// A manager opening connections with `options`.
+    pub fn new(options: PgConnectOptions) -> Self {
+        PgManager { options }
+    }
+
+    /// A manager opening connections to `url` (`postgres://user:password@host:port/database?...`,
+    /// with sqlx's query parameters).
+    ///
+    /// # Errors
+    ///
+    /// [`UrlError`] when the URL does not parse; it shows the URL with its password hidden.
+    pub fn from_url(url: &str) -> Result<Self, UrlError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let reason = "the scheme must be postgres:// or postgresql://";
+            return Err(UrlError {
+                url: redact(url),
+                source: sqlx::Error::Configuration(reason.into()),
+            });
+        }
+        PgConnectOptions::from_str(url)
+            .map(PgManager::new)
+            .map_err(|source| UrlError { url: redact(url), source })
+    }
+
+    /// The connect options.
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+}
+
+impl fmt::Debug for PgManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the options' own `Debug`: it would print the password.
+        f.debug_struct("PgManager")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("username", &self.options.get_username())
+            .field("database", &self.options.get_database())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager for PgManager {
+    type Connection = PgConn;
+    type Error = sqlx::Error;
+    const BACKEND: &'static str = "postgresql";
+
+    async fn connect(&self) -> Result<PgConn, sqlx::Error> {
+        PgConnection::connect_with(&self.options).await.map(PgConn::new)
+    }
+
+    async fn check(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
+        conn.ping().await
+    }
+
+    fn needs_reset(&self, conn: &PgConn) -> bool {
+        conn.needs_reset()
+    }
+
+    async fn reset(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
+        conn.reset().await
+    }
+
+    fn is_broken(&self, conn: &PgConn) -> bool {
+        conn.is_broken()
+    }
+
+    async fn close(&self, conn: PgConn) {
+        conn.close().await;
+    }
+}
+
+impl From<PgConnectOptions> for PgManager {
+    fn from(options: PgConnectOptions) -> Self {
+        PgManager::new(options)
+    }
+}
+
+/// `url` with the password, if any, replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PgManager, redact};
+
+    #[test]
+    fn passwords_are_hidden() {
+        let cases = [
+            ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h", "postgres://h"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact(url), want);
+        }
+    }
+
+    #[test]
+    fn a_malformed_url_is_an_error_naming_it() {
+        let err = PgManager::from_url("postgres://u:secret@h:notaport/db").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("postgres://u:***@h:notaport/db"), "{msg}");
+        assert!(!msg.contains("secret"), "{msg}");
+        let err = PgManager::from_url("mysql://h/db").unwrap_err();
+        assert!(err.to_string().starts_with("invalid PostgreSQL URL"), "{err}");
+    }
+}

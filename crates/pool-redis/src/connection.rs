@@ -1,0 +1,234 @@
+//! [`RedisConnection`]: one fred client checked out for exclusive use, and [`Owned`], a fred
+//! client that owns its connection task (closing its socket when dropped), with the factory
+//! that opens both kinds of clients.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::{ClientLike, KeysInterface, MetricsInterface};
+use fred::types::config::{
+    Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, TcpConfig,
+};
+use fred::types::{ConnectHandle, MultipleKeys};
+
+use crate::config::PoolSettings;
+
+/// An exclusive connection: one fred [`Client`] with one socket, used by one task at a time.
+///
+/// Derefs to the fred client, so every fred command works on it (`conn.get(..)`,
+/// `conn.blpop(..)`, `conn.multi()`...).
+///
+/// # What the pool does on return
+///
+/// - A connection on which a `WATCH` was sent through [`watch`](Self::watch) gets `UNWATCH`
+///   first (nothing is sent otherwise).
+/// - A connection with a command still in flight that holds the socket (a blocking command
+///   whose future was dropped, like a `BLPOP` cancelled by a `select!` or a timeout, or any
+///   command still queued in fred) is closed, not reused: the server would keep it blocked,
+///   and could hand the next pushed element to a caller that is gone. Closing the socket makes
+///   the server drop the blocked command at once.
+/// - A connection whose client is not connected (killed, reconnecting) is closed and replaced.
+///
+/// Do not keep clones of the client past the checkout: the pool closes the socket when it
+/// retires the connection.
+pub struct RedisConnection {
+    owned: Owned,
+    watching: AtomicBool,
+}
+
+impl RedisConnection {
+    pub(crate) fn new(owned: Owned) -> Self {
+        RedisConnection { owned, watching: AtomicBool::new(false) }
+    }
+
+    /// The fred client (also reachable through `Deref`).
+    pub fn client(&self) -> &Client {
+        &self.owned.client
+    }
+
+    /// Sends `WATCH keys` and remembers it, so the pool sends `UNWATCH` when the connection is
+    /// returned. Shadows fred's `KeysInterface::watch`: use this one (the method syntax
+    /// `conn.watch(..)` does), a `WATCH` sent another way is not tracked.
+    ///
+    /// # Errors
+    ///
+    /// fred's error when the command fails.
+    pub async fn watch<K>(&self, keys: K) -> Result<(), Error>
+    where
+        K: Into<MultipleKeys> + Send,
+    {
+        self.watching.store(true, Relaxed);
+        KeysInterface::watch(&self.owned.client, keys).await
+    }
+
+    /// Sends `UNWATCH` and forgets earlier [`watch`](Self::watch)es.
+    ///
+    /// # Errors
+    ///
+    /// fred's error when the command fails.
+    pub async fn unwatch(&self) -> Result<(), Error> {
+        KeysInterface::unwatch(&self.owned.client).await?;
+        self.watching.store(false, Relaxed);
+        Ok(())
+    }
+
+    /// Whether a `WATCH` may be active (sent through [`watch`](Self::watch) and not cleared by
+    /// [`unwatch`](Self::unwatch)).
+    pub fn is_watching(&self) -> bool {
+        self.watching.load(Relaxed)
+    }
+
+    /// Whether a command that holds the socket is still in flight: a blocking command not yet
+    /// answered, or a command still queued in fred. Reads fred's own state, no IO.
+    pub fn has_command_in_flight(&self) -> bool {
+        self.owned.has_command_in_flight()
+    }
+
+    /// Whether the client is connected.
+    pub fn is_connected(&self) -> bool {
+        self.owned.client.is_connected()
+    }
+
+    pub(crate) fn clear_watching(&self) {
+        self.watching.store(false, Relaxed);
+    }
+
+    pub(crate) fn into_owned(self) -> Owned {
+        self.owned
+    }
+}
+
+impl Deref for RedisConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.owned.client
+    }
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("client", &self.owned.client.id())
+            .field("connected", &self.is_connected())
+            .field("watching", &self.is_watching())
+            .finish()
+    }
+}
+
+/// A fred client and the task that drives its connection. Dropping it aborts the task, which
+/// closes the socket (the server then frees the client, blocked or not).
+pub(crate) struct Owned {
+    pub(crate) client: Client,
+    task: ConnectHandle,
+}
+
+impl Owned {
+    pub(crate) fn has_command_in_flight(&self) -> bool {
+        // fred's router marks a connection blocked when it writes a blocking command and
+        // unmarks it when the answer arrives; commands not yet written are counted in its
+        // queue. This reads fred's (doc-hidden) client state: there is no public accessor,
+        // and `tests/it/redis.rs` pins the behaviour. A blocking command dropped in the few
+        // microseconds between the router dequeuing and writing it is not seen.
+        self.client.command_queue_len() > 0 || self.client.inner().backchannel.is_blocked()
+    }
+
+    /// `QUIT`, bounded by `bound`, unless a command holds the socket; then the socket closes.
+    pub(crate) async fn close(self, bound: Duration) {
+        if self.client.is_connected() && !self.has_command_in_flight() {
+            let _ = tokio::time::timeout(bound, self.client.quit()).await;
+        }
+        drop(self);
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Opens fred clients with one pool's settings: the URL's config, timeouts, TCP keepalive and
+/// the reconnect policy, never resending a command.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientFactory {
+    config: Config,
+    perf: PerformanceConfig,
+    connection: ConnectionConfig,
+    policy: ReconnectPolicy,
+}
+
+/// Keepalive: first probe after this long idle.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Keepalive: then a probe this often.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Reconnect delays start here and double up to `max_reconnect_delay`.
+const RECONNECT_MIN_DELAY_MS: u32 = 50;
+/// Up to this much random delay is added to each reconnect delay.
+const RECONNECT_JITTER_MS: u32 = 50;
+
+impl ClientFactory {
+    pub(crate) fn new(mut config: Config, settings: &PoolSettings) -> Self {
+        // Commands sent while the client is disconnected fail at once with a clear error
+        // instead of piling up for an unknown time; `Block` queues a command behind a
+        // blocking one on the same client (the pool never shares an exclusive client).
+        config.fail_fast = true;
+        config.blocking = fred::types::config::Blocking::Block;
+        let perf = PerformanceConfig {
+            default_command_timeout: settings.command_timeout.unwrap_or(Duration::ZERO),
+            ..PerformanceConfig::default()
+        };
+        let keepalive = settings.socket_keepalive.then(|| {
+            fred::socket2::TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+        });
+        let connection = ConnectionConfig {
+            connection_timeout: settings.connect_timeout,
+            internal_command_timeout: settings.connect_timeout,
+            // A command in flight when a connection drops fails rather than being sent again:
+            // only `RedisPool::idempotent` retries, and only idempotent commands.
+            max_command_attempts: 1,
+            tcp: TcpConfig { nodelay: Some(true), keepalive, ..TcpConfig::default() },
+            ..ConnectionConfig::default()
+        };
+        let max_delay = u32::try_from(settings.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+        // Retry forever (0), exponential from 50 ms (base 2) up to `max_reconnect_delay`.
+        let mut policy = ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY_MS.min(max_delay),
+            max_delay,
+            2,
+        );
+        policy.set_jitter(RECONNECT_JITTER_MS);
+        ClientFactory { config, perf, connection, policy }
+    }
+
+    /// Opens one client and waits for its first connection.
+    ///
+    /// The connect runs in its own task: if this future is dropped, a connection made after
+    /// all is closed rather than leaked.
+    pub(crate) async fn open(&self) -> Result<Owned, Error> {
+        let client = Client::new(
+            self.config.clone(),
+            Some(self.perf.clone()),
+            Some(self.connection.clone()),
+            Some(self.policy.clone()),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let c = client.clone();
+        tokio::spawn(async move {
+            let result = c.init().await.map(|task| Owned { client: c, task });
+            // If nobody waits any more, the value comes back and is dropped, closing it.
+            let _ = tx.send(result);
+        });
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(ErrorKind::Canceled, "connect task ended without a result")),
+        }
+    }
+}

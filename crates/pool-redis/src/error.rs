@@ -1,0 +1,120 @@
+//! Errors, one type per operation: [`ConfigError`] (settings, environment, URL) and
+//! [`BuildError`] (starting the pools); acquires fail with [`AcquireError`].
+
+use std::time::Duration;
+
+/// Why an exclusive checkout failed: the engine's error over fred's.
+pub type AcquireError = pool_core::AcquireError<fred::error::Error>;
+
+/// A setting, an environment variable or the URL is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An environment variable holds a value that does not parse.
+    #[error("environment variable {var}={value:?} is invalid: {reason}")]
+    Env {
+        /// The variable's name (`REDIS_POOL_SIZE`...).
+        var: String,
+        /// The value found.
+        value: String,
+        /// What the value must be.
+        reason: String,
+    },
+    /// The Redis URL does not parse (the password, if any, is masked).
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url {
+        /// The URL as given, with any password replaced by `***`.
+        url: String,
+        /// fred's parse error.
+        #[source]
+        source: fred::error::Error,
+    },
+    /// A pool's setting makes no sense.
+    #[error("invalid setting {setting} = {value} of Redis pool {pool:?}: {reason}")]
+    Invalid {
+        /// The pool's name.
+        pool: String,
+        /// The setting (`pool_size`, `max_connections`...).
+        setting: &'static str,
+        /// The rejected value.
+        value: String,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// The configuration names no pool.
+    #[error("the Redis configuration names no pool")]
+    NoPools,
+}
+
+/// Why the pools could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine refused a setting or found no runtime.
+    #[error("cannot start Redis pool {pool:?}: {source}")]
+    Pool {
+        /// The pool's name.
+        pool: String,
+        /// The engine's error.
+        #[source]
+        source: pool_core::BuildError,
+    },
+    /// A shared client could not connect.
+    #[error("Redis pool {pool:?} cannot connect to {url}: {source}")]
+    Connect {
+        /// The pool's name.
+        pool: String,
+        /// The server's URL, with any password masked.
+        url: String,
+        /// fred's error.
+        #[source]
+        source: fred::error::Error,
+    },
+    /// A shared client did not connect within `connect_timeout`.
+    #[error("Redis pool {pool:?} could not connect to {url} within {after:?}")]
+    ConnectTimeout {
+        /// The pool's name.
+        pool: String,
+        /// The server's URL, with any password masked.
+        url: String,
+        /// The `connect_timeout` that ran out.
+        after: Duration,
+    },
+}
+
+/// `url` with the password of its user-info part, if any, replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked =
+                if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_masks_only_the_password() {
+        for (url, want) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+            ("redis://user:secret@host", "redis://user:***@host"),
+            ("redis://user@host", "redis://user@host"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact(url), want, "{url}");
+        }
+    }
+}

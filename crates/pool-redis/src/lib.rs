@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod connection;
+mod error;
+mod manager;
+mod pool;
+mod shared;
+mod stats;
+
+pub use fred;
+
+pub use crate::config::{DEFAULT_URL, PoolSettings, RedisConfig};
+pub use crate::connection::RedisConnection;
+pub use crate::error::{AcquireError, BuildError, ConfigError};
+pub use crate::manager::RedisManager;
+pub use crate::pool::{ExclusiveConnection, RedisPool, RedisPools};
+pub use crate::stats::RedisStats;

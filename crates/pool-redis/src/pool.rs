@@ -1,0 +1,367 @@
+//! [`RedisPool`]: one named pool (exclusive connections through the engine, plus shared
+//! multiplexed clients), and [`RedisPools`], every pool of one [`RedisConfig`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::ClientLike;
+use pool_core::{
+    CloseError, ConnectionPool, Health, ObserveError, Observer, PoolConfig, PoolStats,
+    PooledConnection, RegisterError, Registry, ResizeError,
+};
+
+use crate::config::{PoolSettings, RedisConfig};
+use crate::connection::ClientFactory;
+use crate::error::{AcquireError, BuildError, redact};
+use crate::manager::RedisManager;
+use crate::shared::{SharedClients, spawn_heartbeat};
+use crate::stats::RedisStats;
+
+/// An exclusive connection checked out of a [`RedisPool`]; derefs to
+/// [`RedisConnection`](crate::RedisConnection) and on to the fred client, and goes back to
+/// the pool on drop.
+pub type ExclusiveConnection = PooledConnection<RedisManager>;
+
+/// One named Redis pool. Cheap to clone: clones share the pool.
+///
+/// - [`shared`](Self::shared): a multiplexed client, for plain commands from any number of
+///   tasks at once (`GET`, `SET`, `HGETALL`, pipelines...). Nothing is checked out.
+/// - [`exclusive`](Self::exclusive): a connection of one's own, for `WATCH`/`MULTI`/`EXEC`,
+///   blocking commands (`BLPOP`, `XREAD BLOCK`...) and commands that change connection state.
+///
+/// It implements the engine's [`Pool`](pool_core::Pool) trait (stats of the exclusive
+/// connections, resize, health), so metrics and admin layers see it like any other pool.
+#[derive(Clone)]
+pub struct RedisPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    settings: PoolSettings,
+    exclusive: ConnectionPool<RedisManager>,
+    shared: SharedClients,
+    retries: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl RedisPool {
+    /// Opens the pool `name` on `url`: connects its shared clients (failing if they cannot
+    /// connect within `connect_timeout`) and starts warming its exclusive connections in the
+    /// background.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Config`] for a URL or setting that makes no sense,
+    /// [`BuildError::Connect`] or [`BuildError::ConnectTimeout`] naming the pool and the URL
+    /// when the server cannot be reached, [`BuildError::Pool`] outside a tokio runtime.
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        settings: PoolSettings,
+    ) -> Result<Self, BuildError> {
+        let config = RedisConfig::new(url).pool(name, settings.clone());
+        config.validate()?;
+        let fred_config = config.fred_config()?;
+        let factory = ClientFactory::new(fred_config, &settings);
+        let shared =
+            SharedClients::open(&factory, settings.shared_clients, settings.connect_timeout)
+                .await
+                .map_err(|e| match e {
+                    Some(source) => {
+                        BuildError::Connect { pool: name.to_owned(), url: redact(url), source }
+                    }
+                    None => BuildError::ConnectTimeout {
+                        pool: name.to_owned(),
+                        url: redact(url),
+                        after: settings.connect_timeout,
+                    },
+                })?;
+        let manager = RedisManager::new(name, factory, settings.connect_timeout);
+        let exclusive = ConnectionPool::builder(manager)
+            .name(name)
+            .config(settings.engine_config())
+            .build()
+            .map_err(|source| BuildError::Pool { pool: name.to_owned(), source })?;
+        let inner = Arc::new(Inner {
+            name: name.into(),
+            settings,
+            exclusive,
+            shared,
+            retries: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(period) = inner.settings.health_check_interval {
+            let bound = inner.settings.command_timeout.unwrap_or(period).min(period);
+            spawn_heartbeat(
+                Arc::downgrade(&inner),
+                |inner: &Inner| (!inner.closed.load(Relaxed)).then_some(&inner.shared),
+                inner.name.clone(),
+                period,
+                bound,
+            );
+        }
+        Ok(RedisPool { inner })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// A shared, multiplexed client, the next one in round-robin order (skipping clients that
+    /// are reconnecting when another is connected). Any number of tasks may use it at once.
+    ///
+    /// Do not send blocking commands, `WATCH`, `MULTI` by hand, `SELECT` or other
+    /// connection-state commands on it: they would hold up or change the connection for every
+    /// other task. Take an [`exclusive`](Self::exclusive) connection for those.
+    pub fn shared(&self) -> &Client {
+        self.inner.shared.next()
+    }
+
+    /// Checks out an exclusive connection, waiting up to `pool_timeout`; see
+    /// [`ConnectionPool::acquire`] for fairness and cancel safety.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError::Timeout`](pool_core::AcquireError::Timeout) after `pool_timeout`, saying
+    /// how long it waited, the pool's state and the last connect error (an unreachable server
+    /// shows here); [`AcquireError::Closed`](pool_core::AcquireError::Closed) once closed.
+    #[track_caller]
+    pub fn exclusive(
+        &self,
+    ) -> impl Future<Output = Result<ExclusiveConnection, AcquireError>> + Send + '_ {
+        self.inner.exclusive.acquire()
+    }
+
+    /// Runs an idempotent, non-blocking command on a shared client; with `retry_on_timeout`,
+    /// one that timed out (after `command_timeout`) runs once more on the next shared client.
+    ///
+    /// `command` gets a client handle and returns the command's future, e.g.
+    /// `|c| async move { c.get::<Option<String>, _>("key").await }`. Only use it for commands
+    /// that are safe to run twice (`GET`, `MGET`, `EXISTS`, `SET` without `GET`/`NX`...) and that
+    /// do not block (never `BLPOP`): a timeout does not say whether the server ran it.
+    ///
+    /// # Errors
+    ///
+    /// fred's error of the last attempt.
+    pub async fn idempotent<T, F, Fut>(&self, command: F) -> Result<T, Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        match command(self.shared().clone()).await {
+            Err(e) if self.inner.settings.retry_on_timeout && *e.kind() == ErrorKind::Timeout => {
+                self.inner.retries.fetch_add(1, Relaxed);
+                tracing::debug!(pool = %self.inner.name, error = %e, "retrying an idempotent command after a timeout");
+                command(self.shared().clone()).await
+            }
+            other => other,
+        }
+    }
+
+    /// The pool's stats: redis-py's in use, available and created, the shared clients, and the
+    /// engine's.
+    pub fn stats(&self) -> RedisStats {
+        let engine = self.inner.exclusive.stats();
+        let shared = &self.inner.shared;
+        RedisStats {
+            name: self.inner.name.to_string(),
+            in_use: engine.active_connections,
+            available: engine.idle_connections,
+            created: engine.open_connections.saturating_sub(engine.connecting) + shared.len(),
+            max_connections: engine.pool_size + engine.max_overflow,
+            shared_clients: shared.len(),
+            shared_connected: shared.connected(),
+            retries: self.inner.retries.load(Relaxed),
+            heartbeat_failures: shared.heartbeat_failures.load(Relaxed),
+            engine,
+        }
+    }
+
+    /// The engine pool of the exclusive connections.
+    pub fn engine(&self) -> &ConnectionPool<RedisManager> {
+        &self.inner.exclusive
+    }
+
+    /// Closes the pool: exclusive checkouts fail with `Closed`, idle exclusive connections close
+    /// now and those in use on return (waiting up to `pool_timeout` for them), then the shared
+    /// clients send `QUIT`. Calling it again is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`CloseError`] when exclusive connections were still out after `pool_timeout`; they
+    /// close when returned.
+    pub async fn close(&self) -> Result<(), CloseError> {
+        self.inner.closed.store(true, Relaxed);
+        let result = self.inner.exclusive.close().await;
+        self.inner.shared.close(self.inner.settings.connect_timeout).await;
+        result
+    }
+}
+
+impl fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPool")
+            .field("name", &self.inner.name)
+            .field("exclusive", &self.inner.exclusive)
+            .field("shared_clients", &self.inner.shared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl pool_core::Pool for RedisPool {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn backend(&self) -> &'static str {
+        <RedisManager as pool_core::Manager>::BACKEND
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.inner.exclusive.stats()
+    }
+
+    fn config(&self) -> PoolConfig {
+        self.inner.exclusive.config()
+    }
+
+    fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
+        self.inner.exclusive.resize(pool_size, max_overflow)
+    }
+
+    fn reset_stats(&self) {
+        self.inner.exclusive.reset_stats();
+        self.inner.retries.store(0, Relaxed);
+        self.inner.shared.heartbeat_failures.store(0, Relaxed);
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
+        self.inner.exclusive.set_observer(observer)
+    }
+
+    /// `PING` on a shared client, then the engine's check of one exclusive connection; healthy
+    /// when both answer, the latency being the slower of the two.
+    async fn health(&self) -> Health {
+        let pool = self.inner.name.to_string();
+        let bound = self.inner.settings.connect_timeout;
+        let start = Instant::now();
+        let shared = match tokio::time::timeout(bound, self.shared().ping::<()>(None)).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(e)) => Err(format!("shared client PING failed: {e}")),
+            Err(_) => Err(format!("shared client PING timed out after {bound:?}")),
+        };
+        let mut health =
+            <ConnectionPool<RedisManager> as pool_core::Pool>::health(&self.inner.exclusive).await;
+        health.pool = pool;
+        match shared {
+            Ok(latency) if health.healthy => health.latency = health.latency.max(latency),
+            Ok(_) => {}
+            Err(e) => {
+                health.healthy = false;
+                health.latency = Duration::ZERO;
+                health.error = Some(match health.error.take() {
+                    Some(exclusive) => format!("{e}; exclusive connection: {exclusive}"),
+                    None => e,
+                });
+            }
+        }
+        health
+    }
+}
+
+/// Every pool of one [`RedisConfig`], by name.
+///
+/// # Examples
+///
+/// ```no_run
+/// use pool_redis::{RedisConfig, RedisPools};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pools = RedisPools::connect(&RedisConfig::from_env()?).await?;
+/// let main = pools.get("main").expect("configured");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisPools {
+    pools: BTreeMap<String, RedisPool>,
+}
+
+impl RedisPools {
+    /// Validates `config` and opens every pool (see [`RedisPool::connect`]); if one fails, the
+    /// ones already opened are closed.
+    ///
+    /// # Errors
+    ///
+    /// The first pool's [`BuildError`].
+    pub async fn connect(config: &RedisConfig) -> Result<Self, BuildError> {
+        config.validate()?;
+        let mut pools = BTreeMap::new();
+        for (name, settings) in &config.pools {
+            match RedisPool::connect(name, &config.url, settings.clone()).await {
+                Ok(pool) => {
+                    pools.insert(name.clone(), pool);
+                }
+                Err(e) => {
+                    for pool in pools.values() {
+                        let _ = RedisPool::close(pool).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(RedisPools { pools })
+    }
+
+    /// The pool `name`.
+    pub fn get(&self, name: &str) -> Option<&RedisPool> {
+        self.pools.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &RedisPool> {
+        self.pools.values()
+    }
+
+    /// Adds every pool to `registry`, for metrics, the optimizer and the admin API.
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError::Duplicate`] when a pool of that name is registered already.
+    pub fn register(&self, registry: &Registry) -> Result<(), RegisterError> {
+        for pool in self.pools.values() {
+            registry.register(Arc::new(pool.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Closes every pool (see [`RedisPool::close`]).
+    ///
+    /// # Errors
+    ///
+    /// The first [`CloseError`]; every pool is closed regardless.
+    pub async fn close(&self) -> Result<(), CloseError> {
+        let mut result = Ok(());
+        for pool in self.pools.values() {
+            let r = RedisPool::close(pool).await;
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}

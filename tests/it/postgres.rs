@@ -1,0 +1,555 @@
+//! pool-postgres against real PostgreSQL: queries through the guard, reset on return, broken
+//! connections, a server restart, max lifetime, and replica routing on a streaming replica.
+//!
+//! Tests that only query use the shared server ([`postgres_url`]); tests that stop, kill or
+//! reconfigure a server start their own [`PgInstance`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pool_core::{CloseReason, PoolConfig, Registry};
+use pool_harness::{PgInstance, postgres_url};
+use pool_postgres::sqlx::postgres::{PgConnectOptions, PgConnection};
+use pool_postgres::sqlx::{self, Connection};
+use pool_postgres::{CausalToken, PgCluster, PgManager, PgPool, SessionError};
+
+type Result<T = ()> = anyhow::Result<T>;
+
+/// A manager for `url` whose connections carry `app` as `application_name`, so a test can find
+/// (and terminate) exactly its own backends in `pg_stat_activity`.
+fn manager(url: &str, app: &str) -> PgManager {
+    let options: PgConnectOptions = url.parse().expect("valid url");
+    PgManager::new(options.application_name(app))
+}
+
+/// A direct connection, outside any pool, to look at the server from the side.
+async fn observer(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.expect("observer connection")
+}
+
+async fn backends(observer: &mut PgConnection, app: &str) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid")
+        .bind(app)
+        .fetch_all(observer)
+        .await
+        .expect("pg_stat_activity")
+}
+
+/// Polls `condition` every 20 ms until it holds, failing after `secs` seconds: for waiting on
+/// an external server (a backend exiting, a replica replaying), never as synchronisation
+/// between our own tasks.
+async fn wait_until<F: AsyncFnMut() -> bool>(secs: u64, what: &str, mut condition: F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a blocking harness call (psql, pg_ctl) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn in_recovery(conn: &mut PgConnection) -> bool {
+    sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(conn).await.expect("query")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_transactions_and_prepared_statements_go_through_the_guard() -> Result {
+    let pool = PgPool::builder(PgManager::from_url(&postgres_url())?)
+        .name("guard")
+        .pool_size(2)
+        .build()?;
+    let mut conn = pool.acquire().await?;
+
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
+    assert_eq!(one, 1);
+    sqlx::query("CREATE TEMP TABLE notes (id int PRIMARY KEY, body text)")
+        .execute(&mut *conn)
+        .await?;
+
+    // Prepared statements with parameters, run repeatedly (sqlx caches the statement).
+    for id in 0..5 {
+        sqlx::query("INSERT INTO notes VALUES ($1, $2)")
+            .bind(id)
+            .bind(format!("n{id}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let body: String = sqlx::query_scalar("SELECT body FROM notes WHERE id = $1")
+        .bind(3)
+        .fetch_one(&mut *conn)
+        .await?;
+    assert_eq!(body, "n3");
+    let all: Vec<(i32, String)> =
+        sqlx::query_as("SELECT id, body FROM notes ORDER BY id").fetch_all(&mut *conn).await?;
+    assert_eq!(all.len(), 5);
+
+    // sqlx transactions on the guard: rollback and commit.
+    let mut tx = conn.begin().await?;
+    sqlx::query("DELETE FROM notes").execute(&mut *tx).await?;
+    tx.rollback().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query("INSERT INTO notes VALUES (10, 'ten')").execute(&mut *tx).await?;
+    tx.commit().await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut *conn).await?;
+    assert_eq!(count, 6);
+
+    // A database error leaves the connection usable and does not mark it broken.
+    assert!(sqlx::query("SELECT * FROM no_such_table").execute(&mut *conn).await.is_err());
+    assert!(!conn.is_broken());
+    drop(conn);
+    assert_eq!(pool.stats().closed.total(), 0);
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
+    let url = postgres_url();
+    let app = "pool-postgres-left-open";
+    let table = format!("left_open_{}", std::process::id());
+    let mut side = observer(&url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {table} (n int)")))
+        .execute(&mut side)
+        .await?;
+    // One connection, so every acquire gets the connection the previous user left.
+    let pool = PgPool::builder(manager(&url, app))
+        .name("left-open")
+        .pool_size(1)
+        .max_overflow(0)
+        .build()?;
+
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let count = format!("SELECT count(*) FROM {table}");
+    type Leave = fn(
+        &mut pool_postgres::PgPooledConnection,
+        String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    let cases: [(&str, Leave); 4] = [
+        ("raw BEGIN", |c, insert| {
+            Box::pin(async move {
+                sqlx::query("BEGIN").execute(&mut **c).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&mut **c).await.unwrap();
+            })
+        }),
+        ("raw BEGIN in one string", |c, insert| {
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {insert}")))
+                    .execute(&mut **c)
+                    .await
+                    .unwrap();
+            })
+        }),
+        ("dropped sqlx transaction", |c, insert| {
+            Box::pin(async move {
+                let mut tx = c.begin().await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&mut *tx).await.unwrap();
+                drop(tx);
+            })
+        }),
+        ("leaked sqlx transaction", |c, insert| {
+            Box::pin(async move {
+                let mut tx = c.begin().await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&mut *tx).await.unwrap();
+                std::mem::forget(tx);
+            })
+        }),
+    ];
+    for (what, leave) in cases {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        leave(&mut conn, insert.clone()).await;
+        drop(conn);
+
+        // The next user gets the same connection, outside any transaction, without the row.
+        let mut conn = pool.acquire().await?;
+        let again: i32 =
+            sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        assert_eq!(again, pid, "{what}: the connection was replaced instead of reset");
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone())).fetch_one(&mut *conn).await?;
+        assert_eq!(rows, 0, "{what}: the next user sees the previous user's uncommitted row");
+        assert!(!conn.is_in_transaction(), "{what}");
+        let tx = conn.begin().await?; // sqlx's transaction depth is consistent again
+        tx.rollback().await?;
+        // From another connection: the backend is not idle in a transaction.
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(&mut side)
+                .await?;
+        assert_ne!(state.as_deref(), Some("idle in transaction"), "{what}");
+        drop(conn);
+    }
+    // A raw transaction that is committed needs no reset.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    drop(conn);
+    assert_eq!(pool.stats().closed.total(), 0, "every connection was reset, none closed");
+    let committed: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(count)).fetch_one(&mut side).await?;
+    assert_eq!(committed, 0);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&mut side).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_connections_are_replaced_and_counted() -> Result {
+    let url = postgres_url();
+    let app = "pool-postgres-terminate";
+    let mut side = observer(&url).await;
+    // Pre-ping on every checkout, so each terminated idle connection is caught by its check.
+    let pool = PgPool::builder(manager(&url, app))
+        .name("terminate")
+        .pool_size(4)
+        .max_overflow(0)
+        .pre_ping_bypass(Duration::ZERO)
+        .build()?;
+    let held: Vec<_> = hold_all(&pool, 4).await?;
+    drop(held);
+    let old: HashSet<i32> = backends(&mut side, app).await.into_iter().collect();
+    assert_eq!(old.len(), 4);
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(app)
+    .execute(&mut side)
+    .await?;
+    wait_until(30, "the terminated backends exit", async || {
+        backends(&mut side, app).await.iter().all(|pid| !old.contains(pid))
+    })
+    .await;
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        assert!(!old.contains(&pid), "a terminated connection was handed out");
+        held.push(conn);
+    }
+    drop(held);
+    assert_eq!(pool.stats().closed.get(CloseReason::FailedCheck), 4);
+    pool.close().await?;
+
+    // Without a check (a connection used a moment ago), a query fails once; the broken
+    // connection is closed on return and never handed out again.
+    let pool = PgPool::builder(manager(&url, app))
+        .name("terminate-unchecked")
+        .pool_size(1)
+        .max_overflow(0)
+        .pre_ping_bypass(Duration::from_secs(3600))
+        .build()?;
+    let mut conn = pool.acquire().await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut side).await?;
+    let err = sqlx::query("SELECT 1").execute(&mut *conn).await.expect_err("terminated backend");
+    assert!(conn.is_broken(), "{err} did not mark the connection broken");
+    drop(conn);
+    let mut conn = pool.acquire().await?;
+    let fresh: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    assert_ne!(fresh, pid);
+    drop(conn);
+    assert_eq!(pool.stats().closed.get(CloseReason::Broken), 1);
+    pool.close().await?;
+    Ok(())
+}
+
+/// Checks out `n` connections at once.
+async fn hold_all(pool: &PgPool, n: usize) -> Result<Vec<pool_postgres::PgPooledConnection>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await?);
+    }
+    Ok(held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_under_load_heals_without_leaks() -> Result {
+    let pg = blocking(PgInstance::start)?;
+    let app = "pool-postgres-restart";
+    let pool = PgPool::builder(manager(&pg.url(), app))
+        .name("restart")
+        .pool_size(4)
+        .max_overflow(2)
+        .pool_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut ok, mut errors) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match pool.acquire().await {
+                        Ok(mut conn) => match sqlx::query("SELECT 1").execute(&mut *conn).await {
+                            Ok(_) => ok += 1,
+                            Err(e) => errors.push(e.to_string()),
+                        },
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (ok, errors)
+            })
+        })
+        .collect();
+    wait_until(30, "the load runs", async || pool.stats().acquires > 100).await;
+
+    blocking(|| pg.stop())?;
+    // During the outage, requests fail with a clear error within pool_timeout.
+    for _ in 0..3 {
+        let err = match pool.acquire().await {
+            Err(e) => e,
+            Ok(mut conn) => {
+                // A connection handed out as the server went away fails its query instead.
+                let e =
+                    sqlx::query("SELECT 1").execute(&mut *conn).await.expect_err("server is down");
+                assert!(conn.is_broken(), "{e}");
+                continue;
+            }
+        };
+        assert!(err.is_timeout(), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("pool \"restart\" timed out after"), "{msg}");
+        assert!(msg.contains("last connect error"), "{msg}");
+    }
+
+    blocking(|| pg.start_again())?;
+    wait_until(30, "the pool serves queries again", async || match pool.acquire().await {
+        Ok(mut conn) => sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok(),
+        Err(_) => false,
+    })
+    .await;
+    // Healed: a burst of requests all succeed.
+    let before = pool.stats().acquires;
+    wait_until(30, "the load runs again", async || pool.stats().acquires > before + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for task in load {
+        let (n, errors) = task.await?;
+        ok += n;
+        for e in errors {
+            let clear = e.contains("timed out after")
+                || e.contains("connection")
+                || e.contains("terminat")
+                || e.contains("shutdown")
+                || e.contains("error communicating");
+            assert!(clear, "unclear error during the outage: {e}");
+        }
+    }
+    assert!(ok > 100);
+
+    // No leak: at most the pool's limit is open on the server, and nothing once it is closed.
+    let mut side = observer(&pg.url()).await;
+    let open = backends(&mut side, app).await.len();
+    assert!(open <= 6, "{open} connections open, limit is 4 + 2");
+    pool.close().await?;
+    wait_until(30, "closed connections leave pg_stat_activity", async || {
+        backends(&mut side, app).await.is_empty()
+    })
+    .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_replaces_connections_spread_out() -> Result {
+    let url = postgres_url();
+    let app = "pool-postgres-lifetime";
+    let mut side = observer(&url).await;
+    // Lifetimes between 2 s and 4 s (50% jitter); the maintenance task retires idle expired
+    // connections every 50 ms and tops the pool up.
+    let pool = PgPool::builder(manager(&url, app))
+        .name("lifetime")
+        .pool_size(8)
+        .max_overflow(0)
+        .pool_recycle(Some(Duration::from_secs(4)))
+        .recycle_jitter(0.5)
+        .health_check_interval(Some(Duration::from_millis(50)))
+        .build()?;
+    drop(hold_all(&pool, 8).await?);
+    let original: HashSet<i32> = backends(&mut side, app).await.into_iter().collect();
+    assert_eq!(original.len(), 8);
+
+    // Watch the originals go: at some moment, some are replaced and some are not.
+    let mut partial = false;
+    wait_until(60, "every original connection is replaced", async || {
+        let now: HashSet<i32> = backends(&mut side, app).await.into_iter().collect();
+        let left = now.intersection(&original).count();
+        partial |= left > 0 && left < 8;
+        left == 0
+    })
+    .await;
+    assert!(partial, "all connections were replaced at once");
+    assert!(pool.stats().closed.get(CloseReason::Recycled) >= 8);
+    // The replacements keep the pool full, and serve.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    drop(conn);
+    pool.close().await?;
+    Ok(())
+}
+
+/// A throwaway primary with a streaming replica, and a cluster over them that probes often.
+async fn replicated(
+    app: &str,
+    max_lag: Option<Duration>,
+) -> Result<(PgInstance, PgInstance, PgCluster)> {
+    let primary = blocking(PgInstance::start)?;
+    let replica = blocking(|| primary.start_replica())?;
+    let config = {
+        let mut c = PoolConfig::default();
+        c.pool_size = 2;
+        c.max_overflow = 2;
+        c.pool_timeout = Duration::from_secs(5);
+        c.connect_timeout = Duration::from_secs(1);
+        c
+    };
+    let cluster = PgCluster::builder("main", manager(&primary.url(), app))
+        .replica(manager(&replica.url(), app))
+        .config(config)
+        .replica_timeout(Duration::from_millis(500))
+        .ban_duration(Duration::from_secs(1))
+        .lag_probe_interval(Some(Duration::from_millis(100)))
+        .max_replica_lag(max_lag)
+        .build()?;
+    Ok((primary, replica, cluster))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
+    let (primary, replica, cluster) = replicated("pool-postgres-routing", None).await?;
+    let registry = Registry::new();
+    cluster.register(&registry)?;
+    assert_eq!(registry.names(), ["main", "main-replica-1"]);
+    assert_eq!(registry.get("main-replica-1").unwrap().backend(), "postgresql");
+
+    let mut w = cluster.session().await?;
+    assert!(!in_recovery(&mut w).await, "a write session is on a replica");
+    drop(w);
+    for _ in 0..5 {
+        let mut r = cluster.session_read_only().await?;
+        assert!(in_recovery(&mut r).await, "a read did not reach the replica");
+        assert_eq!(r.pool_name(), "main-replica-1");
+    }
+    let mut r = cluster.get_session(false).await?;
+    assert!(!in_recovery(&mut r).await);
+    drop(r);
+    assert_eq!(cluster.stats().replicas[0].reads, 5);
+    assert_eq!(cluster.stats().fallbacks, 0);
+
+    // Stop the replica: reads fall back to the primary, and the replica is banned.
+    blocking(|| replica.stop())?;
+    for _ in 0..3 {
+        let mut r = cluster.session_read_only().await?;
+        assert!(!in_recovery(&mut r).await, "a read went to the stopped replica");
+    }
+    let stats = cluster.stats();
+    assert!(stats.fallbacks >= 3, "{stats:?}");
+    assert!(stats.replicas[0].banned && stats.replicas[0].bans >= 1, "{stats:?}");
+    assert!(stats.replicas[0].last_error.is_some());
+    assert!(cluster.primary().stats().acquires >= 4);
+
+    // Start it again: after the ban, the probe restores it and reads reach it again.
+    blocking(|| replica.start_again())?;
+    wait_until(60, "the replica is back in rotation", async || !cluster.stats().replicas[0].banned)
+        .await;
+    let mut r = cluster.session_read_only().await?;
+    assert!(in_recovery(&mut r).await, "reads did not return to the restarted replica");
+    drop(r);
+    cluster.close().await?;
+    drop(primary);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_skipped_and_causal_reads_see_their_writes() -> Result {
+    let (primary, replica, cluster) =
+        replicated("pool-postgres-lag", Some(Duration::from_millis(300))).await?;
+    let mut w = cluster.session().await?;
+    sqlx::query("CREATE TABLE t (n int)").execute(&mut *w).await?;
+    drop(w);
+    wait_until(30, "the replica replays the table", async || {
+        blocking(|| replica.psql("SELECT count(*) FROM t")).is_ok()
+    })
+    .await;
+    wait_until(30, "the replica is measured and not lagging", async || {
+        let r = &cluster.stats().replicas[0];
+        r.lag.is_some() && !r.lagging
+    })
+    .await;
+    let mut r = cluster.session_read_only().await?;
+    assert!(in_recovery(&mut r).await);
+    drop(r);
+
+    // Pause replay and write: the replica falls behind and is skipped.
+    blocking(|| replica.psql("SELECT pg_wal_replay_pause()"))?;
+    let mut w = cluster.session().await?;
+    sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *w).await?;
+    let token = CausalToken::after_write(&mut w).await?;
+    drop(w);
+
+    // Read-your-writes: the replica has not replayed the token, so the read goes to the primary.
+    let mut r = cluster.session_read_only_after(&token).await?;
+    assert!(!in_recovery(&mut r).await, "a causal read went to a replica that lacks the write");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *r).await?;
+    assert_eq!(n, 1);
+    drop(r);
+    assert_eq!(cluster.stats().causal_primary_reads, 1);
+
+    wait_until(30, "the paused replica is marked lagging", async || {
+        cluster.stats().replicas[0].lagging
+    })
+    .await;
+    let fallbacks = cluster.stats().fallbacks;
+    let mut r = cluster.session_read_only().await?;
+    assert!(!in_recovery(&mut r).await, "a read went to the lagging replica");
+    drop(r);
+    assert_eq!(cluster.stats().fallbacks, fallbacks + 1);
+    assert!(cluster.stats().replicas[0].lag_bytes.is_some_and(|b| b > 0));
+
+    // Resume: the replica catches up, is used again, and a causal read there sees the write.
+    blocking(|| replica.psql("SELECT pg_wal_replay_resume()"))?;
+    wait_until(30, "the replica catches up", async || !cluster.stats().replicas[0].lagging).await;
+    let mut r = cluster.session_read_only_after(&token).await?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *r).await?;
+    assert_eq!(n, 1, "a causal read did not see its write");
+    assert!(in_recovery(&mut r).await, "a caught-up replica was not used for a causal read");
+    drop(r);
+    let token_text = token.to_string();
+    assert_eq!(token_text.parse::<CausalToken>()?, token);
+    cluster.close().await?;
+    drop(primary);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_gives_a_clear_error() -> Result {
+    let port = pool_harness::free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let pool = PgPool::builder(PgManager::from_url(&url)?)
+        .name("nowhere")
+        .pool_timeout(Duration::from_millis(300))
+        .build()?;
+    let err = pool.acquire().await.expect_err("nothing listens there");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("pool \"nowhere\" timed out") && msg.contains("last connect error"),
+        "{msg}"
+    );
+    let cluster = PgCluster::builder("nowhere", PgManager::from_url(&url)?)
+        .config({
+            let mut c = PoolConfig::default();
+            c.pool_timeout = Duration::from_millis(300);
+            c
+        })
+        .build()?;
+    let err: SessionError = cluster.session_read_only().await.expect_err("no server");
+    assert!(err.to_string().contains("pool \"nowhere\" timed out"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! `pool-redis` against real Redis: commands through the shared and exclusive paths,
+//! `WATCH`/`MULTI`/`EXEC`, `BLPOP` (held and abandoned), `CLIENT KILL`, a server restart under
+//! load, and named pools.
+//!
+//! Tests that stop, kill or count connections use a throwaway [`RedisInstance`]; the others use
+//! the shared Redis with keys under a unique prefix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use pool_core::CloseReason;
+use pool_harness::{RedisInstance, redis_url};
+use pool_redis::fred::prelude::*;
+use pool_redis::fred::types::client::{ClientKillFilter, ClientKillType};
+use pool_redis::{BuildError, ConfigError, PoolSettings, RedisConfig, RedisPool, RedisPools};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A key prefix no other test run uses.
+fn prefix(test: &str) -> String {
+    format!("pool-redis-it:{}:{}:{test}", std::process::id(), fastrand_suffix())
+}
+
+fn fastrand_suffix() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    u64::from(nanos) ^ (NEXT.fetch_add(1, Relaxed) << 32)
+}
+
+/// Small pools that fail fast, for fault tests.
+fn small() -> PoolSettings {
+    PoolSettings::default()
+        .pool_size(2)
+        .max_connections(2)
+        .shared_clients(2)
+        .command_timeout(Some(Duration::from_secs(2)))
+        .connect_timeout(Duration::from_secs(2))
+        .pool_timeout(Duration::from_secs(3))
+        .max_reconnect_delay(Duration::from_millis(200))
+}
+
+/// A plain fred client, outside any pool, to look at and poke the server.
+async fn admin(url: &str) -> Result<Client, Error> {
+    let client = Builder::from_config(Config::from_url(url)?).build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// `CLIENT LIST` lines, without the admin's own connection.
+async fn clients(admin: &Client) -> Result<Vec<String>, Error> {
+    let list: String = admin.client_list::<String, String>(None, None).await?;
+    Ok(list.lines().filter(|l| !l.contains("cmd=client|list")).map(str::to_owned).collect())
+}
+
+/// Polls `CLIENT LIST` until `done` holds for it, for up to 10 s (waiting on the server).
+async fn wait_for_clients(
+    admin: &Client,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = clients(admin).await?;
+        if done(&list) {
+            return Ok(list);
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("gave up after 10s waiting for {what}; CLIENT LIST: {list:#?}").into()
+            );
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn blocked_in_blpop(list: &[String]) -> usize {
+    list.iter().filter(|l| l.contains("cmd=blpop")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_commands_through_both_paths() -> TestResult {
+    let p = prefix("basic");
+    let pool =
+        RedisPool::connect("main", &redis_url(), PoolSettings::default().pool_size(2)).await?;
+
+    pool.shared().set::<(), _, _>(format!("{p}:a"), "1", None, None, false).await?;
+    let a: Option<String> = pool.shared().get(format!("{p}:a")).await?;
+    assert_eq!(a.as_deref(), Some("1"));
+
+    let conn = pool.exclusive().await?;
+    conn.set::<(), _, _>(format!("{p}:b"), "2", None, None, false).await?;
+    let b: Option<String> = conn.get(format!("{p}:a")).await?;
+    assert_eq!(b.as_deref(), Some("1"));
+    drop(conn);
+
+    let key = format!("{p}:b");
+    let b: Option<String> = pool
+        .idempotent(|c| {
+            let key = key.clone();
+            async move { c.get(key).await }
+        })
+        .await?;
+    assert_eq!(b.as_deref(), Some("2"));
+
+    let stats = pool.stats();
+    assert_eq!((stats.in_use, stats.shared_clients, stats.retries), (0, 1, 0));
+    assert!(stats.created >= stats.shared_clients, "{stats:?}");
+    pool.shared().del::<i64, _>(vec![format!("{p}:a"), format!("{p}:b")]).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_multi_exec_aborts_when_another_client_touches_the_key_and_unwatch_on_return()
+-> TestResult {
+    let p = prefix("watch");
+    let key = format!("{p}:balance");
+    let settings = PoolSettings::default().pool_size(1).max_connections(1);
+    let pool = RedisPool::connect("main", &redis_url(), settings).await?;
+    pool.shared().set::<(), _, _>(&key, 10, None, None, false).await?;
+
+    // Another client changes the watched key: EXEC aborts (nil).
+    let conn = pool.exclusive().await?;
+    conn.watch(&*key).await?;
+    assert!(conn.is_watching());
+    let balance: i64 = conn.get(&*key).await?;
+    pool.shared().incr::<i64, _>(&key).await?;
+    let trx = conn.multi();
+    trx.set::<(), _, _>(&*key, balance + 5, None, None, false).await?;
+    let result: Value = trx.exec(true).await?;
+    assert!(result.is_null(), "EXEC should abort, got {result:?}");
+    let id = conn.id();
+
+    // WATCH again and return it without EXEC: the pool sends UNWATCH, so the next user's
+    // transaction on the same connection is not aborted by the stale WATCH.
+    conn.watch(&*key).await?;
+    drop(conn);
+    pool.shared().incr::<i64, _>(&key).await?;
+    let conn = pool.exclusive().await?;
+    assert_eq!(conn.id(), id, "one-connection pool hands out the same connection");
+    assert!(!conn.is_watching());
+    let trx = conn.multi();
+    trx.set::<(), _, _>(&*key, 100, None, None, false).await?;
+    let result: Value = trx.exec(true).await?;
+    assert!(!result.is_null(), "stale WATCH leaked to the next user: {result:?}");
+    drop(conn);
+
+    assert_eq!(pool.shared().get::<i64, _>(&key).await?, 100);
+    assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), 0);
+    pool.shared().del::<i64, _>(&key).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blpop_on_an_exclusive_connection_does_not_delay_shared_commands() -> TestResult {
+    let redis = RedisInstance::start()?;
+    let admin = admin(&redis.url()).await?;
+    let pool = RedisPool::connect("main", &redis.url(), small()).await?;
+    let conn = pool.exclusive().await?;
+    let blpop = tokio::spawn(async move {
+        let popped: Option<(String, String)> = conn.blpop("jobs", 0.0).await?;
+        Ok::<_, Error>(popped)
+    });
+    wait_for_clients(&admin, "the BLPOP to block", |l| blocked_in_blpop(l) == 1).await?;
+
+    // While the exclusive connection is blocked, the shared clients answer.
+    for i in 0..100 {
+        pool.shared().set::<(), _, _>(format!("k{i}"), i, None, None, false).await?;
+        assert_eq!(pool.shared().get::<i64, _>(format!("k{i}")).await?, i);
+    }
+    assert!(!blpop.is_finished(), "BLPOP returned before anything was pushed");
+    assert_eq!(blocked_in_blpop(&clients(&admin).await?), 1);
+
+    pool.shared().lpush::<i64, _, _>("jobs", "job-1").await?;
+    let popped = blpop.await??;
+    assert_eq!(popped, Some(("jobs".to_owned(), "job-1".to_owned())));
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_blpop_future_does_not_get_its_connection_reused() -> TestResult {
+    let redis = RedisInstance::start()?;
+    let admin = admin(&redis.url()).await?;
+    let settings = small().pool_size(1).max_connections(1);
+    let pool = RedisPool::connect("main", &redis.url(), settings).await?;
+
+    let conn = pool.exclusive().await?;
+    let first_id = conn.id();
+    {
+        // Abandon the BLPOP once the server shows it blocked, as a `select!` or timeout would.
+        let blpop = conn.blpop::<Option<(String, String)>, _>("jobs", 0.0);
+        tokio::select! {
+            r = blpop => panic!("BLPOP returned with nothing pushed: {r:?}"),
+            r = wait_for_clients(&admin, "the BLPOP to block", |l| blocked_in_blpop(l) == 1) => { r?; }
+        }
+    }
+    assert!(conn.has_command_in_flight(), "fred still waits for the abandoned BLPOP");
+    drop(conn);
+    assert_eq!(pool.stats().engine.closed.get(CloseReason::Broken), 1);
+
+    // The server drops the blocked client once its socket is closed...
+    wait_for_clients(&admin, "the abandoned BLPOP to go", |l| blocked_in_blpop(l) == 0).await?;
+    // ...so a pushed element is not swallowed by it, and the next user gets a fresh connection.
+    pool.shared().lpush::<i64, _, _>("jobs", "job-1").await?;
+    let conn = pool.exclusive().await?;
+    assert_ne!(conn.id(), first_id, "the abandoned connection was handed out again");
+    assert!(!conn.has_command_in_flight());
+    let job: Option<String> = conn.lpop("jobs", None).await?;
+    assert_eq!(job.as_deref(), Some("job-1"));
+    drop(conn);
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_every_pool_connection_then_checkouts_succeed() -> TestResult {
+    let redis = RedisInstance::start()?;
+    let admin = admin(&redis.url()).await?;
+    let settings = small().pool_size(3).max_connections(3);
+    let pool = RedisPool::connect("main", &redis.url(), settings).await?;
+    // Warm: all three exclusive connections open (and the two shared clients).
+    let held: Vec<_> = futures_join(&pool, 3).await?;
+    drop(held);
+    let before = wait_for_clients(&admin, "5 pool connections", |l| l.len() == 5).await?;
+
+    let killed: i64 = admin
+        .client_kill(vec![
+            ClientKillFilter::Type(ClientKillType::Normal),
+            ClientKillFilter::SkipMe(true),
+        ])
+        .await?;
+    assert_eq!(killed, 5);
+    // Every client reconnects by itself (new connections: none of the old ids is left).
+    let old_ids: Vec<String> = before.iter().filter_map(|l| field(l, "id")).collect();
+    wait_for_clients(&admin, "the pool to reconnect", |l| {
+        l.len() == 5 && l.iter().filter_map(|l| field(l, "id")).all(|id| !old_ids.contains(&id))
+    })
+    .await?;
+
+    let conns = futures_join(&pool, 3).await?;
+    for conn in &conns {
+        conn.ping::<()>(None).await?;
+    }
+    drop(conns);
+    for _ in 0..4 {
+        pool.shared().ping::<()>(None).await?;
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.in_use, stats.available, stats.shared_connected), (0, 3, 2), "{stats:?}");
+    pool.close().await?;
+    Ok(())
+}
+
+/// Checks out `n` exclusive connections at once.
+async fn futures_join(
+    pool: &RedisPool,
+    n: usize,
+) -> Result<Vec<pool_redis::ExclusiveConnection>, pool_redis::AcquireError> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.exclusive().await?);
+    }
+    Ok(held)
+}
+
+/// The value of `name=` in a `CLIENT LIST` line.
+fn field(line: &str, name: &str) -> Option<String> {
+    line.split(' ').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_under_load_gives_clear_errors_and_heals_without_leaks() -> TestResult {
+    let mut redis = RedisInstance::start()?;
+    let url = redis.url();
+    let pool = RedisPool::connect("main", &url, small()).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for task in 0..8 {
+        let (pool, stop, ok, errors) = (pool.clone(), stop.clone(), ok.clone(), errors.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                let result: Result<(), String> = if task % 2 == 0 {
+                    pool.shared()
+                        .set::<(), _, _>(format!("k{task}"), 1, None, None, false)
+                        .await
+                        .map_err(|e| format!("shared: {e:?}"))
+                } else {
+                    match pool.exclusive().await {
+                        Ok(conn) => {
+                            conn.ping::<()>(None).await.map_err(|e| format!("exclusive: {e:?}"))
+                        }
+                        Err(e) => Err(format!("checkout: {e}")),
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        ok.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => errors.lock().unwrap().push(e),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let wait_until = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "gave up after 30s waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let ok2 = ok.clone();
+    wait_until("load to run", Box::new(move || ok2.load(Relaxed) > 100)).await;
+
+    redis.stop()?;
+    let errors2 = errors.clone();
+    wait_until("errors during the outage", Box::new(move || errors2.lock().unwrap().len() >= 8))
+        .await;
+    redis.start_again()?;
+    let before = ok.load(Relaxed);
+    let ok2 = ok.clone();
+    wait_until("the pool to heal", Box::new(move || ok2.load(Relaxed) > before + 1000)).await;
+    stop.store(true, Relaxed);
+    for task in load {
+        task.await?;
+    }
+
+    // Every error says what failed: a timeout, a closed connection, a refused connect, or
+    // fred's "Failed to route command." (no connection to send it on while reconnecting);
+    // never a panic or a hang (every task above finished).
+    let errors = errors.lock().unwrap().clone();
+    for e in &errors {
+        let clear = ["Timeout", "IO", "Canceled", "timed out", "Connection", "connect", "route"]
+            .iter()
+            .any(|word| e.contains(word));
+        assert!(clear, "unclear error during the outage: {e}");
+    }
+
+    // No leaked connection: the server sees exactly the pool's open connections.
+    let admin = admin(&url).await?;
+    let stats = pool.stats();
+    wait_for_clients(&admin, "only the pool's connections", |l| l.len() == pool.stats().created)
+        .await?;
+    assert!(stats.created <= stats.max_connections + stats.shared_clients, "{stats:?}");
+    pool.close().await?;
+    wait_for_clients(&admin, "every pool connection to close", |l| l.is_empty()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_and_cache_keep_separate_stats_and_limits() -> TestResult {
+    let config = RedisConfig::new(redis_url())
+        .pool("main", PoolSettings::default().pool_size(2).max_connections(2))
+        .pool("cache", PoolSettings::default().pool_size(4).max_connections(4).shared_clients(3));
+    let pools = RedisPools::connect(&config).await?;
+    let (main, cache) = (pools.get("main").unwrap(), pools.get("cache").unwrap());
+
+    let main_held = futures_join(main, 2).await?;
+    let cache_held = futures_join(cache, 4).await?;
+    // `main` is at its limit; `cache` is unaffected by it.
+    assert!(main.engine().try_acquire().await.is_err());
+    assert!(cache.engine().try_acquire().await.is_err());
+    drop(cache_held);
+    assert!(cache.engine().try_acquire().await.is_ok());
+    assert!(main.engine().try_acquire().await.is_err());
+
+    let (m, c) = (main.stats(), cache.stats());
+    assert_eq!((m.in_use, m.max_connections, m.shared_clients), (2, 2, 1), "{m:?}");
+    assert_eq!((c.in_use, c.max_connections, c.shared_clients), (0, 4, 3), "{c:?}");
+    assert_eq!(c.engine.acquires, 5);
+    assert_eq!(m.engine.acquires, 2);
+    drop(main_held);
+
+    let registry = pool_core::Registry::new();
+    pools.register(&registry)?;
+    assert_eq!(registry.names(), ["cache", "main"]);
+    let dyn_main = registry.get("main").unwrap();
+    assert_eq!(dyn_main.backend(), "redis");
+    assert_eq!(dyn_main.stats().pool_size, 2);
+    let health = registry.get("cache").unwrap().health().await;
+    assert!(health.healthy, "{health:?}");
+    pools.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_and_bad_urls_give_errors_naming_them() -> TestResult {
+    let port = pool_harness::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = RedisPool::connect("cache", &url, small()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BuildError::Connect { .. } | BuildError::ConnectTimeout { .. }), "{msg}");
+    assert!(msg.contains("\"cache\"") && msg.contains(&url), "{msg}");
+
+    for bad in ["redis://:secret@127.0.0.1:notaport", "http://127.0.0.1:6379", "127.0.0.1:6379"] {
+        let err = RedisPool::connect("main", bad, small()).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, BuildError::Config(ConfigError::Url { .. })), "{bad}: {msg}");
+        assert!(msg.contains("invalid Redis URL") && !msg.contains("secret"), "{msg}");
+    }
+    Ok(())
+}

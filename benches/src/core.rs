@@ -24,7 +24,7 @@ pub(crate) struct Args {
     /// Task counts of the contended scenarios.
     #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
     tasks: Vec<usize>,
-    /// Pools to run (`pool-core`, `deadpool`, `bb8`); all by default.
+    /// Pools to run (`pool-core`, `pool-core-otel`, `deadpool`, `bb8`); all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
 }
@@ -33,7 +33,7 @@ const CONNECTIONS: usize = 10;
 
 /// The no-op manager, for each pool's trait.
 #[derive(Debug, Clone, Copy)]
-struct Noop;
+pub(crate) struct Noop;
 
 impl pool_core::Manager for Noop {
     type Connection = u64;
@@ -87,6 +87,13 @@ impl bb8::ManageConnection for Noop {
 #[derive(Clone)]
 enum Subject {
     Ours(pool_core::ConnectionPool<Noop>),
+    /// Ours with pool-metrics' OpenTelemetry histograms recording every event; the second
+    /// field keeps the instruments and their provider alive for the run.
+    OursOtel(
+        pool_core::ConnectionPool<Noop>,
+        #[allow(dead_code, reason = "held only to keep the exporter alive")]
+        Arc<(pool_metrics::OtelMetrics, opentelemetry_sdk::metrics::SdkMeterProvider)>,
+    ),
     Deadpool(deadpool::managed::Pool<Noop>),
     Bb8(bb8::Pool<Noop>),
 }
@@ -95,6 +102,7 @@ impl Subject {
     fn name(&self) -> &'static str {
         match self {
             Subject::Ours(_) => "pool-core",
+            Subject::OursOtel(..) => "pool-core-otel",
             Subject::Deadpool(_) => "deadpool",
             Subject::Bb8(_) => "bb8",
         }
@@ -110,6 +118,23 @@ impl Subject {
                     .build()
                     .expect("valid settings"),
             ),
+            "pool-core-otel" => {
+                use opentelemetry::metrics::MeterProvider as _;
+                let pool = pool_core::ConnectionPool::builder(Noop)
+                    .name("bench")
+                    .pool_size(CONNECTIONS)
+                    .max_overflow(0)
+                    .build()
+                    .expect("valid settings");
+                let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                    .with_reader(opentelemetry_sdk::metrics::ManualReader::builder().build())
+                    .build();
+                let pools = pool_core::Registry::new();
+                pools.register(Arc::new(pool.clone())).expect("one pool");
+                let metrics = pool_metrics::OtelMetrics::new(&provider.meter("bench"), pools)
+                    .expect("no observer yet");
+                Subject::OursOtel(pool, Arc::new((metrics, provider)))
+            }
             "deadpool" => Subject::Deadpool(
                 deadpool::managed::Pool::builder(Noop)
                     .max_size(CONNECTIONS)
@@ -137,7 +162,9 @@ impl Subject {
 
     async fn hold(self) -> Held {
         match self {
-            Subject::Ours(p) => Held::Ours(p.acquire().await.expect("acquire")),
+            Subject::Ours(p) | Subject::OursOtel(p, _) => {
+                Held::Ours(p.acquire().await.expect("acquire"))
+            }
             Subject::Deadpool(p) => Held::Deadpool(p.get().await.expect("get")),
             Subject::Bb8(p) => Held::Bb8(p.get_owned().await.expect("get")),
         }
@@ -147,7 +174,7 @@ impl Subject {
     #[inline]
     async fn op(&self, yield_while_held: bool) {
         match self {
-            Subject::Ours(p) => {
+            Subject::Ours(p) | Subject::OursOtel(p, _) => {
                 let c = p.acquire().await.expect("acquire");
                 if yield_while_held {
                     tokio::task::yield_now().await;
@@ -179,7 +206,7 @@ enum Held {
     Bb8(bb8::PooledConnection<'static, Noop>),
 }
 
-const POOLS: [&str; 3] = ["pool-core", "deadpool", "bb8"];
+const POOLS: [&str; 4] = ["pool-core", "pool-core-otel", "deadpool", "bb8"];
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

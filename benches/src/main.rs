@@ -4,6 +4,9 @@
 //! Run with `cargo xtask bench core` (or `cargo run --release -p pool-bench -- core --help`).
 
 mod core;
+mod metrics;
+mod postgres;
+mod redis;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -19,10 +22,19 @@ struct Cli {
 enum Bench {
     /// The engine with no-op connections against deadpool and bb8.
     Core(core::Args),
+    /// `SELECT 1` on a real PostgreSQL: ours against sqlx, deadpool-postgres and bb8-postgres.
+    Postgres(postgres::Args),
+    /// `GET` on a real Redis: our exclusive and shared paths against deadpool-redis, bb8-redis and fred.
+    Redis(redis::Args),
+    /// A Prometheus scrape and an OpenTelemetry collection of 100 pools.
+    Metrics(metrics::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Core(args) => core::run(&args),
+        Bench::Postgres(args) => postgres::run(&args),
+        Bench::Redis(args) => redis::run(&args),
+        Bench::Metrics(args) => metrics::run(&args),
     }
 }

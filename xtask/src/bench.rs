@@ -15,6 +15,8 @@ pub(crate) enum Bench {
     Postgres,
     /// Pools of Redis connections.
     Redis,
+    /// A Prometheus scrape and an OpenTelemetry collection of 100 pools.
+    Metrics,
 }
 
 /// Brings up the services `bench` needs and runs `cargo run --release -p pool-bench -- <bench> <args>`;

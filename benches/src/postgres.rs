@@ -1,0 +1,273 @@
+//! `bench postgres`: `SELECT 1` through each pool against a real PostgreSQL on loopback — ours,
+//! sqlx's `PgPool`, deadpool-postgres, bb8-postgres — with their default settings and with their
+//! checks off (the `-nocheck` twins), from one task and from 16, 64 and 256 tasks over 10
+//! connections; plus a connect-per-query baseline (sqlx: connect, query, close).
+//!
+//! Every pool runs the query with the simple query protocol (one round trip:
+//! `raw_sql` for sqlx connections, `simple_query` for tokio-postgres), so they do the same work
+//! per operation. The server is `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pool_postgres::sqlx::{self, Connection};
+
+use crate::report::{self, Row};
+
+/// Options of `bench postgres`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Seconds each pool runs in each scenario and round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds; each pool's median round (by ops/s) is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Task counts of the contended scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
+    tasks: Vec<usize>,
+    /// Pools to run (see the JSON's `pool` names); all by default.
+    #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
+    pools: Vec<String>,
+}
+
+const CONNECTIONS: usize = 10;
+
+const POOLS: [&str; 9] = [
+    "pool-postgres",
+    "pool-postgres-nocheck",
+    "sqlx",
+    "sqlx-nocheck",
+    "deadpool-postgres",
+    "deadpool-postgres-nocheck",
+    "bb8-postgres",
+    "bb8-postgres-nocheck",
+    "connect-per-query",
+];
+
+type Bb8 = bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
+
+/// The pools under test, behind one interface.
+#[derive(Clone)]
+enum Subject {
+    Ours(pool_postgres::PgPool),
+    Sqlx(sqlx::PgPool),
+    Deadpool(deadpool_postgres::Pool),
+    Bb8(Bb8),
+    ConnectPerQuery(Arc<sqlx::postgres::PgConnectOptions>),
+}
+
+impl Subject {
+    async fn build(name: &str, url: &str) -> anyhow::Result<Subject> {
+        let check = !name.ends_with("-nocheck");
+        Ok(match name.trim_end_matches("-nocheck") {
+            "pool-postgres" => Subject::Ours(
+                pool_postgres::PgPool::builder(pool_postgres::PgManager::from_url(url)?)
+                    .name("bench")
+                    .pool_size(CONNECTIONS)
+                    .max_overflow(0)
+                    .pool_pre_ping(check)
+                    .build()?,
+            ),
+            "sqlx" => Subject::Sqlx(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(CONNECTIONS as u32)
+                    .test_before_acquire(check)
+                    .connect(url)
+                    .await?,
+            ),
+            // deadpool-postgres's default check is already `RecyclingMethod::Fast`, which sends
+            // nothing (it only asks tokio-postgres whether the client is closed): both runs use it.
+            "deadpool-postgres" => {
+                let config = tokio_postgres::Config::from_str(url)?;
+                let manager = deadpool_postgres::Manager::from_config(
+                    config,
+                    tokio_postgres::NoTls,
+                    deadpool_postgres::ManagerConfig {
+                        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                    },
+                );
+                Subject::Deadpool(
+                    deadpool_postgres::Pool::builder(manager).max_size(CONNECTIONS).build()?,
+                )
+            }
+            "bb8-postgres" => {
+                let manager = bb8_postgres::PostgresConnectionManager::new_from_stringlike(
+                    url,
+                    tokio_postgres::NoTls,
+                )?;
+                Subject::Bb8(
+                    bb8::Pool::builder()
+                        .max_size(CONNECTIONS as u32)
+                        .test_on_check_out(check)
+                        .build(manager)
+                        .await?,
+                )
+            }
+            "connect-per-query" => Subject::ConnectPerQuery(Arc::new(url.parse()?)),
+            other => anyhow::bail!("unknown pool {other:?}; known: {}", POOLS.join(", ")),
+        })
+    }
+
+    /// Fills the pool so no scenario measures connects.
+    async fn warm(&self) -> anyhow::Result<()> {
+        match self {
+            Subject::Ours(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.acquire().await?);
+                }
+            }
+            Subject::Sqlx(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.acquire().await?);
+                }
+            }
+            Subject::Deadpool(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.get().await?);
+                }
+            }
+            Subject::Bb8(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.get().await?);
+                }
+            }
+            Subject::ConnectPerQuery(_) => {}
+        }
+        Ok(())
+    }
+
+    /// One checkout, `SELECT 1`, and return.
+    async fn op(&self) -> anyhow::Result<()> {
+        match self {
+            Subject::Ours(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::raw_sql("SELECT 1").execute(&mut *c).await?;
+            }
+            Subject::Sqlx(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::raw_sql("SELECT 1").execute(&mut *c).await?;
+            }
+            Subject::Deadpool(p) => {
+                let c = p.get().await?;
+                c.simple_query("SELECT 1").await?;
+            }
+            Subject::Bb8(p) => {
+                let c = p.get().await?;
+                c.simple_query("SELECT 1").await?;
+            }
+            Subject::ConnectPerQuery(options) => {
+                let mut c = sqlx::PgConnection::connect_with(options).await?;
+                sqlx::raw_sql("SELECT 1").execute(&mut c).await?;
+                c.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        match self {
+            Subject::Ours(p) => drop(p.close().await),
+            Subject::Sqlx(p) => p.close().await,
+            Subject::Deadpool(p) => p.close(),
+            Subject::Bb8(_) | Subject::ConnectPerQuery(_) => {}
+        }
+    }
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let run_for = Duration::from_secs_f64(args.seconds);
+    let mut scenarios = vec![("single", 1usize)];
+    scenarios.extend(args.tasks.iter().map(|&t| ("contended", t)));
+    let selected: Vec<&str> =
+        POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
+    let mut rows = Vec::new();
+    for (scenario, tasks) in scenarios {
+        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); selected.len()];
+        for _ in 0..args.rounds {
+            for (i, name) in selected.iter().enumerate() {
+                let row = rt.block_on(async {
+                    let subject = Subject::build(name, &url)
+                        .await
+                        .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
+                    subject.warm().await?;
+                    let row = measure(&subject, name, scenario, tasks, run_for).await;
+                    subject.close().await;
+                    row
+                })?;
+                eprintln!("{scenario:>9} {tasks:>4} {name:<26} {:>10.0} ops/s", row.ops_per_sec);
+                rounds[i].push(row);
+            }
+        }
+        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
+            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            rows.push(r.swap_remove(r.len() / 2));
+        }
+    }
+    println!();
+    report::print_table(&rows, "pool-postgres");
+    let single = |pool: &str| {
+        rows.iter().find(|r| r.scenario == "single" && r.pool == pool).map(|r| r.ops_per_sec)
+    };
+    if let (Some(ours), Some(cpq)) = (single("pool-postgres"), single("connect-per-query")) {
+        // Time per query: 1/ops. The reduction is the share of connect-per-query's time saved.
+        let reduction = 1.0 - cpq / ours;
+        println!(
+            "\nconnection overhead: {:.1} ms per query connecting each time, {:.1} µs pooled: {:.2}% less",
+            1e3 / cpq,
+            1e6 / ours,
+            reduction * 100.0
+        );
+    }
+    let path = report::write_json("postgres", &rows)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+async fn measure(
+    subject: &Subject,
+    name: &str,
+    scenario: &str,
+    tasks: usize,
+    run_for: Duration,
+) -> anyhow::Result<Row> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let subject = subject.clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut hist = report::histogram();
+                let mut ops = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    subject.op().await?;
+                    hist.saturating_record(t.elapsed().as_nanos() as u64);
+                    ops += 1;
+                }
+                anyhow::Ok((ops, hist))
+            })
+        })
+        .collect();
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = report::histogram();
+    for h in handles {
+        let (ops, h) = h.await??;
+        total += ops;
+        hist.add(h)?;
+    }
+    Ok(Row::new(scenario, tasks, name, total, start.elapsed(), &hist))
+}

@@ -1,0 +1,271 @@
+//! `bench redis`: `GET` of one small key on a real Redis (`REDIS_URL`, by default
+//! `redis://127.0.0.1:6379`), from one task and from 16, 64 and 256 tasks, on a 2-worker tokio
+//! runtime: our exclusive checkout and our shared clients against deadpool-redis, bb8-redis,
+//! fred's own round-robin `Pool` and one fred `Client`.
+//!
+//! Checkout pools get 10 connections and keep their default health checks: ours pings a
+//! connection idle past `health_check_interval`, deadpool-redis pipelines `UNWATCH` + `PING` on
+//! every recycle, bb8-redis pings on every checkout. fred's `Pool` has 10 clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use deadpool_redis::redis::{self, AsyncCommands as _};
+use fred::prelude::{ClientLike as _, KeysInterface as _};
+
+use crate::report::{self, Row};
+
+/// Options of `bench redis`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Seconds each pool runs in each scenario and round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds; each pool's median round (by ops/s) is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Task counts of the contended scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
+    tasks: Vec<usize>,
+    /// Pools to run; all by default.
+    #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
+    pools: Vec<String>,
+    /// Shared clients of our pool (`PoolSettings::shared_clients`); its default when unset.
+    #[arg(long)]
+    shared_clients: Option<usize>,
+}
+
+const CONNECTIONS: usize = 10;
+const KEY: &str = "pool-bench:redis:key";
+
+const POOLS: [&str; 6] = [
+    "pool-redis-exclusive",
+    "pool-redis-shared",
+    "deadpool-redis",
+    "bb8-redis",
+    "fred-pool",
+    "fred-client",
+];
+
+/// The pools under test, behind one interface.
+#[derive(Clone)]
+enum Subject {
+    Exclusive(pool_redis::RedisPool),
+    Shared(pool_redis::RedisPool),
+    Deadpool(deadpool_redis::Pool),
+    Bb8(bb8::Pool<bb8_redis::RedisConnectionManager>),
+    FredPool(fred::clients::Pool),
+    FredClient(fred::clients::Client),
+}
+
+impl Subject {
+    fn name(&self) -> &'static str {
+        match self {
+            Subject::Exclusive(_) => "pool-redis-exclusive",
+            Subject::Shared(_) => "pool-redis-shared",
+            Subject::Deadpool(_) => "deadpool-redis",
+            Subject::Bb8(_) => "bb8-redis",
+            Subject::FredPool(_) => "fred-pool",
+            Subject::FredClient(_) => "fred-client",
+        }
+    }
+
+    async fn build(name: &str, url: &str, args: &Args) -> anyhow::Result<Subject> {
+        let ours = || async {
+            let mut settings = pool_redis::PoolSettings::default()
+                .pool_size(CONNECTIONS)
+                .max_connections(CONNECTIONS);
+            if let Some(n) = args.shared_clients {
+                settings = settings.shared_clients(n);
+            }
+            pool_redis::RedisPool::connect("bench", url, settings).await
+        };
+        let fred_config = || fred::prelude::Config::from_url(url);
+        Ok(match name {
+            "pool-redis-exclusive" => Subject::Exclusive(ours().await?),
+            "pool-redis-shared" => Subject::Shared(ours().await?),
+            "deadpool-redis" => {
+                let pool = deadpool_redis::Config::from_url(url)
+                    .builder()?
+                    .max_size(CONNECTIONS)
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()?;
+                Subject::Deadpool(pool)
+            }
+            "bb8-redis" => {
+                let manager = bb8_redis::RedisConnectionManager::new(url)?;
+                Subject::Bb8(
+                    bb8::Pool::builder().max_size(CONNECTIONS as u32).build(manager).await?,
+                )
+            }
+            "fred-pool" => {
+                let pool =
+                    fred::prelude::Builder::from_config(fred_config()?).build_pool(CONNECTIONS)?;
+                pool.init().await?;
+                Subject::FredPool(pool)
+            }
+            "fred-client" => {
+                let client = fred::prelude::Builder::from_config(fred_config()?).build()?;
+                client.init().await?;
+                Subject::FredClient(client)
+            }
+            other => anyhow::bail!("unknown pool {other:?}; expected one of {POOLS:?}"),
+        })
+    }
+
+    /// Opens every connection of a checkout pool, so no scenario measures connects.
+    async fn warm(&self) -> anyhow::Result<()> {
+        match self {
+            Subject::Exclusive(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.exclusive().await?);
+                }
+            }
+            Subject::Deadpool(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.get().await?);
+                }
+            }
+            Subject::Bb8(p) => {
+                let mut held = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    held.push(p.get().await?);
+                }
+            }
+            Subject::Shared(_) | Subject::FredPool(_) | Subject::FredClient(_) => {}
+        }
+        self.op().await
+    }
+
+    /// One `GET`, through a checkout where the pool has one.
+    #[inline]
+    async fn op(&self) -> anyhow::Result<()> {
+        let value: Option<String> = match self {
+            Subject::Exclusive(p) => p.exclusive().await?.get(KEY).await?,
+            Subject::Shared(p) => p.shared().get(KEY).await?,
+            Subject::Deadpool(p) => p.get().await?.get(KEY).await?,
+            Subject::Bb8(p) => p.get().await?.get(KEY).await?,
+            Subject::FredPool(p) => p.get(KEY).await?,
+            Subject::FredClient(c) => c.get(KEY).await?,
+        };
+        anyhow::ensure!(value.as_deref() == Some("value"), "GET {KEY} returned {value:?}");
+        Ok(())
+    }
+
+    async fn close(self) {
+        match self {
+            Subject::Exclusive(p) | Subject::Shared(p) => {
+                let _ = p.close().await;
+            }
+            Subject::Deadpool(p) => p.close(),
+            Subject::Bb8(_) => {}
+            Subject::FredPool(p) => {
+                let _ = p.quit().await;
+            }
+            Subject::FredClient(c) => {
+                let _ = c.quit().await;
+            }
+        }
+    }
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| pool_redis::DEFAULT_URL.to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await.with_context(|| {
+            format!("Redis is not reachable at {url} (REDIS_URL): start it with `cargo xtask services up`")
+        })?;
+        conn.set::<_, _, ()>(KEY, "value").await?;
+        anyhow::Ok(())
+    })?;
+    let run_for = Duration::from_secs_f64(args.seconds);
+    let mut scenarios = vec![("single", 1usize)];
+    scenarios.extend(args.tasks.iter().map(|&t| ("contended", t)));
+    let mut rows = Vec::new();
+    for (scenario, tasks) in scenarios {
+        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); POOLS.len()];
+        for _ in 0..args.rounds {
+            for (i, name) in
+                POOLS.iter().enumerate().filter(|(_, p)| args.pools.iter().any(|a| a == *p))
+            {
+                let row = rt.block_on(async {
+                    let subject = Subject::build(name, &url, args).await?;
+                    subject.warm().await?;
+                    let row = if scenario == "single" {
+                        single(&subject, run_for).await?
+                    } else {
+                        contended(&subject, tasks, run_for).await?
+                    };
+                    subject.close().await;
+                    anyhow::Ok(row)
+                })?;
+                eprintln!("{scenario:>9} {tasks:>4} {name:<22} {:>12.0} ops/s", row.ops_per_sec);
+                rounds[i].push(row);
+            }
+        }
+        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
+            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            rows.push(r.swap_remove(r.len() / 2));
+        }
+    }
+    println!();
+    report::print_table(&rows, "pool-redis-exclusive");
+    println!();
+    report::print_table(&rows, "pool-redis-shared");
+    let path = report::write_json("redis", &rows)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// One task: every op timed.
+async fn single(subject: &Subject, run_for: Duration) -> anyhow::Result<Row> {
+    let mut hist = report::histogram();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < run_for {
+        let t = Instant::now();
+        subject.op().await?;
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+        ops += 1;
+    }
+    Ok(Row::new("single", 1, subject.name(), ops, start.elapsed(), &hist))
+}
+
+/// `tasks` tasks issuing `GET`s back to back over the pool's 10 connections (or its clients).
+async fn contended(subject: &Subject, tasks: usize, run_for: Duration) -> anyhow::Result<Row> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let subject = subject.clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut hist = report::histogram();
+                let mut ops = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    subject.op().await?;
+                    hist.saturating_record(t.elapsed().as_nanos() as u64);
+                    ops += 1;
+                }
+                anyhow::Ok((ops, hist))
+            })
+        })
+        .collect();
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = report::histogram();
+    for h in handles {
+        let (ops, h) = h.await??;
+        total += ops;
+        hist.add(h).expect("same bounds");
+    }
+    Ok(Row::new("contended", tasks, subject.name(), total, start.elapsed(), &hist))
+}

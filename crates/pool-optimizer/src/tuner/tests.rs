@@ -53,13 +53,12 @@ impl Queue {
     fn window(&mut self, len: Duration, size: usize) -> Window {
         let end = self.now + len.as_nanos() as u64;
         let (mut waits, mut holds, mut timeouts) = (Vec::new(), Vec::new(), 0u64);
-        let start =
-            |q: &mut Queue, arrived: u64, waits: &mut Vec<u64>, holds: &mut Vec<u64>| {
-                let hold = q.exp(q.hold_mean);
-                waits.push(q.now - arrived);
-                holds.push(hold);
-                q.busy.push(Reverse(q.now + hold));
-            };
+        let start = |q: &mut Queue, arrived: u64, waits: &mut Vec<u64>, holds: &mut Vec<u64>| {
+            let hold = q.exp(q.hold_mean);
+            waits.push(q.now - arrived);
+            holds.push(hold);
+            q.busy.push(Reverse(q.now + hold));
+        };
         // Connections added by a resize serve the queue at once.
         while self.busy.len() < size
             && let Some(arrived) = self.queue.pop_front()

@@ -139,9 +139,26 @@ pub struct CloseError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegisterError {
-    /// Another pool already has this name.
-    #[error("a pool named {0:?} is already registered")]
+    /// A pool with this id (`backend:name`) is registered already.
+    #[error("a pool with id {0:?} is already registered")]
     Duplicate(String),
+}
+
+/// Why a registry lookup found no pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// No pool has this id or name.
+    #[error("no pool named {0:?}")]
+    NotFound(String),
+    /// Pools of several backends share this name; use an id (`backend:name`).
+    #[error("{name:?} names several pools ({}); use one of those ids", ids.join(", "))]
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// The ids sharing it.
+        ids: Vec<String>,
+    },
 }
 
 /// Why an observer could not be attached.

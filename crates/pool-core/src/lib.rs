@@ -38,12 +38,12 @@ pub mod testing;
 pub use crate::config::{Builder, PoolConfig};
 pub use crate::dyn_pool::{Health, Pool};
 pub use crate::error::{
-    AcquireError, BuildError, CloseError, ConnectError, ObserveError, RegisterError, ResizeError,
-    TimeoutError, TryAcquireError,
+    AcquireError, BuildError, CloseError, ConnectError, LookupError, ObserveError, RegisterError,
+    ResizeError, TimeoutError, TryAcquireError,
 };
 pub use crate::guard::PooledConnection;
 pub use crate::manager::Manager;
 pub use crate::observer::Observer;
 pub use crate::pool::{ConnectionPool, PoolState};
-pub use crate::registry::Registry;
+pub use crate::registry::{Registry, pool_id};
 pub use crate::stats::{CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats};

@@ -4,9 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::dyn_pool::Pool;
-use crate::error::RegisterError;
+use crate::error::{LookupError, RegisterError};
 
-/// A set of pools by name, cheap to clone (clones share the set). Iteration is by name.
+/// A set of pools, cheap to clone (clones share the set).
+///
+/// A pool is identified by its backend and its name: a PostgreSQL pool and a Redis pool may
+/// both be called `main`. Its id is `backend:name` (`postgresql:main`, `redis:main`); lookups
+/// take an id, or a bare name when only one backend uses it. Iteration is by name, then backend.
 ///
 /// # Examples
 ///
@@ -18,11 +22,17 @@ use crate::error::RegisterError;
 /// let registry = Registry::new();
 /// registry.register(Arc::new(ConnectionPool::builder(TestManager::new()).name("main").build()?))?;
 /// assert_eq!(registry.get("main").unwrap().backend(), "test");
+/// assert_eq!(registry.get("test:main").unwrap().name(), "main");
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    pools: Arc<RwLock<BTreeMap<String, Arc<dyn Pool>>>>,
+    pools: Arc<RwLock<BTreeMap<(String, &'static str), Arc<dyn Pool>>>>,
+}
+
+/// A pool's id in a registry: `backend:name`.
+pub fn pool_id(pool: &dyn Pool) -> String {
+    format!("{}:{}", pool.backend(), pool.name())
 }
 
 impl Registry {
@@ -31,39 +41,67 @@ impl Registry {
         Registry::default()
     }
 
-    /// Adds a pool under its name.
+    /// Adds a pool.
     ///
     /// # Errors
     ///
-    /// [`RegisterError::Duplicate`] when a pool with that name is registered already.
+    /// [`RegisterError::Duplicate`] when a pool of the same backend and name is registered.
     pub fn register(&self, pool: Arc<dyn Pool>) -> Result<(), RegisterError> {
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
-        let name = pool.name().to_owned();
-        if pools.contains_key(&name) {
-            return Err(RegisterError::Duplicate(name));
+        let key = (pool.name().to_owned(), pool.backend());
+        if pools.contains_key(&key) {
+            return Err(RegisterError::Duplicate(pool_id(pool.as_ref())));
         }
-        pools.insert(name, pool);
+        pools.insert(key, pool);
         Ok(())
     }
 
-    /// The pool with this name.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Pool>> {
-        self.pools.read().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
+    /// The pool with this id (`backend:name`), or this name when only one backend uses it.
+    pub fn get(&self, id: &str) -> Option<Arc<dyn Pool>> {
+        self.resolve(id).ok()
     }
 
-    /// Removes and returns the pool with this name.
-    pub fn remove(&self, name: &str) -> Option<Arc<dyn Pool>> {
-        self.pools.write().unwrap_or_else(PoisonError::into_inner).remove(name)
+    /// Like [`get`](Self::get), saying why nothing was found.
+    ///
+    /// # Errors
+    ///
+    /// [`LookupError::NotFound`], or [`LookupError::Ambiguous`] for a bare name that pools of
+    /// several backends share.
+    pub fn resolve(&self, id: &str) -> Result<Arc<dyn Pool>, LookupError> {
+        let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some((backend, name)) = id.split_once(':')
+            && let Some(pool) =
+                pools.iter().find(|((n, b), _)| n == name && *b == backend).map(|(_, p)| p)
+        {
+            return Ok(Arc::clone(pool));
+        }
+        let named: Vec<&Arc<dyn Pool>> =
+            pools.iter().filter(|((n, _), _)| n == id).map(|(_, p)| p).collect();
+        match named.as_slice() {
+            [] => Err(LookupError::NotFound(id.to_owned())),
+            [one] => Ok(Arc::clone(one)),
+            many => Err(LookupError::Ambiguous {
+                name: id.to_owned(),
+                ids: many.iter().map(|p| pool_id(p.as_ref())).collect(),
+            }),
+        }
     }
 
-    /// Every pool, ordered by name.
+    /// Removes and returns the pool with this id (or unique name).
+    pub fn remove(&self, id: &str) -> Option<Arc<dyn Pool>> {
+        let pool = self.get(id)?;
+        let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        pools.remove(&(pool.name().to_owned(), pool.backend()))
+    }
+
+    /// Every pool, ordered by name, then backend.
     pub fn pools(&self) -> Vec<Arc<dyn Pool>> {
         self.pools.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    /// Every pool's name, in order.
-    pub fn names(&self) -> Vec<String> {
-        self.pools.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    /// Every pool's id (`backend:name`), in the same order.
+    pub fn ids(&self) -> Vec<String> {
+        self.pools().iter().map(|p| pool_id(p.as_ref())).collect()
     }
 
     /// How many pools are registered.

@@ -551,8 +551,31 @@ async fn pool_trait_and_registry_see_any_pool() {
     let pool: Arc<dyn Pool> = Arc::new(warm_pool(builder(&m).name("main").pool_size(2), 2).await);
     registry.register(pool.clone()).unwrap();
     let err = registry.register(pool.clone()).unwrap_err();
-    assert_eq!(err.to_string(), "a pool named \"main\" is already registered");
+    assert_eq!(err.to_string(), "a pool with id \"test:main\" is already registered");
+    // Another backend may use the same name; a bare name is then ambiguous.
+    #[derive(Debug)]
+    struct Other;
+    impl crate::Manager for Other {
+        type Connection = ();
+        type Error = std::io::Error;
+        const BACKEND: &'static str = "other";
+        async fn connect(&self) -> Result<(), std::io::Error> {
+            Ok(())
+        }
+        async fn check(&self, _: &mut ()) -> Result<(), std::io::Error> {
+            Ok(())
+        }
+    }
+    registry
+        .register(Arc::new(ConnectionPool::builder(Other).name("main").build().unwrap()))
+        .unwrap();
+    let err = registry.resolve("main").unwrap_err().to_string();
+    assert_eq!(err, "\"main\" names several pools (other:main, test:main); use one of those ids");
+    assert_eq!(registry.get("other:main").unwrap().backend(), "other");
+    assert_eq!(registry.ids(), vec!["other:main".to_owned(), "test:main".to_owned()]);
+    registry.remove("other:main").unwrap();
     let p = registry.get("main").unwrap();
+    assert_eq!(crate::pool_id(p.as_ref()), "test:main");
     assert_eq!((p.name(), p.backend(), p.config().pool_size), ("main", "test", 2));
     let health = p.health().await;
     assert!(health.healthy, "{health:?}");
@@ -563,7 +586,7 @@ async fn pool_trait_and_registry_see_any_pool() {
     p.resize(4, 1).unwrap();
     assert_eq!((p.stats().pool_size, p.stats().max_overflow), (4, 1));
     assert!(registry.get("nope").is_none());
-    assert_eq!(registry.names(), vec!["main".to_owned()]);
+    assert_eq!(registry.ids(), vec!["test:main".to_owned()]);
 }
 
 /// 1,000 tasks with random hold times and cancellations, random connect and check failures,

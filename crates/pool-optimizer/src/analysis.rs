@@ -59,7 +59,7 @@ pub struct Budget {
     pub max_connections: usize,
     /// Connections kept for others: superusers, other services, other instances.
     pub reserved: usize,
-    /// Names of the pools drawing on it.
+    /// Ids of the pools drawing on it (`postgresql:main`, as the sampler keys them).
     pub pools: Vec<String>,
 }
 

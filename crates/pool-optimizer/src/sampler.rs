@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use pool_core::{PoolStats, Registry};
+use pool_core::{PoolStats, Registry, pool_id};
 use tokio::time::Instant;
 
 use crate::window::Window;
@@ -30,15 +30,16 @@ impl Sampler {
     /// Pools gone from the registry are forgotten.
     pub fn sample(&mut self, now: Instant) {
         let pools = self.pools.pools();
-        let names: Vec<String> = pools.iter().map(|p| p.name().to_owned()).collect();
+        let names: Vec<String> = pools.iter().map(|p| pool_id(p.as_ref())).collect();
         self.last.retain(|name, _| names.contains(name));
         self.windows.retain(|name, _| names.contains(name));
         for pool in pools {
             let stats = pool.stats();
-            let name = stats.name.clone();
+            let name = pool_id(pool.as_ref());
             if let Some((at, before)) = self.last.get(&name)
-                && let Some(window) = Window::between(before, &stats, now.duration_since(*at))
+                && let Some(mut window) = Window::between(before, &stats, now.duration_since(*at))
             {
+                window.pool.clone_from(&name);
                 let windows = self.windows.entry(name.clone()).or_default();
                 if windows.len() == self.capacity {
                     windows.pop_front();
@@ -49,7 +50,8 @@ impl Sampler {
         }
     }
 
-    /// Every pool's windows, oldest first.
+    /// Every pool's windows, oldest first, keyed by pool id (`backend:name`, as
+    /// [`pool_core::pool_id`] makes it; recommendations name pools the same way).
     pub fn windows(&self) -> BTreeMap<String, Vec<Window>> {
         self.windows.iter().map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect()
     }

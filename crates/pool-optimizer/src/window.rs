@@ -8,7 +8,7 @@ use pool_core::PoolStats;
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct Window {
-    /// The pool's name.
+    /// The pool: its id (`backend:name`) when it comes from a [`Sampler`](crate::Sampler).
     pub pool: String,
     /// How long the interval was.
     pub duration: Duration,

@@ -1,0 +1,577 @@
+//! The admin API as an axum [`Router`]: stats, health, optimize, config, reset-stats, resize,
+//! the OpenAPI document and `/metrics`, behind a bearer token.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pool_core::{LookupError, Pool, PoolStats, Registry, pool_id};
+use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
+use pool_postgres::PgCluster;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+
+/// The prefix of every admin route.
+pub const PREFIX: &str = "/api/v1/admin/connection-pools";
+
+/// The largest request body accepted.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// What the admin routes serve from: the pools, the optimizer's history, the token.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    clusters: BTreeMap<String, PgCluster>,
+    token: Secret,
+    metrics_open: bool,
+    health_timeout: Duration,
+    budgets: Vec<Budget>,
+    settings: Settings,
+    sampler: Mutex<Sampler>,
+    config: Value,
+    decisions: Mutex<Vec<Decision>>,
+}
+
+impl AdminState {
+    /// State over `registry`, every admin route requiring `token`.
+    pub fn builder(registry: Registry, token: Secret) -> AdminStateBuilder {
+        AdminStateBuilder {
+            registry,
+            token,
+            clusters: BTreeMap::new(),
+            metrics_open: false,
+            health_timeout: Duration::from_secs(2),
+            budgets: Vec::new(),
+            config: Value::Null,
+        }
+    }
+
+    /// The pools served.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Takes a stats sample of every pool for the optimizer (the server does this on a timer).
+    pub fn sample(&self) {
+        self.sampler().sample(tokio::time::Instant::now());
+    }
+
+    /// The optimizer's current recommendations.
+    pub fn recommendations(&self) -> Vec<Recommendation> {
+        let windows = self.sampler().windows();
+        analyze(&windows, &self.inner.settings, &self.inner.budgets)
+    }
+
+    /// Records auto-tuner decisions for `GET optimize` (the last 100 are kept).
+    pub fn record_decisions(&self, decisions: &[Decision]) {
+        let mut kept = self.inner.decisions.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.extend_from_slice(decisions);
+        let excess = kept.len().saturating_sub(100);
+        kept.drain(..excess);
+    }
+
+    /// The optimizer's windows, for the auto-tuner.
+    pub fn windows(&self) -> BTreeMap<String, Vec<pool_optimizer::Window>> {
+        self.sampler().windows()
+    }
+
+    /// Connection budgets known to the optimizer.
+    pub fn budgets(&self) -> &[Budget] {
+        &self.inner.budgets
+    }
+
+    fn sampler(&self) -> std::sync::MutexGuard<'_, Sampler> {
+        self.inner.sampler.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Builds an [`AdminState`].
+#[derive(Debug)]
+#[must_use]
+pub struct AdminStateBuilder {
+    registry: Registry,
+    token: Secret,
+    clusters: BTreeMap<String, PgCluster>,
+    metrics_open: bool,
+    health_timeout: Duration,
+    budgets: Vec<Budget>,
+    config: Value,
+}
+
+impl AdminStateBuilder {
+    /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`.
+    pub fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
+        self.clusters = clusters;
+        self
+    }
+
+    /// Serve `/metrics` without the token.
+    pub fn metrics_open(mut self, open: bool) -> Self {
+        self.metrics_open = open;
+        self
+    }
+
+    /// How long one pool's active health check may take [2 s].
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout;
+        self
+    }
+
+    /// Connection budgets: the optimizer never proposes more, and resizes that break one are
+    /// refused.
+    pub fn budgets(mut self, budgets: Vec<Budget>) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// The (redacted) configuration `GET config` shows besides each pool's live settings.
+    pub fn config(mut self, config: Value) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The state.
+    pub fn build(self) -> AdminState {
+        AdminState {
+            inner: Arc::new(Inner {
+                sampler: Mutex::new(Sampler::new(self.registry.clone(), 30)),
+                registry: self.registry,
+                clusters: self.clusters,
+                token: self.token,
+                metrics_open: self.metrics_open,
+                health_timeout: self.health_timeout,
+                budgets: self.budgets,
+                settings: Settings::default(),
+                config: self.config,
+                decisions: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+/// An error answer: `{"error": "...", "pool": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    pool: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), pool: None }
+    }
+
+    fn lookup(e: LookupError, pool: &str) -> Self {
+        let status = match e {
+            LookupError::Ambiguous { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::NOT_FOUND,
+        };
+        ApiError { status, message: e.to_string(), pool: Some(pool.to_owned()) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message, "pool": self.pool }))).into_response()
+    }
+}
+
+/// `Json<T>` whose rejections are JSON errors with the right status (400, 413, 415, 422).
+#[derive(Debug)]
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(match &rejection {
+                JsonRejection::BytesRejection(_)
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body larger than {BODY_LIMIT} bytes"),
+                    )
+                }
+                _ => ApiError::new(rejection.status(), rejection.body_text()),
+            }),
+        }
+    }
+}
+
+/// The admin router. Mount it in your own app, or serve it with `pool-admin serve`.
+///
+/// Every route needs `Authorization: Bearer <token>`; `/metrics` too unless opened.
+pub fn router(state: AdminState) -> Router {
+    let admin = Router::new()
+        .route(&format!("{PREFIX}/stats"), get(stats))
+        .route(&format!("{PREFIX}/health"), get(health))
+        .route(&format!("{PREFIX}/optimize"), get(optimize))
+        .route(&format!("{PREFIX}/config"), get(config))
+        .route(&format!("{PREFIX}/reset-stats"), post(reset_stats))
+        .route(&format!("{PREFIX}/pools/{{pool}}/resize"), post(resize))
+        .route("/api/v1/admin/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let metrics = Router::new().route("/metrics", get(metrics));
+    let metrics = if state.inner.metrics_open {
+        metrics
+    } else {
+        metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+    };
+    admin
+        .merge(metrics)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response(),
+        Some(token)
+            if bool::from(token.as_bytes().ct_eq(state.inner.token.expose().as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// One pool's stats in the seed's shape, plus the rest of the engine's.
+pub(crate) fn pool_json(s: &PoolStats) -> Value {
+    let closed: BTreeMap<&str, u64> = s.closed.iter().map(|(r, n)| (r.as_str(), n)).collect();
+    json!({
+        "backend": s.backend,
+        "active_connections": s.active_connections,
+        "peak_connections": s.peak_connections,
+        "connections_created": s.connections_created,
+        "connections_closed": s.connections_closed,
+        "average_wait_time": secs(s.average_wait_time),
+        "pool_size": s.pool_size,
+        "overflow": s.overflow,
+        "max_overflow": s.max_overflow,
+        "min_idle": s.min_idle,
+        "idle_connections": s.idle_connections,
+        "open_connections": s.open_connections,
+        "waiting": s.waiting,
+        "peak_waiting": s.peak_waiting,
+        "acquires": s.acquires,
+        "timeouts": s.timeouts,
+        "connect_errors": s.connect_errors,
+        "leaks_detected": s.leaks_detected,
+        "closed_by_reason": closed,
+        "wait_time_p50": secs(s.wait_time.quantile(0.5)),
+        "wait_time_p99": secs(s.wait_time.quantile(0.99)),
+        "use_time_mean": secs(s.use_time.mean()),
+        "use_time_p99": secs(s.use_time.quantile(0.99)),
+        "connect_time_mean": secs(s.connect_time.mean()),
+    })
+}
+
+pub(crate) fn recommendation_json(r: &Recommendation) -> Value {
+    let e = &r.evidence;
+    json!({
+        "pool": r.pool,
+        "severity": r.severity.as_str(),
+        "issue": r.issue,
+        "suggestion": r.suggestion,
+        "current": { "pool_size": r.current.pool_size, "max_overflow": r.current.max_overflow },
+        "proposed": r.proposed.map(|p| json!({ "pool_size": p.pool_size, "max_overflow": p.max_overflow })),
+        "evidence": {
+            "windows": e.windows,
+            "checkouts_per_sec": e.checkouts_per_sec,
+            "hold_mean": secs(e.hold_mean),
+            "hold_p90": secs(e.hold_p90),
+            "wait_p90": secs(e.wait_p90),
+            "wait_p99": secs(e.wait_p99),
+            "timeouts": e.timeouts,
+            "connect_errors": e.connect_errors,
+            "busy": e.busy,
+            "needed": e.needed,
+            "idle_share": e.idle_share,
+            "overflow_share": e.overflow_share,
+            "hold_trend": e.hold_trend,
+            "load_trend": e.load_trend,
+        },
+    })
+}
+
+fn replicas_json(state: &AdminState) -> Value {
+    let clusters: BTreeMap<&String, Value> = state
+        .inner
+        .clusters
+        .iter()
+        .map(|(name, cluster)| {
+            let s = cluster.stats();
+            let replicas: Vec<Value> = s
+                .replicas
+                .iter()
+                .map(|r| {
+                    json!({
+                        "pool": r.pool,
+                        "reads": r.reads,
+                        "banned": r.banned,
+                        "bans": r.bans,
+                        "lagging": r.lagging,
+                        "lag_seconds": r.lag.map(secs),
+                        "lag_bytes": r.lag_bytes,
+                        "last_error": r.last_error,
+                    })
+                })
+                .collect();
+            (name, json!({ "fallbacks": s.fallbacks, "replicas": replicas }))
+        })
+        .collect();
+    json!(clusters)
+}
+
+async fn stats(State(state): State<AdminState>) -> Json<Value> {
+    let mut database = serde_json::Map::new();
+    let mut redis = serde_json::Map::new();
+    for pool in state.inner.registry.pools() {
+        let s = pool.stats();
+        let mut v = pool_json(&s);
+        if s.backend == "redis" {
+            v["in_use_connections"] = json!(s.active_connections);
+            v["available_connections"] = json!(s.idle_connections);
+            v["created_connections"] = json!(s.open_connections);
+            v["max_connections"] = json!(s.pool_size + s.max_overflow);
+            redis.insert(s.name.clone(), v);
+        } else {
+            database.insert(s.name.clone(), v);
+        }
+    }
+    let recommendations: Vec<Value> =
+        state.recommendations().iter().map(recommendation_json).collect();
+    Json(json!({
+        "database_pools": database,
+        "redis_pools": redis,
+        "replication": replicas_json(&state),
+        "recommendations": recommendations,
+    }))
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    let timeout = state.inner.health_timeout;
+    let mut checks = tokio::task::JoinSet::new();
+    for pool in state.inner.registry.pools() {
+        checks.spawn(async move {
+            let start = tokio::time::Instant::now();
+            match tokio::time::timeout(timeout, pool.health()).await {
+                Ok(h) => (pool.name().to_owned(), h.healthy, secs(h.latency), h.error),
+                Err(_) => (
+                    pool.name().to_owned(),
+                    false,
+                    secs(start.elapsed()),
+                    Some(format!("health check timed out after {timeout:?}")),
+                ),
+            }
+        });
+    }
+    let mut all_healthy = true;
+    let mut out = serde_json::Map::new();
+    while let Some(joined) = checks.join_next().await {
+        let (name, healthy, latency, error) = match joined {
+            Ok(result) => result,
+            Err(e) => ("(health task)".to_owned(), false, 0.0, Some(e.to_string())),
+        };
+        all_healthy &= healthy;
+        out.insert(name, json!({ "healthy": healthy, "latency_seconds": latency, "error": error }));
+    }
+    for cluster in state.inner.clusters.values() {
+        for r in cluster.stats().replicas {
+            if r.banned || r.lagging {
+                all_healthy = false;
+                if let Some(entry) = out.get_mut(&r.pool) {
+                    entry["healthy"] = json!(false);
+                    entry["error"] =
+                        json!(if r.banned { "replica banned" } else { "replica lagging" });
+                }
+            }
+        }
+    }
+    let status = if all_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if all_healthy { "healthy" } else { "unhealthy" },
+        "pools": out,
+        "replication": replicas_json(&state),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn optimize(State(state): State<AdminState>) -> Json<Value> {
+    let recommendations: Vec<Value> =
+        state.recommendations().iter().map(recommendation_json).collect();
+    let decisions: Vec<Value> = state
+        .inner
+        .decisions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|d| json!({ "pool": d.pool, "window": d.window, "action": format!("{:?}", d.action).to_lowercase(), "from": d.from, "to": d.to, "reason": d.reason }))
+        .collect();
+    let windows: BTreeMap<String, usize> =
+        state.windows().into_iter().map(|(k, v)| (k, v.len())).collect();
+    Json(
+        json!({ "recommendations": recommendations, "windows": windows, "auto_tuner_decisions": decisions }),
+    )
+}
+
+async fn config(State(state): State<AdminState>) -> Json<Value> {
+    let pools: BTreeMap<String, Value> = state
+        .inner
+        .registry
+        .pools()
+        .iter()
+        .map(|p| {
+            let c = p.config();
+            let opt = |d: Option<Duration>| d.map(secs);
+            (
+                pool_id(p.as_ref()),
+                json!({
+                    "backend": p.backend(),
+                    "pool_size": c.pool_size,
+                    "max_overflow": c.max_overflow,
+                    "pool_timeout": secs(c.pool_timeout),
+                    "connect_timeout": secs(c.connect_timeout),
+                    "pool_recycle": opt(c.pool_recycle),
+                    "recycle_jitter": c.recycle_jitter,
+                    "pool_pre_ping": c.pool_pre_ping,
+                    "pre_ping_bypass": secs(c.pre_ping_bypass),
+                    "pool_use_lifo": c.pool_use_lifo,
+                    "min_idle": c.effective_min_idle(),
+                    "idle_timeout": opt(c.idle_timeout),
+                    "health_check_interval": opt(c.health_check_interval),
+                    "max_connecting": c.max_connecting,
+                    "leak_detection_threshold": opt(c.leak_detection_threshold),
+                }),
+            )
+        })
+        .collect();
+    Json(json!({ "pools": pools, "source": state.inner.config }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    pool: Option<String>,
+}
+
+async fn reset_stats(
+    State(state): State<AdminState>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {BODY_LIMIT} bytes"),
+        ),
+        status => ApiError::new(status, rejection.body_text()),
+    })?;
+    let target = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let req: ResetRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid body: {e}"))
+        })?;
+        req.pool
+    };
+    let pools: Vec<Arc<dyn Pool>> = match &target {
+        Some(name) => {
+            vec![state.inner.registry.resolve(name).map_err(|e| ApiError::lookup(e, name))?]
+        }
+        None => state.inner.registry.pools(),
+    };
+    for p in &pools {
+        p.reset_stats();
+    }
+    let ids: Vec<String> = pools.iter().map(|p| pool_id(p.as_ref())).collect();
+    Ok(Json(json!({ "reset": ids })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeRequest {
+    pool_size: usize,
+    max_overflow: Option<usize>,
+}
+
+async fn resize(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Body(req): Body<ResizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = state.inner.registry.resolve(&name).map_err(|e| ApiError::lookup(e, &name))?;
+    let id = pool_id(pool.as_ref());
+    let max_overflow = req.max_overflow.unwrap_or_else(|| pool.config().max_overflow);
+    let refuse = |message: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message,
+        pool: Some(name.clone()),
+    };
+    for b in state.inner.budgets.iter().filter(|b| b.pools.contains(&id)) {
+        let others: usize = b
+            .pools
+            .iter()
+            .filter(|p| **p != id)
+            .filter_map(|p| state.inner.registry.get(p))
+            .map(|p| p.config().max_size())
+            .sum();
+        let wanted = req.pool_size.saturating_add(max_overflow);
+        if others.saturating_add(wanted) > b.available() {
+            return Err(refuse(format!(
+                "refused: pool_size {} + max_overflow {max_overflow} would exceed the connection budget of {} ({} allowed, other pools may open {others})",
+                req.pool_size,
+                b.name,
+                b.available()
+            )));
+        }
+    }
+    pool.resize(req.pool_size, max_overflow).map_err(|e| refuse(e.to_string()))?;
+    let c = pool.config();
+    Ok(Json(json!({ "pool": id, "pool_size": c.pool_size, "max_overflow": c.max_overflow })))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = pool_metrics::render(&state.inner.registry);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,379 @@
+//! The router in-process: every route, every error status, auth, and every response checked
+//! against the OpenAPI document's schemas.
+
+use std::sync::Arc;
+
+use axum::body::Body as HttpBody;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use pool_core::testing::TestManager;
+use pool_core::{ConnectionPool, Registry};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+
+const TOKEN: &str = "t0ken";
+
+struct Fixture {
+    app: Router,
+    state: AdminState,
+    db: TestManager,
+}
+
+async fn fixture(metrics_open: bool) -> Fixture {
+    let registry = Registry::new();
+    let db = TestManager::new();
+    let pool = ConnectionPool::builder(db.clone())
+        .name("main")
+        .pool_size(2)
+        .max_overflow(1)
+        .build()
+        .unwrap();
+    let other = ConnectionPool::builder(TestManager::new())
+        .name("other")
+        .pool_size(3)
+        .max_overflow(0)
+        .build()
+        .unwrap();
+    registry.register(Arc::new(pool)).unwrap();
+    registry.register(Arc::new(other)).unwrap();
+    let budget = Budget {
+        name: "primary".to_owned(),
+        max_connections: 12,
+        reserved: 2,
+        pools: vec!["test:main".to_owned(), "test:other".to_owned()],
+    };
+    let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
+        .metrics_open(metrics_open)
+        .budgets(vec![budget])
+        .health_timeout(Duration::from_secs(1))
+        .build();
+    Fixture { app: router(state.clone()), state, db }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some((ct, bytes)) => req.header("content-type", ct).body(HttpBody::from(bytes)).unwrap(),
+        None => req.body(HttpBody::empty()).unwrap(),
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+    call(app, Method::GET, uri, Some(TOKEN), None).await
+}
+
+async fn post_json(app: &Router, uri: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        app,
+        Method::POST,
+        uri,
+        Some(TOKEN),
+        Some(("application/json", body.to_string().into_bytes())),
+    )
+    .await
+}
+
+/// Fails unless `value` matches the OpenAPI schema `name`.
+fn conforms(name: &str, value: &Value) {
+    let doc: Value = serde_json::from_str(crate::OPENAPI).unwrap();
+    let schema =
+        json!({ "$ref": format!("#/components/schemas/{name}"), "components": doc["components"] });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> =
+        validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{name} does not match the OpenAPI schema: {errors:#?}\n{value:#}");
+}
+
+#[tokio::test]
+async fn every_route_answers_in_the_documented_shape() {
+    let f = fixture(false).await;
+    let conn = f.state.registry().get("main").unwrap();
+    drop(conn);
+    let (status, stats) = get(&f.app, &format!("{PREFIX}/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    conforms("StatsResponse", &stats);
+    assert_eq!(stats["database_pools"]["main"]["pool_size"], 2);
+    assert_eq!(stats["database_pools"]["main"]["backend"], "test");
+
+    let (status, health) = get(&f.app, &format!("{PREFIX}/health")).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    conforms("HealthResponse", &health);
+    assert_eq!(health["pools"]["main"]["healthy"], true);
+
+    let (status, optimize) = get(&f.app, &format!("{PREFIX}/optimize")).await;
+    assert_eq!(status, StatusCode::OK);
+    conforms("OptimizeResponse", &optimize);
+
+    let (status, config) = get(&f.app, &format!("{PREFIX}/config")).await;
+    assert_eq!(status, StatusCode::OK);
+    conforms("ConfigResponse", &config);
+    assert_eq!(config["pools"]["test:other"]["pool_size"], 3);
+
+    let (status, openapi) = get(&f.app, "/api/v1/admin/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(openapi["openapi"], "3.1.0");
+
+    let (status, metrics) = get(&f.app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("db_client_connection_max{db_client_connection_pool_name=\"main\"")
+    );
+}
+
+#[tokio::test]
+async fn reset_stats_for_all_pools_or_one() {
+    let f = fixture(false).await;
+    let pool = f.state.registry().get("main").unwrap();
+    let mut served = 0;
+    while served < 3 {
+        if pool.health().await.healthy {
+            served += 1;
+        }
+    }
+    assert!(pool.stats().acquires >= 3);
+    let (status, body) =
+        post_json(&f.app, &format!("{PREFIX}/reset-stats"), json!({ "pool": "main" })).await;
+    assert_eq!((status, body.clone()), (StatusCode::OK, json!({ "reset": ["test:main"] })));
+    conforms("ResetResponse", &body);
+    assert_eq!(pool.stats().acquires, 0);
+    let (status, body) =
+        call(&f.app, Method::POST, &format!("{PREFIX}/reset-stats"), Some(TOKEN), None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "reset": ["test:main", "test:other"] })));
+}
+
+#[tokio::test]
+async fn resize_takes_effect_and_refuses_what_the_settings_or_budget_forbid() {
+    let f = fixture(false).await;
+    let uri = format!("{PREFIX}/pools/main/resize");
+    let (status, body) = post_json(&f.app, &uri, json!({ "pool_size": 4 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    conforms("ResizeResponse", &body);
+    assert_eq!(body, json!({ "pool": "test:main", "pool_size": 4, "max_overflow": 1 }));
+    assert_eq!(f.state.registry().get("main").unwrap().config().pool_size, 4);
+
+    let (status, body) = post_json(&f.app, &uri, json!({ "pool_size": 0 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    conforms("Error", &body);
+    assert_eq!(body["pool"], "main");
+    assert!(
+        body["error"].as_str().unwrap().contains("pool_size = 0: must be at least 1"),
+        "{body}"
+    );
+
+    let (status, body) =
+        post_json(&f.app, &uri, json!({ "pool_size": 7, "max_overflow": 1 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection budget of primary (10 allowed, other pools may open 3)"),
+        "{body}"
+    );
+    assert_eq!(
+        f.state.registry().get("main").unwrap().config().pool_size,
+        4,
+        "a refused resize changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let f = fixture(false).await;
+    let resize = format!("{PREFIX}/pools/main/resize");
+    type Case<'a> =
+        (Method, String, Option<&'a str>, Option<(&'a str, Vec<u8>)>, StatusCode, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            Method::GET,
+            format!("{PREFIX}/stats"),
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        ),
+        (
+            Method::GET,
+            format!("{PREFIX}/stats"),
+            Some("nope"),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        ),
+        (
+            Method::GET,
+            "/metrics".into(),
+            Some("t0ke"),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "wrong bearer token",
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/openapi.json".into(),
+            None,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        ),
+        (
+            Method::GET,
+            format!("{PREFIX}/nothing"),
+            Some(TOKEN),
+            None,
+            StatusCode::NOT_FOUND,
+            "no such route",
+        ),
+        (
+            Method::POST,
+            format!("{PREFIX}/pools/ghost/resize"),
+            Some(TOKEN),
+            Some(("application/json", br#"{"pool_size":3}"#.to_vec())),
+            StatusCode::NOT_FOUND,
+            "no pool named \"ghost\"",
+        ),
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", br#"{"pool":"ghost"}"#.to_vec())),
+            StatusCode::NOT_FOUND,
+            "no pool named \"ghost\"",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", b"{not json".to_vec())),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("text/plain", br#"{"pool_size":3}"#.to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", br#"{"pool_size":-3}"#.to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "pool_size",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", br#"{"pool_size":3,"extra":1}"#.to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", vec![b' '; 20_000])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than 16384 bytes",
+        ),
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", vec![b' '; 20_000])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than 16384 bytes",
+        ),
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", b"[1,2]".to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid body",
+        ),
+        (
+            Method::DELETE,
+            format!("{PREFIX}/stats"),
+            Some(TOKEN),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "",
+        ),
+    ];
+    for (method, uri, token, body, expected, message) in cases {
+        let (status, value) = call(&f.app, method.clone(), &uri, token, body).await;
+        assert_eq!(status, expected, "{method} {uri}: {value}");
+        if status != StatusCode::METHOD_NOT_ALLOWED {
+            conforms("Error", &value);
+            assert!(value["error"].as_str().unwrap().contains(message), "{method} {uri}: {value}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_can_be_opened_separately_from_the_admin_routes() {
+    let f = fixture(true).await;
+    let (status, _) = call(&f.app, Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&f.app, Method::GET, &format!("{PREFIX}/stats"), None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn health_is_503_with_the_same_body_when_a_pool_fails_its_check() {
+    let f = fixture(false).await;
+    f.db.fail_checks(true);
+    let (status, body) = get(&f.app, &format!("{PREFIX}/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    conforms("HealthResponse", &body);
+    assert_eq!(body["status"], "unhealthy");
+    assert_eq!(body["pools"]["main"]["healthy"], false);
+    assert_eq!(body["pools"]["other"]["healthy"], true);
+    f.db.fail_checks(false);
+    let (status, _) = get(&f.app, &format!("{PREFIX}/health")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn recommendations_appear_after_samples() {
+    let f = fixture(false).await;
+    let pool = f.state.registry().get("other").unwrap();
+    for _ in 0..5 {
+        f.state.sample();
+        let _ = pool.health().await;
+    }
+    let (status, body) = get(&f.app, &format!("{PREFIX}/optimize")).await;
+    assert_eq!(status, StatusCode::OK);
+    conforms("OptimizeResponse", &body);
+    assert_eq!(body["windows"]["test:other"], 4);
+    let recs = body["recommendations"].as_array().unwrap();
+    assert!(
+        recs.iter().any(|r| r["pool"] == "test:other" && r["issue"] == "Too many idle connections"),
+        "{body:#}"
+    );
+}

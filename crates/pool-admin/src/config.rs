@@ -1,0 +1,507 @@
+//! The server's configuration: built-in defaults, then a TOML file, then environment variables
+//! (figment), with errors that name the key, where its value came from and the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// Everything `pool-admin serve` runs: the admin server and the pools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin server.
+    pub admin: ServerConfig,
+    /// PostgreSQL pools by name, each with its read replicas.
+    pub postgres: BTreeMap<String, PostgresConfig>,
+    /// Redis pools by name (`main`, `cache`...), all on `redis_url`.
+    pub redis: BTreeMap<String, RedisPoolConfig>,
+    /// The Redis server's URL [`redis://127.0.0.1:6379`] (`REDIS_URL`).
+    pub redis_url: Secret,
+}
+
+/// The admin server's own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where to listen [`127.0.0.1:9187`] (`POOL_ADMIN_LISTEN`).
+    pub listen: SocketAddr,
+    /// The bearer token every admin route requires (`POOL_ADMIN_TOKEN`). Without one the server
+    /// listens only on loopback, and every admin route answers 401.
+    pub token: Option<Secret>,
+    /// Serve `/metrics` without the token [false].
+    pub metrics_open: bool,
+    /// Run the auto-tuner [false].
+    pub auto_tune: bool,
+    /// Seconds between the optimizer's stats samples [10].
+    pub sample_interval: f64,
+    /// Seconds an active health check may take [2].
+    pub health_timeout: f64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            token: None,
+            metrics_open: false,
+            auto_tune: false,
+            sample_interval: 10.0,
+            health_timeout: 2.0,
+        }
+    }
+}
+
+/// One PostgreSQL pool (and its replicas' pools).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The primary's URL (`DATABASE_URL` for `main`).
+    pub url: Secret,
+    /// Read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated, for `main`).
+    pub replicas: Vec<Secret>,
+    /// Connections kept [10] (`DATABASE_POOL_SIZE`).
+    pub pool_size: usize,
+    /// Extra connections under load [20] (`DATABASE_POOL_OVERFLOW`).
+    pub max_overflow: usize,
+    /// Seconds an acquire may wait [30] (`DATABASE_POOL_TIMEOUT`).
+    pub pool_timeout: f64,
+    /// Seconds a connection lives; 0 or less keeps them [3600] (`DATABASE_POOL_RECYCLE`).
+    pub pool_recycle: f64,
+    /// Seconds one connect may take [5].
+    pub connect_timeout: f64,
+    /// Check a connection idle over 500 ms before handing it out [true].
+    pub pool_pre_ping: bool,
+    /// Seconds of replay lag past which a replica is skipped [10].
+    pub max_replica_lag: f64,
+    /// The server's `max_connections` less reserved connections, shared by this cluster's
+    /// pools; the optimizer never proposes more. Unset: no budget.
+    pub connection_budget: Option<usize>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: Secret("postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
+            replicas: Vec::new(),
+            pool_size: 10,
+            max_overflow: 20,
+            pool_timeout: 30.0,
+            pool_recycle: 3600.0,
+            connect_timeout: 5.0,
+            pool_pre_ping: true,
+            max_replica_lag: 10.0,
+            connection_budget: None,
+        }
+    }
+}
+
+/// One Redis pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisPoolConfig {
+    /// Exclusive connections kept [10] (`REDIS_POOL_SIZE` for `main`).
+    pub pool_size: usize,
+    /// Most exclusive connections [20] (`REDIS_MAX_CONNECTIONS` for `main`).
+    pub max_connections: usize,
+    /// Shared multiplexed clients [1].
+    pub shared_clients: usize,
+    /// TCP keepalive on every socket [true].
+    pub socket_keepalive: bool,
+    /// Retry idempotent commands that timed out, once [false].
+    pub retry_on_timeout: bool,
+    /// Seconds between health checks; 0 turns them off [30].
+    pub health_check_interval: f64,
+    /// Seconds an exclusive checkout may wait [30].
+    pub pool_timeout: f64,
+}
+
+impl Default for RedisPoolConfig {
+    fn default() -> Self {
+        RedisPoolConfig {
+            pool_size: 10,
+            max_connections: 20,
+            shared_clients: 1,
+            socket_keepalive: true,
+            retry_on_timeout: false,
+            health_check_interval: 30.0,
+            pool_timeout: 30.0,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            admin: ServerConfig::default(),
+            postgres: BTreeMap::from([("main".to_owned(), PostgresConfig::default())]),
+            redis: BTreeMap::from([
+                ("main".to_owned(), RedisPoolConfig::default()),
+                (
+                    "cache".to_owned(),
+                    RedisPoolConfig {
+                        pool_size: 20,
+                        max_connections: 50,
+                        ..RedisPoolConfig::default()
+                    },
+                ),
+            ]),
+            redis_url: Secret("redis://127.0.0.1:6379".to_owned()),
+        }
+    }
+}
+
+/// A value that never leaves the server in clear: URLs show `***` for their password, tokens
+/// show `***` whole, in `Debug`, in logs and in every API response.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value itself, for the code that connects or compares.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The value with any password replaced by `***`; a value that is not a URL is hidden
+    /// whole.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` becomes `scheme://user:***@host/...`; anything that is not
+/// a URL becomes `***`.
+pub fn redact(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else { return "***".to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => value.to_owned(),
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key has a value of the wrong type or out of range.
+    #[error("invalid value for {key} = {value} from {source_name}: {reason}")]
+    Invalid {
+        /// The key, dotted (`postgres.main.pool_size`).
+        key: String,
+        /// Where the value came from: `environment variable DATABASE_POOL_SIZE`,
+        /// `TOML file pool-admin.toml`, `defaults`.
+        source_name: String,
+        /// The value as given (secrets redacted).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file could not be read, or a key is unknown.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An environment variable and the key it sets.
+const ENV: &[(&str, &str)] = &[
+    ("POOL_ADMIN_LISTEN", "admin.listen"),
+    ("POOL_ADMIN_TOKEN", "admin.token"),
+    ("DATABASE_URL", "postgres.main.url"),
+    ("DATABASE_REPLICA_URLS", "postgres.main.replicas"),
+    ("DATABASE_POOL_SIZE", "postgres.main.pool_size"),
+    ("DATABASE_POOL_OVERFLOW", "postgres.main.max_overflow"),
+    ("DATABASE_POOL_TIMEOUT", "postgres.main.pool_timeout"),
+    ("DATABASE_POOL_RECYCLE", "postgres.main.pool_recycle"),
+    ("REDIS_URL", "redis_url"),
+    ("REDIS_POOL_SIZE", "redis.main.pool_size"),
+    ("REDIS_MAX_CONNECTIONS", "redis.main.max_connections"),
+];
+
+/// One environment variable as a figment provider, so errors can name it.
+struct EnvVar {
+    var: &'static str,
+    key: &'static str,
+    value: String,
+}
+
+impl Provider for EnvVar {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable {}", self.var))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let value = if self.var == "DATABASE_REPLICA_URLS" {
+            Value::from(
+                self.value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            )
+        } else if matches!(
+            self.var,
+            "DATABASE_URL" | "REDIS_URL" | "POOL_ADMIN_TOKEN" | "POOL_ADMIN_LISTEN"
+        ) {
+            Value::from(self.value.clone())
+        } else {
+            self.value.parse::<Value>().unwrap_or_else(|_| Value::from(self.value.clone()))
+        };
+        let mut dict = Dict::new();
+        let mut parts: Vec<&str> = self.key.split('.').collect();
+        let last = parts.pop().unwrap_or(self.key);
+        let mut leaf = Dict::new();
+        leaf.insert(last.to_owned(), value);
+        let mut nested = Value::from(leaf);
+        while let Some(part) = parts.pop() {
+            let mut d = Dict::new();
+            d.insert(part.to_owned(), nested);
+            nested = Value::from(d);
+        }
+        if let Value::Dict(_, d) = nested {
+            dict = d;
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+impl AdminConfig {
+    /// Loads defaults, then `file` (if given), then the environment through `lookup`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the key, its source and its value, or
+    /// [`ConfigError::Other`] for an unreadable file or an unknown key.
+    pub fn load(
+        file: Option<&Path>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminConfig, ConfigError> {
+        let mut defaults = AdminConfig::default();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Other(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            // A file that lists its own pools replaces the default pools of that backend.
+            let own = Figment::from(Toml::file(path));
+            if own.find_value("postgres").is_ok() {
+                defaults.postgres.clear();
+            }
+            if own.find_value("redis").is_ok() {
+                defaults.redis.clear();
+            }
+        }
+        let mut figment = Figment::from(Serialized::defaults(defaults.for_merge()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file(path));
+        }
+        for (var, key) in ENV {
+            if let Some(value) = lookup(var) {
+                figment = figment.merge(EnvVar { var, key, value });
+            }
+        }
+        let config: AdminConfig = figment.extract().map_err(|e| describe(&figment, e))?;
+        config.validate(&figment)?;
+        Ok(config)
+    }
+
+    /// These settings as figment sees them (secrets in clear, so they round-trip).
+    fn for_merge(&self) -> Value {
+        let d = self;
+        let mut v = serde_json::to_value(d).unwrap_or_default();
+        v["redis_url"] = serde_json::Value::String(d.redis_url.0.clone());
+        for (name, pg) in &d.postgres {
+            v["postgres"][name]["url"] = serde_json::Value::String(pg.url.0.clone());
+        }
+        serde_json::from_value::<Value>(v).unwrap_or_else(|_| Value::from(Dict::new()))
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: String, value: String, reason: &str| {
+            let source_name =
+                figment.find_metadata(&key).map_or_else(|| "defaults".to_owned(), source_of);
+            ConfigError::Invalid { key, source_name, value, reason: reason.to_owned() }
+        };
+        for (name, pg) in &self.postgres {
+            let key = |k: &str| format!("postgres.{name}.{k}");
+            if pg.pool_size == 0 {
+                return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
+            }
+            for (k, v) in [
+                ("pool_timeout", pg.pool_timeout),
+                ("connect_timeout", pg.connect_timeout),
+                ("max_replica_lag", pg.max_replica_lag),
+            ] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(invalid(
+                        key(k),
+                        v.to_string(),
+                        "must be a number of seconds greater than zero",
+                    ));
+                }
+            }
+            if !pg.pool_recycle.is_finite() {
+                return Err(invalid(
+                    key("pool_recycle"),
+                    pg.pool_recycle.to_string(),
+                    "must be a number of seconds",
+                ));
+            }
+            if !pg.url.0.starts_with("postgres://") && !pg.url.0.starts_with("postgresql://") {
+                return Err(invalid(key("url"), pg.url.redacted(), "must be a postgres:// URL"));
+            }
+            for r in &pg.replicas {
+                if !r.0.starts_with("postgres://") && !r.0.starts_with("postgresql://") {
+                    return Err(invalid(key("replicas"), r.redacted(), "must be postgres:// URLs"));
+                }
+            }
+        }
+        if !self.redis.is_empty()
+            && !self.redis_url.0.starts_with("redis://")
+            && !self.redis_url.0.starts_with("rediss://")
+        {
+            return Err(invalid(
+                "redis_url".into(),
+                self.redis_url.redacted(),
+                "must be a redis:// URL",
+            ));
+        }
+        for (name, r) in &self.redis {
+            let key = |k: &str| format!("redis.{name}.{k}");
+            if r.pool_size == 0 {
+                return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
+            }
+            if r.max_connections < r.pool_size {
+                return Err(invalid(
+                    key("max_connections"),
+                    r.max_connections.to_string(),
+                    "must be at least pool_size",
+                ));
+            }
+            for (k, v) in [("pool_timeout", r.pool_timeout)] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(invalid(
+                        key(k),
+                        v.to_string(),
+                        "must be a number of seconds greater than zero",
+                    ));
+                }
+            }
+            if !(r.health_check_interval.is_finite() && r.health_check_interval >= 0.0) {
+                return Err(invalid(
+                    key("health_check_interval"),
+                    r.health_check_interval.to_string(),
+                    "must be 0 (off) or a number of seconds",
+                ));
+            }
+        }
+        for (k, v) in [
+            ("admin.sample_interval", self.admin.sample_interval),
+            ("admin.health_timeout", self.admin.health_timeout),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(
+                    k.to_owned(),
+                    v.to_string(),
+                    "must be a number of seconds greater than zero",
+                ));
+            }
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return Err(invalid("admin.token".into(), "\"\"".into(), "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a value came from, for error messages.
+fn source_of(metadata: &Metadata) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => format!("TOML file {}", path.display()),
+        _ if metadata.name == "Serialized" || metadata.name.contains("Serialized") => {
+            "defaults".to_owned()
+        }
+        _ => metadata.name.to_string(),
+    }
+}
+
+fn describe(figment: &Figment, e: figment::Error) -> ConfigError {
+    let key = e.path.join(".");
+    let source_name = e
+        .metadata
+        .as_ref()
+        .map(source_of)
+        .or_else(|| figment.find_metadata(&key).map(source_of))
+        .unwrap_or_else(|| "defaults".to_owned());
+    match &e.kind {
+        figment::error::Kind::InvalidType(actual, expected) => ConfigError::Invalid {
+            value: actual_value(&key, actual),
+            key,
+            source_name,
+            reason: format!("expected {expected}"),
+        },
+        figment::error::Kind::InvalidValue(actual, expected) => ConfigError::Invalid {
+            value: actual_value(&key, actual),
+            key,
+            source_name,
+            reason: format!("expected {expected}"),
+        },
+        figment::error::Kind::Message(msg) if !key.is_empty() => {
+            let value = figment
+                .find_value(&key)
+                .map_or_else(|_| "(unknown)".to_owned(), |v| actual_value(&key, &v.to_actual()));
+            ConfigError::Invalid { key, source_name, value, reason: msg.clone() }
+        }
+        _ => ConfigError::Other(if key.is_empty() {
+            e.to_string()
+        } else {
+            format!("{key}: {e} (from {source_name})")
+        }),
+    }
+}
+
+fn actual_value(key: &str, actual: &figment::error::Actual) -> String {
+    let shown = actual.to_string();
+    if key.ends_with("url") || key.ends_with("token") || key.ends_with("replicas") {
+        "***".to_owned()
+    } else {
+        shown
+    }
+}
+
+/// Seconds as a duration; `None` for zero or less.
+pub(crate) fn secs(v: f64) -> Option<Duration> {
+    (v > 0.0 && v.is_finite()).then(|| Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests;

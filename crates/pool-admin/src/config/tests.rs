@@ -1,0 +1,204 @@
+//! Configuration: defaults, file, environment, precedence and every bad-value message.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> =
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    move |k| map.get(k).cloned()
+}
+
+fn file(text: &str) -> tempfile_path::TempFile {
+    tempfile_path::TempFile::new(text)
+}
+
+/// A file under `target/` removed on drop (no tempfile crate needed for this).
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub(super) struct TempFile(pub(super) PathBuf);
+
+    impl TempFile {
+        pub(super) fn new(text: &str) -> TempFile {
+            let dir =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/admin-config-tests");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}-{}.toml", std::process::id(), fastrand::u64(..)));
+            let mut f = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn defaults_are_the_seeds_pools() {
+    let c = AdminConfig::load(None, env(&[])).unwrap();
+    assert_eq!(c.postgres.keys().collect::<Vec<_>>(), ["main"]);
+    assert_eq!(c.redis.keys().collect::<Vec<_>>(), ["cache", "main"]);
+    assert_eq!((c.postgres["main"].pool_size, c.postgres["main"].max_overflow), (10, 20));
+    assert_eq!(c.postgres["main"].pool_timeout, 30.0);
+    assert_eq!(c.postgres["main"].pool_recycle, 3600.0);
+    assert_eq!(c.redis["cache"].pool_size, 20);
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9187");
+}
+
+#[test]
+fn environment_wins_over_the_file_which_wins_over_defaults() {
+    let f = file(
+        r#"
+        [admin]
+        listen = "127.0.0.1:7000"
+        token = "from-file"
+        [postgres.main]
+        url = "postgres://app:hunter2@db:5432/app"
+        pool_size = 12
+        max_overflow = 3
+        [redis.main]
+        pool_size = 4
+        max_connections = 8
+        "#,
+    );
+    let c = AdminConfig::load(
+        Some(&f.0),
+        env(&[
+            ("DATABASE_POOL_SIZE", "15"),
+            ("DATABASE_POOL_TIMEOUT", "2.5"),
+            ("DATABASE_REPLICA_URLS", "postgres://r1/app, postgres://r2/app"),
+            ("REDIS_MAX_CONNECTIONS", "9"),
+            ("POOL_ADMIN_TOKEN", "from-env"),
+        ]),
+    )
+    .unwrap();
+    let pg = &c.postgres["main"];
+    assert_eq!((pg.pool_size, pg.max_overflow, pg.pool_timeout), (15, 3, 2.5));
+    assert_eq!(pg.url.expose(), "postgres://app:hunter2@db:5432/app");
+    assert_eq!(pg.replicas.len(), 2);
+    assert_eq!((c.redis["main"].pool_size, c.redis["main"].max_connections), (4, 9));
+    assert_eq!(
+        c.redis.keys().collect::<Vec<_>>(),
+        ["main"],
+        "a file's [redis] replaces the default pools"
+    );
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:7000");
+    assert_eq!(c.admin.token.as_ref().unwrap().expose(), "from-env");
+    let shown = serde_json::to_string(&c).unwrap();
+    assert!(!shown.contains("hunter2") && !shown.contains("from-env"), "{shown}");
+    assert!(shown.contains("postgres://app:***@db:5432/app"), "{shown}");
+}
+
+#[test]
+fn every_bad_value_names_the_key_the_source_and_the_value() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[("DATABASE_POOL_SIZE", "ten")],
+            None,
+            "invalid value for postgres.main.pool_size = string \"ten\" from environment variable DATABASE_POOL_SIZE: expected usize",
+        ),
+        (
+            &[("DATABASE_POOL_SIZE", "0")],
+            None,
+            "invalid value for postgres.main.pool_size = 0 from environment variable DATABASE_POOL_SIZE: must be at least 1",
+        ),
+        (
+            &[("DATABASE_POOL_OVERFLOW", "-1")],
+            None,
+            "invalid value for postgres.main.max_overflow = signed int `-1` from environment variable DATABASE_POOL_OVERFLOW: expected usize",
+        ),
+        (
+            &[("DATABASE_POOL_TIMEOUT", "0")],
+            None,
+            "invalid value for postgres.main.pool_timeout = 0 from environment variable DATABASE_POOL_TIMEOUT: must be a number of seconds greater than zero",
+        ),
+        (
+            &[("DATABASE_POOL_RECYCLE", "soon")],
+            None,
+            "invalid value for postgres.main.pool_recycle = string \"soon\" from environment variable DATABASE_POOL_RECYCLE: expected f64",
+        ),
+        (
+            &[("DATABASE_URL", "mysql://root:pw@db/app")],
+            None,
+            "invalid value for postgres.main.url = mysql://root:***@db/app from environment variable DATABASE_URL: must be a postgres:// URL",
+        ),
+        (
+            &[("REDIS_POOL_SIZE", "many")],
+            None,
+            "invalid value for redis.main.pool_size = string \"many\" from environment variable REDIS_POOL_SIZE: expected usize",
+        ),
+        (
+            &[("REDIS_MAX_CONNECTIONS", "2")],
+            None,
+            "invalid value for redis.main.max_connections = 2 from environment variable REDIS_MAX_CONNECTIONS: must be at least pool_size",
+        ),
+        (
+            &[("REDIS_URL", "http://cache")],
+            None,
+            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis:// URL",
+        ),
+        (
+            &[("POOL_ADMIN_LISTEN", "everywhere")],
+            None,
+            "invalid value for admin.listen = string \"everywhere\" from environment variable POOL_ADMIN_LISTEN: invalid socket address syntax",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\npool_size = \"big\"\n"),
+            "invalid value for postgres.main.pool_size = string \"big\" from TOML file",
+        ),
+        (
+            &[],
+            Some("[redis.cache]\npool_size = 0\n"),
+            "invalid value for redis.cache.pool_size = 0 from TOML file",
+        ),
+        (
+            &[],
+            Some("[admin]\nhealth_timeout = -1\n"),
+            "invalid value for admin.health_timeout = -1 from TOML file",
+        ),
+    ];
+    for (vars, toml, expected) in cases {
+        let f = toml.map(file);
+        let err = AdminConfig::load(f.as_ref().map(|f| f.0.as_path()), env(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(expected) || err.contains(expected),
+            "{vars:?} {toml:?}:\n  got      {err}\n  expected {expected}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_and_missing_files_are_errors() {
+    let f = file("[postgres.main]\npool_sise = 3\n");
+    let err = AdminConfig::load(Some(&f.0), env(&[])).unwrap_err().to_string();
+    assert!(err.contains("pool_sise"), "{err}");
+    let err =
+        AdminConfig::load(Some(std::path::Path::new("/nonexistent/pool-admin.toml")), env(&[]))
+            .unwrap_err();
+    assert_eq!(err.to_string(), "config file /nonexistent/pool-admin.toml does not exist");
+}
+
+#[test]
+fn secrets_are_redacted_everywhere() {
+    assert_eq!(redact("postgres://u:p@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+    assert_eq!(redact("redis://:p@h:6379"), "redis://:***@h:6379");
+    assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    assert_eq!(redact("plain-token"), "***");
+    let s = Secret("postgres://u:p@h/db".to_owned());
+    assert_eq!(format!("{s:?}"), "postgres://u:***@h/db");
+    let mut out = Vec::new();
+    write!(out, "{s:?}").unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains(":p@"));
+}

@@ -1,0 +1,32 @@
+//! `pool-admin`: the connection pools' admin API — an axum [`router`] a service mounts in its
+//! own app — and the `pool-admin` server binary that runs the pools of a config file.
+//!
+//! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`,
+//! `GET config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics`
+//! (Prometheus) and `GET /api/v1/admin/openapi.json`. Every route needs a bearer token.
+//!
+//! # Examples
+//!
+//! ```
+//! use pool_admin::{AdminState, Secret, router};
+//!
+//! let pools = pool_core::Registry::new(); // register your pools here
+//! let admin = router(AdminState::builder(pools, Secret("s3cret".to_owned())).build());
+//! let app: axum::Router = axum::Router::new().merge(admin);
+//! # drop(app);
+//! ```
+
+mod api;
+mod config;
+mod pools;
+mod server;
+
+pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, router};
+pub use crate::config::{
+    AdminConfig, ConfigError, PostgresConfig, RedisPoolConfig, Secret, ServerConfig, redact,
+};
+pub use crate::pools::{Pools, StartError};
+pub use crate::server::{ServeError, Server};
+
+/// The OpenAPI document of the admin API, as served at `/api/v1/admin/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");

@@ -1,0 +1,132 @@
+//! [`Pools`]: the PostgreSQL clusters and Redis pools of a config, started and registered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pool_core::{PoolConfig, Registry};
+use pool_optimizer::Budget;
+use pool_postgres::{PgCluster, PgManager};
+use pool_redis::{PoolSettings, RedisConfig, RedisPools};
+
+use crate::config::{AdminConfig, secs};
+
+/// The running pools of a config.
+#[derive(Debug)]
+pub struct Pools {
+    /// Every pool, PostgreSQL primaries and replicas and Redis pools, by name.
+    pub registry: Registry,
+    /// PostgreSQL clusters by name.
+    pub clusters: BTreeMap<String, PgCluster>,
+    /// Redis pools, when any are configured.
+    pub redis: Option<RedisPools>,
+    /// Connection budgets for the optimizer.
+    pub budgets: Vec<Budget>,
+}
+
+/// Why the pools could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A PostgreSQL pool could not be built.
+    #[error("postgres pool {pool:?}: {message}")]
+    Postgres {
+        /// The pool's name.
+        pool: String,
+        /// What failed.
+        message: String,
+    },
+    /// The Redis pools could not be built.
+    #[error("redis pools: {0}")]
+    Redis(String),
+}
+
+impl Pools {
+    /// Starts every pool of `config` and registers them.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming the pool that could not be built (a malformed URL, an unreachable
+    /// Redis).
+    pub async fn start(config: &AdminConfig) -> Result<Pools, StartError> {
+        let registry = Registry::new();
+        let mut clusters = BTreeMap::new();
+        let mut budgets = Vec::new();
+        for (name, pg) in &config.postgres {
+            let err = |message: String| StartError::Postgres { pool: name.clone(), message };
+            let manager = PgManager::from_url(pg.url.expose()).map_err(|e| err(e.to_string()))?;
+            let mut pool_config = PoolConfig::default();
+            pool_config.pool_size = pg.pool_size;
+            pool_config.max_overflow = pg.max_overflow;
+            pool_config.pool_timeout = secs(pg.pool_timeout).unwrap_or(Duration::from_secs(30));
+            pool_config.pool_recycle = secs(pg.pool_recycle);
+            pool_config.connect_timeout =
+                secs(pg.connect_timeout).unwrap_or(Duration::from_secs(5));
+            pool_config.pool_pre_ping = pg.pool_pre_ping;
+            pool_config.validate().map_err(|e| err(e.to_string()))?;
+            let mut builder = PgCluster::builder(name.clone(), manager)
+                .config(pool_config.clone())
+                .replica_config(pool_config)
+                .max_replica_lag(secs(pg.max_replica_lag));
+            for url in &pg.replicas {
+                builder = builder
+                    .replica(PgManager::from_url(url.expose()).map_err(|e| err(e.to_string()))?);
+            }
+            let cluster = builder.build().map_err(|e| err(e.to_string()))?;
+            cluster.register(&registry).map_err(|e| err(e.to_string()))?;
+            if let Some(max) = pg.connection_budget {
+                budgets.push(Budget {
+                    name: format!("{name} primary"),
+                    max_connections: max,
+                    reserved: 0,
+                    pools: vec![format!("postgresql:{name}")],
+                });
+                for replica in cluster.replicas() {
+                    budgets.push(Budget {
+                        name: format!("{} server", replica.name()),
+                        max_connections: max,
+                        reserved: 0,
+                        pools: vec![format!("postgresql:{}", replica.name())],
+                    });
+                }
+            }
+            clusters.insert(name.clone(), cluster);
+        }
+        let redis = if config.redis.is_empty() {
+            None
+        } else {
+            let mut rc = RedisConfig::new(config.redis_url.expose());
+            for (name, r) in &config.redis {
+                rc = rc.pool(
+                    name.clone(),
+                    PoolSettings::default()
+                        .pool_size(r.pool_size)
+                        .max_connections(r.max_connections)
+                        .shared_clients(r.shared_clients)
+                        .socket_keepalive(r.socket_keepalive)
+                        .retry_on_timeout(r.retry_on_timeout)
+                        .health_check_interval(secs(r.health_check_interval))
+                        .pool_timeout(secs(r.pool_timeout).unwrap_or(Duration::from_secs(30))),
+                );
+            }
+            let pools =
+                RedisPools::connect(&rc).await.map_err(|e| StartError::Redis(e.to_string()))?;
+            pools.register(&registry).map_err(|e| StartError::Redis(e.to_string()))?;
+            Some(pools)
+        };
+        Ok(Pools { registry, clusters, redis, budgets })
+    }
+
+    /// Closes every pool, waiting for connections in use up to each pool's timeout.
+    pub async fn close(&self) {
+        for (name, cluster) in &self.clusters {
+            if let Err(e) = cluster.close().await {
+                tracing::warn!(pool = %name, error = %e, "closing the cluster");
+            }
+        }
+        if let Some(redis) = &self.redis
+            && let Err(e) = redis.close().await
+        {
+            tracing::warn!(error = %e, "closing the redis pools");
+        }
+    }
+}

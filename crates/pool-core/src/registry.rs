@@ -27,8 +27,11 @@ use crate::error::{LookupError, RegisterError};
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    pools: Arc<RwLock<BTreeMap<(String, &'static str), Arc<dyn Pool>>>>,
+    pools: Arc<RwLock<Pools>>,
 }
+
+/// Pools by (name, backend).
+type Pools = BTreeMap<(String, &'static str), Arc<dyn Pool>>;
 
 /// A pool's id in a registry: `backend:name`.
 pub fn pool_id(pool: &dyn Pool) -> String {

@@ -426,7 +426,7 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     let (primary, replica, cluster) = replicated("pool-postgres-routing", None).await?;
     let registry = Registry::new();
     cluster.register(&registry)?;
-    assert_eq!(registry.names(), ["main", "main-replica-1"]);
+    assert_eq!(registry.ids(), ["postgresql:main", "postgresql:main-replica-1"]);
     assert_eq!(registry.get("main-replica-1").unwrap().backend(), "postgresql");
 
     let mut w = cluster.session().await?;

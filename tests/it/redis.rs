@@ -382,7 +382,7 @@ async fn main_and_cache_keep_separate_stats_and_limits() -> TestResult {
 
     let registry = pool_core::Registry::new();
     pools.register(&registry)?;
-    assert_eq!(registry.names(), ["cache", "main"]);
+    assert_eq!(registry.ids(), ["redis:cache", "redis:main"]);
     let dyn_main = registry.get("main").unwrap();
     assert_eq!(dyn_main.backend(), "redis");
     assert_eq!(dyn_main.stats().pool_size, 2);

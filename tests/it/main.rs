@@ -1,5 +1,6 @@
 //! The workspace's one integration test binary; each module tests one area against real servers.
 
+mod admin;
 mod harness; // the throwaway PostgreSQL and Redis launchers themselves
 mod postgres; // pool-postgres: the guard, reset on return, broken connections, restarts, lifetimes, replicas
-mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools
+mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools // pool-admin over a real socket: stats, reset, resize, health flips, metrics

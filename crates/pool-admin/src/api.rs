@@ -390,9 +390,9 @@ async fn health(State(state): State<AdminState>) -> Response {
         checks.spawn(async move {
             let start = tokio::time::Instant::now();
             match tokio::time::timeout(timeout, pool.health()).await {
-                Ok(h) => (pool.name().to_owned(), h.healthy, secs(h.latency), h.error),
+                Ok(h) => (pool_id(pool.as_ref()), h.healthy, secs(h.latency), h.error),
                 Err(_) => (
-                    pool.name().to_owned(),
+                    pool_id(pool.as_ref()),
                     false,
                     secs(start.elapsed()),
                     Some(format!("health check timed out after {timeout:?}")),
@@ -414,7 +414,7 @@ async fn health(State(state): State<AdminState>) -> Response {
         for r in cluster.stats().replicas {
             if r.banned || r.lagging {
                 all_healthy = false;
-                if let Some(entry) = out.get_mut(&r.pool) {
+                if let Some(entry) = out.get_mut(&format!("postgresql:{}", r.pool)) {
                     entry["healthy"] = json!(false);
                     entry["error"] =
                         json!(if r.banned { "replica banned" } else { "replica lagging" });

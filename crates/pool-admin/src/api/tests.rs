@@ -115,7 +115,7 @@ async fn every_route_answers_in_the_documented_shape() {
     let (status, health) = get(&f.app, &format!("{PREFIX}/health")).await;
     assert_eq!(status, StatusCode::OK, "{health}");
     conforms("HealthResponse", &health);
-    assert_eq!(health["pools"]["main"]["healthy"], true);
+    assert_eq!(health["pools"]["test:main"]["healthy"], true);
 
     let (status, optimize) = get(&f.app, &format!("{PREFIX}/optimize")).await;
     assert_eq!(status, StatusCode::OK);
@@ -352,8 +352,8 @@ async fn health_is_503_with_the_same_body_when_a_pool_fails_its_check() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     conforms("HealthResponse", &body);
     assert_eq!(body["status"], "unhealthy");
-    assert_eq!(body["pools"]["main"]["healthy"], false);
-    assert_eq!(body["pools"]["other"]["healthy"], true);
+    assert_eq!(body["pools"]["test:main"]["healthy"], false);
+    assert_eq!(body["pools"]["test:other"]["healthy"], true);
     f.db.fail_checks(false);
     let (status, _) = get(&f.app, &format!("{PREFIX}/health")).await;
     assert_eq!(status, StatusCode::OK);

@@ -1,0 +1,175 @@
+//! pool-admin over a real socket against real PostgreSQL and Redis, driven by an HTTP client:
+//! stats move after load, reset and resize take effect, health follows a server that stops
+//! and comes back, metrics render both backends.
+
+use std::time::{Duration, Instant};
+
+use pool_admin::{AdminConfig, PREFIX, PostgresConfig, RedisPoolConfig, Secret, Server};
+use pool_harness::{PgInstance, redis_url};
+use pool_postgres::sqlx;
+use pool_redis::fred::interfaces::KeysInterface;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "integration-token";
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn config(pg: &PgInstance) -> AdminConfig {
+    let mut config = AdminConfig::default();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.token = Some(Secret(TOKEN.to_owned()));
+    config.admin.health_timeout = 2.0;
+    config.postgres.clear();
+    config.postgres.insert(
+        "main".to_owned(),
+        PostgresConfig {
+            url: Secret(pg.url()),
+            pool_size: 2,
+            max_overflow: 2,
+            pool_timeout: 2.0,
+            connect_timeout: 1.0,
+            ..PostgresConfig::default()
+        },
+    );
+    config.redis_url = Secret(redis_url());
+    config.redis.clear();
+    config.redis.insert(
+        "main".to_owned(),
+        RedisPoolConfig { pool_size: 2, max_connections: 4, ..RedisPoolConfig::default() },
+    );
+    config.redis.insert(
+        "cache".to_owned(),
+        RedisPoolConfig { pool_size: 3, max_connections: 6, ..RedisPoolConfig::default() },
+    );
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_reports_resets_resizes_and_follows_health() {
+    let pg = tokio::task::block_in_place(PgInstance::start).expect("throwaway postgres");
+    let server = Server::bind(&config(&pg)).await.expect("server starts");
+    let client =
+        Client { http: reqwest::Client::new(), base: format!("http://{}", server.local_addr()) };
+    let pools = server.pools().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // Load on both backends.
+    let cluster = &pools.clusters["main"];
+    for i in 0..20i64 {
+        let mut conn = cluster.session().await.expect("session");
+        let n: i64 = sqlx::query_scalar("SELECT $1::int8")
+            .bind(i)
+            .fetch_one(&mut **conn)
+            .await
+            .expect("query");
+        assert_eq!(n, i);
+    }
+    let redis = pools.redis.as_ref().expect("redis pools");
+    let main = redis.get("main").expect("redis main");
+    for i in 0..10 {
+        let conn = main.exclusive().await.expect("checkout");
+        let _: () = conn.set("pool-admin-it", i, None, None, false).await.expect("SET");
+    }
+
+    let (status, stats) = client.get(&format!("{PREFIX}/stats")).await;
+    assert_eq!(status, 200, "{stats}");
+    assert!(stats["database_pools"]["main"]["acquires"].as_u64().unwrap() >= 20, "{stats:#}");
+    assert!(stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
+    assert_eq!(stats["redis_pools"]["cache"]["pool_size"], 3);
+    assert_eq!(stats["database_pools"]["main"]["backend"], "postgresql");
+
+    let (status, body) =
+        client.post(&format!("{PREFIX}/reset-stats"), json!({ "pool": "postgresql:main" })).await;
+    assert_eq!((status, body), (200, json!({ "reset": ["postgresql:main"] })));
+    let (_, stats) = client.get(&format!("{PREFIX}/stats")).await;
+    assert_eq!(stats["database_pools"]["main"]["acquires"], 0);
+    assert!(
+        stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10,
+        "other pools keep their counters"
+    );
+
+    let (status, body) =
+        client.post(&format!("{PREFIX}/pools/main/resize"), json!({ "pool_size": 3 })).await;
+    assert_eq!(status, 409, "main is both a postgresql and a redis pool: {body}");
+    let (status, body) = client
+        .post(&format!("{PREFIX}/pools/postgresql:main/resize"), json!({ "pool_size": 5 }))
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({ "pool": "postgresql:main", "pool_size": 5, "max_overflow": 2 }))
+    );
+    assert_eq!(cluster.primary().config().pool_size, 5);
+    let (_, config) = client.get(&format!("{PREFIX}/config")).await;
+    assert_eq!(config["pools"]["postgresql:main"]["pool_size"], 5);
+    assert!(!config.to_string().contains(TOKEN), "the token never leaves the server");
+
+    let (status, _) = client.get(&format!("{PREFIX}/health")).await;
+    assert_eq!(status, 200);
+    tokio::task::block_in_place(|| pg.stop()).expect("stop postgres");
+    let (status, health) = client.get(&format!("{PREFIX}/health")).await;
+    assert_eq!(status, 503, "{health:#}");
+    assert_eq!(health["pools"]["postgresql:main"]["healthy"], false, "{health:#}");
+    tokio::task::block_in_place(|| pg.start_again()).expect("start postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, health) = client.get(&format!("{PREFIX}/health")).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never came back: {health:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let metrics = client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"db_client_connection_pool_size{db_client_connection_pool_name="main",db_system_name="postgresql"} 5"#), "{metrics}");
+    assert!(metrics.contains(r#"db_client_connection_pool_size{db_client_connection_pool_name="cache",db_system_name="redis"} 3"#));
+    let unauthorized =
+        client.http.get(format!("{}{PREFIX}/stats", client.base)).send().await.unwrap();
+    assert_eq!(unauthorized.status().as_u16(), 401);
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    assert!(cluster.primary().is_closed(), "shutdown closes the pools");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workspace's tasks as one small program, one module per task.
 
 mod bench;
+mod demo;
 mod services;
 mod test;
 
@@ -32,6 +33,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The main job: the admin server with demo pools (PostgreSQL primary + replica, Redis
+    /// `main` and `cache`) under a load generator, until Ctrl-C.
+    Demo,
     /// Bring up the services a benchmark needs and run it with `pool-bench` in release mode.
     Bench {
         /// Which benchmark to run.
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Services { action } => services::run(action),
         Task::Test { args } => test::run(&args),
         Task::Bench { name, args } => bench::run(name, &args),
+        Task::Demo => demo::run(),
     }
 }
 

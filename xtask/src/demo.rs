@@ -1,0 +1,85 @@
+//! `cargo xtask demo`: the main job for a newcomer. Redis (reused or throwaway), a throwaway
+//! PostgreSQL primary with a streaming replica, and the admin server with demo pools (`main`
+//! with its replica on PostgreSQL, `main` and `cache` on Redis) under a load generator.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use pool_harness::{PgInstance, target_dir};
+
+use crate::services::{Needs, Services};
+
+/// Runs the demo until Ctrl-C, then stops what it started.
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
+    let services = Services::ensure(Needs { postgres: false, redis: true })?;
+    let redis_url = services
+        .env()
+        .find(|(k, _)| *k == "REDIS_URL")
+        .map(|(_, v)| v.to_owned())
+        .context("redis url")?;
+    eprintln!(
+        "starting a throwaway PostgreSQL primary and a streaming replica under target/harness/ ..."
+    );
+    let primary = PgInstance::start()?;
+    let replica = primary.start_replica()?;
+    let listen = std::env::var("POOL_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:9187".to_owned());
+    let token = std::env::var("POOL_ADMIN_TOKEN")
+        .unwrap_or_else(|_| format!("demo-{:08x}", std::process::id() ^ 0x5eed_cafe));
+    let dir = target_dir().join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("pool-admin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Written by `cargo xtask demo`.
+redis_url = "{redis_url}"
+
+[admin]
+listen = "{listen}"
+metrics_open = true
+sample_interval = 5
+
+[postgres.main]
+url = "{primary}"
+replicas = ["{replica}"]
+pool_size = 8
+max_overflow = 8
+connection_budget = 100
+
+[redis.main]
+pool_size = 4
+max_connections = 8
+
+[redis.cache]
+pool_size = 8
+max_connections = 16
+"#,
+            primary = primary.url(),
+            replica = replica.url(),
+        ),
+    )?;
+    println!("demo config: {}", config.display());
+    println!("admin API:   http://{listen}/api/v1/admin/connection-pools/stats");
+    println!("metrics:     http://{listen}/metrics");
+    println!("token:       {token}");
+    println!(
+        "try:         curl -H 'Authorization: Bearer {token}' http://{listen}/api/v1/admin/connection-pools/stats"
+    );
+    println!(
+        "watch:       cargo run -q -p pool-admin -- monitor --url http://{listen} --token {token}"
+    );
+    println!("stop:        Ctrl-C (the throwaway servers stop with the demo)");
+    // Ctrl-C reaches the server too; xtask only waits for it, then cleans up.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    let mut cmd = crate::cargo();
+    cmd.args(["run", "-q", "-p", "pool-admin", "--", "serve", "--demo-load", "--config"])
+        .arg(&config)
+        .env("POOL_ADMIN_TOKEN", &token)
+        .env("POOL_ADMIN_LISTEN", &listen)
+        .envs(services.env());
+    let code = crate::exit_code_of(cmd);
+    drop(replica);
+    drop(primary);
+    drop(services);
+    code
+}

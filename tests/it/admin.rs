@@ -92,7 +92,7 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
         let mut conn = cluster.session().await.expect("session");
         let n: i64 = sqlx::query_scalar("SELECT $1::int8")
             .bind(i)
-            .fetch_one(&mut **conn)
+            .fetch_one(&mut *conn)
             .await
             .expect("query");
         assert_eq!(n, i);

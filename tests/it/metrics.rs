@@ -58,7 +58,7 @@ async fn both_exporters_report_real_postgres_and_redis_pools() {
     // The known sequence: 5 queries, 3 Redis checkouts, one Redis connection detached.
     for i in 0..5i32 {
         let mut conn = pg.acquire().await.unwrap();
-        let n: i32 = sqlx::query_scalar("SELECT $1").bind(i).fetch_one(&mut **conn).await.unwrap();
+        let n: i32 = sqlx::query_scalar("SELECT $1").bind(i).fetch_one(&mut *conn).await.unwrap();
         assert_eq!(n, i);
     }
     for i in 0..3 {

@@ -29,13 +29,11 @@ pub(crate) fn spawn(pools: &Arc<Pools>) -> tokio::task::JoinHandle<()> {
                     for cluster in pools.clusters.values() {
                         if step.is_multiple_of(5) {
                             if let Ok(mut conn) = cluster.session().await {
-                                let _ = sqlx::query("SELECT pg_sleep(0.005)")
-                                    .execute(&mut **conn)
-                                    .await;
+                                let _ =
+                                    sqlx::query("SELECT pg_sleep(0.005)").execute(&mut *conn).await;
                             }
                         } else if let Ok(mut conn) = cluster.session_read_only().await {
-                            let _ =
-                                sqlx::query("SELECT pg_sleep(0.002)").execute(&mut **conn).await;
+                            let _ = sqlx::query("SELECT pg_sleep(0.002)").execute(&mut *conn).await;
                         }
                     }
                     if let Some(redis) = &pools.redis {

@@ -3,5 +3,6 @@
 mod admin;
 mod harness; // the throwaway PostgreSQL and Redis launchers themselves
 mod metrics;
+mod optimizer;
 mod postgres; // pool-postgres: the guard, reset on return, broken connections, restarts, lifetimes, replicas
-mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools // pool-admin over a real socket: stats, reset, resize, health flips, metrics // pool-metrics over real postgres and redis pools, both exporters
+mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools // pool-admin over a real socket: stats, reset, resize, health flips, metrics // pool-metrics over real postgres and redis pools, both exporters // the auto-tuner in a closed loop against real postgres

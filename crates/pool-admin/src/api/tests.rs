@@ -377,3 +377,15 @@ async fn recommendations_appear_after_samples() {
         "{body:#}"
     );
 }
+
+#[tokio::test]
+async fn the_server_refuses_a_public_address_without_a_token() {
+    let mut config = crate::AdminConfig::default();
+    config.admin.listen = "0.0.0.0:0".parse().unwrap();
+    config.admin.token = None;
+    let err = crate::Server::bind(&config).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "refusing to listen on 0.0.0.0:0 without an admin token: set POOL_ADMIN_TOKEN or admin.token, or listen on a loopback address"
+    );
+}

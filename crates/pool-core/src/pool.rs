@@ -67,6 +67,9 @@ pub struct PoolState {
     pub pool_size: usize,
     /// The `max_overflow` setting.
     pub max_overflow: usize,
+    /// Connect attempts that failed in a row since the last successful one (0 when the last
+    /// connect succeeded): a router can skip a pool whose server refuses connections.
+    pub connect_failures: u32,
 }
 
 impl fmt::Display for PoolState {
@@ -203,6 +206,7 @@ impl<M: Manager> State<M> {
             open: self.open(),
             pool_size: self.pool_size,
             max_overflow: self.max_overflow,
+            connect_failures: self.connect_failures,
         }
     }
 
@@ -417,6 +421,12 @@ impl<M: Manager> ConnectionPool<M> {
     /// The pool's gauges now.
     pub fn state(&self) -> PoolState {
         self.shared.lock().state()
+    }
+
+    /// The error of the last connect attempt, while connects are failing (`None` once one
+    /// succeeds).
+    pub fn last_connect_error(&self) -> Option<Arc<ConnectError<M::Error>>> {
+        self.shared.lock().last_error.clone()
     }
 
     /// A snapshot of the pool's gauges, counters and histograms (see [`PoolStats`] on how

@@ -200,8 +200,12 @@ async fn timeout_error_carries_the_last_connect_error() {
     let msg = err.to_string();
     assert!(msg.ends_with("; last connect error: test manager: connection refused"), "{msg}");
     assert!(pool.stats().connect_errors >= 2, "connects were retried with backoff");
+    assert!(pool.state().connect_failures >= 2);
+    assert_eq!(pool.last_connect_error().unwrap().to_string(), "test manager: connection refused");
     m.fail_connects(false);
     assert!(pool.acquire().await.is_ok(), "the pool heals once connects succeed");
+    assert_eq!(pool.state().connect_failures, 0);
+    assert!(pool.last_connect_error().is_none());
 }
 
 #[tokio::test(start_paused = true)]

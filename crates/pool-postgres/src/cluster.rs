@@ -357,6 +357,17 @@ impl PgCluster {
         while let Some(i) = inner.pick(&tried, token) {
             tried.push(i);
             let replica = &inner.replicas[i];
+            // A replica whose server refuses connections and has nothing idle is banned at once,
+            // instead of making this read wait `replica_timeout` for connects that keep failing.
+            let state = replica.pool.state();
+            if state.connect_failures > 0 && state.idle == 0 {
+                let error = replica
+                    .pool
+                    .last_connect_error()
+                    .map_or_else(|| "connects failing".to_owned(), |e| e.to_string());
+                inner.ban(i, error);
+                continue;
+            }
             let mut conn = match replica.pool.acquire_timeout(inner.settings.replica_timeout).await
             {
                 Ok(conn) => conn,

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::report::{self, Row};
@@ -15,15 +14,8 @@ use crate::report::{self, Row};
 /// Options of `bench core`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Seconds each pool runs in each scenario and round.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Rounds; each pool's median round (by ops/s) is reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Task counts of the contended scenarios.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
-    tasks: Vec<usize>,
+    #[command(flatten)]
+    common: report::Common,
     /// Pools to run (`pool-core`, `pool-core-otel`, `deadpool`, `bb8`); all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
@@ -210,34 +202,26 @@ const POOLS: [&str; 4] = ["pool-core", "pool-core-otel", "deadpool", "bb8"];
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let run_for = Duration::from_secs_f64(args.seconds);
-    let mut scenarios = vec![("single", 1usize)];
-    scenarios.extend(args.tasks.iter().map(|&t| ("contended", t)));
-    let mut rows = Vec::new();
-    for (scenario, tasks) in scenarios {
-        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); POOLS.len()];
-        for _ in 0..args.rounds {
-            for (i, name) in
-                POOLS.iter().enumerate().filter(|(_, p)| args.pools.iter().any(|a| a == *p))
-            {
-                let row = rt.block_on(async {
-                    let subject = Subject::build(name).await;
-                    subject.warm().await;
-                    if scenario == "single" {
-                        single(&subject, run_for).await
-                    } else {
-                        contended(&subject, tasks, run_for).await
-                    }
-                });
-                eprintln!("{scenario:>9} {tasks:>4} {name:<10} {:>12.0} ops/s", row.ops_per_sec);
-                rounds[i].push(row);
+    let run_for = args.common.run_for();
+    let pools: Vec<&str> =
+        POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
+    let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
+        rt.block_on(async {
+            let subject = Subject::build(name).await;
+            subject.warm().await;
+            if scenario == "single" {
+                return Ok(single(&subject, run_for).await);
             }
-        }
-        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
-            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-            rows.push(r.swap_remove(r.len() / 2));
-        }
-    }
+            let op = move || {
+                let subject = subject.clone();
+                async move {
+                    subject.op(true).await;
+                    anyhow::Ok(())
+                }
+            };
+            report::timed_tasks(scenario, tasks, name, run_for, op).await
+        })
+    })?;
     println!();
     report::print_table(&rows, "pool-core");
     let path = report::write_json("core", &rows)?;
@@ -264,37 +248,4 @@ async fn single(subject: &Subject, run_for: Duration) -> Row {
         hist.saturating_record(t.elapsed().as_nanos() as u64);
     }
     Row::new("single", 1, subject.name(), ops, elapsed, &hist)
-}
-
-/// `tasks` tasks over the pool's 10 connections, each holding its connection across a yield.
-async fn contended(subject: &Subject, tasks: usize, run_for: Duration) -> Row {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let subject = subject.clone();
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut hist = report::histogram();
-                let mut ops = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    subject.op(true).await;
-                    hist.saturating_record(t.elapsed().as_nanos() as u64);
-                    ops += 1;
-                }
-                (ops, hist)
-            })
-        })
-        .collect();
-    tokio::time::sleep(run_for).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = report::histogram();
-    for h in handles {
-        let (ops, h) = h.await.expect("bench task");
-        total += ops;
-        hist.add(h).expect("same bounds");
-    }
-    Row::new("contended", tasks, subject.name(), total, start.elapsed(), &hist)
 }

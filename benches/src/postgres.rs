@@ -9,26 +9,18 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pool_postgres::sqlx::{self, Connection};
 
-use crate::report::{self, Row};
+use crate::report;
 
 /// Options of `bench postgres`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Seconds each pool runs in each scenario and round.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Rounds; each pool's median round (by ops/s) is reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Task counts of the contended scenarios.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
-    tasks: Vec<usize>,
+    #[command(flatten)]
+    common: report::Common,
     /// Pools to run (see the JSON's `pool` names); all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
@@ -186,34 +178,27 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let run_for = Duration::from_secs_f64(args.seconds);
-    let mut scenarios = vec![("single", 1usize)];
-    scenarios.extend(args.tasks.iter().map(|&t| ("contended", t)));
+    let run_for = args.common.run_for();
     let selected: Vec<&str> =
         POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
-    let mut rows = Vec::new();
-    for (scenario, tasks) in scenarios {
-        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); selected.len()];
-        for _ in 0..args.rounds {
-            for (i, name) in selected.iter().enumerate() {
-                let row = rt.block_on(async {
-                    let subject = Subject::build(name, &url)
-                        .await
-                        .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
-                    subject.warm().await?;
-                    let row = measure(&subject, name, scenario, tasks, run_for).await;
-                    subject.close().await;
-                    row
-                })?;
-                eprintln!("{scenario:>9} {tasks:>4} {name:<26} {:>10.0} ops/s", row.ops_per_sec);
-                rounds[i].push(row);
-            }
-        }
-        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
-            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-            rows.push(r.swap_remove(r.len() / 2));
-        }
-    }
+    let rows = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
+        rt.block_on(async {
+            let subject = Subject::build(name, &url)
+                .await
+                .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
+            subject.warm().await?;
+            let op = {
+                let subject = subject.clone();
+                move || {
+                    let subject = subject.clone();
+                    async move { subject.op().await }
+                }
+            };
+            let row = report::timed_tasks(scenario, tasks, name, run_for, op).await;
+            subject.close().await;
+            row
+        })
+    })?;
     println!();
     report::print_table(&rows, "pool-postgres");
     let single = |pool: &str| {
@@ -249,42 +234,4 @@ async fn raw_queries_per_sec(url: &str, run_for: Duration) -> anyhow::Result<f64
         ops += 1;
     }
     Ok(ops as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn measure(
-    subject: &Subject,
-    name: &str,
-    scenario: &str,
-    tasks: usize,
-    run_for: Duration,
-) -> anyhow::Result<Row> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let subject = subject.clone();
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut hist = report::histogram();
-                let mut ops = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    subject.op().await?;
-                    hist.saturating_record(t.elapsed().as_nanos() as u64);
-                    ops += 1;
-                }
-                anyhow::Ok((ops, hist))
-            })
-        })
-        .collect();
-    tokio::time::sleep(run_for).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = report::histogram();
-    for h in handles {
-        let (ops, h) = h.await??;
-        total += ops;
-        hist.add(h)?;
-    }
-    Ok(Row::new(scenario, tasks, name, total, start.elapsed(), &hist))
 }

@@ -7,28 +7,17 @@
 //! connection idle past `health_check_interval`, deadpool-redis pipelines `UNWATCH` + `PING` on
 //! every recycle, bb8-redis pings on every checkout. fred's `Pool` has 10 clients.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-
 use anyhow::Context as _;
 use deadpool_redis::redis::{self, AsyncCommands as _};
 use fred::prelude::{ClientLike as _, KeysInterface as _};
 
-use crate::report::{self, Row};
+use crate::report;
 
 /// Options of `bench redis`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Seconds each pool runs in each scenario and round.
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Rounds; each pool's median round (by ops/s) is reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Task counts of the contended scenarios.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
-    tasks: Vec<usize>,
+    #[command(flatten)]
+    common: report::Common,
     /// Pools to run; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
@@ -184,36 +173,25 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         conn.set::<_, _, ()>(KEY, "value").await?;
         anyhow::Ok(())
     })?;
-    let run_for = Duration::from_secs_f64(args.seconds);
-    let mut scenarios = vec![("single", 1usize)];
-    scenarios.extend(args.tasks.iter().map(|&t| ("contended", t)));
-    let mut rows = Vec::new();
-    for (scenario, tasks) in scenarios {
-        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); POOLS.len()];
-        for _ in 0..args.rounds {
-            for (i, name) in
-                POOLS.iter().enumerate().filter(|(_, p)| args.pools.iter().any(|a| a == *p))
-            {
-                let row = rt.block_on(async {
-                    let subject = Subject::build(name, &url, args).await?;
-                    subject.warm().await?;
-                    let row = if scenario == "single" {
-                        single(&subject, run_for).await?
-                    } else {
-                        contended(&subject, tasks, run_for).await?
-                    };
-                    subject.close().await;
-                    anyhow::Ok(row)
-                })?;
-                eprintln!("{scenario:>9} {tasks:>4} {name:<22} {:>12.0} ops/s", row.ops_per_sec);
-                rounds[i].push(row);
-            }
-        }
-        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
-            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-            rows.push(r.swap_remove(r.len() / 2));
-        }
-    }
+    let run_for = args.common.run_for();
+    let pools: Vec<&str> =
+        POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
+    let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
+        rt.block_on(async {
+            let subject = Subject::build(name, &url, args).await?;
+            subject.warm().await?;
+            let op = {
+                let subject = subject.clone();
+                move || {
+                    let subject = subject.clone();
+                    async move { subject.op().await }
+                }
+            };
+            let row = report::timed_tasks(scenario, tasks, subject.name(), run_for, op).await?;
+            subject.close().await;
+            anyhow::Ok(row)
+        })
+    })?;
     println!();
     report::print_table(&rows, "pool-redis-exclusive");
     println!();
@@ -221,51 +199,4 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let path = report::write_json("redis", &rows)?;
     println!("\nwrote {}", path.display());
     Ok(())
-}
-
-/// One task: every op timed.
-async fn single(subject: &Subject, run_for: Duration) -> anyhow::Result<Row> {
-    let mut hist = report::histogram();
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < run_for {
-        let t = Instant::now();
-        subject.op().await?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
-        ops += 1;
-    }
-    Ok(Row::new("single", 1, subject.name(), ops, start.elapsed(), &hist))
-}
-
-/// `tasks` tasks issuing `GET`s back to back over the pool's 10 connections (or its clients).
-async fn contended(subject: &Subject, tasks: usize, run_for: Duration) -> anyhow::Result<Row> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let subject = subject.clone();
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut hist = report::histogram();
-                let mut ops = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    subject.op().await?;
-                    hist.saturating_record(t.elapsed().as_nanos() as u64);
-                    ops += 1;
-                }
-                anyhow::Ok((ops, hist))
-            })
-        })
-        .collect();
-    tokio::time::sleep(run_for).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = report::histogram();
-    for h in handles {
-        let (ops, h) = h.await??;
-        total += ops;
-        hist.add(h).expect("same bounds");
-    }
-    Ok(Row::new("contended", tasks, subject.name(), total, start.elapsed(), &hist))
 }

@@ -93,3 +93,95 @@ pub(crate) fn write_json(name: &str, rows: &[Row]) -> anyhow::Result<PathBuf> {
     std::fs::write(&path, serde_json::to_string_pretty(rows)?)?;
     Ok(path)
 }
+
+/// The options every benchmark takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Common {
+    /// Seconds each pool runs in each scenario and round.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) seconds: f64,
+    /// Rounds; each pool's median round (by ops/s) is reported. The pools take turns within a
+    /// round, so a noisy moment hits them alike.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) rounds: usize,
+    /// Task counts of the contended scenarios.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
+    pub(crate) tasks: Vec<usize>,
+}
+
+impl Common {
+    /// How long each pool runs in each scenario and round.
+    pub(crate) fn run_for(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+/// Runs every scenario (`single`, then `contended` at each task count) for `rounds` rounds,
+/// the pools taking turns within a round, and keeps each pool's median round.
+/// `one(scenario, tasks, pool)` measures one pool once.
+pub(crate) fn run_rounds(
+    common: &Common,
+    pools: &[&str],
+    mut one: impl FnMut(&str, usize, &str) -> anyhow::Result<Row>,
+) -> anyhow::Result<Vec<Row>> {
+    let mut scenarios = vec![("single", 1usize)];
+    scenarios.extend(common.tasks.iter().map(|&t| ("contended", t)));
+    let mut rows = Vec::new();
+    for (scenario, tasks) in scenarios {
+        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
+        for _ in 0..common.rounds.max(1) {
+            for (i, pool) in pools.iter().enumerate() {
+                let row = one(scenario, tasks, pool)?;
+                eprintln!("{scenario:>9} {tasks:>4} {pool:<26} {:>12.0} ops/s", row.ops_per_sec);
+                rounds[i].push(row);
+            }
+        }
+        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
+            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            rows.push(r.swap_remove(r.len() / 2));
+        }
+    }
+    Ok(rows)
+}
+
+/// `tasks` tasks calling `op` back to back for `run_for`, every call timed; the row for `pool`.
+pub(crate) async fn timed_tasks<F, Fut>(
+    scenario: &str,
+    tasks: usize,
+    pool: &str,
+    run_for: Duration,
+    op: F,
+) -> anyhow::Result<Row>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (op, stop) = (op.clone(), std::sync::Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                let mut ops = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    op().await?;
+                    hist.saturating_record(t.elapsed().as_nanos() as u64);
+                    ops += 1;
+                }
+                anyhow::Ok((ops, hist))
+            })
+        })
+        .collect();
+    tokio::time::sleep(run_for).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = histogram();
+    for h in handles {
+        let (ops, h) = h.await??;
+        total += ops;
+        hist.add(h)?;
+    }
+    Ok(Row::new(scenario, tasks, pool, total, start.elapsed(), &hist))
+}

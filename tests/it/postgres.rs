@@ -553,3 +553,20 @@ async fn an_unreachable_server_gives_a_clear_error() -> Result {
     assert!(err.to_string().contains("pool \"nowhere\" timed out"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_budget_is_read_from_the_server() -> Result {
+    let pg = blocking(PgInstance::start)?;
+    let mut conn = observer(&pg.url()).await;
+    let max: i64 = sqlx::query_scalar("SELECT current_setting('max_connections')::int8")
+        .fetch_one(&mut conn)
+        .await?;
+    let reserved: i64 =
+        sqlx::query_scalar("SELECT current_setting('superuser_reserved_connections')::int8")
+            .fetch_one(&mut conn)
+            .await?;
+    let budget = pool_postgres::connection_budget(&mut conn).await?;
+    assert_eq!(budget as i64, max - reserved);
+    assert!(budget > 0 && budget < max as usize);
+    Ok(())
+}

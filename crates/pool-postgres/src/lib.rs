@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod budget;
 mod cluster;
 mod config;
 mod connection;
@@ -11,6 +12,7 @@ mod token;
 /// The sqlx this crate is built on, so users get the matching version.
 pub use sqlx;
 
+pub use crate::budget::connection_budget;
 pub use crate::cluster::{ClusterBuilder, PgCluster};
 pub use crate::config::{
     DATABASE_POOL_OVERFLOW, DATABASE_POOL_RECYCLE, DATABASE_POOL_SIZE, DATABASE_POOL_TIMEOUT,

@@ -80,8 +80,9 @@ pub struct PostgresConfig {
     pub pool_pre_ping: bool,
     /// Seconds of replay lag past which a replica is skipped [10].
     pub max_replica_lag: f64,
-    /// The server's `max_connections` less reserved connections, shared by this cluster's
-    /// pools; the optimizer never proposes more. Unset: no budget.
+    /// Connections this application's pools may open on each server (primary and each
+    /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
+    /// read from each server at start (`max_connections` less reserved connections).
     pub connection_budget: Option<usize>,
 }
 

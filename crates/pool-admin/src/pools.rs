@@ -40,6 +40,29 @@ pub enum StartError {
     Redis(String),
 }
 
+/// The server's own connection budget (`max_connections` less reserved), asked once at start;
+/// `None` (with a warning) when the server cannot be asked now.
+async fn server_budget(url: &str) -> Option<usize> {
+    use pool_postgres::sqlx::Connection as _;
+    let ask = async {
+        let mut conn = pool_postgres::sqlx::PgConnection::connect(url).await?;
+        let budget = pool_postgres::connection_budget(&mut conn).await;
+        let _ = conn.close().await;
+        budget
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ask).await {
+        Ok(Ok(budget)) => Some(budget),
+        Ok(Err(e)) => {
+            tracing::warn!(url = %crate::config::redact(url), error = %e, "could not read the connection budget");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(url = %crate::config::redact(url), "reading the connection budget timed out");
+            None
+        }
+    }
+}
+
 impl Pools {
     /// Starts every pool of `config` and registers them.
     ///
@@ -73,19 +96,30 @@ impl Pools {
             }
             let cluster = builder.build().map_err(|e| err(e.to_string()))?;
             cluster.register(&registry).map_err(|e| err(e.to_string()))?;
-            if let Some(max) = pg.connection_budget {
-                budgets.push(Budget {
-                    name: format!("{name} primary"),
-                    max_connections: max,
-                    reserved: 0,
-                    pools: vec![format!("postgresql:{name}")],
-                });
-                for replica in cluster.replicas() {
+            let replicas = cluster.replicas();
+            let servers = std::iter::once((
+                format!("{name} primary"),
+                name.clone(),
+                pg.url.expose().to_owned(),
+            ))
+            .chain(replicas.iter().zip(&pg.replicas).map(|(replica, url)| {
+                (
+                    format!("{} server", replica.name()),
+                    replica.name().to_owned(),
+                    url.expose().to_owned(),
+                )
+            }));
+            for (label, pool, url) in servers {
+                let max = match pg.connection_budget {
+                    Some(max) => Some(max),
+                    None => server_budget(&url).await,
+                };
+                if let Some(max) = max {
                     budgets.push(Budget {
-                        name: format!("{} server", replica.name()),
+                        name: label,
                         max_connections: max,
                         reserved: 0,
-                        pools: vec![format!("postgresql:{}", replica.name())],
+                        pools: vec![format!("postgresql:{pool}")],
                     });
                 }
             }

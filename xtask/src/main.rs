@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod services;
+mod soak;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The chaos and soak run: the admin server's pools on throwaway PostgreSQL (primary and
+    /// replica) and Redis under load and a schedule of faults, then checked invariants; writes
+    /// `target/soak/report.json` and fails when an invariant does not hold.
+    Soak {
+        /// Minutes of load; the fault schedule is spread over them (one round per minute).
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -53,6 +62,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Test { args } => test::run(&args),
         Task::Bench { name, args } => bench::run(name, &args),
         Task::Demo => demo::run(),
+        Task::Soak { minutes } => soak::run(minutes),
     }
 }
 

@@ -121,10 +121,15 @@ async fn main() -> ExitCode {
             }
             println!("  try: curl -H 'Authorization: Bearer <token>' {base}{PREFIX}/stats");
             let load = demo_load.then(|| demo::spawn(server.pools()));
-            let result = server.run(shutdown_signal()).await;
-            if let Some(load) = load {
-                load.abort();
-            }
+            // Stop the demo load before the pools close, so it does not trip over them.
+            let result = server
+                .run(async move {
+                    shutdown_signal().await;
+                    if let Some(load) = load {
+                        load.abort();
+                    }
+                })
+                .await;
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -570,3 +570,39 @@ async fn the_connection_budget_is_read_from_the_server() -> Result {
     assert!(budget > 0 && budget < max as usize);
     Ok(())
 }
+
+/// Regression (found by the soak): after a replica restart, or once its backends are
+/// terminated, the lag probe used its dead connection, failed, and banned a healthy replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_probe_reconnects_instead_of_banning_a_healthy_replica() -> Result {
+    let (_primary, replica, cluster) = replicated("pool-postgres-probe", None).await?;
+    wait_until(30, "the probe has read the replica", async || {
+        cluster.stats().replicas[0].replay_lsn.is_some()
+    })
+    .await;
+    // Kill every client backend on the replica: the pool's and the probe's.
+    let killed = blocking(|| {
+        replica.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+    })?;
+    assert!(killed.parse::<u32>()? >= 1, "the probe's connection was terminated: {killed}");
+    // Let the probe run several rounds (100 ms each) while reads go on. A read may meet a
+    // pooled connection that was terminated and was used too recently to be pre-pinged: it
+    // fails once and that connection is closed.
+    let mut reads = 0;
+    while reads < 20 {
+        let mut r = cluster.session_read_only().await?;
+        let answer: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *r).await;
+        if let Ok(in_recovery) = answer {
+            assert!(in_recovery, "reads stay on the replica");
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s = &cluster.stats().replicas[0];
+    assert_eq!(s.bans, 0, "a healthy replica was banned: {s:?}");
+    Ok(())
+}

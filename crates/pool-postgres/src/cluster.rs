@@ -590,8 +590,24 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
 }
 
 /// Runs `sql` (returning an LSN as text and a float) on the probe's connection, opening it if
-/// needed; a failure drops the connection so the next round opens a new one.
+/// needed. A failure on a connection kept from an earlier round is retried once on a new
+/// connection: the kept one may have died while nobody used it (a restart, a terminated
+/// backend), which says nothing about the server now.
 async fn query_lsn(
+    conn: &mut Option<PgConnection>,
+    manager: &PgManager,
+    timeout: Duration,
+    sql: &'static str,
+) -> Result<(Option<Lsn>, Option<f64>), String> {
+    let kept = conn.is_some();
+    match query_lsn_once(conn, manager, timeout, sql).await {
+        Err(_) if kept => query_lsn_once(conn, manager, timeout, sql).await,
+        result => result,
+    }
+}
+
+/// One attempt of [`query_lsn`]; a failure drops the connection.
+async fn query_lsn_once(
     conn: &mut Option<PgConnection>,
     manager: &PgManager,
     timeout: Duration,

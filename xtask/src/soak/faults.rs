@@ -1,0 +1,288 @@
+//! The soak's faults: the [`schedule`] spread over the run, and [`run`], which injects each one
+//! and records when it started and ended.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use pool_admin::Pools;
+
+use super::Servers;
+use super::load::{Kind, Recorder, cancelled_acquires};
+use super::proxy::Proxy;
+
+/// A fault the soak injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// `pg_terminate_backend` of every pool connection, on the primary and the replica.
+    TerminateBackends,
+    /// The primary stopped (fast shutdown) and started again.
+    PrimaryRestart,
+    /// The replica stopped, down for the fault's length, and started again.
+    ReplicaStopStart,
+    /// `pg_wal_replay_pause()` on the replica for the fault's length, then resumed.
+    ReplayPause,
+    /// `CLIENT KILL TYPE normal` of every pool connection on Redis.
+    RedisClientKill,
+    /// Redis killed and started again (empty).
+    RedisRestart,
+    /// Both proxies delay every chunk by 150 ms each way for the fault's length.
+    SlowNetwork,
+    /// Both proxies cut every connection and refuse new ones for the fault's length.
+    DropTraffic,
+    /// Hundreds of acquires on every pool, each cancelled after 0-2 ms.
+    CancelledAcquires,
+}
+
+/// The delay of [`Fault::SlowNetwork`].
+const SLOW: Duration = Duration::from_millis(150);
+
+impl Fault {
+    /// In schedule order. The replica's faults come first: a replica that could not be
+    /// reached is banned for `PgCluster`'s `ban_duration` (30 s), so its reads take that long
+    /// to come back, while the later faults (primary and Redis) do not touch replica reads.
+    const ALL: [Fault; 9] = [
+        Fault::ReplayPause,
+        Fault::TerminateBackends,
+        Fault::ReplicaStopStart,
+        Fault::RedisClientKill,
+        Fault::SlowNetwork,
+        Fault::CancelledAcquires,
+        Fault::RedisRestart,
+        Fault::PrimaryRestart,
+        Fault::DropTraffic,
+    ];
+
+    /// The kinds of request this fault hurts: it has healed once each has succeeded again.
+    pub(super) fn heal_kinds(self) -> &'static [Kind] {
+        match self {
+            Fault::TerminateBackends | Fault::PrimaryRestart => &[Kind::PgWrite, Kind::PgTxn],
+            Fault::ReplicaStopStart | Fault::ReplayPause => &[Kind::PgReplicaRead],
+            Fault::RedisClientKill | Fault::RedisRestart => &[Kind::RedisShared, Kind::RedisBlpop],
+            Fault::SlowNetwork | Fault::DropTraffic => {
+                &[Kind::PgWrite, Kind::PgTxn, Kind::RedisShared, Kind::RedisBlpop]
+            }
+            Fault::CancelledAcquires => &[Kind::PgWrite, Kind::PgRead, Kind::RedisBlpop],
+        }
+    }
+
+    /// How long the fault lasts, given the time between two faults.
+    fn length(self, slot: Duration) -> Duration {
+        match self {
+            Fault::ReplicaStopStart | Fault::SlowNetwork => (slot / 2).min(Duration::from_secs(20)),
+            // Long enough for the replay lag to pass `max_replica_lag` (3 s).
+            Fault::ReplayPause => {
+                (slot * 2 / 3).clamp(Duration::from_secs(4), Duration::from_secs(20))
+            }
+            Fault::DropTraffic => (slot * 3 / 10).min(Duration::from_secs(10)),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// One fault of the schedule: when it starts (from the start of the load) and how long it lasts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Planned {
+    fault: Fault,
+    at: Duration,
+    length: Duration,
+}
+
+/// Each fault once, in its own slot of the run, with a quiet slot's worth of load at the end
+/// for the last one to heal in. A run of N minutes has N rounds of the faults.
+pub(super) fn schedule(duration: Duration) -> Vec<Planned> {
+    let rounds = (duration.as_secs() / 60).max(1) as usize;
+    let n = Fault::ALL.len() * rounds;
+    let slot = duration / u32::try_from(n + 1).unwrap_or(u32::MAX);
+    Fault::ALL
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, &fault)| Planned {
+            fault,
+            at: slot * u32::try_from(i).unwrap_or(0) + slot / 2,
+            length: fault.length(slot),
+        })
+        .collect()
+}
+
+/// One injected fault.
+#[derive(Debug)]
+pub(super) struct FaultRun {
+    pub(super) fault: Fault,
+    /// When injecting it began, from the start of the load.
+    pub(super) start: Duration,
+    /// When it was over (the server back, the proxy normal again).
+    pub(super) end: Duration,
+    /// What it did (connections killed, acquires cancelled...).
+    pub(super) note: String,
+    /// Why it could not be injected.
+    pub(super) error: Option<String>,
+}
+
+/// Injects the schedule's faults in turn, then lets the load run to `duration`.
+pub(super) async fn run(
+    schedule: &[Planned],
+    servers: &Servers,
+    pools: &Pools,
+    recorder: &Recorder,
+    pg_proxy: &Arc<Proxy>,
+    redis_proxy: &Arc<Proxy>,
+    duration: Duration,
+) -> Vec<FaultRun> {
+    let mut runs = Vec::new();
+    for planned in schedule {
+        let now = recorder.now();
+        if planned.at > now {
+            tokio::time::sleep(planned.at - now).await;
+        }
+        let start = recorder.now();
+        eprintln!("soak: {:>6.1}s {:?}", start.as_secs_f64(), planned.fault);
+        let result = inject(planned, servers, pools, recorder, pg_proxy, redis_proxy).await;
+        let end = recorder.now();
+        let (note, error) = match result {
+            Ok(note) => (note, None),
+            Err(e) => (String::new(), Some(format!("{e:#}"))),
+        };
+        runs.push(FaultRun { fault: planned.fault, start, end, note, error });
+    }
+    let now = recorder.now();
+    if duration > now {
+        tokio::time::sleep(duration - now).await;
+    }
+    runs
+}
+
+async fn inject(
+    planned: &Planned,
+    servers: &Servers,
+    pools: &Pools,
+    recorder: &Recorder,
+    pg_proxy: &Proxy,
+    redis_proxy: &Proxy,
+) -> anyhow::Result<String> {
+    let length = planned.length;
+    let primary = Arc::clone(&servers.primary);
+    let replica = Arc::clone(&servers.replica);
+    match planned.fault {
+        Fault::TerminateBackends => {
+            // The pools' connections only: the lag probe's own connection is spared, since a
+            // failed probe query bans the replica for 30 s (see the report's notes).
+            let sql = format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
+                super::PG_POOL_BACKENDS_WHERE
+            );
+            let sql2 = sql.clone();
+            let (p, r) = blocking(move || Ok((primary.psql(&sql)?, replica.psql(&sql2)?))).await?;
+            Ok(format!("{p} primary and {r} replica backends terminated"))
+        }
+        Fault::PrimaryRestart => {
+            blocking(move || primary.restart()).await?;
+            Ok("fast shutdown, started again".to_owned())
+        }
+        Fault::ReplicaStopStart => {
+            let r = Arc::clone(&replica);
+            blocking(move || r.stop()).await?;
+            tokio::time::sleep(length).await;
+            blocking(move || replica.start_again()).await?;
+            let banned = pools.clusters["main"].stats().replicas.iter().any(|r| r.banned);
+            Ok(format!(
+                "down {:.1}s{}",
+                length.as_secs_f64(),
+                if banned { ", replica banned (ban_duration 30 s)" } else { "" }
+            ))
+        }
+        Fault::ReplayPause => {
+            let r = Arc::clone(&replica);
+            blocking(move || r.psql("SELECT pg_wal_replay_pause()")).await?;
+            let cluster = &pools.clusters["main"];
+            let until = tokio::time::Instant::now() + length;
+            let mut lagging = false;
+            while tokio::time::Instant::now() < until {
+                lagging |= cluster.stats().replicas.iter().any(|r| r.lagging);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            blocking(move || replica.psql("SELECT pg_wal_replay_resume()")).await?;
+            Ok(format!(
+                "paused {:.1}s, replica {}skipped as lagging",
+                length.as_secs_f64(),
+                if lagging { "" } else { "never " }
+            ))
+        }
+        Fault::RedisClientKill => {
+            let port = servers.redis_port;
+            let killed = blocking(move || {
+                redis_command(port, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+            })
+            .await?;
+            Ok(format!("{killed} connections killed"))
+        }
+        Fault::RedisRestart => {
+            let redis = Arc::clone(&servers.redis);
+            blocking(move || {
+                redis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).restart()
+            })
+            .await?;
+            Ok("killed, started again (empty)".to_owned())
+        }
+        Fault::SlowNetwork => {
+            pg_proxy.set_delay(SLOW);
+            redis_proxy.set_delay(SLOW);
+            tokio::time::sleep(length).await;
+            pg_proxy.set_delay(Duration::ZERO);
+            redis_proxy.set_delay(Duration::ZERO);
+            Ok(format!("+{} ms each way for {:.1}s", SLOW.as_millis(), length.as_secs_f64()))
+        }
+        Fault::DropTraffic => {
+            let open = pg_proxy.open() + redis_proxy.open();
+            pg_proxy.drop_traffic(true);
+            redis_proxy.drop_traffic(true);
+            tokio::time::sleep(length).await;
+            pg_proxy.drop_traffic(false);
+            redis_proxy.drop_traffic(false);
+            Ok(format!("{open} connections cut, new ones refused for {:.1}s", length.as_secs_f64()))
+        }
+        Fault::CancelledAcquires => {
+            let (cancelled, finished) = cancelled_acquires(pools, recorder, 400).await;
+            Ok(format!("{cancelled} acquires cancelled ({finished} finished in time)"))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("fault task panicked")?
+}
+
+/// Sends one command to the Redis server on `port` directly (not through the proxy) and returns
+/// its reply as text: a status, an integer or a bulk string.
+pub(super) fn redis_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to redis on port {port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end();
+    match line.split_at_checked(1) {
+        Some(("+" | ":", rest)) => Ok(rest.to_owned()),
+        Some(("-", rest)) => bail!("redis {}: {rest}", args.join(" ")),
+        Some(("$", len)) => {
+            let len: usize = len.parse().context("bulk length")?;
+            let mut body = vec![0; len + 2];
+            reader.read_exact(&mut body)?;
+            body.truncate(len);
+            Ok(String::from_utf8(body)?)
+        }
+        _ => bail!("redis {}: unexpected reply {line:?}", args.join(" ")),
+    }
+}

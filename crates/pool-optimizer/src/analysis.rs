@@ -271,8 +271,8 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
 /// 1. connect errors in the recent windows: alert (high) and propose nothing: tuning freezes;
 /// 2. hold time rising with load (`hold_trend ≥ hold_rise` and `load_trend ≥ load_rise`) while
 ///    waits are high: the database is saturating: say so (high) and do not grow;
-/// 3. high waits (p90 above `wait_target`) or timeouts with flat hold time: grow `pool_size`
-///    to what the load needs (at least one more);
+/// 3. high waits (p90 above `wait_target`) or timeouts, in the newest window too, with flat
+///    hold time: grow `pool_size` to what the load needs (at least one more);
 /// 4. overflow open in most windows: `pool_size` is too small: grow it by the overflow used;
 /// 5. idle share above `idle_share` in every window: shrink to what the load needs, never
 ///    below it.
@@ -316,7 +316,10 @@ pub fn analyze(
             ));
             continue;
         }
-        let waits_high = e.wait_p90 > settings.wait_target || e.timeouts > 0;
+        // Waits count as high only if the newest window still has them: growth stops as soon as
+        // a step removed the waits, not windows later when they age out of the evidence.
+        let waits_now = latest.wait_p90 > settings.wait_target || latest.timeouts > 0;
+        let waits_high = waits_now && (e.wait_p90 > settings.wait_target || e.timeouts > 0);
         if waits_high && e.hold_trend >= settings.hold_rise && e.load_trend >= settings.load_rise {
             out.push(rec(
                 Severity::High,

@@ -285,6 +285,43 @@ mod tests {
         assert_eq!(got, expected, "docs/metrics.md is out of date");
     }
 
+    /// The Grafana dashboards in `docs/grafana/` query only series and labels the exporter
+    /// really emits.
+    #[test]
+    fn grafana_dashboards_reference_only_exported_metrics() {
+        let mut series: Vec<String> = Vec::new();
+        for m in METRICS {
+            series.push(m.prometheus.to_owned());
+            if m.kind == Kind::Histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    series.push(format!("{}{suffix}", m.prometheus));
+                }
+            }
+        }
+        let labels: Vec<String> = [attr::POOL_NAME, attr::SYSTEM, attr::STATE, attr::CLOSE_REASON]
+            .iter()
+            .map(|a| a.replace('.', "_"))
+            .collect();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for start in text.match_indices("db_").map(|(i, _)| i) {
+                let token: String = text[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let known = series.contains(&token) || labels.contains(&token);
+                assert!(
+                    known,
+                    "{dir}: {token} is neither an exported series nor one of its labels"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "the dashboards query the exporter's metrics ({checked} references)");
+    }
+
     /// Prometheus names are what OpenTelemetry's bridge makes of the OpenTelemetry names.
     #[test]
     fn every_metric_has_samples_in_catalog_order() {

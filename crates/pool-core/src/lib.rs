@@ -46,4 +46,6 @@ pub use crate::manager::Manager;
 pub use crate::observer::Observer;
 pub use crate::pool::{ConnectionPool, PoolState};
 pub use crate::registry::{Registry, pool_id};
-pub use crate::stats::{CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats};
+pub use crate::stats::{
+    CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats, Routing,
+};

@@ -293,6 +293,7 @@ impl Stats {
             wait_time,
             use_time: self.usage.snapshot(),
             connect_time: self.connect.snapshot(),
+            routing: None,
         }
     }
 }
@@ -359,4 +360,30 @@ pub struct PoolStats {
     pub use_time: HistogramSnapshot,
     /// How long successful connects took.
     pub connect_time: HistogramSnapshot,
+    /// The pool's part in a read/write router, when it sits in one (`None` from the engine
+    /// itself: a router's pools fill it in, as `pool-postgres`'s cluster does).
+    pub routing: Option<Routing>,
+}
+
+/// A pool's part in a router that spreads reads over replicas.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Routing {
+    /// The primary: takes writes, and the reads no replica could take.
+    Primary {
+        /// Reads sent here because no replica was usable (banned, lagging, behind a causal
+        /// token, or none configured).
+        fallbacks: u64,
+    },
+    /// A read replica.
+    Replica {
+        /// How many times it was banned (failed connect or check).
+        bans: u64,
+        /// Whether it is banned now.
+        banned: bool,
+        /// Whether it is skipped now for replication lag.
+        lagging: bool,
+        /// Its replay lag at the last probe.
+        lag: Option<Duration>,
+    },
 }

@@ -1,7 +1,7 @@
 //! [`METRICS`]: every metric the exporters emit, with its kind, unit and labels, and how each
 //! is read from a pool's stats.
 
-use pool_core::{HistogramSnapshot, PoolStats};
+use pool_core::{HistogramSnapshot, PoolStats, Routing};
 
 /// What kind of instrument a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub mod attr {
     pub const STATE: &str = "db.client.connection.state";
     /// Why connections were closed, on `db.client.connection.closed`.
     pub const CLOSE_REASON: &str = "db.client.connection.close.reason";
+    /// `usable`, `banned` or `lagging`, on `db.client.connection.replica.state`.
+    pub const REPLICA_STATE: &str = "db.client.connection.replica.state";
 }
 
 macro_rules! metric {
@@ -62,7 +64,7 @@ macro_rules! metric {
 
 /// Every metric, in the order `docs/metrics.md` lists them: the semantic conventions' first,
 /// then ours.
-pub const METRICS: [Metric; 16] = [
+pub const METRICS: [Metric; 19] = [
     metric!(
         "db.client.connection.count",
         "db_client_connection_count",
@@ -191,6 +193,30 @@ pub const METRICS: [Metric; 16] = [
         [],
         "Connections held past leak_detection_threshold"
     ),
+    metric!(
+        "db.client.connection.fallbacks",
+        "db_client_connection_fallbacks_total",
+        Counter,
+        "{read}",
+        [],
+        "Reads a cluster's primary took because no replica was usable (banned, lagging, behind the read's causal token, or none configured); primaries of a cluster only"
+    ),
+    metric!(
+        "db.client.connection.replica.bans",
+        "db_client_connection_replica_bans_total",
+        Counter,
+        "{ban}",
+        [],
+        "Times a replica was banned for failing to connect or answer; replicas of a cluster only"
+    ),
+    metric!(
+        "db.client.connection.replica.state",
+        "db_client_connection_replica_state",
+        Gauge,
+        "{replica}",
+        [attr::REPLICA_STATE],
+        "1 for the replica's state now (usable, banned, lagging), 0 for the others; replicas of a cluster only"
+    ),
 ];
 
 /// A value of one metric for one pool.
@@ -248,6 +274,27 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
     }));
     out.push(count(14, s.connect_errors));
     out.push(count(15, s.leaks_detected));
+    match s.routing {
+        Some(Routing::Primary { fallbacks }) => out.push(count(16, fallbacks)),
+        Some(Routing::Replica { bans, banned, lagging, .. }) => {
+            out.push(count(17, bans));
+            // A banned replica is banned whatever its lag; the states are exclusive.
+            let now = if banned {
+                "banned"
+            } else if lagging {
+                "lagging"
+            } else {
+                "usable"
+            };
+            out.extend(["usable", "banned", "lagging"].map(|state| Sample {
+                metric: m(18),
+                label: Some((attr::REPLICA_STATE, state)),
+                value: Value::Int(u64::from(state == now)),
+            }));
+        }
+        // Routing is non-exhaustive: a kind of router this catalog does not know yet.
+        Some(_) | None => {}
+    }
     out
 }
 
@@ -298,10 +345,11 @@ mod tests {
                 }
             }
         }
-        let labels: Vec<String> = [attr::POOL_NAME, attr::SYSTEM, attr::STATE, attr::CLOSE_REASON]
-            .iter()
-            .map(|a| a.replace('.', "_"))
-            .collect();
+        let labels: Vec<String> =
+            [attr::POOL_NAME, attr::SYSTEM, attr::STATE, attr::CLOSE_REASON, attr::REPLICA_STATE]
+                .iter()
+                .map(|a| a.replace('.', "_"))
+                .collect();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana");
         let mut checked = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -325,12 +373,31 @@ mod tests {
     /// Prometheus names are what OpenTelemetry's bridge makes of the OpenTelemetry names.
     #[test]
     fn every_metric_has_samples_in_catalog_order() {
-        let stats = PoolStats::default();
-        let mut seen: Vec<&str> = samples(&stats).iter().map(|s| s.metric.name).collect();
+        // A cluster's primary and one of its replicas between them have every metric.
+        let mut primary = PoolStats::default();
+        primary.routing = Some(Routing::Primary { fallbacks: 3 });
+        let mut replica = PoolStats::default();
+        replica.routing =
+            Some(Routing::Replica { bans: 2, banned: false, lagging: true, lag: None });
+        let mut seen: Vec<&str> = samples(&primary).iter().map(|s| s.metric.name).collect();
+        seen.extend(
+            samples(&replica)
+                .iter()
+                .skip(samples(&PoolStats::default()).len())
+                .map(|s| s.metric.name),
+        );
         seen.dedup();
         let all: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
         assert_eq!(seen, all);
-        for s in samples(&stats) {
+        let state: Vec<_> = samples(&replica)
+            .iter()
+            .filter_map(|s| match (s.label, s.value) {
+                (Some((attr::REPLICA_STATE, state)), Value::Int(v)) => Some((state, v)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(state, [("usable", 0), ("banned", 0), ("lagging", 1)]);
+        for s in samples(&primary).into_iter().chain(samples(&replica)) {
             assert_eq!(
                 s.label.map(|(k, _)| k).into_iter().collect::<Vec<_>>(),
                 s.metric.labels.to_vec()

@@ -11,8 +11,10 @@
 //!
 //! Exporters pull: gauges and counters are read from [`Pool::stats`](pool_core::Pool::stats) at
 //! scrape or collection time, so the engine's hot path pays nothing for them. Histograms come
-//! from the engine's own histograms (Prometheus) or are recorded as events happen through
-//! pool-core's observer hook (OpenTelemetry).
+//! from the engine's own histograms (Prometheus) or from pool-core's observer hook, which counts
+//! each event per thread and hands the counts to the SDK at collection (OpenTelemetry).
+//! A cluster's pools (`pool-postgres`) also export their routing: fallbacks, replica bans and
+//! replica state.
 //!
 //! Features: `prometheus` ([`PrometheusCollector`]) and `otel` ([`OtelMetrics`]), both default.
 

@@ -1,12 +1,15 @@
 //! [`OtelMetrics`]: OpenTelemetry instruments on a `Meter` for every pool of a registry.
 //!
 //! Gauges and counters are observable instruments whose callbacks read the pools' stats at
-//! collection time. Histograms are recorded as events happen, through an observer attached to
-//! each pool, with instruments bound to the pool's attributes so a record costs no attribute
-//! lookup.
+//! collection time. Histograms see every event through an observer attached to each pool; the
+//! observer adds the event to per-thread bucket counters (a few plain stores, no lock, no
+//! shared cache line) and the counters are handed to the SDK's histograms, bound to the pool's
+//! attributes, at each collection. Recording into the SDK on the hot path instead takes a mutex
+//! per event (two per checkout) and cost a quarter of the engine's single-task throughput.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -14,6 +17,7 @@ use opentelemetry::metrics::{
     AsyncInstrument, BoundHistogram, Histogram, Meter, ObservableCounter, ObservableUpDownCounter,
 };
 use pool_core::{HISTOGRAM_BOUNDS, ObserveError, Observer, Pool, PoolStats, Registry};
+use thread_local::ThreadLocal;
 
 use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 
@@ -23,6 +27,16 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// added later included. Histograms need an observer on each pool: [`OtelMetrics::new`]
 /// attaches one to every pool registered at that moment, [`OtelMetrics::attach`] to a pool
 /// added later. Keep the value alive as long as metrics should flow.
+///
+/// # Histograms
+///
+/// The observer counts each event in its bucket on the thread where it happens, and every
+/// collection (a periodic reader's tick, `force_flush`, shutdown) first hands the events counted
+/// since the last one to the SDK's histograms. What a collection exports is exact in count,
+/// bucket counts and sum; the SDK's `min` and `max` are those of the per-bucket means (each
+/// bucket's events reach the SDK at their mean value), so they are exact to within a bucket.
+/// The cost on the hot path is a few nanoseconds per event and no lock; the SDK's own cost per
+/// event is paid by the thread that collects.
 ///
 /// # Examples
 ///
@@ -42,6 +56,24 @@ pub struct OtelMetrics {
     _gauges: Vec<ObservableUpDownCounter<i64>>,
     _counters: Vec<ObservableCounter<u64>>,
     histograms: [Histogram<f64>; 3],
+    observers: Arc<Observers>,
+}
+
+/// The histogram observers attached so far, flushed into the SDK at each collection.
+#[derive(Default)]
+struct Observers(Mutex<Vec<Weak<HistogramObserver>>>);
+
+impl Observers {
+    fn flush(&self) {
+        let mut observers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        observers.retain(|weak| match weak.upgrade() {
+            Some(observer) => {
+                observer.flush();
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 impl fmt::Debug for OtelMetrics {
@@ -84,16 +116,24 @@ impl OtelMetrics {
         let mut gauges = Vec::new();
         let mut counters = Vec::new();
         let mut histograms = Vec::new();
+        let observers = Arc::new(Observers::default());
         for metric in &METRICS {
             match metric.kind {
                 Kind::Gauge => {
                     let pools = pools.clone();
+                    // The SDK runs every callback of a collection before it reads any
+                    // instrument, so the histogram events handed over here are in this
+                    // collection. One callback does it for all pools.
+                    let flush = gauges.is_empty().then(|| Arc::downgrade(&observers));
                     gauges.push(
                         meter
                             .i64_observable_up_down_counter(metric.name)
                             .with_unit(metric.unit)
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<i64>| {
+                                if let Some(observers) = flush.as_ref().and_then(Weak::upgrade) {
+                                    observers.flush();
+                                }
                                 observe_all(&pools, metric, |v, a| {
                                     o.observe(i64::try_from(v).unwrap_or(i64::MAX), a)
                                 });
@@ -126,7 +166,7 @@ impl OtelMetrics {
         }
         let histograms: [Histogram<f64>; 3] =
             histograms.try_into().expect("the catalog has three histograms: create, wait, use");
-        let metrics = OtelMetrics { _gauges: gauges, _counters: counters, histograms };
+        let metrics = OtelMetrics { _gauges: gauges, _counters: counters, histograms, observers };
         for pool in pools.pools() {
             metrics.attach(pool.as_ref())?;
         }
@@ -139,21 +179,117 @@ impl OtelMetrics {
     ///
     /// [`ObserveError`] when the pool has another observer attached already.
     pub fn attach(&self, pool: &dyn Pool) -> Result<(), ObserveError> {
-        let attrs = pool_attributes(pool.name(), pool.backend());
+        pool.set_observer(self.observer(pool.name(), pool.backend()))
+    }
+
+    /// A histogram observer for the pool `name` of `backend`, flushed at each collection.
+    fn observer(&self, name: &str, backend: &'static str) -> Arc<HistogramObserver> {
+        let attrs = pool_attributes(name, backend);
         let [create, wait, usage] = &self.histograms;
-        pool.set_observer(Arc::new(HistogramObserver {
-            create: create.bind(&attrs),
-            wait: wait.bind(&attrs),
-            usage: usage.bind(&attrs),
-        }))
+        let observer = Arc::new(HistogramObserver {
+            sdk: [create.bind(&attrs), wait.bind(&attrs), usage.bind(&attrs)],
+            pending: ThreadLocal::new(),
+            flushing: Mutex::new(()),
+        });
+        let mut observers = self.observers.0.lock().unwrap_or_else(PoisonError::into_inner);
+        observers.push(Arc::downgrade(&observer));
+        observer
     }
 }
 
-/// Records one pool's events into bound histograms.
+const CREATE: usize = 0;
+const WAIT: usize = 1;
+const USE: usize = 2;
+const BUCKETS: usize = HISTOGRAM_BOUNDS.len() + 1;
+
+/// [`HISTOGRAM_BOUNDS`] in nanoseconds.
+const BOUNDS_NS: [u64; HISTOGRAM_BOUNDS.len()] = {
+    let mut ns = [0u64; HISTOGRAM_BOUNDS.len()];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (HISTOGRAM_BOUNDS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
+/// Counts one pool's events per thread and hands them to bound SDK histograms on
+/// [`flush`](Self::flush).
 struct HistogramObserver {
-    create: BoundHistogram<f64>,
-    wait: BoundHistogram<f64>,
-    usage: BoundHistogram<f64>,
+    /// The SDK histograms, indexed by [`CREATE`], [`WAIT`], [`USE`].
+    sdk: [BoundHistogram<f64>; 3],
+    pending: ThreadLocal<[Pending; 3]>,
+    /// Serialises flushes (two readers may collect at once): the `flushed` marks are theirs.
+    flushing: Mutex<()>,
+}
+
+/// One thread's events of one histogram: running count and sum (ns) per bucket, written only by
+/// that thread, and how much of them [`HistogramObserver::flush`] has handed over already.
+#[derive(Default)]
+struct Pending {
+    count: [AtomicU64; BUCKETS],
+    sum_ns: [AtomicU64; BUCKETS],
+    flushed_count: [AtomicU64; BUCKETS],
+    flushed_sum_ns: [AtomicU64; BUCKETS],
+}
+
+impl Pending {
+    /// Adds one event. Only the owning thread calls this, so a load and a store (no
+    /// read-modify-write instruction) suffice; the sum is written before the count so that a
+    /// flush never sees a count without its sum.
+    fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // A wait served from the idle list is zero: the first bucket, nothing to add to a sum.
+        let i = if ns == 0 { 0 } else { BOUNDS_NS.partition_point(|&bound| bound < ns) };
+        if ns != 0 {
+            let sum = &self.sum_ns[i];
+            sum.store(sum.load(Ordering::Relaxed).wrapping_add(ns), Ordering::Relaxed);
+        }
+        let count = &self.count[i];
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+}
+
+impl HistogramObserver {
+    fn record(&self, histogram: usize, d: Duration) {
+        self.pending.get_or_default()[histogram].record(d);
+    }
+
+    /// Hands every event counted since the last flush to the SDK: per bucket, its count of
+    /// records at the bucket's mean value (so bucket counts and the sum are exact).
+    fn flush(&self) {
+        let _serial = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
+        for thread in self.pending.iter() {
+            for (pending, sdk) in thread.iter().zip(&self.sdk) {
+                for i in 0..BUCKETS {
+                    let count = pending.count[i].load(Ordering::Acquire);
+                    let new = count - pending.flushed_count[i].load(Ordering::Relaxed);
+                    if new == 0 {
+                        continue;
+                    }
+                    // The sum may already hold part of an event whose count is not visible
+                    // yet; the clamp keeps the mean in its bucket and the next flush takes the
+                    // rest.
+                    let sum = pending.sum_ns[i].load(Ordering::Relaxed);
+                    let new_sum =
+                        sum.wrapping_sub(pending.flushed_sum_ns[i].load(Ordering::Relaxed));
+                    let lo = if i == 0 { 0 } else { BOUNDS_NS[i - 1] + 1 };
+                    let hi = BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX);
+                    let mean_ns = (new_sum / new).clamp(lo.min(hi), hi);
+                    let taken_sum = if mean_ns == new_sum / new { new_sum } else { mean_ns * new };
+                    pending.flushed_count[i].store(count, Ordering::Relaxed);
+                    pending.flushed_sum_ns[i].store(
+                        pending.flushed_sum_ns[i].load(Ordering::Relaxed).wrapping_add(taken_sum),
+                        Ordering::Relaxed,
+                    );
+                    let value = Duration::from_nanos(mean_ns).as_secs_f64();
+                    for _ in 0..new {
+                        sdk.record(value);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for HistogramObserver {
@@ -164,14 +300,80 @@ impl fmt::Debug for HistogramObserver {
 
 impl Observer for HistogramObserver {
     fn acquired(&self, wait: Duration) {
-        self.wait.record(wait.as_secs_f64());
+        self.record(WAIT, wait);
     }
 
     fn released(&self, held: Duration) {
-        self.usage.record(held.as_secs_f64());
+        self.record(USE, held);
     }
 
     fn connected(&self, took: Duration) {
-        self.create.record(took.as_secs_f64());
+        self.record(CREATE, took);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, HistogramDataPoint, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    use super::*;
+
+    /// The use-time histogram of the one pool, as the SDK exports it after a `force_flush`.
+    fn use_time(
+        provider: &SdkMeterProvider,
+        exporter: &InMemoryMetricExporter,
+    ) -> HistogramDataPoint<f64> {
+        exporter.reset();
+        provider.force_flush().unwrap();
+        let exported = exporter.get_finished_metrics().unwrap();
+        let metric = exported
+            .iter()
+            .flat_map(|r| r.scope_metrics())
+            .flat_map(|s| s.metrics())
+            .find(|m| m.name() == "db.client.connection.use_time")
+            .expect("use_time exported");
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+            panic!("{:?}", metric.data())
+        };
+        h.data_points().next().expect("one pool").clone()
+    }
+
+    #[test]
+    fn events_from_many_threads_reach_the_sdk_exactly_at_each_collection() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let metrics = OtelMetrics::new(&provider.meter("t"), Registry::new()).unwrap();
+        let observer = metrics.observer("p", "test");
+        // Per thread: 1 ms, 2 ms (same bucket, ≤ 2.5 ms), 40 ms, and 90 s (past the last bound).
+        let held = [1_000_000u64, 2_000_000, 40_000_000, 90_000_000_000];
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| held.iter().for_each(|&ns| observer.released(Duration::from_nanos(ns))));
+            }
+        });
+        let first = use_time(&provider, &exporter);
+        assert_eq!(first.count(), 16);
+        assert!((first.sum() - 4.0 * 90.043).abs() < 1e-9, "sum {}", first.sum());
+        let counts: Vec<u64> = first.bucket_counts().collect();
+        let bucket = |secs: f64| HISTOGRAM_BOUNDS.partition_point(|&b| b < secs);
+        let mut expected = vec![0u64; BUCKETS];
+        for secs in [0.001, 0.002, 0.040, 90.0] {
+            expected[bucket(secs)] += 4;
+        }
+        assert_eq!(counts, expected);
+
+        // Only what happened since is handed over next time; the SDK's sums stay cumulative.
+        observer.released(Duration::from_millis(5));
+        observer.acquired(Duration::ZERO);
+        let second = use_time(&provider, &exporter);
+        assert_eq!(second.count(), 17);
+        assert!((second.sum() - (4.0 * 90.043 + 0.005)).abs() < 1e-9, "sum {}", second.sum());
+        assert_eq!(second.bucket_counts().nth(bucket(0.005)).unwrap(), 1);
+        // A collection with nothing new changes nothing.
+        assert_eq!(use_time(&provider, &exporter).count(), 17);
     }
 }

@@ -8,11 +8,56 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use pool_core::testing::TestManager;
-use pool_core::{ConnectionPool, Registry};
+use pool_core::{
+    ConnectionPool, Health, ObserveError, Observer, Pool, PoolConfig, PoolStats, Registry,
+    ResizeError, Routing,
+};
 
 use crate::{METRICS, OtelMetrics, render};
 
-/// Two pools, `db` and `cache`, after a scripted sequence; returns them in a registry.
+/// A pool with a router's [`Routing`] in its stats, as `pool-postgres`'s cluster registers its
+/// pools.
+#[derive(Debug)]
+struct Routed(ConnectionPool<TestManager>, Routing);
+
+#[async_trait::async_trait]
+impl Pool for Routed {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn backend(&self) -> &'static str {
+        Pool::backend(&self.0)
+    }
+    fn stats(&self) -> PoolStats {
+        let mut stats = self.0.stats();
+        stats.routing = Some(self.1.clone());
+        stats
+    }
+    fn config(&self) -> PoolConfig {
+        self.0.config()
+    }
+    fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
+        self.0.resize(pool_size, max_overflow)
+    }
+    fn reset_stats(&self) {
+        self.0.reset_stats();
+    }
+    fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
+        self.0.set_observer(observer)
+    }
+    async fn health(&self) -> Health {
+        Pool::health(&self.0).await
+    }
+}
+
+/// Whether only a router's pools have `metric`.
+fn routing_only(metric: &crate::Metric) -> bool {
+    metric.name.contains("fallbacks") || metric.name.contains(".replica.")
+}
+
+/// Two pools, `db` and `cache`, after a scripted sequence; returns them in a registry, with a
+/// third, `db-replica-1`, a banned and lagging replica of `db` (whose stats say `db` took 7
+/// reads for it).
 async fn scripted(before: impl FnOnce(&Registry)) -> Registry {
     let registry = Registry::new();
     let m = TestManager::new();
@@ -25,8 +70,17 @@ async fn scripted(before: impl FnOnce(&Registry)) -> Registry {
         .max_overflow(3)
         .build()
         .unwrap();
-    registry.register(Arc::new(db.clone())).unwrap();
+    let replica = ConnectionPool::builder(m.clone())
+        .name("db-replica-1")
+        .pool_size(1)
+        .max_overflow(0)
+        .min_idle(Some(0))
+        .build()
+        .unwrap();
+    registry.register(Arc::new(Routed(db.clone(), Routing::Primary { fallbacks: 7 }))).unwrap();
     registry.register(Arc::new(cache.clone())).unwrap();
+    let banned = Routing::Replica { bans: 2, banned: true, lagging: true, lag: None };
+    registry.register(Arc::new(Routed(replica, banned))).unwrap();
     before(&registry);
     m.wait_until(|c| c.connects == 3).await;
     while db.state().idle < 2 || cache.state().idle < 1 {
@@ -75,7 +129,7 @@ async fn prometheus_text_matches_the_expected_file_and_parses_back() {
         }
     };
     // Every family, for both pools, with the backend label.
-    for m in &METRICS {
+    for m in METRICS.iter().filter(|m| !routing_only(m)) {
         for pool in ["db", "cache"] {
             let n = scrape
                 .samples
@@ -89,6 +143,22 @@ async fn prometheus_text_matches_the_expected_file_and_parses_back() {
             assert!(n >= 1, "{} missing for {pool}", m.prometheus);
         }
     }
+    // The router's metrics, only on its pools.
+    assert_eq!(value("db_client_connection_fallbacks_total", "db", None), 7.0);
+    assert_eq!(value("db_client_connection_replica_bans_total", "db-replica-1", None), 2.0);
+    let replica = |s| Some(("db_client_connection_replica_state", s));
+    let states = ["usable", "banned", "lagging"]
+        .map(|s| value("db_client_connection_replica_state", "db-replica-1", replica(s)));
+    assert_eq!(states, [0.0, 1.0, 0.0], "banned wins over lagging");
+    let routed = |s: &&prometheus_parse::Sample| {
+        s.metric.contains("fallbacks") || s.metric.contains("replica")
+    };
+    let on_cache = scrape
+        .samples
+        .iter()
+        .filter(routed)
+        .any(|s| s.labels.get("db_client_connection_pool_name") == Some("cache"));
+    assert!(!on_cache, "a pool outside any router has no routing metrics");
     let state = |s| Some(("db_client_connection_state", s));
     assert_eq!(value("db_client_connection_count", "db", state("used")), 0.0);
     assert_eq!(value("db_client_connection_count", "db", state("idle")), 2.0);
@@ -207,5 +277,33 @@ async fn otel_instruments_read_back_through_the_sdk() {
     let db_use =
         usage.data_points().find(|p| attrs(p.attributes().collect()) == pool("db")).unwrap();
     assert_eq!((db_use.count(), db_use.sum()), (2, 0.26));
-    assert_eq!(registry.len(), 2);
+    let AggregatedMetrics::U64(MetricData::Sum(fallbacks)) =
+        find("db.client.connection.fallbacks").data()
+    else {
+        panic!()
+    };
+    let points: Vec<_> =
+        fallbacks.data_points().map(|p| (attrs(p.attributes().collect()), p.value())).collect();
+    assert_eq!(points, [(pool("db"), 7)], "only the primary has fallbacks");
+    let AggregatedMetrics::I64(MetricData::Sum(state)) =
+        find("db.client.connection.replica.state").data()
+    else {
+        panic!()
+    };
+    let mut states: Vec<_> = state
+        .data_points()
+        .map(|p| {
+            let a = attrs(p.attributes().collect());
+            let name = |k: &str| a.iter().find(|(key, _)| key == k).unwrap().1.clone();
+            (
+                name("db.client.connection.pool.name"),
+                name("db.client.connection.replica.state"),
+                p.value(),
+            )
+        })
+        .collect();
+    states.sort();
+    let replica = |state: &str, v| ("db-replica-1".to_owned(), state.to_owned(), v);
+    assert_eq!(states, [replica("banned", 1), replica("lagging", 0), replica("usable", 0)]);
+    assert_eq!(registry.len(), 3);
 }

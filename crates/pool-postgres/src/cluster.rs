@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use pool_core::{AcquireError, CloseError, ConnectionPool, Manager, PoolConfig, Registry};
+use async_trait::async_trait;
+use pool_core::{
+    AcquireError, CloseError, ConnectionPool, Health as PoolHealth, Manager, ObserveError,
+    Observer, Pool, PoolConfig, PoolStats, Registry, ResizeError, Routing,
+};
 use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
 
@@ -285,18 +289,31 @@ impl PgCluster {
     ///
     /// [`ClusterBuildError::Register`] when a name is taken; pools of this cluster registered
     /// before the failure are removed again.
+    ///
+    /// Each pool is registered as a [`Pool`] whose stats carry its [`Routing`]: the primary's
+    /// fallbacks, each replica's bans and lag, so exporters see them like any other stat.
     pub fn register(&self, registry: &Registry) -> Result<(), ClusterBuildError> {
-        let pools =
-            std::iter::once(&self.inner.primary).chain(self.inner.replicas.iter().map(|r| &r.pool));
-        let mut done = Vec::new();
-        for pool in pools {
-            if let Err(e) = registry.register(Arc::new(pool.clone())) {
-                for name in done {
+        let members = std::iter::once(Member {
+            pool: self.inner.primary.clone(),
+            cluster: Arc::downgrade(&self.inner),
+            replica: None,
+        })
+        .chain(self.inner.replicas.iter().enumerate().map(|(i, r)| Member {
+            pool: r.pool.clone(),
+            cluster: Arc::downgrade(&self.inner),
+            replica: Some(i),
+        }));
+        let mut done: Vec<String> = Vec::new();
+        for member in members {
+            // By id (`postgresql:NAME`): a Redis pool may share the bare name.
+            let name = pool_core::pool_id(&member);
+            if let Err(e) = registry.register(Arc::new(member)) {
+                for name in &done {
                     registry.remove(name);
                 }
                 return Err(e.into());
             }
-            done.push(pool.name());
+            done.push(name);
         }
         Ok(())
     }
@@ -631,4 +648,70 @@ async fn query_lsn_once(
         *conn = None;
     }
     result
+}
+
+/// A cluster's pool as the registry holds it: the pool itself, plus its [`Routing`] read from
+/// the cluster (while the cluster lives) on every [`Pool::stats`].
+#[derive(Debug)]
+struct Member {
+    pool: PgPool,
+    cluster: Weak<Inner>,
+    /// `None` for the primary, else the replica's index.
+    replica: Option<usize>,
+}
+
+impl Member {
+    fn routing(&self) -> Option<Routing> {
+        let cluster = self.cluster.upgrade()?;
+        Some(match self.replica {
+            None => Routing::Primary { fallbacks: cluster.fallbacks.load(Relaxed) },
+            Some(i) => {
+                let h = cluster.replicas[i].health();
+                Routing::Replica {
+                    bans: h.bans,
+                    banned: h.banned_until.is_some(),
+                    lagging: h.lagging,
+                    lag: h.lag,
+                }
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Pool for Member {
+    fn name(&self) -> &str {
+        self.pool.name()
+    }
+
+    fn backend(&self) -> &'static str {
+        PgManager::BACKEND
+    }
+
+    fn stats(&self) -> PoolStats {
+        let mut stats = self.pool.stats();
+        stats.routing = self.routing();
+        stats
+    }
+
+    fn config(&self) -> PoolConfig {
+        self.pool.config()
+    }
+
+    fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
+        self.pool.resize(pool_size, max_overflow)
+    }
+
+    /// Zeroes the pool's counters; the cluster's routing counters are the cluster's and stay.
+    fn reset_stats(&self) {
+        self.pool.reset_stats();
+    }
+
+    fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
+        self.pool.set_observer(observer)
+    }
+
+    async fn health(&self) -> PoolHealth {
+        Pool::health(&self.pool).await
+    }
 }

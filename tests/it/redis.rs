@@ -409,3 +409,77 @@ async fn unreachable_server_and_bad_urls_give_errors_naming_them() -> TestResult
     }
     Ok(())
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the throwaway server's process.
+fn signal(redis: &RedisInstance, signal: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let pid = redis.pid().ok_or("the throwaway redis-server is not running")?;
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        return Err(format!("kill -{signal} {pid} failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// A server that stops answering (SIGSTOP: the socket stays open, nothing comes back) must not
+/// leave commands on the shared clients hanging past `command_timeout` (a heuristic that waits
+/// for the socket to go quiet would never fire while other tasks keep writing), with or without
+/// `retry_on_timeout`, and the clients must work again by themselves once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_commands_fail_when_the_server_stops_answering_and_heal_after() -> TestResult {
+    let redis = RedisInstance::start()?;
+    let settings = small().command_timeout(Some(Duration::from_secs(1))).retry_on_timeout(true);
+    let pool = RedisPool::connect("main", &redis.url(), settings).await?;
+    pool.shared().set::<(), _, _>("k", 1, None, None, false).await?;
+
+    signal(&redis, "STOP")?;
+    // Load from other tasks keeps writing to the shared clients the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let _ = pool.shared().incr::<i64, _>("load").await;
+                }
+            })
+        })
+        .collect();
+    // The guard only turns a hang into a clear failure.
+    let hung = "a GET on a shared client still waits 30 s after the server stopped answering";
+    let get = tokio::time::timeout(Duration::from_secs(30), pool.shared().get::<i64, _>("k"));
+    let err = get.await.map_err(|_| hung)?.expect_err("the server is stopped, yet GET answered");
+    assert_eq!(*err.kind(), ErrorKind::Timeout, "{err:?}");
+    let idempotent = pool.idempotent(|c| async move { c.get::<i64, _>("k").await });
+    let retried =
+        tokio::time::timeout(Duration::from_secs(30), idempotent).await.map_err(|_| hung)?;
+    let retried = retried.expect_err("the server is stopped, yet GET answered");
+    assert_eq!(*retried.kind(), ErrorKind::Timeout, "{retried:?}");
+    assert_eq!(pool.stats().retries, 1, "retry_on_timeout retried the idempotent GET once");
+    stop.store(true, Relaxed);
+    for task in load {
+        task.await?;
+    }
+
+    signal(&redis, "CONT")?;
+    let healed = Instant::now();
+    loop {
+        match pool.shared().get::<i64, _>("k").await {
+            Ok(v) => {
+                assert_eq!(v, 1);
+                break;
+            }
+            // Polling the condition itself: the reconnect has no event to await.
+            Err(_) if healed.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(format!("shared clients did not heal after SIGCONT: {e:?}").into());
+            }
+        }
+    }
+    pool.close().await?;
+    Ok(())
+}

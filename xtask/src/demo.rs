@@ -59,6 +59,9 @@ max_connections = 16
         ),
     )?;
     println!("demo config: {}", config.display());
+    // The token rides in the URL's fragment, which the browser keeps to itself: the page reads
+    // it, keeps it for the tab and drops it from the address bar.
+    println!("dashboard:   http://{listen}/dashboard/#token={}", percent_encode(&token));
     println!("admin API:   http://{listen}/api/v1/admin/connection-pools/stats");
     println!("metrics:     http://{listen}/metrics");
     println!("token:       {token}");
@@ -82,4 +85,18 @@ max_connections = 16
     drop(primary);
     drop(services);
     code
+}
+
+/// `value` with everything but RFC 3986's unreserved characters percent-encoded, so that a
+/// chosen token survives as one URL parameter.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

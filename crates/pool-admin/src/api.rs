@@ -1,5 +1,6 @@
 //! The admin API as an axum [`Router`]: stats, health, optimize, config, reset-stats, resize,
-//! the OpenAPI document and `/metrics`, behind a bearer token.
+//! the OpenAPI document and `/metrics`, behind a bearer token; and the dashboard's page, whose
+//! data comes from those routes (see [`crate::dashboard`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use pool_core::{LookupError, Pool, PoolStats, Registry, pool_id};
+use pool_core::{HISTOGRAM_BOUNDS, LookupError, Pool, PoolStats, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
 use pool_postgres::PgCluster;
 use serde::Deserialize;
@@ -39,6 +40,7 @@ struct Inner {
     clusters: BTreeMap<String, PgCluster>,
     token: Secret,
     metrics_open: bool,
+    dashboard: bool,
     health_timeout: Duration,
     budgets: Vec<Budget>,
     settings: Settings,
@@ -55,6 +57,7 @@ impl AdminState {
             token,
             clusters: BTreeMap::new(),
             metrics_open: false,
+            dashboard: true,
             health_timeout: Duration::from_secs(2),
             budgets: Vec::new(),
             config: Value::Null,
@@ -108,6 +111,7 @@ pub struct AdminStateBuilder {
     token: Secret,
     clusters: BTreeMap<String, PgCluster>,
     metrics_open: bool,
+    dashboard: bool,
     health_timeout: Duration,
     budgets: Vec<Budget>,
     config: Value,
@@ -123,6 +127,14 @@ impl AdminStateBuilder {
     /// Serve `/metrics` without the token.
     pub fn metrics_open(mut self, open: bool) -> Self {
         self.metrics_open = open;
+        self
+    }
+
+    /// Serve the dashboard's page at `/dashboard/` [true]. Its HTML, CSS and JS are served
+    /// without the token because they hold no data; the page fetches every number from the
+    /// API routes with the token.
+    pub fn dashboard(mut self, serve: bool) -> Self {
+        self.dashboard = serve;
         self
     }
 
@@ -154,6 +166,7 @@ impl AdminStateBuilder {
                 clusters: self.clusters,
                 token: self.token,
                 metrics_open: self.metrics_open,
+                dashboard: self.dashboard,
                 health_timeout: self.health_timeout,
                 budgets: self.budgets,
                 settings: Settings::default(),
@@ -219,7 +232,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 
 /// The admin router. Mount it in your own app, or serve it with `pool-admin serve`.
 ///
-/// Every route needs `Authorization: Bearer <token>`; `/metrics` too unless opened.
+/// Every API route needs `Authorization: Bearer <token>`; `/metrics` too unless opened. The
+/// dashboard's static page under `/dashboard/` (unless turned off) is served without it and
+/// asks the API for its data with the token the user gives it.
 pub fn router(state: AdminState) -> Router {
     let admin = Router::new()
         .route(&format!("{PREFIX}/stats"), get(stats))
@@ -236,8 +251,9 @@ pub fn router(state: AdminState) -> Router {
     } else {
         metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
     };
+    let admin = admin.merge(metrics);
+    let admin = if state.inner.dashboard { admin.merge(crate::dashboard::routes()) } else { admin };
     admin
-        .merge(metrics)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -294,6 +310,7 @@ pub(crate) fn pool_json(s: &PoolStats) -> Value {
         "closed_by_reason": closed,
         "wait_time_p50": secs(s.wait_time.quantile(0.5)),
         "wait_time_p99": secs(s.wait_time.quantile(0.99)),
+        "wait_time_histogram": { "bounds": HISTOGRAM_BOUNDS, "counts": s.wait_time.counts },
         "use_time_mean": secs(s.use_time.mean()),
         "use_time_p99": secs(s.use_time.quantile(0.99)),
         "connect_time_mean": secs(s.connect_time.mean()),

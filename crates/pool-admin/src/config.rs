@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     /// Serve `/metrics` without the token [false].
     pub metrics_open: bool,
+    /// Serve the dashboard's page at `/dashboard/` [true]. The page holds no data: it asks the
+    /// API for it with the token, like any other client.
+    pub dashboard: bool,
     /// Run the auto-tuner [false].
     pub auto_tune: bool,
     /// Seconds between the optimizer's stats samples [10].
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             token: None,
             metrics_open: false,
+            dashboard: true,
             auto_tune: false,
             sample_interval: 10.0,
             health_timeout: 2.0,

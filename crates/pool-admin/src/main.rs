@@ -112,11 +112,19 @@ async fn main() -> ExitCode {
             println!("  metrics:   {base}/metrics");
             println!("  openapi:   {base}/api/v1/admin/openapi.json");
             if server.token_was_generated() {
-                println!(
-                    "  token:     {} (generated; set POOL_ADMIN_TOKEN to choose one)",
-                    server.token().expose()
-                );
+                let token = server.token().expose();
+                if config.admin.dashboard {
+                    // The fragment never reaches the server; the page takes the token from it.
+                    println!("  dashboard: {base}{}#token={token}", pool_admin::dashboard::PATH);
+                }
+                println!("  token:     {token} (generated; set POOL_ADMIN_TOKEN to choose one)");
             } else {
+                if config.admin.dashboard {
+                    println!(
+                        "  dashboard: {base}{} (sign in with the token)",
+                        pool_admin::dashboard::PATH
+                    );
+                }
                 println!("  token:     from the configuration (POOL_ADMIN_TOKEN or admin.token)");
             }
             println!("  try: curl -H 'Authorization: Bearer <token>' {base}{PREFIX}/stats");

@@ -75,6 +75,7 @@ impl Server {
         let state = AdminState::builder(pools.registry.clone(), token.clone())
             .clusters(pools.clusters.clone())
             .metrics_open(config.admin.metrics_open)
+            .dashboard(config.admin.dashboard)
             .health_timeout(secs(config.admin.health_timeout).unwrap_or(Duration::from_secs(2)))
             .budgets(pools.budgets.clone())
             .config(serde_json::to_value(config).unwrap_or_default())

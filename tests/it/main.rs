@@ -1,8 +1,9 @@
 //! The workspace's one integration test binary; each module tests one area against real servers.
 
-mod admin;
+mod admin; // pool-admin over a real socket: stats, reset, resize, health flips, metrics
+mod dashboard; // pool-admin's dashboard in headless Chromium: charts, numbers, resize, auth
 mod harness; // the throwaway PostgreSQL and Redis launchers themselves
-mod metrics;
-mod optimizer;
+mod metrics; // pool-metrics over real postgres and redis pools, both exporters
+mod optimizer; // the auto-tuner in a closed loop against real postgres
 mod postgres; // pool-postgres: the guard, reset on return, broken connections, restarts, lifetimes, replicas
-mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools // pool-admin over a real socket: stats, reset, resize, health flips, metrics // pool-metrics over real postgres and redis pools, both exporters // the auto-tuner in a closed loop against real postgres
+mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools

@@ -1,14 +1,65 @@
-//! `cargo xtask test`: the workspace's tests against running services, as CI runs them.
+//! `cargo xtask test`: the workspace's tests against running services, as CI runs them, with
+//! the headless browser that the dashboard's end-to-end test drives.
 
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{Command, ExitCode};
 
 use crate::services::{Needs, Services};
 
-/// Brings the services up and runs `cargo test --workspace -j2 <args>` with `DATABASE_URL`
-/// and `REDIS_URL` set; servers this call started itself are stopped afterwards.
+/// Debian's packages for the dashboard's browser test: Chromium and its WebDriver.
+const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
+
+/// Where those packages put the two binaries the test runs.
+const BROWSER_BINARIES: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromedriver"];
+
+/// Installs the browser if needed, brings the services up and runs
+/// `cargo test --workspace -j2 <args>` with `DATABASE_URL` and `REDIS_URL` set; servers this
+/// call started itself are stopped afterwards.
 pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    if let Err(e) = ensure_browser() {
+        // The other tests can still run; the browser test fails and says how to install it.
+        eprintln!("xtask test: {e:#}");
+    }
     let services = Services::ensure(Needs { postgres: true, redis: true })?;
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "-j2"]).args(args).envs(services.env());
     crate::exit_code_of(cmd)
+}
+
+/// Installs Debian's `chromium` and `chromium-driver` with apt-get when either binary is
+/// missing (no browser download of its own: the packages come from the distribution's
+/// mirrors); refreshes the package lists and tries once more when the first install fails.
+///
+/// # Errors
+///
+/// When apt-get is missing or the install fails, with the command to run by hand.
+pub(crate) fn ensure_browser() -> anyhow::Result<()> {
+    if BROWSER_BINARIES.iter().all(|b| Path::new(b).exists()) {
+        return Ok(());
+    }
+    let hint = "install them with `apt-get install chromium chromium-driver` (as root)";
+    eprintln!(
+        "installing {} for the dashboard's browser test (apt-get) ...",
+        BROWSER_PACKAGES.join(" and ")
+    );
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| anyhow::anyhow!("cannot run apt-get ({e}); {hint}"))?;
+        Ok(status.success())
+    };
+    let install: Vec<&str> =
+        ["install", "-y", "--no-install-recommends"].into_iter().chain(BROWSER_PACKAGES).collect();
+    if !apt(&install)? {
+        eprintln!("apt-get install failed; refreshing the package lists and trying again");
+        if !apt(&["update"])? || !apt(&install)? {
+            anyhow::bail!("could not install {}; {hint}", BROWSER_PACKAGES.join(" and "));
+        }
+    }
+    match BROWSER_BINARIES.iter().find(|b| !Path::new(b).exists()) {
+        Some(missing) => anyhow::bail!("{missing} is still missing after the install; {hint}"),
+        None => Ok(()),
+    }
 }

@@ -130,7 +130,7 @@ impl AdminStateBuilder {
         self
     }
 
-    /// Serve the dashboard's page at `/dashboard/` [true]. Its HTML, CSS and JS are served
+    /// Serve the dashboard's page at `/dashboard/` \[true\]. Its HTML, CSS and JS are served
     /// without the token because they hold no data; the page fetches every number from the
     /// API routes with the token.
     pub fn dashboard(mut self, serve: bool) -> Self {
@@ -138,7 +138,7 @@ impl AdminStateBuilder {
         self
     }
 
-    /// How long one pool's active health check may take [2 s].
+    /// How long one pool's active health check may take \[2 s\].
     pub fn health_timeout(mut self, timeout: Duration) -> Self {
         self.health_timeout = timeout;
         self

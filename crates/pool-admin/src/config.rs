@@ -22,7 +22,7 @@ pub struct AdminConfig {
     pub postgres: BTreeMap<String, PostgresConfig>,
     /// Redis pools by name (`main`, `cache`...), all on `redis_url`.
     pub redis: BTreeMap<String, RedisPoolConfig>,
-    /// The Redis server's URL [`redis://127.0.0.1:6379`] (`REDIS_URL`).
+    /// The Redis server's URL \[`redis://127.0.0.1:6379`\] (`REDIS_URL`).
     pub redis_url: Secret,
 }
 
@@ -30,21 +30,21 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Where to listen [`127.0.0.1:9187`] (`POOL_ADMIN_LISTEN`).
+    /// Where to listen \[`127.0.0.1:9187`\] (`POOL_ADMIN_LISTEN`).
     pub listen: SocketAddr,
     /// The bearer token every admin route requires (`POOL_ADMIN_TOKEN`). Without one the server
     /// listens only on loopback, and every admin route answers 401.
     pub token: Option<Secret>,
-    /// Serve `/metrics` without the token [false].
+    /// Serve `/metrics` without the token \[false\].
     pub metrics_open: bool,
-    /// Serve the dashboard's page at `/dashboard/` [true]. The page holds no data: it asks the
+    /// Serve the dashboard's page at `/dashboard/` \[true\]. The page holds no data: it asks the
     /// API for it with the token, like any other client.
     pub dashboard: bool,
-    /// Run the auto-tuner [false].
+    /// Run the auto-tuner \[false\].
     pub auto_tune: bool,
-    /// Seconds between the optimizer's stats samples [10].
+    /// Seconds between the optimizer's stats samples \[10\].
     pub sample_interval: f64,
-    /// Seconds an active health check may take [2].
+    /// Seconds an active health check may take \[2\].
     pub health_timeout: f64,
 }
 
@@ -70,19 +70,19 @@ pub struct PostgresConfig {
     pub url: Secret,
     /// Read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated, for `main`).
     pub replicas: Vec<Secret>,
-    /// Connections kept [10] (`DATABASE_POOL_SIZE`).
+    /// Connections kept \[10\] (`DATABASE_POOL_SIZE`).
     pub pool_size: usize,
-    /// Extra connections under load [20] (`DATABASE_POOL_OVERFLOW`).
+    /// Extra connections under load \[20\] (`DATABASE_POOL_OVERFLOW`).
     pub max_overflow: usize,
-    /// Seconds an acquire may wait [30] (`DATABASE_POOL_TIMEOUT`).
+    /// Seconds an acquire may wait \[30\] (`DATABASE_POOL_TIMEOUT`).
     pub pool_timeout: f64,
-    /// Seconds a connection lives; 0 or less keeps them [3600] (`DATABASE_POOL_RECYCLE`).
+    /// Seconds a connection lives; 0 or less keeps them \[3600\] (`DATABASE_POOL_RECYCLE`).
     pub pool_recycle: f64,
-    /// Seconds one connect may take [5].
+    /// Seconds one connect may take \[5\].
     pub connect_timeout: f64,
-    /// Check a connection idle over 500 ms before handing it out [true].
+    /// Check a connection idle over 500 ms before handing it out \[true\].
     pub pool_pre_ping: bool,
-    /// Seconds of replay lag past which a replica is skipped [10].
+    /// Seconds of replay lag past which a replica is skipped \[10\].
     pub max_replica_lag: f64,
     /// Connections this application's pools may open on each server (primary and each
     /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
@@ -111,19 +111,19 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisPoolConfig {
-    /// Exclusive connections kept [10] (`REDIS_POOL_SIZE` for `main`).
+    /// Exclusive connections kept \[10\] (`REDIS_POOL_SIZE` for `main`).
     pub pool_size: usize,
-    /// Most exclusive connections [20] (`REDIS_MAX_CONNECTIONS` for `main`).
+    /// Most exclusive connections \[20\] (`REDIS_MAX_CONNECTIONS` for `main`).
     pub max_connections: usize,
-    /// Shared multiplexed clients [1].
+    /// Shared multiplexed clients \[1\].
     pub shared_clients: usize,
-    /// TCP keepalive on every socket [true].
+    /// TCP keepalive on every socket \[true\].
     pub socket_keepalive: bool,
-    /// Retry idempotent commands that timed out, once [false].
+    /// Retry idempotent commands that timed out, once \[false\].
     pub retry_on_timeout: bool,
-    /// Seconds between health checks; 0 turns them off [30].
+    /// Seconds between health checks; 0 turns them off \[30\].
     pub health_check_interval: f64,
-    /// Seconds an exclusive checkout may wait [30].
+    /// Seconds an exclusive checkout may wait \[30\].
     pub pool_timeout: f64,
 }
 

@@ -13,38 +13,38 @@ use crate::pool::ConnectionPool;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PoolConfig {
-    /// Connections kept open [10].
+    /// Connections kept open \[10\].
     pub pool_size: usize,
-    /// Extra connections opened under load and retired once idle for `idle_timeout` [20].
+    /// Extra connections opened under load and retired once idle for `idle_timeout` \[20\].
     pub max_overflow: usize,
-    /// How long [`acquire`](ConnectionPool::acquire) may wait in all [30 s].
+    /// How long [`acquire`](ConnectionPool::acquire) may wait in all \[30 s\].
     pub pool_timeout: Duration,
-    /// How long one connect attempt, one check or one reset may take [5 s].
+    /// How long one connect attempt, one check or one reset may take \[5 s\].
     pub connect_timeout: Duration,
-    /// Maximum lifetime of a connection [1 h]; `None` keeps connections forever.
+    /// Maximum lifetime of a connection \[1 h\]; `None` keeps connections forever.
     /// A connection in use is never closed under its user: it is retired on return.
     pub pool_recycle: Option<Duration>,
-    /// Negative jitter applied to each connection's lifetime, as a fraction [0.05]: a connection
+    /// Negative jitter applied to each connection's lifetime, as a fraction \[0.05\]: a connection
     /// lives between `pool_recycle × (1 − jitter)` and `pool_recycle`, so connections opened
     /// together do not expire together.
     pub recycle_jitter: f64,
-    /// Check a connection before handing it out [true], but only if it sat idle longer than
+    /// Check a connection before handing it out \[true\], but only if it sat idle longer than
     /// `pre_ping_bypass`. Never on release.
     pub pool_pre_ping: bool,
-    /// A connection used within this window is handed out without a check [500 ms].
+    /// A connection used within this window is handed out without a check \[500 ms\].
     pub pre_ping_bypass: Duration,
-    /// Hand out the most recently returned idle connection [true]; `false` means FIFO.
+    /// Hand out the most recently returned idle connection \[true\]; `false` means FIFO.
     pub pool_use_lifo: bool,
     /// Connections opened at start-up and kept open while idle; `None` means `pool_size`.
     pub min_idle: Option<usize>,
-    /// Idle connections beyond `min_idle` are retired after sitting idle this long [60 s].
+    /// Idle connections beyond `min_idle` are retired after sitting idle this long \[60 s\].
     pub idle_timeout: Option<Duration>,
-    /// Period of the maintenance task [30 s]: it checks connections idle for a whole period,
+    /// Period of the maintenance task \[30 s\]: it checks connections idle for a whole period,
     /// retires expired and idle-timed-out ones, and tops up `min_idle`. `None` disables it.
     pub health_check_interval: Option<Duration>,
-    /// At most this many connects in flight at once [2].
+    /// At most this many connects in flight at once \[2\].
     pub max_connecting: usize,
-    /// Report a connection held longer than this [off].
+    /// Report a connection held longer than this \[off\].
     pub leak_detection_threshold: Option<Duration>,
 }
 

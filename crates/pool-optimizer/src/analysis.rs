@@ -12,24 +12,24 @@ use crate::window::Window;
 #[non_exhaustive]
 pub struct Settings {
     /// Target probability that a checkout waits at all; sets β of the square-root headroom
-    /// [0.05].
+    /// \[0.05\].
     pub wait_probability: f64,
-    /// A 90th-percentile wait above this is "high" [10 ms].
+    /// A 90th-percentile wait above this is "high" \[10 ms\].
     pub wait_target: Duration,
     /// Hold time up by this factor from the older to the newer half of the recent windows,
-    /// while load rose, means the database is saturating [1.3].
+    /// while load rose, means the database is saturating \[1.3\].
     pub hold_rise: f64,
-    /// Checkouts per second up by this factor counts as load rising [1.1].
+    /// Checkouts per second up by this factor counts as load rising \[1.1\].
     pub load_rise: f64,
     /// An idle share above this in every recent window, with more connections than the load
-    /// needs, suggests shrinking [0.25].
+    /// needs, suggests shrinking \[0.25\].
     pub idle_share: f64,
     /// Overflow in use in at least this share of the recent windows means `pool_size` is too
-    /// small [0.5].
+    /// small \[0.5\].
     pub overflow_share: f64,
-    /// How many of the latest windows the analysis reads [6].
+    /// How many of the latest windows the analysis reads \[6\].
     pub recent_windows: usize,
-    /// No recommendation from fewer windows than this [3].
+    /// No recommendation from fewer windows than this \[3\].
     pub min_windows: usize,
 }
 

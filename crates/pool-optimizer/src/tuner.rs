@@ -18,18 +18,18 @@ use crate::window::Window;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TunerSettings {
-    /// Windows in a row that must agree on a direction before a change [3].
+    /// Windows in a row that must agree on a direction before a change \[3\].
     pub agree: usize,
-    /// Windows after a change before the next one (and before a step up is judged) [3].
+    /// Windows after a change before the next one (and before a step up is judged) \[3\].
     pub cooldown: usize,
-    /// Largest step up, as a fraction of the current `pool_size` (at least 1) [0.5].
+    /// Largest step up, as a fraction of the current `pool_size` (at least 1) \[0.5\].
     pub max_grow: f64,
-    /// Largest step down, as a fraction of the current `pool_size` (at least 1) [0.25].
+    /// Largest step down, as a fraction of the current `pool_size` (at least 1) \[0.25\].
     pub max_shrink: f64,
     /// A step up must raise checkouts per second by this fraction, or cut the p90 wait by
-    /// 30%, to be kept [0.05].
+    /// 30%, to be kept \[0.05\].
     pub min_gain: f64,
-    /// Never below this `pool_size` [1].
+    /// Never below this `pool_size` \[1\].
     pub min_pool_size: usize,
 }
 

@@ -124,26 +124,26 @@ impl ClusterBuilder {
         self
     }
 
-    /// How long a replica that failed stays out of rotation before it is tried again [30 s].
+    /// How long a replica that failed stays out of rotation before it is tried again \[30 s\].
     pub fn ban_duration(mut self, duration: Duration) -> Self {
         self.ban_duration = duration;
         self
     }
 
     /// How long a read waits for a replica's connection before it tries another replica or the
-    /// primary [2 s]. A replica whose connects failed during that wait is banned.
+    /// primary \[2 s\]. A replica whose connects failed during that wait is banned.
     pub fn replica_timeout(mut self, timeout: Duration) -> Self {
         self.replica_timeout = timeout;
         self
     }
 
-    /// Replay lag beyond which a replica is skipped [10 s]; `None` never skips for lag.
+    /// Replay lag beyond which a replica is skipped \[10 s\]; `None` never skips for lag.
     pub fn max_replica_lag(mut self, lag: Option<Duration>) -> Self {
         self.max_replica_lag = lag;
         self
     }
 
-    /// Period of the lag probe [1 s]; `None` turns it off (no lag awareness, and banned replicas
+    /// Period of the lag probe \[1 s\]; `None` turns it off (no lag awareness, and banned replicas
     /// are retried by reads once their ban ends).
     pub fn lag_probe_interval(mut self, interval: Option<Duration>) -> Self {
         self.lag_probe_interval = interval;

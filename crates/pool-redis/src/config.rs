@@ -174,38 +174,38 @@ fn env_usize(
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct PoolSettings {
-    /// Exclusive connections kept open and warm [10] (`REDIS_POOL_SIZE`).
+    /// Exclusive connections kept open and warm \[10\] (`REDIS_POOL_SIZE`).
     pub pool_size: usize,
-    /// Most exclusive connections open at once [20] (`REDIS_MAX_CONNECTIONS`); those above
+    /// Most exclusive connections open at once \[20\] (`REDIS_MAX_CONNECTIONS`); those above
     /// `pool_size` close after `idle_timeout` idle.
     pub max_connections: usize,
-    /// Multiplexed clients shared round-robin by [`shared`](crate::RedisPool::shared) [1].
+    /// Multiplexed clients shared round-robin by [`shared`](crate::RedisPool::shared) \[1\].
     /// One fred client drives its socket from one task; on 2 cores one client is fastest
     /// (measured: 2 clients halve throughput at 64+ tasks), more pay off on many cores.
     pub shared_clients: usize,
-    /// TCP keepalive on every socket [true]: first probe after 60 s idle, then every 10 s.
+    /// TCP keepalive on every socket \[true\]: first probe after 60 s idle, then every 10 s.
     pub socket_keepalive: bool,
-    /// Retry a command that timed out, once, on another shared client [false]; only through
+    /// Retry a command that timed out, once, on another shared client \[false\]; only through
     /// [`idempotent`](crate::RedisPool::idempotent), which is for idempotent, non-blocking
     /// commands. Nothing else is ever retried: fred is told never to resend a command.
     pub retry_on_timeout: bool,
     /// Ping an exclusive connection before handing it out if it sat idle longer than this, ping
-    /// idle ones in the background, and ping the shared clients on this period [30 s].
+    /// idle ones in the background, and ping the shared clients on this period \[30 s\].
     /// `None` turns all three off.
     pub health_check_interval: Option<Duration>,
-    /// How long one command may take before it fails with a timeout [5 s]; `None` waits
+    /// How long one command may take before it fails with a timeout \[5 s\]; `None` waits
     /// forever. Applies to every client: a blocking command that may block longer must say so
     /// (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
     pub command_timeout: Option<Duration>,
-    /// How long one connect attempt (TCP, `HELLO`/`AUTH`, `SELECT`) may take [5 s].
+    /// How long one connect attempt (TCP, `HELLO`/`AUTH`, `SELECT`) may take \[5 s\].
     pub connect_timeout: Duration,
-    /// How long an exclusive checkout may wait for a connection [30 s].
+    /// How long an exclusive checkout may wait for a connection \[30 s\].
     pub pool_timeout: Duration,
-    /// Exclusive connections above `pool_size` idle this long are closed [60 s].
+    /// Exclusive connections above `pool_size` idle this long are closed \[60 s\].
     pub idle_timeout: Option<Duration>,
-    /// Maximum lifetime of an exclusive connection, with a little negative jitter [1 h].
+    /// Maximum lifetime of an exclusive connection, with a little negative jitter \[1 h\].
     pub pool_recycle: Option<Duration>,
-    /// The longest delay between two reconnect attempts of one client [2 s]; delays grow
+    /// The longest delay between two reconnect attempts of one client \[2 s\]; delays grow
     /// exponentially from 50 ms with up to 50 ms of jitter.
     pub max_reconnect_delay: Duration,
 }

@@ -84,6 +84,9 @@ pub struct PostgresConfig {
     pub pool_pre_ping: bool,
     /// Seconds of replay lag past which a replica is skipped \[10\].
     pub max_replica_lag: f64,
+    /// Seconds a replica that failed to connect or answer stays out of rotation before it is
+    /// tried again \[30\].
+    pub replica_ban: f64,
     /// Connections this application's pools may open on each server (primary and each
     /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
     /// read from each server at start (`max_connections` less reserved connections).
@@ -102,6 +105,7 @@ impl Default for PostgresConfig {
             connect_timeout: 5.0,
             pool_pre_ping: true,
             max_replica_lag: 10.0,
+            replica_ban: 30.0,
             connection_budget: None,
         }
     }
@@ -365,6 +369,7 @@ impl AdminConfig {
                 ("pool_timeout", pg.pool_timeout),
                 ("connect_timeout", pg.connect_timeout),
                 ("max_replica_lag", pg.max_replica_lag),
+                ("replica_ban", pg.replica_ban),
             ] {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(invalid(

@@ -89,7 +89,8 @@ impl Pools {
             let mut builder = PgCluster::builder(name.clone(), manager)
                 .config(pool_config.clone())
                 .replica_config(pool_config)
-                .max_replica_lag(secs(pg.max_replica_lag));
+                .max_replica_lag(secs(pg.max_replica_lag))
+                .ban_duration(secs(pg.replica_ban).unwrap_or(Duration::from_secs(30)));
             for url in &pg.replicas {
                 builder = builder
                     .replica(PgManager::from_url(url.expose()).map_err(|e| err(e.to_string()))?);

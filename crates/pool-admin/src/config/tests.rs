@@ -162,6 +162,11 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
+            Some("[postgres.main]\nreplica_ban = 0\n"),
+            "invalid value for postgres.main.replica_ban = 0 from TOML file",
+        ),
+        (
+            &[],
             Some("[admin]\nhealth_timeout = -1\n"),
             "invalid value for admin.health_timeout = -1 from TOML file",
         ),

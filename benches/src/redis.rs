@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// Shared clients of our pool (`PoolSettings::shared_clients`); its default when unset.
     #[arg(long)]
     shared_clients: Option<usize>,
+    /// Our pool without `command_timeout` (its default, 5 s, arms a timer per command, as
+    /// fred's peers here do not): shows what the timeouts cost.
+    #[arg(long)]
+    no_command_timeout: bool,
 }
 
 const CONNECTIONS: usize = 10;
@@ -68,6 +72,9 @@ impl Subject {
                 .max_connections(CONNECTIONS);
             if let Some(n) = args.shared_clients {
                 settings = settings.shared_clients(n);
+            }
+            if args.no_command_timeout {
+                settings = settings.command_timeout(None);
             }
             pool_redis::RedisPool::connect("bench", url, settings).await
         };

@@ -219,7 +219,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                     anyhow::Ok(())
                 }
             };
-            report::timed_tasks(scenario, tasks, name, run_for, op).await
+            report::timed_tasks(&args.common, scenario, tasks, name, op).await
         })
     })?;
     println!();

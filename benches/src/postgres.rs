@@ -194,7 +194,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                     async move { subject.op().await }
                 }
             };
-            let row = report::timed_tasks(scenario, tasks, name, run_for, op).await;
+            let row = report::timed_tasks(&args.common, scenario, tasks, name, op).await;
             subject.close().await;
             row
         })

@@ -180,7 +180,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         conn.set::<_, _, ()>(KEY, "value").await?;
         anyhow::Ok(())
     })?;
-    let run_for = args.common.run_for();
     let pools: Vec<&str> =
         POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
     let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
@@ -194,7 +193,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
                     async move { subject.op().await }
                 }
             };
-            let row = report::timed_tasks(scenario, tasks, subject.name(), run_for, op).await?;
+            let row =
+                report::timed_tasks(&args.common, scenario, tasks, subject.name(), op).await?;
             subject.close().await;
             anyhow::Ok(row)
         })

@@ -107,6 +107,13 @@ pub(crate) struct Common {
     /// Task counts of the contended scenarios.
     #[arg(long, value_delimiter = ',', default_values_t = vec![16, 64, 256])]
     pub(crate) tasks: Vec<usize>,
+    /// Also run a `paced` scenario at each task count: the tasks together start this many
+    /// operations per second (open loop, on tokio's 1 ms timer, so arrivals come in small
+    /// bursts) instead of starting the next as soon as one ends. Set it below every pool's
+    /// throughput to compare latencies at the same load; a pool that cannot keep up falls
+    /// behind and reports fewer ops/s.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
 }
 
 impl Common {
@@ -126,6 +133,9 @@ pub(crate) fn run_rounds(
 ) -> anyhow::Result<Vec<Row>> {
     let mut scenarios = vec![("single", 1usize)];
     scenarios.extend(common.tasks.iter().map(|&t| ("contended", t)));
+    if common.rate.is_some() {
+        scenarios.extend(common.tasks.iter().map(|&t| ("paced", t)));
+    }
     let mut rows = Vec::new();
     for (scenario, tasks) in scenarios {
         let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
@@ -144,27 +154,36 @@ pub(crate) fn run_rounds(
     Ok(rows)
 }
 
-/// `tasks` tasks calling `op` back to back for `run_for`, every call timed; the row for `pool`.
+/// `tasks` tasks calling `op` for `common.seconds`, every call timed; the row for `pool`. In
+/// the `paced` scenario the tasks start `common.rate` calls per second between them (task `k`
+/// at `start + (k + n·tasks) / rate`), else each starts its next call when one ends.
 pub(crate) async fn timed_tasks<F, Fut>(
+    common: &Common,
     scenario: &str,
     tasks: usize,
     pool: &str,
-    run_for: Duration,
     op: F,
 ) -> anyhow::Result<Row>
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
+    let run_for = common.run_for();
+    let pace = common.rate.filter(|_| scenario == "paced").map(|rate| tasks as f64 / rate);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = std::time::Instant::now();
     let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|k| {
             let (op, stop) = (op.clone(), std::sync::Arc::clone(&stop));
             tokio::spawn(async move {
                 let mut hist = histogram();
                 let mut ops = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(every) = pace {
+                        let due = (k as f64 / tasks as f64 + ops as f64) * every;
+                        tokio::time::sleep_until((start + Duration::from_secs_f64(due)).into())
+                            .await;
+                    }
                     let t = std::time::Instant::now();
                     op().await?;
                     hist.saturating_record(t.elapsed().as_nanos() as u64);

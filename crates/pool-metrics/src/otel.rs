@@ -36,7 +36,9 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// bucket counts and sum; the SDK's `min` and `max` are those of the per-bucket means (each
 /// bucket's events reach the SDK at their mean value), so they are exact to within a bucket.
 /// The cost on the hot path is a few nanoseconds per event and no lock; the SDK's own cost per
-/// event is paid by the thread that collects.
+/// event is paid by the thread that collects. The hand-over runs in the callback of the first
+/// gauge, `db.client.connection.count`: a view that drops that instrument stops the histograms
+/// too.
 ///
 /// # Examples
 ///
@@ -276,7 +278,11 @@ impl HistogramObserver {
                     let lo = if i == 0 { 0 } else { BOUNDS_NS[i - 1] + 1 };
                     let hi = BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX);
                     let mean_ns = (new_sum / new).clamp(lo.min(hi), hi);
-                    let taken_sum = if mean_ns == new_sum / new { new_sum } else { mean_ns * new };
+                    let taken_sum = if mean_ns == new_sum / new {
+                        new_sum
+                    } else {
+                        mean_ns.saturating_mul(new)
+                    };
                     pending.flushed_count[i].store(count, Ordering::Relaxed);
                     pending.flushed_sum_ns[i].store(
                         pending.flushed_sum_ns[i].load(Ordering::Relaxed).wrapping_add(taken_sum),

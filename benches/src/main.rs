@@ -4,6 +4,7 @@
 //! Run with `cargo xtask bench core` (or `cargo run --release -p pool-bench -- core --help`).
 
 mod core;
+mod drivers;
 mod metrics;
 mod postgres;
 mod redis;
@@ -24,6 +25,8 @@ enum Bench {
     Core(core::Args),
     /// `SELECT 1` on a real PostgreSQL: ours against sqlx, deadpool-postgres and bb8-postgres.
     Postgres(postgres::Args),
+    /// `SELECT 1` on bare PostgreSQL connections, no pool: the drivers' own latency floor.
+    Drivers(drivers::Args),
     /// `GET` on a real Redis: our exclusive and shared paths against deadpool-redis, bb8-redis and fred.
     Redis(redis::Args),
     /// A Prometheus scrape and an OpenTelemetry collection of 100 pools.
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Core(args) => core::run(&args),
         Bench::Postgres(args) => postgres::run(&args),
+        Bench::Drivers(args) => drivers::run(&args),
         Bench::Redis(args) => redis::run(&args),
         Bench::Metrics(args) => metrics::run(&args),
     }

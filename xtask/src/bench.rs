@@ -13,6 +13,8 @@ pub(crate) enum Bench {
     Core,
     /// Pools of PostgreSQL connections.
     Postgres,
+    /// Bare PostgreSQL connections (sqlx, tokio-postgres), no pool: the drivers' own latency.
+    Drivers,
     /// Pools of Redis connections.
     Redis,
     /// A Prometheus scrape and an OpenTelemetry collection of 100 pools.
@@ -22,8 +24,10 @@ pub(crate) enum Bench {
 /// Brings up the services `bench` needs and runs `cargo run --release -p pool-bench -- <bench> <args>`;
 /// servers this call started itself are stopped afterwards.
 pub(crate) fn run(bench: Bench, args: &[String]) -> anyhow::Result<ExitCode> {
-    let needs =
-        Needs { postgres: matches!(bench, Bench::Postgres), redis: matches!(bench, Bench::Redis) };
+    let needs = Needs {
+        postgres: matches!(bench, Bench::Postgres | Bench::Drivers),
+        redis: matches!(bench, Bench::Redis),
+    };
     let services = Services::ensure(needs)?;
     let name = bench.to_possible_value().expect("no benchmark is skipped");
     let mut cmd = crate::cargo();

@@ -184,8 +184,11 @@ impl ClientFactory {
     }
 
     pub(crate) fn new(mut config: Config, settings: &PoolSettings) -> Self {
-        // Commands sent while the client is disconnected fail at once with a clear error
-        // instead of piling up for an unknown time; `Block` queues a command behind a
+        // `fail_fast` is fred's setting for the first connect only: its error comes back at once
+        // instead of being retried in the background. While a client reconnects, a command
+        // either fails at once ("Failed to route command": no socket to write to, and fred may
+        // not resend, see `max_command_attempts`) or waits in fred's queue for the reconnect,
+        // bounded by `command_timeout`. `Block` queues a command behind a
         // blocking one on the same client (the pool never shares an exclusive client).
         config.fail_fast = true;
         config.blocking = fred::types::config::Blocking::Block;

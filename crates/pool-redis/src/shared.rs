@@ -49,9 +49,14 @@ impl SharedClients {
     /// The next client in turn, skipping clients that are not connected when another is.
     pub(crate) fn next(&self) -> &Client {
         let n = self.clients.len();
+        if n == 1 {
+            // No shared counter to bump: with one client every caller would contend on its
+            // cache line for nothing.
+            return &self.clients[0].client;
+        }
         let start = self.next.fetch_add(1, Relaxed);
         let first = &self.clients[start % n].client;
-        if n == 1 || first.is_connected() {
+        if first.is_connected() {
             return first;
         }
         (1..n)

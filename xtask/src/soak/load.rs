@@ -465,9 +465,9 @@ fn sql_error(e: sqlx::Error) -> ReqError {
     ReqError { expected, message: format!("query: {e}") }
 }
 
-/// fred's errors that a killed, restarted, slow or cut connection explains; with `fail_fast`
-/// (pool-redis's setting), a command sent while the client is reconnecting fails at once with
-/// "Failed to route command".
+/// fred's errors that a killed, restarted, slow or cut connection explains; a command that
+/// finds no socket while its client reconnects fails at once with "Failed to route command"
+/// (pool-redis never lets fred resend a command).
 fn redis_error(e: RedisError) -> ReqError {
     let expected = match e.kind() {
         ErrorKind::IO

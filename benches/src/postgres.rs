@@ -230,7 +230,8 @@ async fn raw_queries_per_sec(url: &str, run_for: Duration) -> anyhow::Result<f64
     let start = Instant::now();
     let mut ops = 0u64;
     while start.elapsed() < run_for {
-        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        // The same simple-protocol statement as every pool's operation.
+        sqlx::raw_sql("SELECT 1").execute(&mut conn).await?;
         ops += 1;
     }
     Ok(ops as f64 / start.elapsed().as_secs_f64())

@@ -470,6 +470,22 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     assert!(in_recovery(&mut r).await, "reads did not return to the restarted replica");
     drop(r);
     assert!(matches!(routing("main-replica-1"), Routing::Replica { banned: false, .. }));
+    // The probe measures the replica's replay lag, and the exporter shows it (replicas only).
+    wait_until(60, "the replica's lag is measured", async || {
+        matches!(routing("main-replica-1"), Routing::Replica { lag: Some(_), .. })
+    })
+    .await;
+    let text = pool_metrics::render(&registry);
+    let lag = "db_client_connection_replica_lag_seconds{db_client_connection_pool_name=\"main-replica-1\"";
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(lag))
+        .ok_or_else(|| anyhow::anyhow!("no replica lag in the scrape: {text}"))?;
+    let seconds: f64 = line.rsplit(' ').next().unwrap_or_default().parse()?;
+    assert!(seconds.is_finite() && seconds >= 0.0, "{line}");
+    let on_primary =
+        "db_client_connection_replica_lag_seconds{db_client_connection_pool_name=\"main\"";
+    assert!(!text.contains(on_primary), "the primary has no replica lag: {text}");
     cluster.close().await?;
     drop(primary);
     Ok(())

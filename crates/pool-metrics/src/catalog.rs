@@ -64,7 +64,7 @@ macro_rules! metric {
 
 /// Every metric, in the order `docs/metrics.md` lists them: the semantic conventions' first,
 /// then ours.
-pub const METRICS: [Metric; 19] = [
+pub const METRICS: [Metric; 20] = [
     metric!(
         "db.client.connection.count",
         "db_client_connection_count",
@@ -217,12 +217,22 @@ pub const METRICS: [Metric; 19] = [
         [attr::REPLICA_STATE],
         "1 for the replica's state now (usable, banned, lagging), 0 for the others; replicas of a cluster only"
     ),
+    metric!(
+        "db.client.connection.replica.lag",
+        "db_client_connection_replica_lag_seconds",
+        Gauge,
+        "s",
+        [],
+        "The replica's replay lag at the cluster's last probe (absent before the first); replicas of a cluster only"
+    ),
 ];
 
 /// A value of one metric for one pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Value<'a> {
     Int(u64),
+    /// A gauge in seconds (the catalog's gauges with unit `s`).
+    Seconds(f64),
     Histogram(&'a HistogramSnapshot),
 }
 
@@ -276,7 +286,7 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
     out.push(count(15, s.leaks_detected));
     match s.routing {
         Some(Routing::Primary { fallbacks }) => out.push(count(16, fallbacks)),
-        Some(Routing::Replica { bans, banned, lagging, .. }) => {
+        Some(Routing::Replica { bans, banned, lagging, lag }) => {
             out.push(count(17, bans));
             // A banned replica is banned whatever its lag; the states are exclusive.
             let now = if banned {
@@ -291,6 +301,13 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
                 label: Some((attr::REPLICA_STATE, state)),
                 value: Value::Int(u64::from(state == now)),
             }));
+            if let Some(lag) = lag {
+                out.push(Sample {
+                    metric: m(19),
+                    label: None,
+                    value: Value::Seconds(lag.as_secs_f64()),
+                });
+            }
         }
         // Routing is non-exhaustive: a kind of router this catalog does not know yet.
         Some(_) | None => {}
@@ -300,6 +317,8 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// `docs/metrics.md` lists exactly the metrics of [`METRICS`], with the same names, kinds,
@@ -377,8 +396,12 @@ mod tests {
         let mut primary = PoolStats::default();
         primary.routing = Some(Routing::Primary { fallbacks: 3 });
         let mut replica = PoolStats::default();
-        replica.routing =
-            Some(Routing::Replica { bans: 2, banned: false, lagging: true, lag: None });
+        replica.routing = Some(Routing::Replica {
+            bans: 2,
+            banned: false,
+            lagging: true,
+            lag: Some(Duration::from_millis(1500)),
+        });
         let mut seen: Vec<&str> = samples(&primary).iter().map(|s| s.metric.name).collect();
         seen.extend(
             samples(&replica)
@@ -397,12 +420,30 @@ mod tests {
             })
             .collect();
         assert_eq!(state, [("usable", 0), ("banned", 0), ("lagging", 1)]);
+        let lag: Vec<_> = samples(&replica)
+            .iter()
+            .filter_map(|s| match s.value {
+                Value::Seconds(v) => Some((s.metric.name, v)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lag, [("db.client.connection.replica.lag", 1.5)]);
+        replica.routing =
+            Some(Routing::Replica { bans: 0, banned: false, lagging: false, lag: None });
+        assert!(
+            samples(&replica).iter().all(|s| s.metric.name != "db.client.connection.replica.lag"),
+            "no lag sample before the first probe"
+        );
         for s in samples(&primary).into_iter().chain(samples(&replica)) {
             assert_eq!(
                 s.label.map(|(k, _)| k).into_iter().collect::<Vec<_>>(),
                 s.metric.labels.to_vec()
             );
             assert_eq!(matches!(s.value, Value::Histogram(_)), s.metric.kind == Kind::Histogram);
+            assert_eq!(
+                matches!(s.value, Value::Seconds(_)),
+                s.metric.kind == Kind::Gauge && s.metric.unit == "s"
+            );
         }
     }
 

@@ -13,8 +13,8 @@
 //! scrape or collection time, so the engine's hot path pays nothing for them. Histograms come
 //! from the engine's own histograms (Prometheus) or from pool-core's observer hook, which counts
 //! each event per thread and hands the counts to the SDK at collection (OpenTelemetry).
-//! A cluster's pools (`pool-postgres`) also export their routing: fallbacks, replica bans and
-//! replica state.
+//! A cluster's pools (`pool-postgres`) also export their routing: fallbacks, replica bans,
+//! replica state and replica lag.
 //!
 //! Features: `prometheus` ([`PrometheusCollector`]) and `otel` ([`OtelMetrics`]), both default.
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{
-    AsyncInstrument, BoundHistogram, Histogram, Meter, ObservableCounter, ObservableUpDownCounter,
+    AsyncInstrument, BoundHistogram, Histogram, Meter, ObservableCounter, ObservableGauge,
+    ObservableUpDownCounter,
 };
 use pool_core::{HISTOGRAM_BOUNDS, ObserveError, Observer, Pool, PoolStats, Registry};
 use thread_local::ThreadLocal;
@@ -56,6 +57,7 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// ```
 pub struct OtelMetrics {
     _gauges: Vec<ObservableUpDownCounter<i64>>,
+    _seconds: Vec<ObservableGauge<f64>>,
     _counters: Vec<ObservableCounter<u64>>,
     histograms: [Histogram<f64>; 3],
     observers: Arc<Observers>,
@@ -89,19 +91,21 @@ fn pool_attributes(name: &str, backend: &'static str) -> [KeyValue; 2] {
 }
 
 /// Calls `each(value, attributes)` for every sample of `metric` across the registry's pools.
-fn observe_all(pools: &Registry, metric: &'static Metric, mut each: impl FnMut(u64, &[KeyValue])) {
+fn observe_all(
+    pools: &Registry,
+    metric: &'static Metric,
+    mut each: impl FnMut(Value<'_>, &[KeyValue]),
+) {
     for pool in pools.pools() {
         let stats: PoolStats = pool.stats();
         let base = pool_attributes(&stats.name, stats.backend);
         for sample in samples(&stats).into_iter().filter(|s| s.metric.name == metric.name) {
-            if let Value::Int(v) = sample.value {
-                match sample.label {
-                    Some((k, v2)) => {
-                        let attrs = [base[0].clone(), base[1].clone(), KeyValue::new(k, v2)];
-                        each(v, &attrs);
-                    }
-                    None => each(v, &base),
+            match sample.label {
+                Some((k, v)) => {
+                    let attrs = [base[0].clone(), base[1].clone(), KeyValue::new(k, v)];
+                    each(sample.value, &attrs);
                 }
+                None => each(sample.value, &base),
             }
         }
     }
@@ -116,11 +120,29 @@ impl OtelMetrics {
     /// [`ObserveError`] when a pool has another observer attached already.
     pub fn new(meter: &Meter, pools: Registry) -> Result<Self, ObserveError> {
         let mut gauges = Vec::new();
+        let mut seconds = Vec::new();
         let mut counters = Vec::new();
         let mut histograms = Vec::new();
         let observers = Arc::new(Observers::default());
         for metric in &METRICS {
             match metric.kind {
+                Kind::Gauge if metric.unit == "s" => {
+                    let pools = pools.clone();
+                    seconds.push(
+                        meter
+                            .f64_observable_gauge(metric.name)
+                            .with_unit(metric.unit)
+                            .with_description(metric.help)
+                            .with_callback(move |o: &dyn AsyncInstrument<f64>| {
+                                observe_all(&pools, metric, |v, a| {
+                                    if let Value::Seconds(v) = v {
+                                        o.observe(v, a);
+                                    }
+                                });
+                            })
+                            .build(),
+                    );
+                }
                 Kind::Gauge => {
                     let pools = pools.clone();
                     // The SDK runs every callback of a collection before it reads any
@@ -137,7 +159,9 @@ impl OtelMetrics {
                                     observers.flush();
                                 }
                                 observe_all(&pools, metric, |v, a| {
-                                    o.observe(i64::try_from(v).unwrap_or(i64::MAX), a)
+                                    if let Value::Int(v) = v {
+                                        o.observe(i64::try_from(v).unwrap_or(i64::MAX), a);
+                                    }
                                 });
                             })
                             .build(),
@@ -151,7 +175,11 @@ impl OtelMetrics {
                             .with_unit(metric.unit)
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                                observe_all(&pools, metric, |v, a| o.observe(v, a));
+                                observe_all(&pools, metric, |v, a| {
+                                    if let Value::Int(v) = v {
+                                        o.observe(v, a);
+                                    }
+                                });
                             })
                             .build(),
                     );
@@ -168,7 +196,13 @@ impl OtelMetrics {
         }
         let histograms: [Histogram<f64>; 3] =
             histograms.try_into().expect("the catalog has three histograms: create, wait, use");
-        let metrics = OtelMetrics { _gauges: gauges, _counters: counters, histograms, observers };
+        let metrics = OtelMetrics {
+            _gauges: gauges,
+            _seconds: seconds,
+            _counters: counters,
+            histograms,
+            observers,
+        };
         for pool in pools.pools() {
             metrics.attach(pool.as_ref())?;
         }

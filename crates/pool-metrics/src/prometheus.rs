@@ -118,13 +118,19 @@ impl Collector for PrometheusCollector {
                         g.set_value(v as f64);
                         metric.set_gauge(g);
                     }
+                    (Kind::Gauge, Value::Seconds(v)) => {
+                        let mut g = proto::Gauge::default();
+                        g.set_value(v);
+                        metric.set_gauge(g);
+                    }
                     (Kind::Counter, Value::Int(v)) => {
                         let mut c = proto::Counter::default();
                         c.set_value(v as f64);
                         metric.set_counter(c);
                     }
                     (_, Value::Histogram(h)) => metric.set_histogram(histogram(h)),
-                    (Kind::Histogram, Value::Int(_)) => continue,
+                    (Kind::Histogram, Value::Int(_))
+                    | (Kind::Counter | Kind::Histogram, Value::Seconds(_)) => continue,
                 }
                 families[idx].mut_metric().push(metric);
             }

@@ -79,7 +79,12 @@ async fn scripted(before: impl FnOnce(&Registry)) -> Registry {
         .unwrap();
     registry.register(Arc::new(Routed(db.clone(), Routing::Primary { fallbacks: 7 }))).unwrap();
     registry.register(Arc::new(cache.clone())).unwrap();
-    let banned = Routing::Replica { bans: 2, banned: true, lagging: true, lag: None };
+    let banned = Routing::Replica {
+        bans: 2,
+        banned: true,
+        lagging: true,
+        lag: Some(Duration::from_millis(12_500)),
+    };
     registry.register(Arc::new(Routed(replica, banned))).unwrap();
     before(&registry);
     m.wait_until(|c| c.connects == 3).await;
@@ -150,6 +155,7 @@ async fn prometheus_text_matches_the_expected_file_and_parses_back() {
     let states = ["usable", "banned", "lagging"]
         .map(|s| value("db_client_connection_replica_state", "db-replica-1", replica(s)));
     assert_eq!(states, [0.0, 1.0, 0.0], "banned wins over lagging");
+    assert_eq!(value("db_client_connection_replica_lag_seconds", "db-replica-1", None), 12.5);
     let routed = |s: &&prometheus_parse::Sample| {
         s.metric.contains("fallbacks") || s.metric.contains("replica")
     };
@@ -218,6 +224,7 @@ async fn otel_instruments_read_back_through_the_sdk() {
         assert_eq!(found.description(), m.help);
         let kind_ok = match (m.kind, found.data()) {
             (crate::Kind::Gauge, AggregatedMetrics::I64(MetricData::Sum(s))) => !s.is_monotonic(),
+            (crate::Kind::Gauge, AggregatedMetrics::F64(MetricData::Gauge(_))) => m.unit == "s",
             (crate::Kind::Counter, AggregatedMetrics::U64(MetricData::Sum(s))) => s.is_monotonic(),
             (crate::Kind::Histogram, AggregatedMetrics::F64(MetricData::Histogram(_))) => true,
             _ => false,
@@ -305,5 +312,13 @@ async fn otel_instruments_read_back_through_the_sdk() {
     states.sort();
     let replica = |state: &str, v| ("db-replica-1".to_owned(), state.to_owned(), v);
     assert_eq!(states, [replica("banned", 1), replica("lagging", 0), replica("usable", 0)]);
+    let AggregatedMetrics::F64(MetricData::Gauge(lag)) =
+        find("db.client.connection.replica.lag").data()
+    else {
+        panic!()
+    };
+    let points: Vec<_> =
+        lag.data_points().map(|p| (attrs(p.attributes().collect()), p.value())).collect();
+    assert_eq!(points, [(pool("db-replica-1"), 12.5)], "only the replica has a lag");
     assert_eq!(registry.len(), 3);
 }

@@ -117,6 +117,11 @@ async fn soak(servers: &Servers, duration: Duration) -> anyhow::Result<bool> {
     Ok(passed)
 }
 
+/// How long a replica that failed to connect or answer stays out of rotation in the soak
+/// (`postgres.main.replica_ban`; the default is 30 s): short, so that the replica faults' heal
+/// time shows how soon the cluster notices a replica is back, not how long the ban is.
+pub(crate) const REPLICA_BAN: Duration = Duration::from_secs(5);
+
 /// The admin server's config for the soak: short timeouts, so that a failure shows within
 /// seconds, and pools small enough that load makes them wait.
 fn config(servers: &Servers, pg_proxy: &Proxy, redis_proxy: &Proxy) -> AdminConfig {
@@ -135,6 +140,7 @@ fn config(servers: &Servers, pg_proxy: &Proxy, redis_proxy: &Proxy) -> AdminConf
             // Well above twice the lag probe's 1 s period: the probe measures lag in steps of
             // its period, and a replica is used again only under half of this.
             max_replica_lag: 3.0,
+            replica_ban: REPLICA_BAN.as_secs_f64(),
             ..PostgresConfig::default()
         },
     );

@@ -41,8 +41,9 @@ const SLOW: Duration = Duration::from_millis(150);
 
 impl Fault {
     /// In schedule order. The replica's faults come first: a replica that could not be
-    /// reached is banned for `PgCluster`'s `ban_duration` (30 s), so its reads take that long
-    /// to come back, while the later faults (primary and Redis) do not touch replica reads.
+    /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::soak::REPLICA_BAN)),
+    /// so its reads take that long to come back, while the later faults (primary and Redis) do
+    /// not touch replica reads.
     const ALL: [Fault; 9] = [
         Fault::ReplayPause,
         Fault::TerminateBackends,
@@ -170,7 +171,7 @@ async fn inject(
     match planned.fault {
         Fault::TerminateBackends => {
             // The pools' connections only: the lag probe's own connection is spared, since a
-            // failed probe query bans the replica for 30 s (see the report's notes).
+            // failed probe query bans the replica for `REPLICA_BAN` (see the report's notes).
             let sql = format!(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
                 super::PG_POOL_BACKENDS_WHERE
@@ -192,7 +193,14 @@ async fn inject(
             Ok(format!(
                 "down {:.1}s{}",
                 length.as_secs_f64(),
-                if banned { ", replica banned (ban_duration 30 s)" } else { "" }
+                if banned {
+                    format!(
+                        ", replica banned (replica_ban {} s)",
+                        crate::soak::REPLICA_BAN.as_secs()
+                    )
+                } else {
+                    String::new()
+                }
             ))
         }
         Fault::ReplayPause => {

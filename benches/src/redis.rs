@@ -24,10 +24,10 @@ pub(crate) struct Args {
     /// Shared clients of our pool (`PoolSettings::shared_clients`); its default when unset.
     #[arg(long)]
     shared_clients: Option<usize>,
-    /// Our pool without `command_timeout` (its default, 5 s, arms a timer per command, as
-    /// fred's peers here do not): shows what the timeouts cost.
+    /// Our shared clients without `shared_command_timeout` (its default, 5 s, arms a timer per
+    /// command, as a bare fred client does not): shows what that bound costs.
     #[arg(long)]
-    no_command_timeout: bool,
+    no_shared_command_timeout: bool,
 }
 
 const CONNECTIONS: usize = 10;
@@ -73,8 +73,8 @@ impl Subject {
             if let Some(n) = args.shared_clients {
                 settings = settings.shared_clients(n);
             }
-            if args.no_command_timeout {
-                settings = settings.command_timeout(None);
+            if args.no_shared_command_timeout {
+                settings = settings.shared_command_timeout(None);
             }
             pool_redis::RedisPool::connect("bench", url, settings).await
         };

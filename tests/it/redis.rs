@@ -38,6 +38,7 @@ fn small() -> PoolSettings {
         .max_connections(2)
         .shared_clients(2)
         .command_timeout(Some(Duration::from_secs(2)))
+        .shared_command_timeout(Some(Duration::from_secs(2)))
         .connect_timeout(Duration::from_secs(2))
         .pool_timeout(Duration::from_secs(3))
         .max_reconnect_delay(Duration::from_millis(200))
@@ -424,13 +425,14 @@ fn signal(redis: &RedisInstance, signal: &str) -> Result<(), Box<dyn std::error:
 }
 
 /// A server that stops answering (SIGSTOP: the socket stays open, nothing comes back) must not
-/// leave commands on the shared clients hanging past `command_timeout` (a heuristic that waits
+/// leave commands on the shared clients hanging past `shared_command_timeout` (a heuristic that waits
 /// for the socket to go quiet would never fire while other tasks keep writing), with or without
 /// `retry_on_timeout`, and the clients must work again by themselves once it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_commands_fail_when_the_server_stops_answering_and_heal_after() -> TestResult {
     let redis = RedisInstance::start()?;
-    let settings = small().command_timeout(Some(Duration::from_secs(1))).retry_on_timeout(true);
+    let settings =
+        small().shared_command_timeout(Some(Duration::from_secs(1))).retry_on_timeout(true);
     let pool = RedisPool::connect("main", &redis.url(), settings).await?;
     pool.shared().set::<(), _, _>("k", 1, None, None, false).await?;
 

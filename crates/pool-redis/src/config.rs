@@ -185,18 +185,28 @@ pub struct PoolSettings {
     pub shared_clients: usize,
     /// TCP keepalive on every socket \[true\]: first probe after 60 s idle, then every 10 s.
     pub socket_keepalive: bool,
-    /// Retry a command that timed out, once, on another shared client \[false\]; only through
-    /// [`idempotent`](crate::RedisPool::idempotent), which is for idempotent, non-blocking
-    /// commands. Nothing else is ever retried: fred is told never to resend a command.
+    /// Retry a command that timed out (after `shared_command_timeout`), once, on another
+    /// shared client \[false\]; only through [`idempotent`](crate::RedisPool::idempotent),
+    /// which is for idempotent, non-blocking commands. Nothing else is ever retried: fred is
+    /// told never to resend a command. Needs a `shared_command_timeout`.
     pub retry_on_timeout: bool,
     /// Ping an exclusive connection before handing it out if it sat idle longer than this, ping
     /// idle ones in the background, and ping the shared clients on this period \[30 s\].
     /// `None` turns all three off.
     pub health_check_interval: Option<Duration>,
-    /// How long one command may take before it fails with a timeout \[5 s\]; `None` waits
-    /// forever. Applies to every client: a blocking command that may block longer must say so
-    /// (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    /// How long one command on an exclusive connection may take before it fails with a
+    /// timeout \[5 s\]; `None` waits forever. A blocking command that may block longer must say
+    /// so (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
     pub command_timeout: Option<Duration>,
+    /// How long one command on a shared client may take before it fails with a timeout
+    /// \[5 s\]; `None` waits forever, as a bare fred client does.
+    ///
+    /// This bound is what fails a command written to a server that stopped answering (a
+    /// stopped process, a long script) or queued while its client reconnects. fred arms a
+    /// tokio timer for each bounded command, which costs the shared path a few percent of its
+    /// throughput (`cargo xtask bench redis -- --no-shared-command-timeout` shows how much on
+    /// your machine); without it, commands still fail at once when their socket closes.
+    pub shared_command_timeout: Option<Duration>,
     /// How long one connect attempt (TCP, `HELLO`/`AUTH`, `SELECT`) may take \[5 s\].
     pub connect_timeout: Duration,
     /// How long an exclusive checkout may wait for a connection \[30 s\].
@@ -220,6 +230,7 @@ impl Default for PoolSettings {
             retry_on_timeout: false,
             health_check_interval: Some(Duration::from_secs(30)),
             command_timeout: Some(Duration::from_secs(5)),
+            shared_command_timeout: Some(Duration::from_secs(5)),
             connect_timeout: Duration::from_secs(5),
             pool_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(60)),
@@ -249,6 +260,7 @@ impl PoolSettings {
         retry_on_timeout: bool,
         health_check_interval: Option<Duration>,
         command_timeout: Option<Duration>,
+        shared_command_timeout: Option<Duration>,
         connect_timeout: Duration,
         pool_timeout: Duration,
         idle_timeout: Option<Duration>,
@@ -281,12 +293,20 @@ impl PoolSettings {
         if self.shared_clients == 0 {
             return Err(invalid("shared_clients", "0".into(), "must be at least 1"));
         }
+        if self.retry_on_timeout && self.shared_command_timeout.is_none() {
+            return Err(invalid(
+                "retry_on_timeout",
+                "true".into(),
+                "needs a shared_command_timeout: without one no shared command times out",
+            ));
+        }
         let positive = [
             ("connect_timeout", Some(self.connect_timeout)),
             ("pool_timeout", Some(self.pool_timeout)),
             ("max_reconnect_delay", Some(self.max_reconnect_delay)),
             ("health_check_interval", self.health_check_interval),
             ("command_timeout", self.command_timeout),
+            ("shared_command_timeout", self.shared_command_timeout),
             ("idle_timeout", self.idle_timeout),
             ("pool_recycle", self.pool_recycle),
         ];
@@ -385,6 +405,14 @@ mod tests {
             (PoolSettings::default().pool_size(30), "max_connections"),
             (PoolSettings::default().shared_clients(0), "shared_clients"),
             (PoolSettings::default().command_timeout(Some(Duration::ZERO)), "command_timeout"),
+            (
+                PoolSettings::default().shared_command_timeout(Some(Duration::ZERO)),
+                "shared_command_timeout",
+            ),
+            (
+                PoolSettings::default().retry_on_timeout(true).shared_command_timeout(None),
+                "retry_on_timeout",
+            ),
         ] {
             let err = RedisConfig::new(DEFAULT_URL).pool("cache", settings).validate().unwrap_err();
             let msg = err.to_string();

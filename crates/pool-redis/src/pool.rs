@@ -72,7 +72,7 @@ impl RedisPool {
         let fred_config = config.fred_config()?;
         let factory = ClientFactory::new(fred_config, &settings);
         let shared = SharedClients::open(
-            &factory.for_shared(),
+            &factory.for_shared(&settings),
             settings.shared_clients,
             settings.connect_timeout,
         )
@@ -148,7 +148,8 @@ impl RedisPool {
     }
 
     /// Runs an idempotent, non-blocking command on a shared client; with `retry_on_timeout`,
-    /// one that timed out (after `command_timeout`) runs once more on the next shared client.
+    /// one that timed out (after `shared_command_timeout`) runs once more on the next shared
+    /// client.
     ///
     /// `command` gets a client handle and returns the command's future, e.g.
     /// `|c| async move { c.get::<Option<String>, _>("key").await }`. Only use it for commands

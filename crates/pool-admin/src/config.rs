@@ -123,8 +123,14 @@ pub struct RedisPoolConfig {
     pub shared_clients: usize,
     /// TCP keepalive on every socket \[true\].
     pub socket_keepalive: bool,
-    /// Retry idempotent commands that timed out, once \[false\].
+    /// Retry idempotent commands that timed out, once \[false\]; needs a
+    /// `shared_command_timeout`.
     pub retry_on_timeout: bool,
+    /// Seconds one command on an exclusive connection may take; 0 waits forever \[5\].
+    pub command_timeout: f64,
+    /// Seconds one command on a shared client may take; 0 waits forever, which is a few
+    /// percent faster (no timer per command) \[5\].
+    pub shared_command_timeout: f64,
     /// Seconds between health checks; 0 turns them off \[30\].
     pub health_check_interval: f64,
     /// Seconds an exclusive checkout may wait \[30\].
@@ -139,6 +145,8 @@ impl Default for RedisPoolConfig {
             shared_clients: 1,
             socket_keepalive: true,
             retry_on_timeout: false,
+            command_timeout: 5.0,
+            shared_command_timeout: 5.0,
             health_check_interval: 30.0,
             pool_timeout: 30.0,
         }
@@ -426,11 +434,24 @@ impl AdminConfig {
                     ));
                 }
             }
-            if !(r.health_check_interval.is_finite() && r.health_check_interval >= 0.0) {
+            for (k, v) in [
+                ("health_check_interval", r.health_check_interval),
+                ("command_timeout", r.command_timeout),
+                ("shared_command_timeout", r.shared_command_timeout),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(
+                        key(k),
+                        v.to_string(),
+                        "must be 0 (off) or a number of seconds",
+                    ));
+                }
+            }
+            if r.retry_on_timeout && r.shared_command_timeout == 0.0 {
                 return Err(invalid(
-                    key("health_check_interval"),
-                    r.health_check_interval.to_string(),
-                    "must be 0 (off) or a number of seconds",
+                    key("retry_on_timeout"),
+                    "true".into(),
+                    "needs a shared_command_timeout: with 0 no shared command times out",
                 ));
             }
         }

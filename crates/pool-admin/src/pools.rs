@@ -139,6 +139,8 @@ impl Pools {
                         .shared_clients(r.shared_clients)
                         .socket_keepalive(r.socket_keepalive)
                         .retry_on_timeout(r.retry_on_timeout)
+                        .command_timeout(secs(r.command_timeout))
+                        .shared_command_timeout(secs(r.shared_command_timeout))
                         .health_check_interval(secs(r.health_check_interval))
                         .pool_timeout(secs(r.pool_timeout).unwrap_or(Duration::from_secs(30))),
                 );

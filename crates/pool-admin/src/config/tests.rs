@@ -167,6 +167,16 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
+            Some("[redis.main]\nshared_command_timeout = -2\n"),
+            "invalid value for redis.main.shared_command_timeout = -2 from TOML file",
+        ),
+        (
+            &[],
+            Some("[redis.cache]\nretry_on_timeout = true\nshared_command_timeout = 0\n"),
+            "invalid value for redis.cache.retry_on_timeout = true",
+        ),
+        (
+            &[],
             Some("[admin]\nhealth_timeout = -1\n"),
             "invalid value for admin.health_timeout = -1 from TOML file",
         ),

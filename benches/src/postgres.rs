@@ -3,6 +3,10 @@
 //! checks off (the `-nocheck` twins), from one task and from 16, 64 and 256 tasks over 10
 //! connections; plus a connect-per-query baseline (sqlx: connect, query, close).
 //!
+//! The connection overhead it prints is the time per query beyond the bare query on one open
+//! connection, which is measured right after our pool's single-task run in every round, so the
+//! two meet the same noise; the figure is the median over rounds.
+//!
 //! Every pool runs the query with the simple query protocol (one round trip:
 //! `raw_sql` for sqlx connections, `simple_query` for tokio-postgres), so they do the same work
 //! per operation. The server is `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
@@ -181,8 +185,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let run_for = args.common.run_for();
     let selected: Vec<&str> =
         POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
+    // The bare query's own cost, measured right after our pool's single-task run in each round,
+    // so the overhead below compares the two at the same moment: (ours, bare) ops/s per round.
+    let overhead_wanted =
+        selected.contains(&"pool-postgres") && selected.contains(&"connect-per-query");
+    let mut pairs: Vec<(f64, f64)> = Vec::new();
     let rows = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
-        rt.block_on(async {
+        let row = rt.block_on(async {
             let subject = Subject::build(name, &url)
                 .await
                 .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
@@ -197,26 +206,38 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             let row = report::timed_tasks(&args.common, scenario, tasks, name, op).await;
             subject.close().await;
             row
-        })
+        })?;
+        if overhead_wanted && scenario == "single" && name == "pool-postgres" {
+            pairs.push((row.ops_per_sec, rt.block_on(raw_queries_per_sec(&url, run_for))?));
+        }
+        Ok(row)
     })?;
     println!();
     report::print_table(&rows, "pool-postgres");
-    let single = |pool: &str| {
-        rows.iter().find(|r| r.scenario == "single" && r.pool == pool).map(|r| r.ops_per_sec)
-    };
-    if let (Some(ours), Some(cpq)) = (single("pool-postgres"), single("connect-per-query")) {
-        // Connection overhead: time per query beyond the query itself. The query itself is
-        // measured on one connection that stays open, with no pool in between.
-        let raw = rt.block_on(raw_queries_per_sec(&url, run_for))?;
-        let (raw_t, ours_t, cpq_t) = (1.0 / raw, 1.0 / ours, 1.0 / cpq);
-        let (pooled, connecting) = ((ours_t - raw_t).max(0.0), cpq_t - raw_t);
+    let cpq = rows
+        .iter()
+        .find(|r| r.scenario == "single" && r.pool == "connect-per-query")
+        .map(|r| r.ops_per_sec);
+    if let (Some(cpq), false) = (cpq, pairs.is_empty()) {
+        // Connection overhead: time per query beyond the query itself, which is measured on one
+        // connection that stays open, with no pool in between, right after our pool's run in
+        // each round. Pooled: the median over rounds of that round's difference; connecting:
+        // the median connect-per-query round against the median bare query.
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let raw_t = median(pairs.iter().map(|&(_, raw)| 1.0 / raw).collect());
+        let pooled = median(pairs.iter().map(|&(ours, raw)| 1.0 / ours - 1.0 / raw).collect());
+        let connecting = 1.0 / cpq - raw_t;
         println!(
-            "\nconnection overhead per query (time beyond the bare query, {:.1} µs on one open connection): \
-             {:.2} ms connecting each time, {:.1} µs pooled: {:.2}% less",
+            "\nconnection overhead per query (time beyond the bare query, {:.1} µs on one open connection, \
+             median of {} rounds): {:.2} ms connecting each time, {:.1} µs pooled: {:.2}% less",
             raw_t * 1e6,
+            pairs.len(),
             connecting * 1e3,
             pooled * 1e6,
-            (1.0 - pooled / connecting) * 100.0
+            (1.0 - pooled.max(0.0) / connecting) * 100.0
         );
     }
     let path = report::write_json("postgres", &rows)?;

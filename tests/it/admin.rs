@@ -138,6 +138,20 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
 
     let (status, _) = client.get(&format!("{PREFIX}/health")).await;
     assert_eq!(status, 200);
+    // Nothing holds a connection now, so each probe checks an idle one in place: probes are
+    // not checkouts.
+    let acquires = |stats: &Value| {
+        (
+            stats["database_pools"]["main"]["acquires"].clone(),
+            stats["redis_pools"]["main"]["acquires"].clone(),
+        )
+    };
+    let (_, before) = client.get(&format!("{PREFIX}/stats")).await;
+    for _ in 0..3 {
+        assert_eq!(client.get(&format!("{PREFIX}/health")).await.0, 200);
+    }
+    let (_, after) = client.get(&format!("{PREFIX}/stats")).await;
+    assert_eq!(acquires(&after), acquires(&before), "health probes counted as checkouts");
     tokio::task::block_in_place(|| pg.stop()).expect("stop postgres");
     let (status, health) = client.get(&format!("{PREFIX}/health")).await;
     assert_eq!(status, 503, "{health:#}");

@@ -277,8 +277,8 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     assert_eq!(charted["board_shown"], true);
 
     // Once the load stops, the page's numbers and lists are the API's (retried until one poll
-    // of the page and one request of ours see the same moment: the lag probe and the page's
-    // own health checks still check out connections).
+    // of the page and one request of ours see the same moment: the cluster's lag probe still
+    // checks out connections).
     stop_load.store(true, Ordering::Relaxed);
     while let Some(worker) = load.join_next().await {
         worker.expect("load worker");

@@ -47,7 +47,8 @@ pub trait Pool: Send + Sync + fmt::Debug + 'static {
     fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError>;
 
     /// Checks the pool actively: one real round trip on one of its connections, bounded by
-    /// `connect_timeout`.
+    /// `connect_timeout`. An idle connection is checked in place, so a probe does not count as a
+    /// checkout (see [`ConnectionPool::check_health`]).
     async fn health(&self) -> Health;
 }
 

@@ -135,7 +135,7 @@ impl<C> Conn<C> {
 pub(crate) enum Held {
     /// A user (through a guard, or a pre-ping on the user's behalf).
     User,
-    /// The pool's own maintenance check.
+    /// The pool's own check (maintenance, health).
     Pool,
 }
 
@@ -161,7 +161,7 @@ struct State<M: Manager> {
     min_idle: Option<usize>,
     idle: VecDeque<Conn<M::Connection>>,
     in_use: usize,
-    /// Held by the pool's maintenance checks.
+    /// Held by the pool's own checks (maintenance, health).
     busy: usize,
     connecting: usize,
     /// Retired connections whose close is still running: they still count against the limit.
@@ -567,14 +567,48 @@ impl<M: Manager> ConnectionPool<M> {
         self.shared.lock().closed
     }
 
-    /// Checks one connection actively: acquires one (waiting up to `connect_timeout`) and runs
-    /// the manager's check on it, bounded by `connect_timeout`. A connection that fails the
-    /// check is closed. Returns how long the check's round trip took.
+    /// Checks one connection actively and returns how long the check's round trip took.
+    ///
+    /// An idle connection, when there is one, is checked in place, the way the maintenance task
+    /// checks it: it is not a checkout, so the acquire counter, the wait and hold histograms and
+    /// the observer see nothing of it, and a dashboard or load balancer probing the pool does not
+    /// show up as load. With no connection idle, it acquires one like any caller (waiting up to
+    /// `connect_timeout`, and counted as a checkout). Either way the check is bounded by
+    /// `connect_timeout`, and a connection that fails it is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// The check on an idle connection runs in a task of its own, which puts the connection back
+    /// (or closes it) even if this future is dropped.
     ///
     /// # Errors
     ///
     /// A description of what failed: the acquire or the check.
     pub async fn check_health(&self) -> Result<Duration, String> {
+        let idle = {
+            let mut st = self.shared.lock();
+            let idle = match (st.closed || !st.waiters.is_empty(), self.shared.config.pool_use_lifo)
+            {
+                (true, _) => None,
+                (false, true) => st.idle.pop_back(),
+                (false, false) => st.idle.pop_front(),
+            };
+            if idle.is_some() {
+                st.busy += 1;
+            }
+            idle
+        };
+        if let Some(conn) = idle {
+            let shared = Arc::clone(&self.shared);
+            let task = tokio::spawn(async move {
+                let start = clock::now();
+                let conn = shared.check(conn, Held::Pool).await?;
+                let took = start.elapsed();
+                shared.put_back(conn, Held::Pool);
+                Ok(took)
+            });
+            return task.await.unwrap_or_else(|e| Err(format!("the check's task failed: {e}")));
+        }
         let bound = self.shared.config.connect_timeout;
         let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
         let start = clock::now();
@@ -741,13 +775,13 @@ impl<M: Manager> Shared<M> {
         let (tx, rx) = oneshot::channel();
         let shared = Arc::clone(self);
         tokio::spawn(async move {
-            match shared.check(conn).await {
-                Some(conn) => {
+            match shared.check(conn, Held::User).await {
+                Ok(conn) => {
                     if let Err(conn) = tx.send(conn) {
                         shared.put_back(conn, Held::User);
                     }
                 }
-                None => drop(tx),
+                Err(_) => drop(tx),
             }
         });
         match tokio::time::timeout(deadline.duration_since(clock::now()), rx).await {
@@ -757,26 +791,25 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Checks `conn` (held by a user or the pool); retires it and returns `None` on failure.
-    async fn check(self: &Arc<Self>, mut conn: Conn<M::Connection>) -> Option<Conn<M::Connection>> {
+    /// Checks `conn`, held by `held`, bounded by `connect_timeout`; on failure retires it and
+    /// says what failed.
+    async fn check(
+        self: &Arc<Self>,
+        mut conn: Conn<M::Connection>,
+        held: Held,
+    ) -> Result<Conn<M::Connection>, String> {
         let bound = self.config.connect_timeout;
-        let result = tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await;
-        match result {
+        let error = match tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await {
             Ok(Ok(())) => {
                 conn.alive_at = clock::now();
-                Some(conn)
+                return Ok(conn);
             }
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %self.name, conn = conn.id, error = %e, "connection failed its check");
-                self.retire(conn, CloseReason::FailedCheck, Held::User);
-                None
-            }
-            Err(_) => {
-                tracing::debug!(pool = %self.name, conn = conn.id, "connection check timed out after {bound:?}");
-                self.retire(conn, CloseReason::FailedCheck, Held::User);
-                None
-            }
-        }
+            Ok(Err(e)) => format!("check failed: {e}"),
+            Err(_) => format!("check timed out after {bound:?}"),
+        };
+        tracing::debug!(pool = %self.name, conn = conn.id, %error, "connection failed its check");
+        self.retire(conn, CloseReason::FailedCheck, held);
+        Err(error)
     }
 
     fn checked_out(
@@ -1111,14 +1144,8 @@ impl<M: Manager> Shared<M> {
             );
         }
         for conn in ping {
-            let bound = c.connect_timeout;
-            let mut conn = conn;
-            match tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await {
-                Ok(Ok(())) => {
-                    conn.alive_at = clock::now();
-                    self.put_back(conn, Held::Pool);
-                }
-                _ => self.retire(conn, CloseReason::FailedCheck, Held::Pool),
+            if let Ok(conn) = self.check(conn, Held::Pool).await {
+                self.put_back(conn, Held::Pool);
             }
         }
     }

@@ -593,6 +593,74 @@ async fn pool_trait_and_registry_see_any_pool() {
     assert_eq!(registry.ids(), vec!["test:main".to_owned()]);
 }
 
+/// A health check on an idle connection is the pool's own check, not a checkout: the counters
+/// and histograms a dashboard reads as load do not move, and the connection goes back idle.
+#[tokio::test]
+async fn health_check_on_an_idle_connection_is_not_a_checkout() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2).health_check_interval(None), 2).await;
+    drop(pool.acquire().await.unwrap());
+    let before = pool.stats();
+    let checks = m.counts().checks;
+
+    pool.check_health().await.unwrap();
+    let after = pool.stats();
+    assert_eq!(m.counts().checks, checks + 1, "one real check ran");
+    assert_eq!(after.acquires, before.acquires);
+    assert_eq!(after.wait_time.counts, before.wait_time.counts);
+    assert_eq!(after.use_time.counts, before.use_time.counts);
+    assert_eq!(pool.state().idle, 2, "the connection is back idle");
+    assert_eq!(pool.state().in_use, 0);
+
+    m.fail_next_checks(1);
+    let err = pool.check_health().await.unwrap_err();
+    assert_eq!(err, "check failed: test manager: check failed");
+    assert_eq!(pool.stats().closed.get(CloseReason::FailedCheck), 1);
+    assert_eq!(pool.stats().acquires, before.acquires, "a failed check is no checkout either");
+    m.wait_until(|c| c.live == 2).await; // the pool tops itself up again
+}
+
+/// With every connection in use, the health check queues like any caller (and counts as a
+/// checkout); a connection returned goes to it.
+#[tokio::test]
+async fn health_check_with_none_idle_waits_for_a_connection() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let held = pool.acquire().await.unwrap();
+    let acquires = pool.stats().acquires;
+    let health = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.check_health().await }
+    });
+    until("the health check queues", || pool.state().waiting == 1).await;
+    drop(held);
+    assert!(health.await.unwrap().is_ok());
+    assert_eq!(pool.stats().acquires, acquires + 1);
+    assert_eq!(pool.state().idle, 1);
+}
+
+/// Dropping a health check in the middle of its check loses nothing: the check finishes in its
+/// own task and the connection goes back idle.
+#[tokio::test(start_paused = true)]
+async fn health_check_dropped_mid_check_gives_the_connection_back() {
+    let m = TestManager::new();
+    let pool =
+        warm_pool(builder(&m).pool_size(1).max_overflow(0).health_check_interval(None), 1).await;
+    m.set_check_delay(Duration::from_secs(1));
+    let health = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.check_health().await }
+    });
+    until("the check takes the connection", || pool.state().idle == 0).await;
+    assert_eq!(pool.state().in_use, 0, "a health check is not a user");
+    health.abort();
+    assert!(health.await.unwrap_err().is_cancelled());
+    m.wait_until(|c| c.checks == 1).await;
+    until("the connection is back", || pool.state().idle == 1).await;
+    assert_eq!(pool.state().open, 1);
+    assert!(pool.try_acquire().await.is_ok());
+}
+
 /// 1,000 tasks with random hold times and cancellations, random connect and check failures,
 /// and resizes in the middle; afterwards every invariant holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

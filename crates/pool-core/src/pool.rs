@@ -210,6 +210,18 @@ impl<M: Manager> State<M> {
         }
     }
 
+    /// The idle connection the next caller gets (most recently returned with `lifo`), unless
+    /// callers wait: they come first (no barging).
+    fn take_idle(&mut self, lifo: bool) -> Option<Conn<M::Connection>> {
+        if !self.waiters.is_empty() {
+            None
+        } else if lifo {
+            self.idle.pop_back()
+        } else {
+            self.idle.pop_front()
+        }
+    }
+
     fn unhold(&mut self, held: Held) {
         match held {
             Held::User => self.in_use -= 1,
@@ -587,12 +599,8 @@ impl<M: Manager> ConnectionPool<M> {
     pub async fn check_health(&self) -> Result<Duration, String> {
         let idle = {
             let mut st = self.shared.lock();
-            let idle = match (st.closed || !st.waiters.is_empty(), self.shared.config.pool_use_lifo)
-            {
-                (true, _) => None,
-                (false, true) => st.idle.pop_back(),
-                (false, false) => st.idle.pop_front(),
-            };
+            let idle =
+                if st.closed { None } else { st.take_idle(self.shared.config.pool_use_lifo) };
             if idle.is_some() {
                 st.busy += 1;
             }
@@ -665,13 +673,7 @@ impl<M: Manager> Shared<M> {
                 if st.closed {
                     return Err(AcquireFail::Closed);
                 }
-                let idle = if !st.waiters.is_empty() {
-                    None
-                } else if self.config.pool_use_lifo {
-                    st.idle.pop_back()
-                } else {
-                    st.idle.pop_front()
-                };
+                let idle = st.take_idle(self.config.pool_use_lifo);
                 if let Some(conn) = idle {
                     st.in_use += 1;
                     st.note_in_use(&self.stats);

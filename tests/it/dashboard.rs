@@ -332,8 +332,11 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     let card = r#"[data-pool="postgresql:main"]"#;
     let pool_size = session.find(&format!("{card} input[name=pool_size]")).await.unwrap();
     let submit = session.find(&format!("{card} button[type=submit]")).await.unwrap();
-    session.clear(&pool_size).await.unwrap();
-    session.type_text(&pool_size, "0").await.unwrap();
+    session.replace_text(&pool_size, "0").await.unwrap();
+    let typed = session
+        .execute(&format!("return document.querySelector('{card} input[name=pool_size]').value"))
+        .await;
+    assert_eq!(typed.unwrap(), "0", "the input holds what was typed");
     session.click(&submit).await.unwrap();
     let refused = until(
         "the refusal shows",
@@ -346,8 +349,7 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     assert_eq!(pools.clusters["main"].primary().config().pool_size, 2, "a refusal changes nothing");
 
     // ...and one it accepts changes the pool, which the page then shows.
-    session.clear(&pool_size).await.unwrap();
-    session.type_text(&pool_size, "4").await.unwrap();
+    session.replace_text(&pool_size, "4").await.unwrap();
     let typed = session
         .execute(&format!("return document.querySelector('{card} input[name=pool_size]').value"))
         .await;

@@ -165,10 +165,13 @@ impl Session {
         Ok(Element(id.to_owned()))
     }
 
-    /// Empties an input.
-    pub(crate) async fn clear(&self, element: &Element) -> anyhow::Result<()> {
-        let path = format!("/element/{}/clear", element.0);
-        self.call(reqwest::Method::POST, &path, Some(json!({}))).await.map(drop)
+    /// Replaces an input's text with `text`, as key presses: select all (Ctrl+A), then type. One
+    /// command that keeps the input focused throughout, so a page that refreshes inputs it
+    /// does not see focused cannot slip its own value in between (as it can between WebDriver's
+    /// Element Clear, which leaves the input unfocused, and a later Send Keys).
+    pub(crate) async fn replace_text(&self, element: &Element, text: &str) -> anyhow::Result<()> {
+        // U+E009 is Control, U+E000 releases the modifiers.
+        self.type_text(element, &format!("\u{E009}a\u{E000}{text}")).await
     }
 
     /// Types `text` into an element, as key presses.

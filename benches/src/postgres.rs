@@ -1,7 +1,8 @@
 //! `bench postgres`: `SELECT 1` through each pool against a real PostgreSQL on loopback — ours,
 //! sqlx's `PgPool`, deadpool-postgres, bb8-postgres — with their default settings and with their
 //! checks off (the `-nocheck` twins), from one task and from 16, 64 and 256 tasks over 10
-//! connections; plus a connect-per-query baseline (sqlx: connect, query, close).
+//! connections (`--connections`); plus a connect-per-query baseline (sqlx: connect, query, close), with at most
+//! as many connects at once as the server has free connection slots.
 //!
 //! The connection overhead it prints is the time per query beyond the bare query on one open
 //! connection, which is measured right after our pool's single-task run in every round, so the
@@ -28,9 +29,11 @@ pub(crate) struct Args {
     /// Pools to run (see the JSON's `pool` names); all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
+    /// Connections of every pool (the issue's figure is 10): the same for all, so their
+    /// ratios stay comparable.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    connections: u16,
 }
-
-const CONNECTIONS: usize = 10;
 
 const POOLS: [&str; 9] = [
     "pool-postgres",
@@ -53,24 +56,26 @@ enum Subject {
     Sqlx(sqlx::PgPool),
     Deadpool(deadpool_postgres::Pool),
     Bb8(Bb8),
-    ConnectPerQuery(Arc<sqlx::postgres::PgConnectOptions>),
+    /// Connects for every query; at most as many at once as the server has free connection
+    /// slots (the permits), so 256 tasks do not fail with "too many clients".
+    ConnectPerQuery(Arc<sqlx::postgres::PgConnectOptions>, Arc<tokio::sync::Semaphore>),
 }
 
 impl Subject {
-    async fn build(name: &str, url: &str) -> anyhow::Result<Subject> {
+    async fn build(name: &str, url: &str, args: &Args) -> anyhow::Result<Subject> {
         let check = !name.ends_with("-nocheck");
         Ok(match name.trim_end_matches("-nocheck") {
             "pool-postgres" => Subject::Ours(
                 pool_postgres::PgPool::builder(pool_postgres::PgManager::from_url(url)?)
                     .name("bench")
-                    .pool_size(CONNECTIONS)
+                    .pool_size(usize::from(args.connections))
                     .max_overflow(0)
                     .pool_pre_ping(check)
                     .build()?,
             ),
             "sqlx" => Subject::Sqlx(
                 sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(CONNECTIONS as u32)
+                    .max_connections(u32::from(args.connections))
                     .test_before_acquire(check)
                     .connect(url)
                     .await?,
@@ -87,7 +92,9 @@ impl Subject {
                     },
                 );
                 Subject::Deadpool(
-                    deadpool_postgres::Pool::builder(manager).max_size(CONNECTIONS).build()?,
+                    deadpool_postgres::Pool::builder(manager)
+                        .max_size(usize::from(args.connections))
+                        .build()?,
                 )
             }
             "bb8-postgres" => {
@@ -97,45 +104,62 @@ impl Subject {
                 )?;
                 Subject::Bb8(
                     bb8::Pool::builder()
-                        .max_size(CONNECTIONS as u32)
+                        .max_size(u32::from(args.connections))
                         .test_on_check_out(check)
                         .build(manager)
                         .await?,
                 )
             }
-            "connect-per-query" => Subject::ConnectPerQuery(Arc::new(url.parse()?)),
+            "connect-per-query" => {
+                let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+                let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                // Free slots now, less this connection and a margin for other clients.
+                let free: i32 = sqlx::query_scalar(
+                    "SELECT current_setting('max_connections')::int \
+                     - current_setting('superuser_reserved_connections')::int \
+                     - (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend')",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                conn.close().await?;
+                let permits = usize::try_from(free - 5).unwrap_or(0).max(1);
+                Subject::ConnectPerQuery(
+                    Arc::new(options),
+                    Arc::new(tokio::sync::Semaphore::new(permits)),
+                )
+            }
             other => anyhow::bail!("unknown pool {other:?}; known: {}", POOLS.join(", ")),
         })
     }
 
     /// Fills the pool so no scenario measures connects.
-    async fn warm(&self) -> anyhow::Result<()> {
+    async fn warm(&self, connections: usize) -> anyhow::Result<()> {
         match self {
             Subject::Ours(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.acquire().await?);
                 }
             }
             Subject::Sqlx(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.acquire().await?);
                 }
             }
             Subject::Deadpool(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.get().await?);
                 }
             }
             Subject::Bb8(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.get().await?);
                 }
             }
-            Subject::ConnectPerQuery(_) => {}
+            Subject::ConnectPerQuery(..) => {}
         }
         Ok(())
     }
@@ -159,7 +183,8 @@ impl Subject {
                 let c = p.get().await?;
                 c.simple_query("SELECT 1").await?;
             }
-            Subject::ConnectPerQuery(options) => {
+            Subject::ConnectPerQuery(options, slots) => {
+                let _slot = slots.acquire().await?;
                 let mut c = sqlx::PgConnection::connect_with(options).await?;
                 sqlx::raw_sql("SELECT 1").execute(&mut c).await?;
                 c.close().await?;
@@ -173,7 +198,7 @@ impl Subject {
             Subject::Ours(p) => drop(p.close().await),
             Subject::Sqlx(p) => p.close().await,
             Subject::Deadpool(p) => p.close(),
-            Subject::Bb8(_) | Subject::ConnectPerQuery(_) => {}
+            Subject::Bb8(_) | Subject::ConnectPerQuery(..) => {}
         }
     }
 }
@@ -192,10 +217,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let mut pairs: Vec<(f64, f64)> = Vec::new();
     let rows = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
         let row = rt.block_on(async {
-            let subject = Subject::build(name, &url)
+            let subject = Subject::build(name, &url, args)
                 .await
                 .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
-            subject.warm().await?;
+            subject.warm(usize::from(args.connections)).await?;
             let op = {
                 let subject = subject.clone();
                 move || {

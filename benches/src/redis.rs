@@ -3,9 +3,9 @@
 //! runtime: our exclusive checkout and our shared clients against deadpool-redis, bb8-redis,
 //! fred's own round-robin `Pool` and one fred `Client`.
 //!
-//! Checkout pools get 10 connections and keep their default health checks: ours pings a
+//! Checkout pools get 10 connections (`--connections`) and keep their default health checks: ours pings a
 //! connection idle past `health_check_interval`, deadpool-redis pipelines `UNWATCH` + `PING` on
-//! every recycle, bb8-redis pings on every checkout. fred's `Pool` has 10 clients.
+//! every recycle, bb8-redis pings on every checkout. fred's `Pool` has as many clients.
 
 use anyhow::Context as _;
 use deadpool_redis::redis::{self, AsyncCommands as _};
@@ -21,6 +21,10 @@ pub(crate) struct Args {
     /// Pools to run; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
+    /// Connections of every pool (the figure is 10): the same for all, so their
+    /// ratios stay comparable.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    connections: u16,
     /// Shared clients of our pool (`PoolSettings::shared_clients`); its default when unset.
     #[arg(long)]
     shared_clients: Option<usize>,
@@ -30,7 +34,6 @@ pub(crate) struct Args {
     no_shared_command_timeout: bool,
 }
 
-const CONNECTIONS: usize = 10;
 const KEY: &str = "pool-bench:redis:key";
 
 const POOLS: [&str; 6] = [
@@ -68,8 +71,8 @@ impl Subject {
     async fn build(name: &str, url: &str, args: &Args) -> anyhow::Result<Subject> {
         let ours = || async {
             let mut settings = pool_redis::PoolSettings::default()
-                .pool_size(CONNECTIONS)
-                .max_connections(CONNECTIONS);
+                .pool_size(usize::from(args.connections))
+                .max_connections(usize::from(args.connections));
             if let Some(n) = args.shared_clients {
                 settings = settings.shared_clients(n);
             }
@@ -85,7 +88,7 @@ impl Subject {
             "deadpool-redis" => {
                 let pool = deadpool_redis::Config::from_url(url)
                     .builder()?
-                    .max_size(CONNECTIONS)
+                    .max_size(usize::from(args.connections))
                     .runtime(deadpool_redis::Runtime::Tokio1)
                     .build()?;
                 Subject::Deadpool(pool)
@@ -93,12 +96,15 @@ impl Subject {
             "bb8-redis" => {
                 let manager = bb8_redis::RedisConnectionManager::new(url)?;
                 Subject::Bb8(
-                    bb8::Pool::builder().max_size(CONNECTIONS as u32).build(manager).await?,
+                    bb8::Pool::builder()
+                        .max_size(u32::from(args.connections))
+                        .build(manager)
+                        .await?,
                 )
             }
             "fred-pool" => {
-                let pool =
-                    fred::prelude::Builder::from_config(fred_config()?).build_pool(CONNECTIONS)?;
+                let pool = fred::prelude::Builder::from_config(fred_config()?)
+                    .build_pool(usize::from(args.connections))?;
                 pool.init().await?;
                 Subject::FredPool(pool)
             }
@@ -112,23 +118,23 @@ impl Subject {
     }
 
     /// Opens every connection of a checkout pool, so no scenario measures connects.
-    async fn warm(&self) -> anyhow::Result<()> {
+    async fn warm(&self, connections: usize) -> anyhow::Result<()> {
         match self {
             Subject::Exclusive(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.exclusive().await?);
                 }
             }
             Subject::Deadpool(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.get().await?);
                 }
             }
             Subject::Bb8(p) => {
                 let mut held = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..connections {
                     held.push(p.get().await?);
                 }
             }
@@ -185,7 +191,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
         rt.block_on(async {
             let subject = Subject::build(name, &url, args).await?;
-            subject.warm().await?;
+            subject.warm(usize::from(args.connections)).await?;
             let op = {
                 let subject = subject.clone();
                 move || {

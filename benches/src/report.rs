@@ -130,7 +130,8 @@ impl Common {
 
 /// Runs every scenario (`single`, then `contended` at each task count) for `rounds` rounds,
 /// the pools taking turns within a round, and keeps each pool's median round.
-/// `one(scenario, tasks, pool)` measures one pool once.
+/// `one(scenario, tasks, pool)` measures one pool once. If it fails, the scenarios already
+/// done are printed before the error returns, so a long run is not lost to its last row.
 pub(crate) fn run_rounds(
     common: &Common,
     pools: &[&str],
@@ -146,7 +147,18 @@ pub(crate) fn run_rounds(
         let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
         for _ in 0..common.rounds.max(1) {
             for (i, pool) in pools.iter().enumerate() {
-                let row = one(scenario, tasks, pool)?;
+                let row = match one(scenario, tasks, pool) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        if !rows.is_empty() {
+                            println!(
+                                "\nthe scenarios done before {pool} failed at {scenario} {tasks}:"
+                            );
+                            print_table(&rows, pools[0]);
+                        }
+                        return Err(e.context(format!("{pool}, {scenario}, {tasks} tasks")));
+                    }
+                };
                 eprintln!("{scenario:>9} {tasks:>4} {pool:<26} {:>12.0} ops/s", row.ops_per_sec);
                 rounds[i].push(row);
             }

@@ -1,8 +1,8 @@
 //! `bench postgres`: `SELECT 1` through each pool against a real PostgreSQL on loopback — ours,
 //! sqlx's `PgPool`, deadpool-postgres, bb8-postgres — with their default settings and with their
 //! checks off (the `-nocheck` twins), from one task and from 16, 64 and 256 tasks over 10
-//! connections (`--connections`); plus a connect-per-query baseline (sqlx: connect, query, close), with at most
-//! as many connects at once as the server has free connection slots.
+//! connections (`--connections`); plus a connect-per-query baseline (sqlx: connect, query,
+//! close), with at most as many connects at once as the server has free connection slots.
 //!
 //! The connection overhead it prints is the time per query beyond the bare query on one open
 //! connection, which is measured right after our pool's single-task run in every round, so the

@@ -3,9 +3,10 @@
 //! runtime: our exclusive checkout and our shared clients against deadpool-redis, bb8-redis,
 //! fred's own round-robin `Pool` and one fred `Client`.
 //!
-//! Checkout pools get 10 connections (`--connections`) and keep their default health checks: ours pings a
-//! connection idle past `health_check_interval`, deadpool-redis pipelines `UNWATCH` + `PING` on
-//! every recycle, bb8-redis pings on every checkout. fred's `Pool` has as many clients.
+//! Checkout pools get 10 connections (`--connections`) and keep their default health checks:
+//! ours pings a connection idle past `health_check_interval`, deadpool-redis pipelines
+//! `UNWATCH` + `PING` on every recycle, bb8-redis pings on every checkout. fred's `Pool` has as
+//! many clients.
 
 use anyhow::Context as _;
 use deadpool_redis::redis::{self, AsyncCommands as _};

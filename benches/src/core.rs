@@ -205,7 +205,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let run_for = args.common.run_for();
     let pools: Vec<&str> =
         POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
-    let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
+    let measured = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
         rt.block_on(async {
             let subject = Subject::build(name).await;
             subject.warm().await;
@@ -223,8 +223,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         })
     })?;
     println!();
-    report::print_table(&rows, "pool-core");
-    let path = report::write_json("core", &rows)?;
+    report::print_table(&measured, "pool-core");
+    let path = report::write_json("core", &measured.rows)?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

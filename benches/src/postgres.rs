@@ -215,7 +215,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let overhead_wanted =
         selected.contains(&"pool-postgres") && selected.contains(&"connect-per-query");
     let mut pairs: Vec<(f64, f64)> = Vec::new();
-    let rows = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
+    let measured = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
         let row = rt.block_on(async {
             let subject = Subject::build(name, &url, args)
                 .await
@@ -238,8 +238,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         Ok(row)
     })?;
     println!();
-    report::print_table(&rows, "pool-postgres");
-    let cpq = rows
+    report::print_table(&measured, "pool-postgres");
+    let cpq = measured
+        .rows
         .iter()
         .find(|r| r.scenario == "single" && r.pool == "connect-per-query")
         .map(|r| r.ops_per_sec);
@@ -265,7 +266,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (1.0 - pooled.max(0.0) / connecting) * 100.0
         );
     }
-    let path = report::write_json("postgres", &rows)?;
+    let path = report::write_json("postgres", &measured.rows)?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

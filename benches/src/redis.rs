@@ -189,7 +189,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     let pools: Vec<&str> =
         POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
-    let rows = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
+    let measured = report::run_rounds(&args.common, &pools, |scenario, tasks, name| {
         rt.block_on(async {
             let subject = Subject::build(name, &url, args).await?;
             subject.warm(usize::from(args.connections)).await?;
@@ -207,10 +207,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         })
     })?;
     println!();
-    report::print_table(&rows, "pool-redis-exclusive");
+    report::print_table(&measured, "pool-redis-exclusive");
     println!();
-    report::print_table(&rows, "pool-redis-shared");
-    let path = report::write_json("redis", &rows)?;
+    report::print_table(&measured, "pool-redis-shared");
+    let path = report::write_json("redis", &measured.rows)?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

@@ -57,23 +57,69 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
-/// Prints the rows as a table, with each peer's ratio to `ours` (our ops/s ÷ theirs).
-pub(crate) fn print_table(rows: &[Row], ours: &str) {
+/// What [`run_rounds`] measured.
+pub(crate) struct Report {
+    /// Each pool's median round (by ops/s) in each scenario: the table's rows and the JSON.
+    pub(crate) rows: Vec<Row>,
+    /// Every round of every pool, with the round's number.
+    rounds: Vec<(usize, Row)>,
+}
+
+impl Report {
+    /// The median over rounds of `ours`' ops/s ÷ `pool`'s in the same round of `scenario`
+    /// at `tasks`: the pools ran seconds apart, so a slow spell of the machine that hits one
+    /// round hits both sides of its ratio, where it can move one median and not the other.
+    fn paired_ratio(&self, scenario: &str, tasks: usize, ours: &str, pool: &str) -> Option<f64> {
+        let of = |name: &str, round: usize| {
+            self.rounds.iter().find_map(|(n, r)| {
+                (*n == round && r.scenario == scenario && r.tasks == tasks && r.pool == name)
+                    .then_some(r.ops_per_sec)
+            })
+        };
+        let mut ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter(|(_, r)| r.scenario == scenario && r.tasks == tasks && r.pool == pool)
+            .filter_map(|&(n, ref theirs)| Some(of(ours, n)? / theirs.ops_per_sec))
+            .collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let mid = ratios.len() / 2;
+        Some(if ratios.len() % 2 == 1 {
+            ratios[mid]
+        } else {
+            (ratios[mid - 1] + ratios[mid]) / 2.0
+        })
+    }
+}
+
+/// Prints the median rows as a table with each peer's ratio to `ours` (our ops/s ÷ theirs):
+/// `ours/this` divides the two medians shown, `paired` is the median of the rounds' own ratios
+/// (see [`Report::paired_ratio`]); on a noisy machine `paired` is the steadier of the two.
+pub(crate) fn print_table(report: &Report, ours: &str) {
     println!(
-        "{:<10} {:>5}  {:<26} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "scenario", "tasks", "pool", "ops/s", "p50", "p99", "p99.9", "max", "ours/this"
+        "{:<10} {:>5}  {:<26} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "scenario", "tasks", "pool", "ops/s", "p50", "p99", "p99.9", "max", "ours/this", "paired"
     );
+    let rows = &report.rows;
     for row in rows {
         let mine = rows
             .iter()
             .find(|r| r.scenario == row.scenario && r.tasks == row.tasks && r.pool == ours)
             .map(|r| r.ops_per_sec);
-        let ratio = match mine {
-            Some(m) if row.pool != ours => format!("{:.2}x", m / row.ops_per_sec),
-            _ => "-".to_owned(),
+        let (ratio, paired) = match mine {
+            Some(m) if row.pool != ours => (
+                format!("{:.2}x", m / row.ops_per_sec),
+                report
+                    .paired_ratio(&row.scenario, row.tasks, ours, &row.pool)
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.2}x")),
+            ),
+            _ => ("-".to_owned(), "-".to_owned()),
         };
         println!(
-            "{:<10} {:>5}  {:<26} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<10} {:>5}  {:<26} {:>12.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
             row.scenario,
             row.tasks,
             row.pool,
@@ -82,7 +128,8 @@ pub(crate) fn print_table(rows: &[Row], ours: &str) {
             fmt_ns(row.p99_ns),
             fmt_ns(row.p999_ns),
             fmt_ns(row.max_ns),
-            ratio
+            ratio,
+            paired
         );
     }
 }
@@ -129,46 +176,48 @@ impl Common {
 }
 
 /// Runs every scenario (`single`, then `contended` at each task count) for `rounds` rounds,
-/// the pools taking turns within a round, and keeps each pool's median round.
-/// `one(scenario, tasks, pool)` measures one pool once. If it fails, the scenarios already
-/// done are printed before the error returns, so a long run is not lost to its last row.
+/// the pools taking turns within a round, and keeps each pool's median round (and every
+/// round, for the paired ratios). `one(scenario, tasks, pool)` measures one pool once. If it
+/// fails, the scenarios already done are printed before the error returns, so a long run is
+/// not lost to its last row.
 pub(crate) fn run_rounds(
     common: &Common,
     pools: &[&str],
     mut one: impl FnMut(&str, usize, &str) -> anyhow::Result<Row>,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<Report> {
     let mut scenarios = vec![("single", 1usize)];
     scenarios.extend(common.tasks.iter().map(|&t| ("contended", t)));
     if common.rate.is_some() {
         scenarios.extend(common.tasks.iter().map(|&t| ("paced", t)));
     }
-    let mut rows = Vec::new();
+    let mut report = Report { rows: Vec::new(), rounds: Vec::new() };
     for (scenario, tasks) in scenarios {
-        let mut rounds: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
-        for _ in 0..common.rounds.max(1) {
+        let mut medians: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
+        for round in 0..common.rounds.max(1) {
             for (i, pool) in pools.iter().enumerate() {
                 let row = match one(scenario, tasks, pool) {
                     Ok(row) => row,
                     Err(e) => {
-                        if !rows.is_empty() {
+                        if !report.rows.is_empty() {
                             println!(
                                 "\nthe scenarios done before {pool} failed at {scenario} {tasks}:"
                             );
-                            print_table(&rows, pools[0]);
+                            print_table(&report, pools[0]);
                         }
                         return Err(e.context(format!("{pool}, {scenario}, {tasks} tasks")));
                     }
                 };
                 eprintln!("{scenario:>9} {tasks:>4} {pool:<26} {:>12.0} ops/s", row.ops_per_sec);
-                rounds[i].push(row);
+                report.rounds.push((round, row.clone()));
+                medians[i].push(row);
             }
         }
-        for mut r in rounds.into_iter().filter(|r| !r.is_empty()) {
+        for mut r in medians.into_iter().filter(|r| !r.is_empty()) {
             r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-            rows.push(r.swap_remove(r.len() / 2));
+            report.rows.push(r.swap_remove(r.len() / 2));
         }
     }
-    Ok(rows)
+    Ok(report)
 }
 
 /// `tasks` tasks calling `op` for `common.seconds`, every call timed; the row for `pool`. In
@@ -220,4 +269,46 @@ where
         hist.add(h)?;
     }
     Ok(Row::new(scenario, tasks, pool, total, start.elapsed(), &hist))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Report, Row};
+
+    fn row(pool: &str, ops_per_sec: f64) -> Row {
+        Row {
+            scenario: "contended".to_owned(),
+            tasks: 16,
+            pool: pool.to_owned(),
+            ops_per_sec,
+            p50_ns: 0,
+            p99_ns: 0,
+            p999_ns: 0,
+            max_ns: 0,
+        }
+    }
+
+    #[test]
+    fn paired_ratio_is_the_median_of_each_rounds_ratio() {
+        // Round 1 ran in a slow spell for both pools. The medians (ours 100, theirs 60) say
+        // 1.67x; the rounds' own ratios (2.0, 2.0, 0.5) say 2.0x.
+        let rounds = [(0, 100.0, 50.0), (1, 40.0, 20.0), (2, 120.0, 240.0)];
+        let report = Report {
+            rows: Vec::new(),
+            rounds: rounds
+                .iter()
+                .flat_map(|&(n, ours, theirs)| [(n, row("ours", ours)), (n, row("theirs", theirs))])
+                .collect(),
+        };
+        let paired = report.paired_ratio("contended", 16, "ours", "theirs").unwrap();
+        assert!((paired - 2.0).abs() < 1e-9, "{paired}");
+        // An even count takes the mean of the middle two.
+        let mut even = report.rounds.clone();
+        even.extend([(3, row("ours", 90.0)), (3, row("theirs", 90.0))]);
+        let report = Report { rows: Vec::new(), rounds: even };
+        let paired = report.paired_ratio("contended", 16, "ours", "theirs").unwrap();
+        assert!((paired - 1.5).abs() < 1e-9, "{paired}");
+        assert_eq!(report.paired_ratio("contended", 64, "ours", "theirs"), None);
+        assert_eq!(report.paired_ratio("contended", 16, "ours", "nobody"), None);
+    }
 }

@@ -135,33 +135,12 @@ impl Subject {
     /// Fills the pool so no scenario measures connects.
     async fn warm(&self, connections: usize) -> anyhow::Result<()> {
         match self {
-            Subject::Ours(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.acquire().await?);
-                }
-            }
-            Subject::Sqlx(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.acquire().await?);
-                }
-            }
-            Subject::Deadpool(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.get().await?);
-                }
-            }
-            Subject::Bb8(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.get().await?);
-                }
-            }
-            Subject::ConnectPerQuery(..) => {}
+            Subject::Ours(p) => report::hold_all(connections, || p.acquire()).await,
+            Subject::Sqlx(p) => report::hold_all(connections, || p.acquire()).await,
+            Subject::Deadpool(p) => report::hold_all(connections, || p.get()).await,
+            Subject::Bb8(p) => report::hold_all(connections, || p.get()).await,
+            Subject::ConnectPerQuery(..) => Ok(()),
         }
-        Ok(())
     }
 
     /// One checkout, `SELECT 1`, and return.

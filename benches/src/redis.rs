@@ -121,24 +121,9 @@ impl Subject {
     /// Opens every connection of a checkout pool, so no scenario measures connects.
     async fn warm(&self, connections: usize) -> anyhow::Result<()> {
         match self {
-            Subject::Exclusive(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.exclusive().await?);
-                }
-            }
-            Subject::Deadpool(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.get().await?);
-                }
-            }
-            Subject::Bb8(p) => {
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(p.get().await?);
-                }
-            }
+            Subject::Exclusive(p) => report::hold_all(connections, || p.exclusive()).await?,
+            Subject::Deadpool(p) => report::hold_all(connections, || p.get()).await?,
+            Subject::Bb8(p) => report::hold_all(connections, || p.get()).await?,
             Subject::Shared(_) | Subject::FredPool(_) | Subject::FredClient(_) => {}
         }
         self.op().await

@@ -220,6 +220,23 @@ pub(crate) fn run_rounds(
     Ok(report)
 }
 
+/// Checks out `n` connections with `checkout` and holds them all at once, then gives them back:
+/// a pool then has `n` open, so no scenario measures connects.
+pub(crate) async fn hold_all<C, E, Fut>(
+    n: usize,
+    mut checkout: impl FnMut() -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: std::future::Future<Output = Result<C, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(checkout().await?);
+    }
+    Ok(())
+}
+
 /// `tasks` tasks calling `op` for `common.seconds`, every call timed; the row for `pool`. In
 /// the `paced` scenario the tasks start `common.rate` calls per second between them (task `k`
 /// at `start + (k + n·tasks) / rate`), else each starts its next call when one ends.

@@ -192,9 +192,8 @@ pub(crate) fn run_rounds(
     }
     let mut report = Report { rows: Vec::new(), rounds: Vec::new() };
     for (scenario, tasks) in scenarios {
-        let mut medians: Vec<Vec<Row>> = vec![Vec::new(); pools.len()];
         for round in 0..common.rounds.max(1) {
-            for (i, pool) in pools.iter().enumerate() {
+            for pool in pools {
                 let row = match one(scenario, tasks, pool) {
                     Ok(row) => row,
                     Err(e) => {
@@ -208,13 +207,21 @@ pub(crate) fn run_rounds(
                     }
                 };
                 eprintln!("{scenario:>9} {tasks:>4} {pool:<26} {:>12.0} ops/s", row.ops_per_sec);
-                report.rounds.push((round, row.clone()));
-                medians[i].push(row);
+                debug_assert_eq!(row.pool, *pool, "a row is named after the pool that ran it");
+                report.rounds.push((round, row));
             }
         }
-        for mut r in medians.into_iter().filter(|r| !r.is_empty()) {
-            r.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-            report.rows.push(r.swap_remove(r.len() / 2));
+        for pool in pools {
+            let mut runs: Vec<&Row> = report
+                .rounds
+                .iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.scenario == scenario && r.tasks == tasks && r.pool == *pool)
+                .collect();
+            runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            if let Some(&median) = runs.get(runs.len() / 2) {
+                report.rows.push(median.clone());
+            }
         }
     }
     Ok(report)

@@ -10,6 +10,15 @@ pub(crate) use quanta::Instant;
 #[cfg(feature = "testing")]
 pub(crate) use tokio::time::Instant;
 
+use std::time::Duration;
+
+/// `now + d`, or a moment a century ahead (as good as never) when that would overflow: the
+/// engine's clock counts nanoseconds in a `u64`, so `Duration::MAX` cannot be added to it.
+#[inline]
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(crate::config::MAX_DURATION)).unwrap_or(now)
+}
+
 /// Now, on the engine's clock.
 #[inline]
 pub(crate) fn now() -> Instant {

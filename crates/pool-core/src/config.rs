@@ -72,6 +72,10 @@ impl Default for PoolConfig {
 /// The largest `pool_size + max_overflow` a pool accepts.
 const MAX_CONNECTIONS: usize = 100_000;
 
+/// The longest duration a setting accepts: 100 years, which is as good as never. Longer ones
+/// would overflow the engine's clock when added to now.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl PoolConfig {
     /// The most connections the pool may have open at once: `pool_size + max_overflow`.
     pub fn max_size(&self) -> usize {
@@ -96,8 +100,27 @@ impl PoolConfig {
         ) -> BuildError {
             BuildError::Invalid { setting, value: format!("{value:?}"), reason }
         }
+        let at_most = |setting, d: Duration| {
+            if d <= MAX_DURATION {
+                Ok(())
+            } else if matches!(
+                setting,
+                "pool_recycle"
+                    | "idle_timeout"
+                    | "health_check_interval"
+                    | "leak_detection_threshold"
+            ) {
+                Err(invalid(setting, d, "must be at most 100 years (use `None` for never)"))
+            } else {
+                Err(invalid(setting, d, "must be at most 100 years"))
+            }
+        };
         let positive = |setting, d: Duration| {
-            if d.is_zero() { Err(invalid(setting, d, "must be greater than zero")) } else { Ok(()) }
+            if d.is_zero() {
+                Err(invalid(setting, d, "must be greater than zero"))
+            } else {
+                at_most(setting, d)
+            }
         };
         if self.pool_size == 0 {
             return Err(invalid("pool_size", 0, "must be at least 1"));
@@ -114,6 +137,7 @@ impl PoolConfig {
         }
         positive("pool_timeout", self.pool_timeout)?;
         positive("connect_timeout", self.connect_timeout)?;
+        at_most("pre_ping_bypass", self.pre_ping_bypass)?;
         if let Some(d) = self.pool_recycle {
             positive("pool_recycle", d)?;
         }

@@ -660,10 +660,13 @@ impl<M: Manager> Shared<M> {
         let mut deadline: Option<Instant> = None;
         let mut deadline_for = |now: Instant, wait: Wait| {
             *deadline.get_or_insert_with(|| {
-                now + match wait {
-                    Wait::Upto(t) => t,
-                    Wait::Never => self.config.connect_timeout,
-                }
+                clock::after(
+                    now,
+                    match wait {
+                        Wait::Upto(t) => t,
+                        Wait::Never => self.config.connect_timeout,
+                    },
+                )
             })
         };
         loop {
@@ -1056,7 +1059,7 @@ impl<M: Manager> Shared<M> {
         }
         let expires_at = self.config.pool_recycle.map(|life| {
             let jitter = self.config.recycle_jitter * fastrand::f64();
-            now + life.mul_f64(1.0 - jitter)
+            clock::after(now, life.mul_f64(1.0 - jitter))
         });
         let id = self.next_id.fetch_add(1, Relaxed);
         let conn = Conn { raw, id, expires_at, idle_since: now, alive_at: now };

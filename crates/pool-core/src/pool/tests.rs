@@ -52,6 +52,23 @@ fn build_rejects_bad_settings_naming_them() {
             "leak_detection_threshold = 0ns",
         ),
         (builder(&m).name(""), "invalid pool setting name = \"\": must not be empty"),
+        // Durations a `u64` of nanoseconds past now cannot hold are refused, not a panic later.
+        (
+            builder(&m).pool_timeout(Duration::MAX),
+            "pool_timeout = 18446744073709551615.999999999s: must be at most 100 years",
+        ),
+        (
+            builder(&m).pool_recycle(Some(Duration::MAX)),
+            "pool_recycle = 18446744073709551615.999999999s: must be at most 100 years (use `None` for never)",
+        ),
+        (
+            builder(&m).pre_ping_bypass(crate::MAX_DURATION + Duration::from_secs(1)),
+            "pre_ping_bypass = 3153600001s",
+        ),
+        (
+            builder(&m).idle_timeout(Some(Duration::MAX)),
+            "idle_timeout = 18446744073709551615.999999999s",
+        ),
     ];
     for (b, expected) in cases {
         let err = b.build().unwrap_err().to_string();
@@ -306,6 +323,28 @@ async fn pre_ping_skips_recent_connections_and_replaces_failed_ones() {
     let s = pool.stats();
     assert_eq!(s.closed.get(CloseReason::FailedCheck), 1);
     assert_eq!(s.connections_created, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_timeout_too_long_to_add_to_now_waits_instead_of_panicking() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let held = pool.acquire().await.unwrap();
+    let p = pool.clone();
+    let waiter =
+        tokio::spawn(async move { p.acquire_timeout(Duration::MAX).await.map(|c| c.id()) });
+    until("queued", || pool.state().waiting == 1).await;
+    let id = held.id();
+    drop(held);
+    assert_eq!(waiter.await.unwrap().unwrap(), id, "served by the returned connection");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_lifetime_of_a_century_is_kept_not_a_panic() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).pool_recycle(Some(crate::MAX_DURATION)), 1).await;
+    let id = pool.acquire().await.unwrap().id();
+    assert_eq!(pool.acquire().await.unwrap().id(), id, "the same connection, not expired");
 }
 
 #[tokio::test(start_paused = true)]

@@ -721,6 +721,12 @@ impl<M: Manager> Shared<M> {
                                 ));
                             }
                             Checked::Failed => continue,
+                            // A caller that does not queue was promised no wait: the check
+                            // outlived its bound, so no idle connection was ready. Not an
+                            // acquire timeout in the stats either.
+                            Checked::TimedOut if matches!(wait, Wait::Never) => {
+                                return Err(AcquireFail::NoneIdle(self.lock().state()));
+                            }
                             Checked::TimedOut => return Err(self.timed_out(start)),
                         }
                     }

@@ -326,6 +326,24 @@ async fn pre_ping_skips_recent_connections_and_replaces_failed_ones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn try_acquire_whose_pre_ping_hangs_finds_none_idle_and_counts_no_timeout() {
+    let m = TestManager::new();
+    let pool = warm_pool(
+        builder(&m)
+            .pool_size(1)
+            .health_check_interval(None)
+            .connect_timeout(Duration::from_secs(1)),
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    m.set_check_delay(Duration::from_secs(60));
+    let err = pool.try_acquire().await.unwrap_err();
+    assert!(matches!(err, TryAcquireError::NoneIdle { .. }), "the pool is open: {err}");
+    assert_eq!(pool.stats().timeouts, 0, "a call that never queues did not time out");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_acquire_timeout_too_long_to_add_to_now_waits_instead_of_panicking() {
     let m = TestManager::new();
     let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;

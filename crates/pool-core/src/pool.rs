@@ -425,7 +425,7 @@ impl<M: Manager> ConnectionPool<M> {
         PoolConfig {
             pool_size: st.pool_size,
             max_overflow: st.max_overflow,
-            min_idle: st.min_idle,
+            min_idle: st.min_idle.map(|m| m.min(st.pool_size)),
             ..self.shared.config.clone()
         }
     }
@@ -456,7 +456,7 @@ impl<M: Manager> ConnectionPool<M> {
             let config = PoolConfig {
                 pool_size: st.pool_size,
                 max_overflow: st.max_overflow,
-                min_idle: st.min_idle,
+                min_idle: st.min_idle.map(|m| m.min(st.pool_size)),
                 ..self.shared.config.clone()
             };
             (g, config)
@@ -479,7 +479,8 @@ impl<M: Manager> ConnectionPool<M> {
     /// Growing takes effect at once: queued callers are served by new connections. Shrinking
     /// retires idle connections beyond the new `pool_size` at once and, as they come back,
     /// connections in use beyond it; a connection is never closed under its user. An explicit
-    /// `min_idle` above the new `pool_size` is lowered to it.
+    /// `min_idle` above the new `pool_size` is capped at it while the pool is that small (as
+    /// [`config`](Self::config) reports); growing back restores it.
     ///
     /// # Errors
     ///
@@ -499,7 +500,6 @@ impl<M: Manager> ConnectionPool<M> {
             }
             st.pool_size = pool_size;
             st.max_overflow = max_overflow;
-            st.min_idle = st.min_idle.map(|m| m.min(pool_size));
             let mut retired = Vec::new();
             while st.open() > pool_size {
                 match st.idle.pop_front() {

@@ -508,6 +508,18 @@ async fn resize_grows_for_waiters_and_shrinks_without_cutting_users_short() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shrink_caps_min_idle_and_growing_back_restores_it() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(4).min_idle(Some(3)), 3).await;
+    pool.resize(2, 0).unwrap();
+    assert_eq!(pool.config().min_idle, Some(2), "capped while the pool is smaller");
+    assert_eq!(pool.stats().min_idle, 2);
+    pool.resize(4, 0).unwrap();
+    assert_eq!(pool.config().min_idle, Some(3), "restored");
+    until("min_idle warm again", || pool.state().idle == 3).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn close_fails_waiters_and_new_acquires_and_closes_connections_as_they_return() {
     let m = TestManager::new();
     let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;

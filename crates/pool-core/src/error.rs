@@ -129,7 +129,8 @@ pub enum ResizeError {
 pub struct CloseError {
     /// The pool's name.
     pub pool: Arc<str>,
-    /// Connections still out when `close` stopped waiting.
+    /// Connections still open when `close` stopped waiting: mostly ones in use, but a connect,
+    /// check or close still in flight counts too.
     pub in_use: usize,
     /// How long `close` waited.
     pub waited: Duration,

@@ -106,7 +106,11 @@ impl HistogramSnapshot {
                 continue;
             }
             if seen + c as f64 >= rank {
-                let lo = if i == 0 { 0.0 } else { HISTOGRAM_BOUNDS[i - 1] };
+                // Entries past the overflow bucket (a snapshot built by hand) count as overflow.
+                let last = HISTOGRAM_BOUNDS[HISTOGRAM_BOUNDS.len() - 1];
+                let lo = i
+                    .checked_sub(1)
+                    .map_or(0.0, |j| HISTOGRAM_BOUNDS.get(j).copied().unwrap_or(last));
                 let hi = HISTOGRAM_BOUNDS.get(i).copied().unwrap_or(lo).min(self.max.as_secs_f64());
                 let hi = hi.max(lo);
                 let frac = (rank - seen) / c as f64;
@@ -328,9 +332,11 @@ pub struct PoolStats {
     pub waiting: usize,
     /// Connects in flight now.
     pub connecting: usize,
-    /// Connections open now: in use, idle, or being checked or reset by the pool.
+    /// Connections open now, as the pool counts them against `pool_size + max_overflow`: in
+    /// use, idle, being checked or reset by the pool, being opened, or being closed.
     pub open_connections: usize,
-    /// Open connections beyond `pool_size` (the seed's `overflow`).
+    /// Open connections beyond `pool_size` (the seed's `overflow`), counted as
+    /// `open_connections` are: right after a shrink, those still closing count too.
     pub overflow: usize,
     /// Most connections in use at once since the last reset (the seed's `peak_connections`).
     pub peak_connections: usize,
@@ -371,8 +377,8 @@ pub struct PoolStats {
 pub enum Routing {
     /// The primary: takes writes, and the reads no replica could take.
     Primary {
-        /// Reads sent here because no replica was usable (banned, lagging, behind a causal
-        /// token, or none configured).
+        /// Reads sent here because no replica was usable (banned, lagging, or behind a causal
+        /// token). A cluster without replicas counts none: its reads have nowhere else to go.
         fallbacks: u64,
     },
     /// A read replica.
@@ -386,4 +392,35 @@ pub enum Routing {
         /// Its replay lag at the last probe.
         lag: Option<Duration>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{HISTOGRAM_BOUNDS, HistogramSnapshot};
+
+    #[test]
+    fn quantile_interpolates_inside_the_bucket_and_caps_at_the_max() {
+        let mut counts = vec![0; HISTOGRAM_BOUNDS.len() + 1];
+        counts[3] = 10; // 50 µs < v ≤ 100 µs
+        let h = HistogramSnapshot { counts, sum: Duration::ZERO, max: Duration::from_micros(80) };
+        let near =
+            |d: Duration, us: u64| d.abs_diff(Duration::from_micros(us)) <= Duration::from_nanos(1);
+        assert!(
+            near(h.quantile(0.5), 65),
+            "halfway from 50 µs to the 80 µs max: {:?}",
+            h.quantile(0.5)
+        );
+        assert!(near(h.quantile(1.0), 80), "{:?}", h.quantile(1.0));
+        assert_eq!(HistogramSnapshot::default().quantile(0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn quantile_of_a_hand_built_snapshot_with_extra_buckets_does_not_panic() {
+        let mut counts = vec![0; HISTOGRAM_BOUNDS.len() + 3];
+        counts[HISTOGRAM_BOUNDS.len() + 2] = 1;
+        let h = HistogramSnapshot { counts, sum: Duration::ZERO, max: Duration::from_secs(90) };
+        assert_eq!(h.quantile(0.5), Duration::from_secs(60), "counted as overflow, above 60 s");
+    }
 }

@@ -155,12 +155,13 @@ impl ClusterBuilder {
     /// # Errors
     ///
     /// [`ClusterBuildError::Pool`] naming the pool whose settings were refused (or when called
-    /// outside a tokio runtime), [`ClusterBuildError::Invalid`] for a zero duration.
+    /// outside a tokio runtime), [`ClusterBuildError::Invalid`] for a zero duration or one above
+    /// [`pool_core::MAX_DURATION`].
     pub fn build(self) -> Result<PgCluster, ClusterBuildError> {
-        let invalid = |setting, value: Duration| ClusterBuildError::Invalid {
+        let invalid = |setting, value: Duration, reason| ClusterBuildError::Invalid {
             setting,
             value: format!("{value:?}"),
-            reason: "must be greater than zero",
+            reason,
         };
         for (setting, value) in [
             ("ban_duration", Some(self.ban_duration)),
@@ -168,8 +169,14 @@ impl ClusterBuilder {
             ("max_replica_lag", self.max_replica_lag),
             ("lag_probe_interval", self.lag_probe_interval),
         ] {
-            if let Some(v) = value.filter(|v| v.is_zero()) {
-                return Err(invalid(setting, v));
+            match value {
+                Some(v) if v.is_zero() => {
+                    return Err(invalid(setting, v, "must be greater than zero"));
+                }
+                Some(v) if v > pool_core::MAX_DURATION => {
+                    return Err(invalid(setting, v, "must be at most 100 years"));
+                }
+                _ => {}
             }
         }
         let build = |name: String, manager: PgManager, config: &PoolConfig| {
@@ -713,5 +720,33 @@ impl Pool for Member {
 
     async fn health(&self) -> PoolHealth {
         Pool::health(&self.pool).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::PgCluster;
+    use crate::PgManager;
+
+    #[test]
+    fn build_rejects_zero_and_endless_durations_naming_them() {
+        let manager = || PgManager::from_url("postgres://app@127.0.0.1/db").unwrap();
+        let cases = [
+            (PgCluster::builder("c", manager()).ban_duration(Duration::ZERO), "ban_duration = 0ns"),
+            (
+                PgCluster::builder("c", manager()).replica_timeout(Duration::MAX),
+                "replica_timeout = 18446744073709551615.999999999s: must be at most 100 years",
+            ),
+            (
+                PgCluster::builder("c", manager()).max_replica_lag(Some(Duration::MAX)),
+                "max_replica_lag",
+            ),
+        ];
+        for (builder, expected) in cases {
+            let err = builder.build().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
     }
 }

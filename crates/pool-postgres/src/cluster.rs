@@ -83,6 +83,14 @@ struct Health {
     last_error: Option<String>,
 }
 
+impl Health {
+    /// Whether reads skip the replica: a ban lasts its cooldown, or, with the lag probe on,
+    /// until the probe lifts it.
+    fn banned(&self, now: Instant, probing: bool) -> bool {
+        self.banned_until.is_some_and(|until| probing || now < until)
+    }
+}
+
 impl Replica {
     fn health(&self) -> MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
@@ -329,17 +337,22 @@ impl PgCluster {
     /// fields of different replicas may be from slightly different moments).
     pub fn stats(&self) -> ClusterStats {
         let now = Instant::now();
+        let probing = self.inner.settings.lag_probe_interval.is_some();
         let replicas = self
             .inner
             .replicas
             .iter()
             .map(|r| {
                 let h = r.health();
+                let banned = h.banned(now, probing);
                 ReplicaStats {
                     pool: r.pool.name().to_owned(),
                     reads: r.reads.load(Relaxed),
-                    banned: h.banned_until.is_some(),
-                    ban_remaining: h.banned_until.map(|t| t.saturating_duration_since(now)),
+                    banned,
+                    ban_remaining: h
+                        .banned_until
+                        .filter(|_| banned)
+                        .map(|t| t.saturating_duration_since(now)),
                     bans: h.bans,
                     lagging: h.lagging,
                     lag: h.lag,
@@ -453,12 +466,7 @@ impl Inner {
             }
             let behind = {
                 let h = r.health();
-                let banned = match h.banned_until {
-                    // With the probe on, only the probe lifts a ban.
-                    Some(until) => probing || now < until,
-                    None => false,
-                };
-                if banned || h.lagging {
+                if h.banned(now, probing) || h.lagging {
                     continue;
                 }
                 token.is_some_and(|t| h.replay_lsn.is_none_or(|lsn| lsn < t))
@@ -674,9 +682,10 @@ impl Member {
             None => Routing::Primary { fallbacks: cluster.fallbacks.load(Relaxed) },
             Some(i) => {
                 let h = cluster.replicas[i].health();
+                let probing = cluster.settings.lag_probe_interval.is_some();
                 Routing::Replica {
                     bans: h.bans,
-                    banned: h.banned_until.is_some(),
+                    banned: h.banned(Instant::now(), probing),
                     lagging: h.lagging,
                     lag: h.lag,
                 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -27,10 +27,13 @@ use crate::{PgPool, PgPooledConnection};
 /// - [`session_read_only`](Self::session_read_only) goes to the least busy usable replica (fewest
 ///   connections in use, ties broken at random), or to the primary when none is usable (counted
 ///   as a fallback). A replica is usable unless banned or lagging.
-/// - A replica whose pool cannot connect (an acquire that times out while its connects fail) or
-///   that fails the lag probe's query is banned for `ban_duration`; after that the lag probe
-///   tries it, and lifts the ban when it answers (without the probe, the next read tries it).
-///   The primary is never banned.
+/// - A replica whose pool cannot connect (an acquire that times out while its connects fail, or
+///   a read that finds its connects failing and nothing idle) or that fails the lag probe's
+///   query is banned for `ban_duration`; after that the lag probe tries it, and lifts the ban
+///   when it answers (without the probe, the ban runs out and the next read tries it). A ban
+///   for failed connects also starts one connect in the background, which tells the pool when
+///   the server is back: it is an acquire of the replica pool, so its stats count it (and its
+///   timeout while the server is still down). The primary is never banned.
 /// - The lag probe measures, every `lag_probe_interval`, each replica's replay lag and skips a
 ///   replica whose lag exceeds `max_replica_lag` until it is back under half of it (hysteresis).
 /// - [`session_read_only_after`](Self::session_read_only_after) takes a [`CausalToken`] and goes
@@ -69,6 +72,8 @@ struct Replica {
     pool: PgPool,
     health: Mutex<Health>,
     reads: AtomicU64,
+    /// A background connect ([`PgCluster::retry_connect`]) is in flight.
+    retrying: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -139,7 +144,9 @@ impl ClusterBuilder {
     }
 
     /// How long a read waits for a replica's connection before it tries another replica or the
-    /// primary \[2 s\]. A replica whose connects failed during that wait is banned.
+    /// primary \[2 s\], and how long a causal read's check of the replica's replay position may
+    /// take. A replica whose connects failed during that wait, or whose check failed or took
+    /// longer, is banned.
     pub fn replica_timeout(mut self, timeout: Duration) -> Self {
         self.replica_timeout = timeout;
         self
@@ -203,6 +210,7 @@ impl ClusterBuilder {
                 pool,
                 health: Mutex::new(Health::default()),
                 reads: AtomicU64::new(0),
+                retrying: AtomicBool::new(false),
             });
         }
         let settings = Settings {
@@ -388,6 +396,33 @@ impl PgCluster {
         result
     }
 
+    /// Opens one connection to replica `i` in the background and gives it to its pool, one at
+    /// a time per replica: once the server is back, the pool has a connection and no failed
+    /// connects, so the first read after the ban uses the replica. The ban itself runs its
+    /// course (or the probe lifts it).
+    fn retry_connect(&self, i: usize) {
+        /// Clears the flag however the task ends, a runtime shutdown included.
+        struct Retrying(Arc<Inner>, usize);
+        impl Drop for Retrying {
+            fn drop(&mut self) {
+                self.0.replicas[self.1].retrying.store(false, Relaxed);
+            }
+        }
+        if self.inner.replicas[i].retrying.swap(true, Relaxed) {
+            return;
+        }
+        let retrying = Retrying(Arc::clone(&self.inner), i);
+        // Outside a tokio runtime (a read polled by another executor), the retry is skipped:
+        // the ban runs out and a later read tries again.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let inner = &retrying.0;
+            let bound = inner.settings.replica_timeout;
+            drop(inner.replicas[i].pool.acquire_timeout(bound).await);
+            drop(retrying);
+        });
+    }
+
     async fn read(&self, token: Option<Lsn>) -> Result<PgPooledConnection, SessionError> {
         let inner = &*self.inner;
         let mut tried = Vec::new();
@@ -403,6 +438,9 @@ impl PgCluster {
                     .last_connect_error()
                     .map_or_else(|| "connects failing".to_owned(), |e| e.to_string());
                 inner.ban(i, error);
+                // Nothing else would try again (reads skip a banned replica): one connect in
+                // the background tells the pool, and the ban, when the server is back.
+                self.retry_connect(i);
                 continue;
             }
             let mut conn = match replica.pool.acquire_timeout(inner.settings.replica_timeout).await
@@ -411,6 +449,7 @@ impl PgCluster {
                 Err(AcquireError::Timeout(t)) => {
                     if let Some(e) = &t.last_error {
                         inner.ban(i, e.to_string());
+                        self.retry_connect(i);
                     }
                     continue;
                 }

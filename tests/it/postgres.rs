@@ -695,3 +695,46 @@ async fn without_the_probe_a_restarted_replica_comes_back_after_its_ban() -> Res
     drop(primary);
     Ok(())
 }
+
+/// Regression (review): a causal read checks the replica's replay position on the connection;
+/// on a replica that stopped answering, that query hung for as long as TCP takes to give up.
+/// It is bounded by `replica_timeout`: the read goes to the primary and the replica is banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_causal_read_on_a_frozen_replica_falls_back_to_the_primary() -> Result {
+    // No pre-ping within a minute of use: the causal read's own query meets the frozen server.
+    let (primary, replica, cluster) =
+        replicated_without_probe("pool-postgres-frozen", Duration::from_secs(60)).await?;
+    // Warm the replica pool, so the causal read finds an idle connection to it.
+    let mut r = cluster.session_read_only().await?;
+    assert!(in_recovery(&mut r).await);
+    drop(r);
+    let mut w = cluster.session().await?;
+    let token = CausalToken::after_write(&mut w).await?;
+    drop(w);
+    // Freeze every process of the replica (its postmaster and backends): connections stay
+    // open, nothing answers.
+    let postmaster = replica.pid().ok_or_else(|| anyhow::anyhow!("replica pid"))?;
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{sig} {postmaster} $(pgrep -P {postmaster})"))
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} failed");
+    };
+    signal("STOP");
+    let read =
+        tokio::time::timeout(Duration::from_secs(30), cluster.session_read_only_after(&token))
+            .await;
+    signal("CONT");
+    let mut r =
+        read.map_err(|_| anyhow::anyhow!("the causal read hung on the frozen replica"))??;
+    assert!(!in_recovery(&mut r).await, "the read went to the primary");
+    drop(r);
+    let s = cluster.stats();
+    assert!(s.replicas[0].bans >= 1 && s.causal_primary_reads == 1, "{s:?}");
+    let closed = cluster.replicas()[0].stats().closed.get(CloseReason::Detached);
+    assert_eq!(closed, 1, "the connection stuck mid-query was closed, not put back");
+    cluster.close().await?;
+    drop(primary);
+    Ok(())
+}

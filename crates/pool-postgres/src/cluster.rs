@@ -15,6 +15,7 @@ use pool_core::{
 use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
 
+use crate::connection::PgConn;
 use crate::error::{ClusterBuildError, SessionError};
 use crate::manager::PgManager;
 use crate::stats::{ClusterStats, ReplicaStats};
@@ -461,7 +462,16 @@ impl PgCluster {
             if let Some(token) = token {
                 let known = replica.health().replay_lsn;
                 if known.is_none_or(|lsn| lsn < token) {
-                    match replay_lsn(&mut conn).await {
+                    // Bounded like the acquire: a stalled replica sends the read to the primary
+                    // instead of holding it for as long as TCP takes to give up.
+                    let bound = inner.settings.replica_timeout;
+                    let replayed = match tokio::time::timeout(bound, replay_lsn(&mut conn)).await {
+                        Ok(replayed) => replayed.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!(
+                            "pg_last_wal_replay_lsn() took longer than replica_timeout ({bound:?})"
+                        )),
+                    };
+                    match replayed {
                         Ok(Some(lsn)) => {
                             let mut h = replica.health();
                             h.replay_lsn = h.replay_lsn.max(Some(lsn));
@@ -472,7 +482,9 @@ impl PgCluster {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            inner.ban(i, e.to_string());
+                            // The connection may be mid-query or broken: never reuse it.
+                            conn.discard();
+                            inner.ban(i, e);
                             continue;
                         }
                     }
@@ -551,9 +563,9 @@ impl fmt::Debug for PgCluster {
 }
 
 /// `pg_last_wal_replay_lsn()` on `conn`: `None` when the server is not a replica.
-async fn replay_lsn(conn: &mut PgConnection) -> Result<Option<Lsn>, sqlx::Error> {
+async fn replay_lsn(conn: &mut PgConn) -> Result<Option<Lsn>, sqlx::Error> {
     let (text,): (Option<String>,) =
-        sqlx::query_as("SELECT pg_last_wal_replay_lsn()::text").fetch_one(conn).await?;
+        sqlx::query_as("SELECT pg_last_wal_replay_lsn()::text").fetch_one(&mut *conn).await?;
     text.map(|t| t.parse().map_err(|e: crate::TokenError| sqlx::Error::Decode(e.into())))
         .transpose()
 }

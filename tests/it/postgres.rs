@@ -129,7 +129,7 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
         &mut pool_postgres::PgPooledConnection,
         String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
-    let cases: [(&str, Leave); 4] = [
+    let cases: [(&str, Leave); 6] = [
         ("raw BEGIN", |c, insert| {
             Box::pin(async move {
                 sqlx::query("BEGIN").execute(&mut **c).await.unwrap();
@@ -142,6 +142,21 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
                     .execute(&mut **c)
                     .await
                     .unwrap();
+            })
+        }),
+        // The `END` inside the body is not the transaction's.
+        ("raw BEGIN, then a body with END", |c, insert| {
+            Box::pin(async move {
+                let sql = format!("BEGIN; {insert}; DO $$ BEGIN PERFORM 1; END $$");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut **c).await.unwrap();
+            })
+        }),
+        // The server skips the COMMIT after the error: an aborted transaction is left open.
+        ("an error between BEGIN and COMMIT", |c, insert| {
+            Box::pin(async move {
+                let sql = format!("BEGIN; {insert}; SELECT 1/0; COMMIT");
+                let failed = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut **c).await;
+                assert!(failed.is_err(), "division by zero");
             })
         }),
         ("dropped sqlx transaction", |c, insert| {

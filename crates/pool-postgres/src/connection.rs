@@ -187,6 +187,8 @@ const RAW_TX: u8 = 1;
 const BUSY: u8 = 2;
 /// A query failed in a way that means the connection is gone.
 const BROKEN: u8 = 4;
+/// The last query's text had a transaction control statement.
+const TX_CONTROL: u8 = 8;
 
 #[derive(Debug, Default)]
 struct Flags(AtomicU8);
@@ -215,15 +217,26 @@ impl Flags {
     fn note_error(&self, error: &sqlx::Error) {
         if is_fatal(error) {
             self.set(BROKEN);
+        } else if matches!(error, sqlx::Error::Database(_)) && self.get(TX_CONTROL) {
+            // The server skips what follows an error in the same text (`BEGIN; SELECT 1/0;
+            // COMMIT` leaves an aborted transaction open), and a failed end statement may end
+            // nothing: one `ROLLBACK` on return settles it.
+            self.set(RAW_TX);
         }
     }
 
     /// Updates the raw transaction flag from the statements of `sql`.
     fn track(&self, sql: &str) {
-        match transaction_effect(sql) {
+        let effect = transaction_effect(sql);
+        match effect {
             Some(true) => self.set(RAW_TX),
             Some(false) => self.clear(RAW_TX),
             None => {}
+        }
+        if effect.is_some() {
+            self.set(TX_CONTROL);
+        } else {
+            self.clear(TX_CONTROL);
         }
     }
 }
@@ -242,32 +255,174 @@ fn is_fatal(error: &sqlx::Error) -> bool {
 /// What the statements of `sql` leave behind: `Some(true)` when the last transaction control
 /// statement opens a transaction (`BEGIN`, `START TRANSACTION`, `COMMIT AND CHAIN`),
 /// `Some(false)` when it ends one (`COMMIT`, `END`, `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`),
-/// `None` when there is none. A heuristic on leading keywords: a false positive only costs one
-/// `ROLLBACK` on return.
+/// `None` when there is none.
+///
+/// The text is split into statements as PostgreSQL's lexer would: a `;` inside a string, a
+/// quoted identifier, a dollar-quoted body or a comment separates nothing, and the statements
+/// of a `BEGIN ATOMIC ... END` function body are not transaction control. So in
+/// `BEGIN; DO $$ BEGIN ...; END $$` the `END` inside the body is not taken for the end of the
+/// transaction. Text it cannot read (an unterminated quote) may hide anything, so it never
+/// counts as ending one: a false "opens" costs one `ROLLBACK` on return, a false "ends" would
+/// hand the next user an open transaction. (It reads strings as `standard_conforming_strings`
+/// has them, on by default since PostgreSQL 9.1: with it off, a `\'` inside a plain string
+/// would be misread.) A text with transaction control that fails on the server counts as
+/// opening one, since the server skips what follows the error.
 fn transaction_effect(sql: &str) -> Option<bool> {
+    // Most queries are one statement without quotes or comments: read it in place, unsplit.
+    if !sql.contains([';', '-', '/', '\'', '"', '$']) {
+        return effect_of(std::iter::once(sql), true);
+    }
+    let (statements, complete) = statements(sql);
+    effect_of(statements.iter().map(String::as_str), complete)
+}
+
+/// [`transaction_effect`] of these statements, keywords only; `complete` when nothing was left
+/// unread.
+fn effect_of<'a>(statements: impl Iterator<Item = &'a str>, complete: bool) -> Option<bool> {
     let mut effect = None;
-    for statement in sql.split(';') {
-        let mut words = statement
-            .lines()
-            .map(|line| line.split("--").next().unwrap_or_default())
-            .flat_map(str::split_whitespace);
-        let Some(first) = words.next() else { continue };
+    let mut atomic_body = false;
+    for statement in statements {
+        let Some(first) = statement.split_whitespace().next() else { continue };
         let is = |w: &str| first.eq_ignore_ascii_case(w);
+        let words = || statement.split_whitespace();
+        let has = |w: &str| words().any(|r| r.eq_ignore_ascii_case(w));
+        if atomic_body {
+            // The body's statements run inside the function; its `END` closes the body.
+            atomic_body = !is("END");
+            continue;
+        }
+        // `CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC` opens a body the statements up to its
+        // `END` belong to (unless the body is empty: `BEGIN ATOMIC END`).
+        if is("CREATE")
+            && (has("FUNCTION") || has("PROCEDURE"))
+            && words()
+                .zip(words().skip(1))
+                .any(|(a, b)| a.eq_ignore_ascii_case("BEGIN") && b.eq_ignore_ascii_case("ATOMIC"))
+        {
+            atomic_body = !words().last().is_some_and(|w| w.eq_ignore_ascii_case("END"));
+            continue;
+        }
         if is("BEGIN") || is("START") {
             effect = Some(true);
         } else if is("COMMIT") || is("END") || is("ROLLBACK") || is("ABORT") || is("PREPARE") {
-            let rest: Vec<&str> = words.collect();
-            let has = |w: &str| rest.iter().any(|r| r.eq_ignore_ascii_case(w));
             if is("PREPARE") && !has("TRANSACTION") {
                 continue; // `PREPARE name AS ...`: a prepared statement.
             }
             if is("ROLLBACK") && has("TO") {
                 continue; // `ROLLBACK TO SAVEPOINT`: still inside the transaction.
             }
-            effect = Some(has("CHAIN") && !has("NO"));
+            if has("PREPARED") {
+                continue; // `COMMIT PREPARED 'id'`: ends a prepared transaction, not this one.
+            }
+            let chain = has("CHAIN") && !has("NO");
+            if chain || complete {
+                effect = Some(chain);
+            }
         }
     }
     effect
+}
+
+/// The statements of `sql`, split on the `;`s that separate statements, with strings, quoted
+/// identifiers, dollar-quoted bodies and comments blanked out, so only keywords are left to
+/// read; and whether every quote and comment was closed.
+fn statements(sql: &str) -> (Vec<String>, bool) {
+    let b = sql.as_bytes();
+    let (mut done, mut current) = (Vec::new(), String::new());
+    let mut i = 0;
+    // PostgreSQL's identifier (and dollar-quote tag) characters: letters, digits, `_` and any
+    // byte of a non-ASCII character.
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        // Where the quoted or commented run starting at `i` ends (exclusive), or `None` if it
+        // never does.
+        let skip: Option<Option<usize>> = match c {
+            b'\'' => {
+                // An E'...' string takes backslash escapes; '' is a quote in any string.
+                let escapes =
+                    i > 0 && b[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !ident(b[i - 2]));
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => break Some(None),
+                        Some(b'\\') if escapes => j += 2,
+                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        Some(b'\'') => break Some(Some(j + 1)),
+                        Some(_) => j += 1,
+                    }
+                }
+            }
+            b'"' => {
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => break Some(None),
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
+                        Some(b'"') => break Some(Some(j + 1)),
+                        Some(_) => j += 1,
+                    }
+                }
+            }
+            // A line comment ends at a newline or a carriage return, as in PostgreSQL.
+            b'-' if next == Some(b'-') => Some(Some(
+                b[i..].iter().position(|&c| c == b'\n' || c == b'\r').map_or(b.len(), |n| i + n),
+            )),
+            b'/' if next == Some(b'*') => {
+                // Block comments nest.
+                let (mut depth, mut j) = (1, i + 2);
+                loop {
+                    match (b.get(j), b.get(j + 1)) {
+                        (None, _) => break Some(None),
+                        (Some(b'/'), Some(b'*')) => (depth, j) = (depth + 1, j + 2),
+                        (Some(b'*'), Some(b'/')) if depth == 1 => break Some(Some(j + 2)),
+                        (Some(b'*'), Some(b'/')) => (depth, j) = (depth - 1, j + 2),
+                        _ => j += 1,
+                    }
+                }
+            }
+            // `$tag$ ... $tag$` (the tag may be empty); `$1` is a parameter, and a `$` inside
+            // an identifier (`x$$`) is part of it.
+            b'$' if i == 0 || !(ident(b[i - 1]) || b[i - 1] == b'$') => {
+                let tag_len = b[i + 1..].iter().position(|&c| !ident(c));
+                match tag_len {
+                    Some(n)
+                        if b[i + 1 + n] == b'$'
+                            && !b.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+                    {
+                        let tag = &sql[i..i + n + 2];
+                        Some(
+                            sql[i + tag.len()..].find(tag).map(|at| i + tag.len() + at + tag.len()),
+                        )
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match skip {
+            Some(Some(end)) => {
+                current.push(' ');
+                i = end;
+            }
+            Some(None) => {
+                done.push(current);
+                return (done, false);
+            }
+            None if c == b';' => {
+                done.push(std::mem::take(&mut current));
+                i += 1;
+            }
+            None => {
+                // Keywords are ASCII; anything else only has to keep words apart.
+                current.push(if c.is_ascii() { char::from(c) } else { ' ' });
+                i += 1;
+            }
+        }
+    }
+    done.push(current);
+    (done, true)
 }
 
 /// A query wrapper that reads the SQL on its way to the server.
@@ -340,6 +495,42 @@ mod tests {
             ("-- a comment\nBEGIN", Some(true)),
             ("select begin_at from events", None),
             ("", None),
+            // Strings, bodies and comments are read as PostgreSQL's lexer reads them.
+            ("BEGIN; INSERT INTO t VALUES ('a;b', E'it\\'s; x', \"c;d\"); COMMIT", Some(false)),
+            ("BEGIN; SELECT $1::text; COMMIT", Some(false)),
+            ("BEGIN; SELECT $tag$ ; END $tag$; COMMIT", Some(false)),
+            ("BEGIN; /* a /* nested; */ COMMIT; */ SELECT 1", Some(true)),
+            ("BEGIN; CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END", Some(true)),
+            (
+                "BEGIN; CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END; COMMIT",
+                Some(false),
+            ),
+            // A line comment also ends at a carriage return.
+            ("COMMIT; -- done\rBEGIN", Some(true)),
+            // Non-ASCII dollar-quote tags, and `$` inside identifiers.
+            ("BEGIN; DO $é$ BEGIN PERFORM 1; END $é$", Some(true)),
+            ("SELECT 1 AS é$$; BEGIN; SELECT 1 AS ö$$", Some(true)),
+            ("SELECT 1 AS x$$$; BEGIN; SELECT 1 AS y$$$", Some(true)),
+            // An empty atomic body, and `begin atomic` that is not a body.
+            ("CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC END; BEGIN", Some(true)),
+            ("CREATE TABLE t (begin atomic); BEGIN", Some(true)),
+            // Prepared transactions are not this session's.
+            ("BEGIN; COMMIT PREPARED 'x'", Some(true)),
+            // Unterminated: nothing after the quote can be read, so nothing there ends one.
+            ("BEGIN; SELECT 'oops; COMMIT", Some(true)),
+            // A `;` inside a body, a string or a comment does not end the transaction.
+            ("BEGIN; DO $$ BEGIN IF true THEN PERFORM 1; END IF; END $$", Some(true)),
+            ("DO $$ BEGIN PERFORM 1; END $$", None),
+            ("SELECT 'a; commit'", None),
+            ("SELECT 1 -- x; COMMIT", None),
+            ("SELECT 1 /* ; END */", None),
+            (
+                "CREATE FUNCTION f() RETURNS int AS $$ BEGIN RETURN 1; END; $$ LANGUAGE plpgsql",
+                None,
+            ),
+            // A single statement is read whole, quotes and all.
+            ("COMMIT;", Some(false)),
+            ("-- done\nROLLBACK", Some(false)),
         ];
         for (sql, want) in cases {
             assert_eq!(transaction_effect(sql), *want, "{sql:?}");

@@ -120,18 +120,56 @@ impl From<PgConnectOptions> for PgManager {
     }
 }
 
-/// `url` with the password, if any, replaced by `***`.
+/// `url` with every password in it replaced by `***`: the URL's own (everything between the
+/// first `:` of the user info and the last `@`, so a password with an unencoded `/`, `?`, `#`
+/// or `@` is hidden whole) and any `password=` pair, as in a URL's query or a libpq
+/// `key=value` string. Hides too much rather than too little.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+    let scheme_of = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    // A libpq `key=value` string may hold a `://` in a value: not a URL.
+    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| scheme_of(s)) else {
+        return mask_password_pairs(url);
+    };
+    let rest = match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}:***{}", &rest[..colon], &rest[at..]),
+            None => rest.to_owned(),
         },
-        None => url.to_owned(),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{}", mask_password_pairs(&rest))
+}
+
+/// `s` with the value of each `password=value` pair (any case, spaces allowed around `=`,
+/// a value quoted in `'...'` or running to a space or `&`) replaced by `***`.
+fn mask_password_pairs(s: &str) -> String {
+    const KEY: &str = "password";
+    // ASCII lowercasing keeps every byte offset.
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(found) = lower[i..].find(KEY) {
+        let key_end = i + found + KEY.len();
+        let Some(value) = s[key_end..].trim_start().strip_prefix('=') else {
+            out.push_str(&s[i..key_end]);
+            i = key_end;
+            continue;
+        };
+        let value = value.trim_start();
+        let start = s.len() - value.len();
+        let len = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(value.len(), |end| end + 2),
+            None => value.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(value.len()),
+        };
+        out.push_str(&s[i..start]);
+        out.push_str("***");
+        i = start + len;
     }
+    out.push_str(&s[i..]);
+    out
 }
 
 #[cfg(test)]
@@ -145,6 +183,24 @@ mod tests {
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("postgres://h", "postgres://h"),
             ("not a url", "not a url"),
+            // Unencoded `/` or `@` in the password: still hidden whole.
+            ("postgres://u:pa/ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            // In the query, which sqlx accepts, and in libpq's key=value form.
+            (
+                "postgres://app@db/prod?password=s3cret&sslmode=disable",
+                "postgres://app@db/prod?password=***&sslmode=disable",
+            ),
+            (
+                "host=db user=app password=hunter2 port=5432",
+                "host=db user=app password=*** port=5432",
+            ),
+            ("host=db PASSWORD = 'a b' user=x", "host=db PASSWORD = *** user=x"),
+            (
+                "host=db password=hunter2 application_name=svc://api",
+                "host=db password=*** application_name=svc://api",
+            ),
+            ("postgres://us/er:pw@h/db", "postgres://us/er:***@h/db"),
         ];
         for (url, want) in cases {
             assert_eq!(redact(url), want);
@@ -157,6 +213,8 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("postgres://u:***@h:notaport/db"), "{msg}");
         assert!(!msg.contains("secret"), "{msg}");
+        let err = PgManager::from_url("host=db user=app password=hunter2").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = PgManager::from_url("mysql://h/db").unwrap_err();
         assert!(err.to_string().starts_with("invalid PostgreSQL URL"), "{err}");
     }

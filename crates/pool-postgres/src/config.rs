@@ -75,7 +75,7 @@ fn apply(
     mut config: PoolConfig,
     lookup: impl Fn(&'static str) -> Result<Option<String>, EnvError>,
 ) -> Result<PoolConfig, EnvError> {
-    let mut set = Vec::new();
+    let mut set: Vec<(&str, &'static str, String)> = Vec::new();
     if let Some(v) = lookup(DATABASE_POOL_SIZE)? {
         config.pool_size = count(DATABASE_POOL_SIZE, &v)?;
         set.push(("pool_size", DATABASE_POOL_SIZE, v));
@@ -94,10 +94,16 @@ fn apply(
         set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
     }
     // A value that parses but that the pool would refuse is still the variable's fault.
-    if let Err(BuildError::Invalid { setting, reason, .. }) = config.validate()
-        && let Some((_, variable, value)) = set.into_iter().find(|(s, _, _)| *s == setting)
-    {
-        return Err(EnvError { variable, value, reason: reason.to_owned() });
+    // The size limit is on `pool_size + max_overflow`, reported as `max_overflow`: a
+    // `DATABASE_POOL_SIZE` alone can break it.
+    if let Err(BuildError::Invalid { setting, reason, .. }) = config.validate() {
+        let named = |name: &str| set.iter().position(|(s, _, _)| *s == name);
+        let blamed =
+            named(setting).or_else(|| named("pool_size").filter(|_| setting == "max_overflow"));
+        if let Some(i) = blamed {
+            let (_, variable, value) = set.swap_remove(i);
+            return Err(EnvError { variable, value, reason: reason.to_owned() });
+        }
     }
     Ok(config)
 }
@@ -150,6 +156,16 @@ mod tests {
     }
 
     #[test]
+    fn the_size_limit_blames_the_overflow_when_it_is_set_and_the_size_alone_otherwise() {
+        let both = [("DATABASE_POOL_SIZE", "10"), ("DATABASE_POOL_OVERFLOW", "200000")];
+        let err = config_from_vars(PoolConfig::default(), both).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_POOL_OVERFLOW", "{err}");
+        let size = [("DATABASE_POOL_SIZE", "200000")];
+        let err = config_from_vars(PoolConfig::default(), size).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_POOL_SIZE", "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let cases = [
             ("DATABASE_POOL_SIZE", "ten"),
@@ -163,6 +179,10 @@ mod tests {
             ("DATABASE_POOL_TIMEOUT", "NaN"),
             ("DATABASE_POOL_TIMEOUT", "1e300"),
             ("DATABASE_POOL_RECYCLE", "an hour"),
+            // Values that parse but that the pool refuses.
+            ("DATABASE_POOL_SIZE", "200000"),
+            ("DATABASE_POOL_TIMEOUT", "1e11"),
+            ("DATABASE_POOL_RECYCLE", "99999999999"),
         ];
         for (variable, value) in cases {
             let err = config_from_vars(PoolConfig::default(), [(variable, value)]).unwrap_err();

@@ -22,7 +22,7 @@ pub struct Settings {
     /// Checkouts per second up by this factor counts as load rising \[1.1\].
     pub load_rise: f64,
     /// An idle share above this in every recent window, with more connections than the load
-    /// needs, suggests shrinking \[0.25\].
+    /// needs and traffic in every window, suggests shrinking \[0.25\].
     pub idle_share: f64,
     /// Overflow in use in at least this share of the recent windows means `pool_size` is too
     /// small \[0.5\].
@@ -269,16 +269,24 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
 ///
 /// Rules, in order (the first that applies decides the pool's size proposal):
 /// 1. connect errors in the recent windows: alert (high) and propose nothing: tuning freezes;
-/// 2. hold time rising with load (`hold_trend ≥ hold_rise` and `load_trend ≥ load_rise`) while
+/// 2. waits or timeouts in the newest window while no connection came back in it and none was
+///    handed out ([`Window::releases`] and [`Window::checkouts`] are 0): the connections are
+///    held by stuck work (lock waits, long transactions, a hung server), which more connections
+///    would not fix: alert (high) and propose nothing: tuning freezes until they come back;
+/// 3. hold time rising with load (`hold_trend ≥ hold_rise` and `load_trend ≥ load_rise`) while
 ///    waits are high: the database is saturating: say so (high) and do not grow;
-/// 3. high waits (p90 above `wait_target`) or timeouts, in the newest window too, with flat
+/// 4. high waits (p90 above `wait_target`) or timeouts, in the newest window too, with flat
 ///    hold time: grow `pool_size` to what the load needs (at least one more);
-/// 4. overflow open in most windows: `pool_size` is too small: grow it by the overflow used;
-/// 5. idle share above `idle_share` in every window: shrink to what the load needs, never
-///    below it.
+/// 5. overflow open in most windows: `pool_size` is too small: grow it by the overflow used;
+/// 6. idle share above `idle_share` in every window, and checkouts in every window: shrink to
+///    what the load needs, never below it. A pool with no traffic in a recent window keeps its
+///    size: an idle night says nothing about what the morning needs.
 ///
 /// Every proposal is capped by the budgets of the pool; hitting one adds a high-severity
-/// recommendation that names the budget.
+/// recommendation that names the budget. A capped grow never goes below the current
+/// `pool_size`: when a budget leaves no room to grow, the budget recommendation says the pool
+/// cannot grow and no resize is proposed (a budget already spent stops growth; it does not
+/// shrink a pool under load).
 pub fn analyze(
     windows: &BTreeMap<String, Vec<Window>>,
     settings: &Settings,
@@ -319,6 +327,23 @@ pub fn analyze(
         // Waits count as high only if the newest window still has them: growth stops as soon as
         // a step removed the waits, not windows later when they age out of the evidence.
         let waits_now = latest.wait_p90 > settings.wait_target || latest.timeouts > 0;
+        // A stalled database looks like a small pool: nothing is released, so the hold time
+        // reads 0 and the timeouts read as waits. No release while callers waited means the
+        // connections are stuck, not too few. (A window that handed connections out made
+        // progress: long holds served by new connections are the other rules' business.)
+        if waits_now && latest.releases == 0 && latest.checkouts == 0 {
+            out.push(rec(
+                Severity::High,
+                "Connections not coming back",
+                format!(
+                    "Look for stuck work: no connection came back in the last window while callers waited ({} timeouts, wait p90 {:.1} ms), so the connections are held by stuck work (lock waits, long transactions, a hung server) and more connections would not help; sizing is frozen until connections come back",
+                    latest.timeouts,
+                    latest.wait_p90.as_secs_f64() * 1e3
+                ),
+                None,
+            ));
+            continue;
+        }
         let waits_high = waits_now && (e.wait_p90 > settings.wait_target || e.timeouts > 0);
         if waits_high && e.hold_trend >= settings.hold_rise && e.load_trend >= settings.load_rise {
             out.push(rec(
@@ -341,12 +366,17 @@ pub fn analyze(
             let overflow = mean(recent.iter().map(|w| w.overflow as f64)).ceil() as usize;
             let to = e.needed.max(current.pool_size + overflow.max(1));
             Some((Severity::Medium, "Overflow used most of the time", to))
-        } else if e.idle_share >= settings.idle_share && e.needed < current.pool_size {
+        } else if e.idle_share >= settings.idle_share
+            && e.needed < current.pool_size
+            // Without traffic `needed` is 1 by default, not by evidence: keep the size.
+            && recent.iter().all(|w| w.checkouts > 0)
+        {
             Some((Severity::Low, "Too many idle connections", e.needed))
         } else {
             None
         };
         let Some((severity, issue, mut to)) = proposal else { continue };
+        let grow = to > current.pool_size;
         let mut capped = None;
         for b in budgets.iter().filter(|b| b.pools.contains(pool)) {
             let others: usize = b
@@ -362,19 +392,27 @@ pub fn analyze(
                 capped = Some((b, others));
             }
         }
+        // A budget stops a grow; it never turns one into a shrink of a pool under load.
+        if grow {
+            to = to.max(current.pool_size);
+        }
         if let Some((b, others)) = capped {
-            out.push(rec(
-                Severity::High,
-                "Connection budget exhausted",
+            let limit = format!(
+                "{} allows {} connections ({} max_connections, {} reserved) and its other pools may open {others}",
+                b.name,
+                b.available(),
+                b.max_connections,
+                b.reserved
+            );
+            let suggestion = if grow && to == current.pool_size {
                 format!(
-                    "pool_size can grow only to {to}: {} allows {} connections ({} max_connections, {} reserved) and its other pools may open {others}",
-                    b.name,
-                    b.available(),
-                    b.max_connections,
-                    b.reserved
-                ),
-                None,
-            ));
+                    "pool_size cannot grow: {limit}, and this pool's max_overflow takes {}",
+                    current.max_overflow
+                )
+            } else {
+                format!("pool_size can grow only to {to}: {limit}")
+            };
+            out.push(rec(Severity::High, "Connection budget exhausted", suggestion, None));
         }
         if to != current.pool_size {
             let verb = if to > current.pool_size { "Increase" } else { "Decrease" };

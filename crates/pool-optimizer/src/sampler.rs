@@ -18,16 +18,27 @@ pub struct Sampler {
     capacity: usize,
     last: HashMap<String, (Instant, PoolStats)>,
     windows: BTreeMap<String, VecDeque<Window>>,
+    /// Windows taken per pool, the source of [`Window::seq`]. Kept when a pool is forgotten, so
+    /// a pool that comes back goes on counting and the tuner never mistakes one of its new
+    /// windows for one it has already decided on.
+    taken: HashMap<String, u64>,
 }
 
 impl Sampler {
     /// A sampler over `pools` keeping `capacity` windows per pool (at least one).
     pub fn new(pools: Registry, capacity: usize) -> Self {
-        Sampler { pools, capacity: capacity.max(1), last: HashMap::new(), windows: BTreeMap::new() }
+        Sampler {
+            pools,
+            capacity: capacity.max(1),
+            last: HashMap::new(),
+            windows: BTreeMap::new(),
+            taken: HashMap::new(),
+        }
     }
 
-    /// Takes a snapshot of every pool at `now` and appends a window per pool seen before.
-    /// Pools gone from the registry are forgotten.
+    /// Takes a snapshot of every pool at `now` and appends a window per pool seen before,
+    /// numbered by [`Window::seq`]. No window is added for a pool whose stats were reset since
+    /// the last snapshot. Pools gone from the registry are forgotten.
     pub fn sample(&mut self, now: Instant) {
         let pools = self.pools.pools();
         let names: Vec<String> = pools.iter().map(|p| pool_id(p.as_ref())).collect();
@@ -40,6 +51,9 @@ impl Sampler {
                 && let Some(mut window) = Window::between(before, &stats, now.duration_since(*at))
             {
                 window.pool.clone_from(&name);
+                let taken = self.taken.entry(name.clone()).or_default();
+                *taken += 1;
+                window.seq = *taken;
                 let windows = self.windows.entry(name.clone()).or_default();
                 if windows.len() == self.capacity {
                     windows.pop_front();
@@ -61,3 +75,6 @@ impl Sampler {
         &self.pools
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,8 @@
 //! each change is followed by `cooldown` windows without changes; a step is bounded (at most
 //! +50% or −25% of the current size, at least one connection); after a step up the tuner
 //! checks that throughput or waits improved, else it steps back and remembers the size as a
-//! cap. Every decision, applied or not, is logged with its evidence.
+//! cap. Each window counts once: a pool whose newest window was already decided on is skipped.
+//! Every decision, applied or not, is logged with its evidence.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -106,6 +107,8 @@ const LOG_CAPACITY: usize = 10_000;
 #[derive(Debug, Default)]
 struct Tuning {
     seen: usize,
+    /// [`Window::seq`] of the newest window decided on (0: none, or built by hand).
+    last_seq: u64,
     direction: i8,
     streak: usize,
     cooldown: usize,
@@ -143,6 +146,11 @@ impl AutoTuner {
 
     /// Decides, for every pool with a window it has not seen yet, whether to resize. Pure
     /// apart from the tuner's own memory: the caller applies the changes.
+    ///
+    /// A window is new unless its [`Window::seq`] is nonzero and equal to that of the newest
+    /// window of the pool decided on before: when the sampler added none (after a stats reset),
+    /// the pool is skipped, with no log entry and no agreement, cooldown or check advanced.
+    /// Windows built by hand (`seq` 0) are always new.
     pub fn decide(&mut self, windows: &BTreeMap<String, Vec<Window>>) -> Vec<Change> {
         let recommendations = analyze(windows, &self.analysis, &self.budgets);
         let s = self.settings.clone();
@@ -150,6 +158,10 @@ impl AutoTuner {
         for (pool, ws) in windows {
             let Some(latest) = ws.last() else { continue };
             let t = self.pools.entry(pool.clone()).or_default();
+            if latest.seq != 0 && latest.seq == t.last_seq {
+                continue;
+            }
+            t.last_seq = latest.seq;
             t.seen += 1;
             let current = latest.pool_size;
             let seen = t.seen;
@@ -169,10 +181,18 @@ impl AutoTuner {
                 if t.cooldown == 0
                     && let Some(check) = t.check.take()
                 {
-                    let gain =
-                        if check.rate > 0.0 { latest.rate() / check.rate - 1.0 } else { 1.0 };
-                    let waits_better =
-                        latest.wait_p90.as_secs_f64() <= check.wait_p90.as_secs_f64() * 0.7;
+                    // From no throughput, any throughput is a full gain; none before and after
+                    // (a stalled pool) is no gain at all.
+                    let gain = if check.rate > 0.0 {
+                        latest.rate() / check.rate - 1.0
+                    } else if latest.rate() > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    // A window without checkouts measured no wait: its p90 of 0 is not a cut.
+                    let waits_better = latest.checkouts > 0
+                        && latest.wait_p90.as_secs_f64() <= check.wait_p90.as_secs_f64() * 0.7;
                     if gain < s.min_gain && !waits_better {
                         t.cap = Some(check.from);
                         t.cooldown = s.cooldown;

@@ -18,6 +18,10 @@ pub struct Window {
     pub max_overflow: usize,
     /// Successful checkouts during the interval.
     pub checkouts: u64,
+    /// Connections given back during the interval (the count of the use-time histogram's
+    /// delta). None given back while callers waited means every connection is held by stuck
+    /// work.
+    pub releases: u64,
     /// Mean time connections were held by their users.
     pub hold_mean: Duration,
     /// 90th percentile of the hold time.
@@ -38,11 +42,15 @@ pub struct Window {
     pub overflow: usize,
     /// Open connections at the end of the interval.
     pub open: usize,
+    /// The sampler's count of windows taken for this pool, from 1; 0 for a window built by
+    /// hand, which the tuner always treats as new.
+    pub seq: u64,
 }
 
 impl Window {
     /// The window between two snapshots of the same pool taken `elapsed` apart; `None` when
-    /// the counters went backwards (stats were reset in between) or no time passed.
+    /// the counters went backwards (stats were reset in between) or no time passed. Its `seq`
+    /// is 0: the [`Sampler`](crate::Sampler) numbers the windows it keeps.
     pub fn between(before: &PoolStats, after: &PoolStats, elapsed: Duration) -> Option<Window> {
         if elapsed.is_zero() || after.acquires < before.acquires || after.timeouts < before.timeouts
         {
@@ -56,6 +64,7 @@ impl Window {
             pool_size: after.pool_size,
             max_overflow: after.max_overflow,
             checkouts: after.acquires - before.acquires,
+            releases: hold.count(),
             hold_mean: hold.mean(),
             hold_p90: hold.quantile(0.9),
             wait_mean: wait.mean(),
@@ -66,6 +75,7 @@ impl Window {
             connect_errors: after.connect_errors.saturating_sub(before.connect_errors),
             overflow: after.overflow,
             open: after.open_connections,
+            seq: 0,
         })
     }
 

@@ -7,16 +7,19 @@ use expect_test::{Expect, expect};
 
 use super::*;
 
-/// A window of 10 s: `rate` checkouts/s held `hold_ms`, p90 wait `wait_ms`.
+/// A window of 10 s: `rate` checkouts/s held `hold_ms`, p90 wait `wait_ms`; as many
+/// connections came back as were checked out.
 fn w(pool_size: usize, rate: f64, hold_ms: f64, wait_ms: f64) -> Window {
     let hold = Duration::from_secs_f64(hold_ms / 1e3);
     let wait = Duration::from_secs_f64(wait_ms / 1e3);
+    let checkouts = (rate * 10.0) as u64;
     Window {
         pool: "main".to_owned(),
         duration: Duration::from_secs(10),
         pool_size,
         max_overflow: 5,
-        checkouts: (rate * 10.0) as u64,
+        checkouts,
+        releases: checkouts,
         hold_mean: hold,
         hold_p90: hold * 2,
         wait_mean: wait / 2,
@@ -28,7 +31,9 @@ fn w(pool_size: usize, rate: f64, hold_ms: f64, wait_ms: f64) -> Window {
     }
 }
 
-fn check(windows: Vec<Window>, budgets: &[Budget], expected: Expect) {
+/// Analyzes `windows` (grouped by pool) with the default settings, checks the recommendations
+/// against `expected` and returns them.
+fn check(windows: Vec<Window>, budgets: &[Budget], expected: Expect) -> Vec<Recommendation> {
     let mut all = BTreeMap::new();
     for window in windows {
         all.entry(window.pool.clone()).or_insert_with(Vec::new).push(window);
@@ -36,6 +41,7 @@ fn check(windows: Vec<Window>, budgets: &[Budget], expected: Expect) {
     let recs = analyze(&all, &Settings::default(), budgets);
     let text: Vec<String> = recs.iter().map(ToString::to_string).collect();
     expected.assert_eq(&text.join("\n"));
+    recs
 }
 
 #[test]
@@ -147,4 +153,66 @@ fn no_proposal_breaks_the_connection_budget() {
         [medium] main: High wait times: Increase pool_size to 25 (pool_size 16 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
         [low] other: Too many idle connections: Decrease pool_size to 1 (pool_size 10 + 5; 10/s × 10.0 ms = 0.1 busy, needed 1, wait p90 0.0 ms, timeouts 0, idle 99%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)"#]],
     );
+}
+
+#[test]
+fn a_grow_the_budget_cannot_fit_never_shrinks_the_pool() {
+    // `main` waits and times out, but its budget is already spent by its own max_overflow:
+    // 22 − 20 leaves room for 2, fewer than the 10 it has. `spill` uses its overflow all the
+    // time and sits exactly at its budget (10 + 5 of 15).
+    let mut ws = vec![Window { max_overflow: 20, timeouts: 2, ..w(10, 600.0, 50.0, 200.0) }; 6];
+    ws.extend(vec![
+        Window {
+            pool: "spill".to_owned(),
+            overflow: 4,
+            open: 14,
+            ..w(10, 140.0, 50.0, 1.0)
+        };
+        6
+    ]);
+    let budget = |name: &str, max_connections, pool: &str| Budget {
+        name: name.to_owned(),
+        max_connections,
+        reserved: 0,
+        pools: vec![pool.to_owned()],
+    };
+    let recs = check(
+        ws,
+        &[budget("primary", 22, "main"), budget("replica-1", 15, "spill")],
+        expect![[r#"
+            [high] main: Connection budget exhausted: pool_size cannot grow: primary allows 22 connections (22 max_connections, 0 reserved) and its other pools may open 0, and this pool's max_overflow takes 20 (pool_size 10 + 20; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 12, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+            [high] spill: Connection budget exhausted: pool_size cannot grow: replica-1 allows 15 connections (15 max_connections, 0 reserved) and its other pools may open 0, and this pool's max_overflow takes 5 (pool_size 10 + 5; 140/s × 50.0 ms = 7.0 busy, needed 12, wait p90 1.0 ms, timeouts 0, idle 50%, overflow in 100% of windows, hold ×1.00, load ×1.00, connect errors 0)"#]],
+    );
+    assert!(
+        recs.iter().all(|r| r.proposed.is_none() && !r.suggestion.contains("Decrease")),
+        "{recs:#?}"
+    );
+}
+
+#[test]
+fn connections_not_coming_back_freeze_sizing_instead_of_growing() {
+    // Normal traffic, then every connection stuck behind a lock: nothing checked out or given
+    // back, callers time out, and the window's hold time reads 0.
+    let mut ws = vec![w(10, 150.0, 50.0, 0.0); 5];
+    ws.push(Window { timeouts: 12, ..w(10, 0.0, 0.0, 0.0) });
+    let recs = check(
+        ws,
+        &[],
+        expect![
+            "[high] main: Connections not coming back: Look for stuck work: no connection came back in the last window while callers waited (12 timeouts, wait p90 0.0 ms), so the connections are held by stuck work (lock waits, long transactions, a hung server) and more connections would not help; sizing is frozen until connections come back (pool_size 10 + 5; 125/s × 50.0 ms = 7.5 busy, needed 13, wait p90 0.0 ms, timeouts 12, idle 25%, overflow in 0% of windows, hold ×0.67, load ×0.67, connect errors 0)"
+        ],
+    );
+    assert!(recs.iter().all(|r| r.proposed.is_none()), "{recs:#?}");
+}
+
+#[test]
+fn a_pool_without_traffic_keeps_its_size() {
+    // Overnight: no checkouts at all, so no evidence of what the load needs.
+    let recs = check(vec![w(10, 0.0, 0.0, 0.0); 6], &[], expect![[""]]);
+    assert!(recs.is_empty(), "{recs:#?}");
+    // One quiet window among busy ones is enough to hold off the shrink.
+    let mut ws = vec![w(50, 100.0, 20.0, 0.0); 5];
+    ws.push(w(50, 0.0, 0.0, 0.0));
+    let recs = check(ws, &[], expect![[""]]);
+    assert!(recs.is_empty(), "{recs:#?}");
 }

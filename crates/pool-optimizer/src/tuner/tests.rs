@@ -112,6 +112,7 @@ impl Queue {
             pool_size: size,
             max_overflow: 0,
             checkouts: waits.len() as u64,
+            releases: waits.len() as u64,
             hold_mean: mean(&holds),
             hold_p90: percentile(&holds, 0.9),
             wait_mean: mean(&waits),
@@ -122,6 +123,7 @@ impl Queue {
             connect_errors: 0,
             overflow: 0,
             open: size,
+            seq: 0,
         }
     }
 }
@@ -221,6 +223,7 @@ fn a_step_up_that_does_not_raise_throughput_is_undone_and_capped() {
         duration: Duration::from_secs(10),
         pool_size: size,
         checkouts: 1000,
+        releases: 1000,
         hold_mean: Duration::from_millis(100),
         wait_p90: Duration::from_millis(100),
         open: size,
@@ -240,4 +243,95 @@ fn a_step_up_that_does_not_raise_throughput_is_undone_and_capped() {
     assert_eq!(actions, vec![Action::Grow, Action::StepBack, Action::Hold]);
     assert!(tuner.log()[1].reason.contains("back to 4 and capped there"), "{}", tuner.log()[1]);
     assert!(tuner.log()[2].reason.contains("but capped at 4"), "{}", tuner.log()[2]);
+}
+
+/// A tuner that acts on one window and judges a step up after one window, and an analysis
+/// that speaks from one window.
+fn eager_tuner(agree: usize) -> AutoTuner {
+    AutoTuner::new(
+        TunerSettings { agree, cooldown: 1, ..TunerSettings::default() },
+        Settings { min_windows: 1, ..Settings::default() },
+        Vec::new(),
+    )
+}
+
+/// A 10 s window of pool `p` with `size` connections, `checkouts` checkouts (each connection
+/// given back), `timeouts` timeouts and a p90 wait of 100 ms when anything was checked out.
+fn window(size: usize, checkouts: u64, timeouts: u64) -> Window {
+    Window {
+        pool: "p".to_owned(),
+        duration: Duration::from_secs(10),
+        pool_size: size,
+        checkouts,
+        releases: checkouts,
+        hold_mean: Duration::from_millis(100),
+        wait_p90: if checkouts > 0 { Duration::from_millis(100) } else { Duration::ZERO },
+        timeouts,
+        open: size,
+        ..Window::default()
+    }
+}
+
+#[test]
+fn a_stalled_pool_is_not_grown() {
+    let mut tuner = eager_tuner(1);
+    // Every connection stuck: callers time out, nothing is checked out or given back.
+    let stalled = Window { hold_mean: Duration::ZERO, ..window(4, 0, 20) };
+    let mut history = BTreeMap::from([("p".to_owned(), vec![stalled.clone()])]);
+    for _ in 0..3 {
+        assert_eq!(tuner.decide(&history), vec![], "{:#?}", tuner.log());
+        history.get_mut("p").unwrap().push(stalled.clone());
+    }
+    assert_eq!(tuner.log().len(), 3);
+    for d in tuner.log() {
+        assert_eq!(d.action, Action::Hold, "{d}");
+        assert!(d.reason.starts_with("Connections not coming back"), "{d}");
+    }
+}
+
+#[test]
+fn a_step_up_followed_by_no_throughput_did_not_pay_off() {
+    // (window the tuner grows on, window after the step up, actions logged)
+    let cases = [
+        // Timeouts without checkouts before and after (connections checked out earlier do
+        // come back, so the analysis does not freeze): zero to zero is no gain.
+        (
+            Window { releases: 3, ..window(4, 0, 5) },
+            Window { releases: 3, ..window(5, 0, 5) },
+            vec![Action::Grow, Action::StepBack],
+        ),
+        // A stall right after the step up: a window without checkouts measured no wait, so
+        // its p90 of 0 is not a cut in waits.
+        (window(4, 1000, 5), window(6, 0, 5), vec![Action::Grow, Action::StepBack]),
+        // Throughput up after the step: kept.
+        (window(4, 1000, 5), window(6, 1200, 0), vec![Action::Grow, Action::Hold]),
+    ];
+    for (before, after, expected) in cases {
+        let mut tuner = eager_tuner(1);
+        let mut history = BTreeMap::from([("p".to_owned(), vec![before.clone()])]);
+        tuner.decide(&history);
+        history.get_mut("p").unwrap().push(after.clone());
+        tuner.decide(&history);
+        let actions: Vec<Action> = tuner.log().iter().map(|d| d.action).collect();
+        assert_eq!(actions, expected, "{before:?} then {after:?}: {:#?}", tuner.log());
+    }
+}
+
+#[test]
+fn a_window_already_decided_on_is_not_evidence_again() {
+    let mut tuner = eager_tuner(2);
+    let first = Window { seq: 1, ..window(4, 1000, 5) };
+    let mut history = BTreeMap::from([("p".to_owned(), vec![first])]);
+    assert_eq!(tuner.decide(&history), vec![]);
+    assert_eq!(tuner.log().len(), 1, "{:#?}", tuner.log());
+    // No new window (the sampler took none, e.g. after a stats reset): nothing changes.
+    assert_eq!(tuner.decide(&history), vec![]);
+    assert_eq!(tuner.log().len(), 1, "{:#?}", tuner.log());
+    // The next sampled window is the second that agrees.
+    history.get_mut("p").unwrap().push(Window { seq: 2, ..window(4, 1000, 5) });
+    assert_eq!(
+        tuner.decide(&history),
+        vec![Change { pool: "p".to_owned(), pool_size: 6, max_overflow: 0 }]
+    );
+    assert_eq!(tuner.log()[1].window, 2, "{}", tuner.log()[1]);
 }

@@ -193,6 +193,10 @@ pub struct PoolSettings {
     /// Ping an exclusive connection before handing it out if it sat idle longer than this, ping
     /// idle ones in the background, and ping the shared clients on this period \[30 s\].
     /// `None` turns all three off.
+    ///
+    /// Each shared client's heartbeat `PING` may take `shared_command_timeout` (the client's own
+    /// command timeout; `command_timeout` when that is `None`), at most the period; a client
+    /// that does not answer in time is told to reconnect, since its socket may be half-open.
     pub health_check_interval: Option<Duration>,
     /// How long one command on an exclusive connection may take before it fails with a
     /// timeout \[5 s\]; `None` waits forever. A blocking command that may block longer must say
@@ -325,6 +329,16 @@ impl PoolSettings {
         Ok(())
     }
 
+    /// The shared clients' heartbeat: its period and the bound on each `PING`, which is the
+    /// shared clients' own command timeout (`shared_command_timeout`), else `command_timeout`,
+    /// at most the period; `None` when health checks are off. The fallback keeps a half-open
+    /// socket found as soon as before when the shared clients' own timeout is turned off.
+    pub(crate) fn heartbeat(&self) -> Option<(Duration, Duration)> {
+        let period = self.health_check_interval?;
+        let bound = self.shared_command_timeout.or(self.command_timeout).unwrap_or(period);
+        Some((period, bound.min(period)))
+    }
+
     /// The engine's settings for the exclusive connections.
     pub(crate) fn engine_config(&self) -> pool_core::PoolConfig {
         let mut c = pool_core::PoolConfig::default();
@@ -419,6 +433,27 @@ mod tests {
             assert!(msg.contains(setting) && msg.contains("\"cache\""), "{msg}");
         }
         assert!(matches!(RedisConfig::new(DEFAULT_URL).validate(), Err(ConfigError::NoPools)));
+    }
+
+    /// The heartbeat's `PING` is bounded like any command on a shared client: by
+    /// `shared_command_timeout`, never by the exclusive connections' `command_timeout`.
+    #[test]
+    fn heartbeat_is_bounded_by_the_shared_command_timeout_and_the_period() {
+        let secs = |s| Some(Duration::from_secs(s));
+        let base = PoolSettings::default().health_check_interval(secs(30));
+        for (command, shared, bound) in [
+            (secs(1), secs(7), 7),
+            (secs(5), secs(5), 5),
+            (secs(5), None, 5),
+            (None, None, 30),
+            (secs(5), secs(60), 30),
+            (None, secs(2), 2),
+        ] {
+            let s = base.clone().command_timeout(command).shared_command_timeout(shared);
+            let expected = (Duration::from_secs(30), Duration::from_secs(bound));
+            assert_eq!(s.heartbeat(), Some(expected), "{command:?} {shared:?}");
+        }
+        assert_eq!(base.health_check_interval(None).heartbeat(), None);
     }
 
     #[test]

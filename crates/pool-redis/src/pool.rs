@@ -99,8 +99,7 @@ impl RedisPool {
             retries: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
-        if let Some(period) = inner.settings.health_check_interval {
-            let bound = inner.settings.command_timeout.unwrap_or(period).min(period);
+        if let Some((period, bound)) = inner.settings.heartbeat() {
             spawn_heartbeat(
                 Arc::downgrade(&inner),
                 |inner: &Inner| (!inner.closed.load(Relaxed)).then_some(&inner.shared),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use fred::clients::Client;
+use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
 
 use crate::connection::{ClientFactory, Owned};
@@ -87,21 +88,51 @@ impl SharedClients {
     }
 
     /// One heartbeat: `PING` on every client, bounded by `bound`; a client that does not answer
-    /// in time is told to reconnect (its socket may be half-open).
+    /// in time is told to reconnect (its socket may be half-open). See [`Beat`] for what counts
+    /// as not answering.
     async fn beat(&self, pool: &str, bound: Duration) {
         for client in self.iter() {
-            match tokio::time::timeout(bound, client.ping::<()>(None)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            let result = tokio::time::timeout(bound, client.ping::<()>(None)).await.ok();
+            match Beat::of(result) {
+                Beat::Alive => {}
+                Beat::Failed(e) => {
                     self.heartbeat_failures.fetch_add(1, Relaxed);
                     tracing::warn!(pool, client = %client.id(), error = %e, "shared client failed its heartbeat");
                 }
-                Err(_) => {
+                Beat::Unresponsive => {
                     self.heartbeat_failures.fetch_add(1, Relaxed);
                     tracing::warn!(pool, client = %client.id(), "shared client heartbeat timed out after {bound:?}; reconnecting it");
                     let _ = tokio::time::timeout(bound, client.force_reconnection()).await;
                 }
             }
+        }
+    }
+}
+
+/// What one heartbeat `PING` says about a shared client.
+#[derive(Debug)]
+enum Beat {
+    /// It answered.
+    Alive,
+    /// It failed at once with an error other than a timeout (a closed socket, a client that is
+    /// reconnecting already): counted as a heartbeat failure; fred's reconnect policy handles it.
+    Failed(Error),
+    /// It did not answer in time: counted, and the client is told to reconnect, because its
+    /// socket may be half-open (a peer gone without a FIN or RST), which fred does not notice
+    /// before TCP keepalive gives up, minutes later if at all.
+    /// Either timer may fire first: fred's own per-command timeout (`shared_command_timeout`,
+    /// an error of kind [`ErrorKind::Timeout`]) or the heartbeat's bound (`None` here).
+    Unresponsive,
+}
+
+impl Beat {
+    /// Classifies a `PING`'s result, `None` when the heartbeat's bound fired first.
+    fn of(result: Option<Result<(), Error>>) -> Beat {
+        match result {
+            Some(Ok(())) => Beat::Alive,
+            Some(Err(e)) if *e.kind() == ErrorKind::Timeout => Beat::Unresponsive,
+            Some(Err(e)) => Beat::Failed(e),
+            None => Beat::Unresponsive,
         }
     }
 }
@@ -125,4 +156,21 @@ pub(crate) fn spawn_heartbeat<T: Send + Sync + 'static>(
             clients.beat(&pool, bound).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fred's own command timeout on a `PING` (it fires before the heartbeat's bound when both
+    /// are `shared_command_timeout`) reconnects the client, like the heartbeat's bound does.
+    #[test]
+    fn a_timeout_from_fred_or_the_bound_reconnects_other_errors_only_count() {
+        let timeout = || Error::new(ErrorKind::Timeout, "Request timed out.");
+        let io = || Error::new(ErrorKind::IO, "connection reset");
+        assert!(matches!(Beat::of(Some(Ok(()))), Beat::Alive));
+        assert!(matches!(Beat::of(Some(Err(timeout()))), Beat::Unresponsive));
+        assert!(matches!(Beat::of(None), Beat::Unresponsive));
+        assert!(matches!(Beat::of(Some(Err(io()))), Beat::Failed(e) if *e.kind() == ErrorKind::IO));
+    }
 }

@@ -7,9 +7,10 @@
 //! attributes, at each collection. Recording into the SDK on the hot path instead takes a mutex
 //! per event (two per checkout) and cost a quarter of the engine's single-task throughput.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -28,6 +29,17 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// added later included. Histograms need an observer on each pool: [`OtelMetrics::new`]
 /// attaches one to every pool registered at that moment, [`OtelMetrics::attach`] to a pool
 /// added later. Keep the value alive as long as metrics should flow.
+///
+/// # Counters across `reset_stats`
+///
+/// The engine's counters restart from zero on [`Pool::reset_stats`], but an OpenTelemetry
+/// counter must never go down (an exporter with delta temporality subtracts the last value it
+/// reported). Every exported counter is therefore kept monotonic: per pool, counter and label,
+/// the instruments remember the last value read and, when a value comes back lower, add the
+/// last one to an offset carried from then on (5, reset, 2 exports 5 then 7). Events counted
+/// between the last collection and the reset are not exported, and a reset goes unseen when the
+/// counter has climbed past its old value by the next collection; the export still never goes
+/// down. The same holds for a pool replaced by another of the same name and backend.
 ///
 /// # Histograms
 ///
@@ -90,25 +102,62 @@ fn pool_attributes(name: &str, backend: &'static str) -> [KeyValue; 2] {
     [KeyValue::new(attr::POOL_NAME, name.to_owned()), KeyValue::new(attr::SYSTEM, backend)]
 }
 
-/// Calls `each(value, attributes)` for every sample of `metric` across the registry's pools.
+/// Which series of one metric a sample belongs to: the pool's name and backend, and the value
+/// of the metric's own label if it has one.
+type SeriesKey = (String, &'static str, Option<&'static str>);
+
+/// Calls `each(value, attributes, series)` for every sample of `metric` across the registry's
+/// pools.
 fn observe_all(
     pools: &Registry,
     metric: &'static Metric,
-    mut each: impl FnMut(Value<'_>, &[KeyValue]),
+    mut each: impl FnMut(Value<'_>, &[KeyValue], SeriesKey),
 ) {
     for pool in pools.pools() {
         let stats: PoolStats = pool.stats();
         let base = pool_attributes(&stats.name, stats.backend);
         for sample in samples(&stats).into_iter().filter(|s| s.metric.name == metric.name) {
+            let series = (stats.name.clone(), stats.backend, sample.label.map(|(_, v)| v));
             match sample.label {
                 Some((k, v)) => {
                     let attrs = [base[0].clone(), base[1].clone(), KeyValue::new(k, v)];
-                    each(sample.value, &attrs);
+                    each(sample.value, &attrs, series);
                 }
-                None => each(sample.value, &base),
+                None => each(sample.value, &base, series),
             }
         }
     }
+}
+
+/// Makes one counter's series monotonic across resets of the engine's counters (see
+/// [`OtelMetrics`], *Counters across `reset_stats`*).
+#[derive(Debug, Default)]
+struct Monotonic(Mutex<HashMap<SeriesKey, Carried>>);
+
+/// One series: the last value read from the pool, and what earlier resets took away.
+#[derive(Debug, Default, Clone, Copy)]
+struct Carried {
+    last: u64,
+    offset: u64,
+}
+
+impl Monotonic {
+    /// Locks the series for one collection. Each metric reader collects on its own thread, so
+    /// two collections can overlap: the lock is held from the first stats read to the last
+    /// value exported, or a stale read stored after a fresh one would look like a reset.
+    fn lock(&self) -> MutexGuard<'_, HashMap<SeriesKey, Carried>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The value to export for `series` when the pool's counter reads `value`.
+fn carry(all: &mut HashMap<SeriesKey, Carried>, series: SeriesKey, value: u64) -> u64 {
+    let carried = all.entry(series).or_default();
+    if value < carried.last {
+        carried.offset = carried.offset.saturating_add(carried.last);
+    }
+    carried.last = value;
+    carried.offset.saturating_add(value)
 }
 
 impl OtelMetrics {
@@ -134,7 +183,7 @@ impl OtelMetrics {
                             .with_unit(metric.unit)
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                                observe_all(&pools, metric, |v, a| {
+                                observe_all(&pools, metric, |v, a, _| {
                                     if let Value::Seconds(v) = v {
                                         o.observe(v, a);
                                     }
@@ -158,7 +207,7 @@ impl OtelMetrics {
                                 if let Some(observers) = flush.as_ref().and_then(Weak::upgrade) {
                                     observers.flush();
                                 }
-                                observe_all(&pools, metric, |v, a| {
+                                observe_all(&pools, metric, |v, a, _| {
                                     if let Value::Int(v) = v {
                                         o.observe(i64::try_from(v).unwrap_or(i64::MAX), a);
                                     }
@@ -169,15 +218,17 @@ impl OtelMetrics {
                 }
                 Kind::Counter => {
                     let pools = pools.clone();
+                    let monotonic = Monotonic::default();
                     counters.push(
                         meter
                             .u64_observable_counter(metric.name)
                             .with_unit(metric.unit)
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                                observe_all(&pools, metric, |v, a| {
+                                let mut carried = monotonic.lock();
+                                observe_all(&pools, metric, |v, a, series| {
                                     if let Value::Int(v) = v {
-                                        o.observe(v, a);
+                                        o.observe(carry(&mut carried, series, v), a);
                                     }
                                 });
                             })
@@ -378,6 +429,78 @@ mod tests {
             panic!("{:?}", metric.data())
         };
         h.data_points().next().expect("one pool").clone()
+    }
+
+    /// Exported counters never go down when `reset_stats` zeroes the engine's: 5 timeouts, a
+    /// reset, 2 more export 5 then 7 (cumulative), so a delta exporter gets 5 then 2 rather than
+    /// a subtraction that underflows.
+    #[tokio::test(start_paused = true)]
+    async fn counters_stay_monotonic_across_reset_stats() {
+        use opentelemetry_sdk::metrics::{InMemoryMetricExporterBuilder, Temporality};
+        use pool_core::ConnectionPool;
+        use pool_core::testing::TestManager;
+
+        let cumulative = InMemoryMetricExporter::default();
+        let delta =
+            InMemoryMetricExporterBuilder::new().with_temporality(Temporality::Delta).build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(cumulative.clone()).build())
+            .with_reader(PeriodicReader::builder(delta.clone()).build())
+            .build();
+        let registry = Registry::new();
+        let pool = ConnectionPool::builder(TestManager::new())
+            .name("db")
+            .pool_size(1)
+            .max_overflow(0)
+            .build()
+            .unwrap();
+        registry.register(Arc::new(pool.clone())).unwrap();
+        let _metrics = OtelMetrics::new(&provider.meter("t"), registry).unwrap();
+        let timeouts = |exporter: &InMemoryMetricExporter| -> u64 {
+            let exported = exporter.get_finished_metrics().unwrap();
+            exporter.reset();
+            let metric = exported
+                .iter()
+                .flat_map(|r| r.scope_metrics())
+                .flat_map(|s| s.metrics())
+                .find(|m| m.name() == "db.client.connection.timeouts")
+                .expect("timeouts exported");
+            let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                panic!("{:?}", metric.data())
+            };
+            sum.data_points().next().expect("one pool").value()
+        };
+        let held = pool.acquire().await.unwrap();
+        let time_out = async |n: usize| {
+            for _ in 0..n {
+                assert!(pool.acquire_timeout(Duration::from_millis(1)).await.is_err());
+            }
+        };
+
+        time_out(5).await;
+        assert_eq!(pool.stats().timeouts, 5);
+        provider.force_flush().unwrap();
+        assert_eq!((timeouts(&cumulative), timeouts(&delta)), (5, 5));
+
+        Pool::reset_stats(&pool);
+        time_out(2).await;
+        assert_eq!(pool.stats().timeouts, 2, "the engine's counter restarted");
+        provider.force_flush().unwrap();
+        assert_eq!((timeouts(&cumulative), timeouts(&delta)), (7, 2));
+        drop(held);
+    }
+
+    /// A drop below the last value read is a reset: the last value is carried from then on,
+    /// per series.
+    #[test]
+    fn monotonic_carries_the_last_value_over_each_reset() {
+        let m = Monotonic::default();
+        let mut all = m.lock();
+        let db = || ("db".to_owned(), "test", None);
+        let idle = || ("db".to_owned(), "test", Some("idle"));
+        let seen: Vec<u64> = [5, 5, 2, 9, 0, 1].map(|v| carry(&mut all, db(), v)).to_vec();
+        assert_eq!(seen, [5, 5, 7, 14, 14, 15]);
+        assert_eq!(carry(&mut all, idle(), 3), 3, "another series has its own offset");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use pool_core::{HISTOGRAM_BOUNDS, LookupError, Pool, PoolStats, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
 use pool_postgres::PgCluster;
+use pool_redis::RedisPools;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -38,6 +39,7 @@ pub struct AdminState {
 struct Inner {
     registry: Registry,
     clusters: BTreeMap<String, PgCluster>,
+    redis: Option<RedisPools>,
     token: Secret,
     metrics_open: bool,
     dashboard: bool,
@@ -56,6 +58,7 @@ impl AdminState {
             registry,
             token,
             clusters: BTreeMap::new(),
+            redis: None,
             metrics_open: false,
             dashboard: true,
             health_timeout: Duration::from_secs(2),
@@ -110,6 +113,7 @@ pub struct AdminStateBuilder {
     registry: Registry,
     token: Secret,
     clusters: BTreeMap<String, PgCluster>,
+    redis: Option<RedisPools>,
     metrics_open: bool,
     dashboard: bool,
     health_timeout: Duration,
@@ -121,6 +125,16 @@ impl AdminStateBuilder {
     /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`.
     pub fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
         self.clusters = clusters;
+        self
+    }
+
+    /// The Redis pools (also registered in the registry), so `GET stats` reports each one's
+    /// `created_connections` as [`RedisStats::created`](pool_redis::RedisStats::created): its
+    /// open exclusive connections plus its connected shared clients. A Redis pool that is only
+    /// registered shows its open exclusive connections alone (the `Pool` trait does not see
+    /// shared clients).
+    pub fn redis(mut self, pools: RedisPools) -> Self {
+        self.redis = Some(pools);
         self
     }
 
@@ -164,6 +178,7 @@ impl AdminStateBuilder {
                 sampler: Mutex::new(Sampler::new(self.registry.clone(), 30)),
                 registry: self.registry,
                 clusters: self.clusters,
+                redis: self.redis,
                 token: self.token,
                 metrics_open: self.metrics_open,
                 dashboard: self.dashboard,
@@ -379,15 +394,25 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
     let mut redis = serde_json::Map::new();
     for pool in state.inner.registry.pools() {
         let s = pool.stats();
-        let mut v = pool_json(&s);
         if s.backend == "redis" {
+            // redis-py's numbers as pool-redis defines them, shared clients included, when the
+            // pool was handed over; else what the engine's stats alone say.
+            let known = state.inner.redis.as_ref().and_then(|r| r.get(&s.name));
+            let (s, created) = match known.map(pool_redis::RedisPool::stats) {
+                Some(r) => (r.engine, r.created),
+                None => {
+                    let created = s.open_connections.saturating_sub(s.connecting);
+                    (s, created)
+                }
+            };
+            let mut v = pool_json(&s);
             v["in_use_connections"] = json!(s.active_connections);
             v["available_connections"] = json!(s.idle_connections);
-            v["created_connections"] = json!(s.open_connections);
+            v["created_connections"] = json!(created);
             v["max_connections"] = json!(s.pool_size + s.max_overflow);
             redis.insert(s.name.clone(), v);
         } else {
-            database.insert(s.name.clone(), v);
+            database.insert(s.name.clone(), pool_json(&s));
         }
     }
     let recommendations: Vec<Value> =

@@ -72,14 +72,17 @@ impl Server {
             .map_err(|source| ServeError::Io { addr: listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| ServeError::Io { addr: listen, source })?;
-        let state = AdminState::builder(pools.registry.clone(), token.clone())
+        let mut state = AdminState::builder(pools.registry.clone(), token.clone())
             .clusters(pools.clusters.clone())
             .metrics_open(config.admin.metrics_open)
             .dashboard(config.admin.dashboard)
             .health_timeout(secs(config.admin.health_timeout).unwrap_or(Duration::from_secs(2)))
             .budgets(pools.budgets.clone())
-            .config(serde_json::to_value(config).unwrap_or_default())
-            .build();
+            .config(serde_json::to_value(config).unwrap_or_default());
+        if let Some(redis) = &pools.redis {
+            state = state.redis(redis.clone());
+        }
+        let state = state.build();
         let interval = secs(config.admin.sample_interval).unwrap_or(Duration::from_secs(10));
         let optimizer = tokio::spawn(optimize(state.clone(), interval, config.admin.auto_tune));
         Ok(Server { listener, addr, state, pools, token, generated_token, optimizer })

@@ -178,14 +178,15 @@ impl RedisPool {
     pub fn stats(&self) -> RedisStats {
         let engine = self.inner.exclusive.stats();
         let shared = &self.inner.shared;
+        let shared_connected = shared.connected();
         RedisStats {
             name: self.inner.name.to_string(),
             in_use: engine.active_connections,
             available: engine.idle_connections,
-            created: engine.open_connections.saturating_sub(engine.connecting) + shared.len(),
+            created: crate::stats::created(&engine, shared_connected),
             max_connections: engine.pool_size + engine.max_overflow,
             shared_clients: shared.len(),
-            shared_connected: shared.connected(),
+            shared_connected,
             retries: self.inner.retries.load(Relaxed),
             heartbeat_failures: shared.heartbeat_failures.load(Relaxed),
             engine,

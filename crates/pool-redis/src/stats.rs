@@ -19,9 +19,11 @@ pub struct RedisStats {
     pub in_use: usize,
     /// Exclusive connections idle in the pool now (redis-py's `_available_connections`).
     pub available: usize,
-    /// Connections open now, exclusive and shared (redis-py's `_created_connections`, which
-    /// counts connections made and not yet closed); the engine's lifetime count of opened
-    /// connections is `engine.connections_created`.
+    /// Connections open now (redis-py's `_created_connections`, which counts connections made
+    /// and not yet closed): the exclusive connections open (connects still in flight left out)
+    /// plus the shared clients connected now (`shared_connected`, not `shared_clients`: a client
+    /// that is reconnecting has no socket). The admin API's `created_connections` is this number.
+    /// The engine's lifetime count of opened connections is `engine.connections_created`.
     pub created: usize,
     /// The most exclusive connections the pool may open (`max_connections`).
     pub max_connections: usize,
@@ -35,4 +37,27 @@ pub struct RedisStats {
     pub heartbeat_failures: u64,
     /// The engine's stats for the exclusive connections.
     pub engine: PoolStats,
+}
+
+/// [`RedisStats::created`] from the engine's stats of the exclusive connections and the number
+/// of shared clients connected now.
+pub(crate) fn created(engine: &PoolStats, shared_connected: usize) -> usize {
+    engine.open_connections.saturating_sub(engine.connecting) + shared_connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connects in flight and disconnected shared clients have no socket, so they are not
+    /// counted.
+    #[test]
+    fn created_counts_open_exclusive_connections_and_connected_shared_clients() {
+        let mut engine = PoolStats::default();
+        (engine.open_connections, engine.connecting) = (5, 2);
+        assert_eq!(created(&engine, 1), 4);
+        assert_eq!(created(&engine, 0), 3, "a reconnecting shared client is not open");
+        (engine.open_connections, engine.connecting) = (0, 0);
+        assert_eq!(created(&engine, 2), 2);
+    }
 }

@@ -390,3 +390,34 @@ async fn the_server_refuses_a_public_address_without_a_token() {
         "refusing to listen on 0.0.0.0:0 without an admin token: set POOL_ADMIN_TOKEN or admin.token, or listen on a loopback address"
     );
 }
+
+/// A Redis pool's `created_connections` is pool-redis's `RedisStats::created`: its open
+/// exclusive connection plus its connected shared client (against the shared real Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_created_connections_is_the_librarys_number() {
+    use pool_redis::{PoolSettings, RedisConfig, RedisPools};
+
+    let config = RedisConfig::new(pool_harness::redis_url())
+        .pool("cache", PoolSettings::default().pool_size(1).max_connections(1));
+    let pools = RedisPools::connect(&config).await.unwrap();
+    let registry = Registry::new();
+    pools.register(&registry).unwrap();
+    let cache = pools.get("cache").unwrap();
+    // The one exclusive connection is open from here on, idle or in use.
+    drop(cache.exclusive().await.unwrap());
+    let library = cache.stats();
+    assert_eq!((library.created, library.shared_connected), (2, 1), "{library:?}");
+
+    let state = AdminState::builder(registry.clone(), Secret(TOKEN.to_owned()));
+    let app = router(state.redis(pools.clone()).build());
+    let (status, stats) = get(&app, &format!("{PREFIX}/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    conforms("StatsResponse", &stats);
+    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 2, "{stats:#}");
+
+    // Registered alone, the pool's shared clients are out of the API's sight.
+    let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
+    let (_, stats) = get(&app, &format!("{PREFIX}/stats")).await;
+    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 1, "{stats:#}");
+    pools.close().await.unwrap();
+}

@@ -247,7 +247,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
 
 /// The admin router. Mount it in your own app, or serve it with `pool-admin serve`.
 ///
-/// Every API route needs `Authorization: Bearer <token>`; `/metrics` too unless opened. The
+/// Every API route needs `Authorization: Bearer <token>` (the scheme in any case);
+/// `/metrics` too unless opened. The
 /// dashboard's static page under `/dashboard/` (unless turned off) is served without it and
 /// asks the API for its data with the token the user gives it.
 pub fn router(state: AdminState) -> Router {
@@ -280,11 +281,8 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
         None => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response(),
         Some(token)
@@ -294,6 +292,14 @@ async fn require_token(
         }
         Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
     }
+}
+
+/// The token of an `Authorization` header's value `Bearer <token>`. The scheme is matched in any
+/// case (`bearer`, `BEARER`: RFC 7235 makes auth schemes case-insensitive); blanks around the
+/// token are ignored. `None` for another scheme or no token at all.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn secs(d: Duration) -> f64 {

@@ -33,7 +33,9 @@ pub struct ServerConfig {
     /// Where to listen \[`127.0.0.1:9187`\] (`POOL_ADMIN_LISTEN`).
     pub listen: SocketAddr,
     /// The bearer token every admin route requires (`POOL_ADMIN_TOKEN`). Without one the server
-    /// listens only on loopback, and every admin route answers 401.
+    /// refuses a non-loopback `listen` address; on loopback it makes up a random token at start,
+    /// which `pool-admin serve` prints (with a dashboard link carrying it), and every admin route
+    /// requires that one.
     pub token: Option<Secret>,
     /// Serve `/metrics` without the token \[false\].
     pub metrics_open: bool,

@@ -391,6 +391,31 @@ async fn the_server_refuses_a_public_address_without_a_token() {
     );
 }
 
+/// RFC 7235: the auth scheme is case-insensitive, so `bearer`, `BEARER` and `Bearer` all work.
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    for (header, token) in [
+        ("Bearer t0ken", Some("t0ken")),
+        ("bearer t0ken", Some("t0ken")),
+        ("BEARER   t0ken ", Some("t0ken")),
+        ("Basic dTpw", None),
+        ("Bearer", None),
+        ("Bearert0ken", None),
+    ] {
+        assert_eq!(bearer_token(header), token, "{header}");
+    }
+    let f = fixture(false).await;
+    for header in ["bearer t0ken", "BEARER t0ken"] {
+        let req = Request::builder()
+            .uri(format!("{PREFIX}/stats"))
+            .header("authorization", header)
+            .body(HttpBody::empty())
+            .unwrap();
+        let status = f.app.clone().oneshot(req).await.unwrap().status();
+        assert_eq!(status, StatusCode::OK, "{header}");
+    }
+}
+
 /// A Redis pool's `created_connections` is pool-redis's `RedisStats::created`: its open
 /// exclusive connection plus its connected shared client (against the shared real Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,8 +370,22 @@ impl AdminConfig {
                 figment.find_metadata(&key).map_or_else(|| "defaults".to_owned(), source_of);
             ConfigError::Invalid { key, source_name, value, reason: reason.to_owned() }
         };
+        let too_long = |key: String, v: f64| {
+            invalid(key, v.to_string(), "must be at most 100 years (3153600000 seconds)")
+        };
         for (name, pg) in &self.postgres {
             let key = |k: &str| format!("postgres.{name}.{k}");
+            for (k, v) in [
+                ("pool_timeout", pg.pool_timeout),
+                ("pool_recycle", pg.pool_recycle),
+                ("connect_timeout", pg.connect_timeout),
+                ("max_replica_lag", pg.max_replica_lag),
+                ("replica_ban", pg.replica_ban),
+            ] {
+                if !within_limit(v) {
+                    return Err(too_long(key(k), v));
+                }
+            }
             if pg.pool_size == 0 {
                 return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
             }
@@ -417,6 +431,16 @@ impl AdminConfig {
         }
         for (name, r) in &self.redis {
             let key = |k: &str| format!("redis.{name}.{k}");
+            for (k, v) in [
+                ("pool_timeout", r.pool_timeout),
+                ("health_check_interval", r.health_check_interval),
+                ("command_timeout", r.command_timeout),
+                ("shared_command_timeout", r.shared_command_timeout),
+            ] {
+                if !within_limit(v) {
+                    return Err(too_long(key(k), v));
+                }
+            }
             if r.pool_size == 0 {
                 return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
             }
@@ -461,6 +485,9 @@ impl AdminConfig {
             ("admin.sample_interval", self.admin.sample_interval),
             ("admin.health_timeout", self.admin.health_timeout),
         ] {
+            if !within_limit(v) {
+                return Err(too_long(k.to_owned(), v));
+            }
             if !(v.is_finite() && v > 0.0) {
                 return Err(invalid(
                     k.to_owned(),
@@ -531,9 +558,22 @@ fn actual_value(key: &str, actual: &figment::error::Actual) -> String {
     }
 }
 
-/// Seconds as a duration; `None` for zero or less.
+/// The longest duration a setting accepts, in seconds: 100 years, as pool-core's engine
+/// (longer ones would overflow its clock).
+const MAX_SECS: f64 = pool_core::MAX_DURATION.as_secs_f64();
+
+/// Whether `v` seconds, if positive, is a duration the pools accept: one that
+/// [`Duration::try_from_secs_f64`] converts and at most [`MAX_SECS`]. Zero, negative and
+/// non-finite values pass here; the checks of each setting judge those.
+fn within_limit(v: f64) -> bool {
+    !(v > 0.0 && v.is_finite()) || (v <= MAX_SECS && Duration::try_from_secs_f64(v).is_ok())
+}
+
+/// Seconds as a duration; `None` for zero, less, or not a number. [`AdminConfig::load`]
+/// rejects values above 100 years; one that got here another way is capped at 100 years
+/// rather than panicking in the conversion.
 pub(crate) fn secs(v: f64) -> Option<Duration> {
-    (v > 0.0 && v.is_finite()).then(|| Duration::from_secs_f64(v))
+    (v > 0.0).then(|| Duration::from_secs_f64(v.min(MAX_SECS)))
 }
 
 #[cfg(test)]

@@ -180,6 +180,32 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
             Some("[admin]\nhealth_timeout = -1\n"),
             "invalid value for admin.health_timeout = -1 from TOML file",
         ),
+        // Finite but beyond what a duration holds (1e20 s), or beyond 100 years.
+        (
+            &[("DATABASE_POOL_TIMEOUT", "1.0e20")],
+            None,
+            "invalid value for postgres.main.pool_timeout = 100000000000000000000 from environment variable DATABASE_POOL_TIMEOUT: must be at most 100 years (3153600000 seconds)",
+        ),
+        (
+            &[("DATABASE_POOL_RECYCLE", "3153600001")],
+            None,
+            "invalid value for postgres.main.pool_recycle = 3153600001 from environment variable DATABASE_POOL_RECYCLE: must be at most 100 years",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\nreplica_ban = 1e300\n"),
+            "invalid value for postgres.main.replica_ban = 1000000000000000000000000000000",
+        ),
+        (
+            &[],
+            Some("[redis.cache]\nshared_command_timeout = 1e10\n"),
+            "invalid value for redis.cache.shared_command_timeout = 10000000000 from TOML file",
+        ),
+        (
+            &[],
+            Some("[admin]\nsample_interval = 1e19\n"),
+            "invalid value for admin.sample_interval = 10000000000000000000 from TOML file",
+        ),
     ];
     for (vars, toml, expected) in cases {
         let f = toml.map(file);
@@ -191,6 +217,18 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
             "{vars:?} {toml:?}:\n  got      {err}\n  expected {expected}"
         );
     }
+}
+
+/// Every duration the pools accept converts without panicking: 100 years is the most, and
+/// `secs` caps anything that got past validation instead of panicking.
+#[test]
+fn durations_up_to_100_years_are_accepted_and_convert() {
+    let c = AdminConfig::load(None, env(&[("DATABASE_POOL_RECYCLE", "3153600000")])).unwrap();
+    let recycle = secs(c.postgres["main"].pool_recycle).unwrap();
+    assert_eq!(recycle, Duration::from_secs(3_153_600_000));
+    assert_eq!(secs(1e20), Some(Duration::from_secs(3_153_600_000)));
+    assert_eq!(secs(f64::INFINITY), Some(Duration::from_secs(3_153_600_000)));
+    assert_eq!((secs(0.0), secs(-1.0), secs(f64::NAN)), (None, None, None));
 }
 
 #[test]

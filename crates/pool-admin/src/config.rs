@@ -301,7 +301,9 @@ pub enum ConfigError {
     Other(String),
 }
 
-/// An environment variable and the key it sets.
+/// An environment variable and the key it sets. The unprefixed variables configure the pools
+/// named `main` (`postgres.main`, `redis.main`), as `docs/operations.md` documents; see
+/// [`AdminConfig::load`] for what happens when the file has no `main` pool.
 const ENV: &[(&str, &str)] = &[
     ("POOL_ADMIN_LISTEN", "admin.listen"),
     ("POOL_ADMIN_TOKEN", "admin.token"),
@@ -366,6 +368,13 @@ impl Provider for EnvVar {
 
 impl AdminConfig {
     /// Loads defaults, then `file` (if given), then the environment through `lookup`.
+    ///
+    /// A file with its own `[postgres.*]` or `[redis.*]` tables replaces that backend's default
+    /// pools. The environment variables `DATABASE_*` configure the PostgreSQL pool `main`, and
+    /// `REDIS_POOL_SIZE`/`REDIS_MAX_CONNECTIONS` the Redis pool `main`: when the file defines
+    /// other pools but no `main`, setting one of them adds a pool `main` (the variable's value
+    /// over the built-in defaults) beside the file's pools. `REDIS_URL` sets the URL every Redis
+    /// pool uses and adds no pool.
     ///
     /// # Errors
     ///

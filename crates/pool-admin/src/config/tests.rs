@@ -231,6 +231,29 @@ fn durations_up_to_100_years_are_accepted_and_convert() {
     assert_eq!((secs(0.0), secs(-1.0), secs(f64::NAN)), (None, None, None));
 }
 
+/// The unprefixed variables configure the pool `main`, documented in `docs/operations.md`:
+/// with a file that names only other pools, they add `main` beside them.
+#[test]
+fn unprefixed_variables_add_main_beside_the_files_pools() {
+    let f = file("[postgres.reports]\npool_size = 2\n[redis.cache]\npool_size = 2\n");
+    let c = AdminConfig::load(Some(&f.0), env(&[])).unwrap();
+    assert_eq!(c.postgres.keys().collect::<Vec<_>>(), ["reports"]);
+    assert_eq!(c.redis.keys().collect::<Vec<_>>(), ["cache"]);
+    let c = AdminConfig::load(
+        Some(&f.0),
+        env(&[
+            ("DATABASE_URL", "postgres://app@db/main"),
+            ("REDIS_POOL_SIZE", "3"),
+            ("REDIS_URL", "redis://cache:6379"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.postgres.keys().collect::<Vec<_>>(), ["main", "reports"]);
+    assert_eq!(c.postgres["main"].url.expose(), "postgres://app@db/main");
+    assert_eq!(c.redis.keys().collect::<Vec<_>>(), ["cache", "main"]);
+    assert_eq!(c.redis["main"].pool_size, 3);
+}
+
 #[test]
 fn unknown_keys_and_missing_files_are_errors() {
     let f = file("[postgres.main]\npool_sise = 3\n");

@@ -58,6 +58,9 @@ fn config(pg: &PgInstance) -> AdminConfig {
             max_overflow: 2,
             pool_timeout: 2.0,
             connect_timeout: 1.0,
+            max_connecting: 3,
+            idle_timeout: 90.0,
+            leak_detection_threshold: 30.0,
             ..PostgresConfig::default()
         },
     );
@@ -131,7 +134,12 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
         (status, body),
         (200, json!({ "pool": "postgresql:main", "pool_size": 5, "max_overflow": 2 }))
     );
-    assert_eq!(cluster.primary().config().pool_size, 5);
+    let primary = cluster.primary().config();
+    assert_eq!(primary.pool_size, 5);
+    // The file's engine settings reach the pools.
+    assert_eq!(primary.max_connecting, 3);
+    assert_eq!(primary.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(primary.leak_detection_threshold, Some(Duration::from_secs(30)));
     let (_, config) = client.get(&format!("{PREFIX}/config")).await;
     assert_eq!(config["pools"]["postgresql:main"]["pool_size"], 5);
     assert!(!config.to_string().contains(TOKEN), "the token never leaves the server");

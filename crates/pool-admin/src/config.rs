@@ -84,6 +84,14 @@ pub struct PostgresConfig {
     pub connect_timeout: f64,
     /// Check a connection idle over 500 ms before handing it out \[true\].
     pub pool_pre_ping: bool,
+    /// Connects in flight at once per pool, so a restarted server is not stormed \[2\].
+    pub max_connecting: usize,
+    /// Seconds an overflow connection may sit idle before it is retired; 0 or less keeps them
+    /// \[60\].
+    pub idle_timeout: f64,
+    /// Seconds a connection may be held before a warning names the line that took it; 0 or
+    /// less turns leak detection off \[0\].
+    pub leak_detection_threshold: f64,
     /// Seconds of replay lag past which a replica is skipped \[10\].
     pub max_replica_lag: f64,
     /// Seconds a replica that failed to connect or answer stays out of rotation before it is
@@ -106,6 +114,9 @@ impl Default for PostgresConfig {
             pool_recycle: 3600.0,
             connect_timeout: 5.0,
             pool_pre_ping: true,
+            max_connecting: 2,
+            idle_timeout: 60.0,
+            leak_detection_threshold: 0.0,
             max_replica_lag: 10.0,
             replica_ban: 30.0,
             connection_budget: None,
@@ -443,6 +454,8 @@ impl AdminConfig {
                 ("connect_timeout", pg.connect_timeout),
                 ("max_replica_lag", pg.max_replica_lag),
                 ("replica_ban", pg.replica_ban),
+                ("idle_timeout", pg.idle_timeout),
+                ("leak_detection_threshold", pg.leak_detection_threshold),
             ] {
                 if !within_limit(v) {
                     return Err(too_long(key(k), v));
@@ -465,12 +478,17 @@ impl AdminConfig {
                     ));
                 }
             }
-            if !pg.pool_recycle.is_finite() {
-                return Err(invalid(
-                    key("pool_recycle"),
-                    pg.pool_recycle.to_string(),
-                    "must be a number of seconds",
-                ));
+            for (k, v) in [
+                ("pool_recycle", pg.pool_recycle),
+                ("idle_timeout", pg.idle_timeout),
+                ("leak_detection_threshold", pg.leak_detection_threshold),
+            ] {
+                if !v.is_finite() {
+                    return Err(invalid(key(k), v.to_string(), "must be a number of seconds"));
+                }
+            }
+            if pg.max_connecting == 0 {
+                return Err(invalid(key("max_connecting"), "0".into(), "must be at least 1"));
             }
             if !pg.url.0.starts_with("postgres://") && !pg.url.0.starts_with("postgresql://") {
                 return Err(invalid(key("url"), pg.url.redacted(), "must be a postgres:// URL"));

@@ -85,6 +85,9 @@ impl Pools {
             pool_config.connect_timeout =
                 secs(pg.connect_timeout).unwrap_or(Duration::from_secs(5));
             pool_config.pool_pre_ping = pg.pool_pre_ping;
+            pool_config.max_connecting = pg.max_connecting;
+            pool_config.idle_timeout = secs(pg.idle_timeout);
+            pool_config.leak_detection_threshold = secs(pg.leak_detection_threshold);
             pool_config.validate().map_err(|e| err(e.to_string()))?;
             let mut builder = PgCluster::builder(name.clone(), manager)
                 .config(pool_config.clone())

@@ -162,6 +162,16 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
+            Some("[postgres.main]\nmax_connecting = 0\n"),
+            "invalid value for postgres.main.max_connecting = 0 from TOML file",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\nleak_detection_threshold = 4e9\n"),
+            "invalid value for postgres.main.leak_detection_threshold = 4000000000 from TOML file",
+        ),
+        (
+            &[],
             Some("[postgres.main]\nreplica_ban = 0\n"),
             "invalid value for postgres.main.replica_ban = 0 from TOML file",
         ),

@@ -1,3 +1,4 @@
+//! PostgreSQL pools over sqlx's `PgConnection`, and a primary/replica cluster router.
 #![doc = include_str!("../README.md")]
 
 mod budget;

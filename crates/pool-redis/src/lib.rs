@@ -1,3 +1,4 @@
+//! Named Redis pools over fred: exclusive checkout and shared multiplexed clients.
 #![doc = include_str!("../README.md")]
 
 mod config;

@@ -102,6 +102,9 @@ pub(crate) struct Shared<M: Manager> {
     /// Wakes the reaper task, which times out waiters (one timer for the whole queue).
     reaper: Arc<Notify>,
     next_id: AtomicU64,
+    /// The runtime the pool was built in: it runs the checks an acquire starts, and their
+    /// timers, so an acquire polled outside any tokio runtime works too.
+    runtime: tokio::runtime::Handle,
 }
 
 impl<M: Manager> Drop for Shared<M> {
@@ -320,6 +323,7 @@ impl<M: Manager> ConnectionPool<M> {
             drained: Notify::new(),
             reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
+            runtime: handle.clone(),
         });
         handle.spawn(reap(Arc::downgrade(&shared), Arc::clone(&shared.reaper)));
         let n = shared.lock().connects_to_start(shared.config.max_connecting, true);
@@ -608,7 +612,7 @@ impl<M: Manager> ConnectionPool<M> {
         };
         if let Some(conn) = idle {
             let shared = Arc::clone(&self.shared);
-            let task = tokio::spawn(async move {
+            let task = self.shared.runtime.spawn(async move {
                 let start = clock::now();
                 let conn = shared.check(conn, Held::Pool).await?;
                 let took = start.elapsed();
@@ -777,7 +781,11 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Runs the pre-ping check in its own task, so a caller that goes away mid-check loses
-    /// nothing: the task returns the connection to the pool itself.
+    /// nothing: the task returns the connection to the pool itself, and a reply sent but never
+    /// read (the caller gave up, or its timer fired first) is put back by [`CheckReply`].
+    ///
+    /// The task runs on the caller's runtime, or on the pool's own when the caller polls from
+    /// outside any tokio runtime (another executor), whose timer then bounds the wait too.
     async fn checked(
         self: &Arc<Self>,
         conn: Conn<M::Connection>,
@@ -785,7 +793,8 @@ impl<M: Manager> Shared<M> {
     ) -> Checked<M::Connection> {
         let (tx, rx) = oneshot::channel();
         let shared = Arc::clone(self);
-        tokio::spawn(async move {
+        let current = tokio::runtime::Handle::try_current().ok();
+        current.as_ref().unwrap_or(&self.runtime).spawn(async move {
             match shared.check(conn, Held::User).await {
                 Ok(conn) => {
                     if let Err(conn) = tx.send(conn) {
@@ -795,10 +804,22 @@ impl<M: Manager> Shared<M> {
                 Err(_) => drop(tx),
             }
         });
-        match tokio::time::timeout(deadline.duration_since(clock::now()), rx).await {
-            Ok(Ok(conn)) => Checked::Alive(conn),
-            Ok(Err(_)) => Checked::Failed,
-            Err(_) => Checked::TimedOut,
+        let timer = {
+            let _in_runtime = current.is_none().then(|| self.runtime.enter());
+            tokio::time::sleep(deadline.duration_since(clock::now()))
+        };
+        let mut reply = CheckReply { shared: self, rx: Some(rx) };
+        let Some(rx) = reply.rx.as_mut() else { return Checked::Failed };
+        tokio::select! {
+            biased;
+            checked = rx => {
+                reply.rx = None;
+                match checked {
+                    Ok(conn) => Checked::Alive(conn),
+                    Err(_) => Checked::Failed,
+                }
+            }
+            () = timer => Checked::TimedOut,
         }
     }
 
@@ -1196,6 +1217,23 @@ impl<M: Manager> Queued<'_, M> {
             Ok(conn) => Ok(conn),
             Err(_) if self.shared.lock().closed => Err(QueueEnd::Closed),
             Err(_) => Err(QueueEnd::TimedOut),
+        }
+    }
+}
+
+/// The reply of a pre-ping run in its own task. Dropped unread, it gives back a connection the
+/// task already sent; the task gives back one it could not send.
+struct CheckReply<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    rx: Option<oneshot::Receiver<Conn<M::Connection>>>,
+}
+
+impl<M: Manager> Drop for CheckReply<'_, M> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        rx.close();
+        if let Ok(conn) = rx.try_recv() {
+            self.shared.put_back(conn, Held::User);
         }
     }
 }

@@ -343,6 +343,50 @@ async fn try_acquire_whose_pre_ping_hangs_finds_none_idle_and_counts_no_timeout(
     assert_eq!(pool.stats().timeouts, 0, "a call that never queues did not time out");
 }
 
+/// Polls `f` to completion on this thread, with no tokio runtime around: what a caller on
+/// another executor does.
+fn block_on_plain_thread<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn an_acquire_polled_outside_any_runtime_runs_its_check_on_the_pools_runtime() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let m = TestManager::new();
+    let pool = rt.block_on(async {
+        let b =
+            builder(&m).pool_size(1).pre_ping_bypass(Duration::ZERO).health_check_interval(None);
+        warm_pool(b, 1).await
+    });
+    let p = pool.clone();
+    let id = std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err(), "no runtime on this thread");
+        block_on_plain_thread(p.acquire()).map(|c| c.id())
+    })
+    .join()
+    .expect("no panic outside the runtime")
+    .expect("a connection");
+    assert_eq!(m.counts().checks, 1, "the idle connection was checked first");
+    let s = pool.state();
+    assert_eq!((s.in_use, s.idle, s.open), (0, 1, 1), "given back, nothing lost");
+    assert_eq!(rt.block_on(pool.acquire()).unwrap().id(), id);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_acquire_timeout_too_long_to_add_to_now_waits_instead_of_panicking() {
     let m = TestManager::new();

@@ -49,9 +49,46 @@ struct Inner {
     sampler: Mutex<Sampler>,
     config: Value,
     decisions: Mutex<Vec<Decision>>,
+    /// Held from a resize's budget check to the resize itself, so two resizes that each fit the
+    /// budget cannot together break it.
+    resizing: Mutex<()>,
 }
 
 impl AdminState {
+    /// Resizes `pool` unless that would break one of its connection budgets, checking and
+    /// resizing under one lock: the admin API and the auto-tuner both go through here.
+    ///
+    /// # Errors
+    ///
+    /// What refused it: a budget (naming it and its numbers) or the pool's own checks.
+    pub fn resize_within_budgets(
+        &self,
+        pool: &Arc<dyn Pool>,
+        pool_size: usize,
+        max_overflow: usize,
+    ) -> Result<(), String> {
+        let _one_at_a_time = self.inner.resizing.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = pool_id(pool.as_ref());
+        for b in self.inner.budgets.iter().filter(|b| b.pools.contains(&id)) {
+            let others: usize = b
+                .pools
+                .iter()
+                .filter(|p| **p != id)
+                .filter_map(|p| self.inner.registry.get(p))
+                .map(|p| p.config().max_size())
+                .sum();
+            let wanted = pool_size.saturating_add(max_overflow);
+            if others.saturating_add(wanted) > b.available() {
+                return Err(format!(
+                    "refused: pool_size {pool_size} + max_overflow {max_overflow} would exceed the connection budget of {} ({} allowed, other pools may open {others})",
+                    b.name,
+                    b.available()
+                ));
+            }
+        }
+        pool.resize(pool_size, max_overflow).map_err(|e| e.to_string())
+    }
+
     /// State over `registry`, every admin route requiring `token`.
     pub fn builder(registry: Registry, token: Secret) -> AdminStateBuilder {
         AdminStateBuilder {
@@ -187,6 +224,7 @@ impl AdminStateBuilder {
                 settings: Settings::default(),
                 config: self.config,
                 decisions: Mutex::new(Vec::new()),
+                resizing: Mutex::new(()),
             }),
         }
     }
@@ -584,30 +622,9 @@ async fn resize(
     let pool = state.inner.registry.resolve(&name).map_err(|e| ApiError::lookup(e, &name))?;
     let id = pool_id(pool.as_ref());
     let max_overflow = req.max_overflow.unwrap_or_else(|| pool.config().max_overflow);
-    let refuse = |message: String| ApiError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        message,
-        pool: Some(name.clone()),
-    };
-    for b in state.inner.budgets.iter().filter(|b| b.pools.contains(&id)) {
-        let others: usize = b
-            .pools
-            .iter()
-            .filter(|p| **p != id)
-            .filter_map(|p| state.inner.registry.get(p))
-            .map(|p| p.config().max_size())
-            .sum();
-        let wanted = req.pool_size.saturating_add(max_overflow);
-        if others.saturating_add(wanted) > b.available() {
-            return Err(refuse(format!(
-                "refused: pool_size {} + max_overflow {max_overflow} would exceed the connection budget of {} ({} allowed, other pools may open {others})",
-                req.pool_size,
-                b.name,
-                b.available()
-            )));
-        }
-    }
-    pool.resize(req.pool_size, max_overflow).map_err(|e| refuse(e.to_string()))?;
+    state.resize_within_budgets(&pool, req.pool_size, max_overflow).map_err(|message| {
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message, pool: Some(name.clone()) }
+    })?;
     let c = pool.config();
     Ok(Json(json!({ "pool": id, "pool_size": c.pool_size, "max_overflow": c.max_overflow })))
 }

@@ -145,7 +145,7 @@ async fn optimize(state: AdminState, interval: Duration, auto_tune: bool) {
         let before = tuner.log().len();
         for change in tuner.decide(&state.windows()) {
             let Some(pool) = state.registry().get(&change.pool) else { continue };
-            match pool.resize(change.pool_size, change.max_overflow) {
+            match state.resize_within_budgets(&pool, change.pool_size, change.max_overflow) {
                 Ok(()) => {
                     tracing::info!(pool = %change.pool, pool_size = change.pool_size, "auto-tuner resized the pool")
                 }

@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The pools could not start.
     #[error(transparent)]
     Pools(#[from] StartError),
+    /// No token was configured and the operating system gave no randomness to make one.
+    #[error("cannot generate an admin token: {0}; set POOL_ADMIN_TOKEN or admin.token")]
+    Random(String),
     /// The address could not be bound, or serving failed.
     #[error("admin server on {addr}: {source}")]
     Io {
@@ -35,6 +38,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// 128 bits from the operating system's random source, in hex: a token nobody can guess from the
+/// process's start time.
+fn generate_token() -> Result<Secret, ServeError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ServeError::Random(e.to_string()))?;
+    Ok(Secret(bytes.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// A bound admin server with its pools, ready to [`run`](Server::run).
@@ -61,11 +72,12 @@ impl Server {
         let listen = config.admin.listen;
         let (token, generated_token) = match &config.admin.token {
             Some(t) => (t.clone(), false),
-            None if listen.ip().is_loopback() => {
-                (Secret(format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))), true)
-            }
+            None if listen.ip().is_loopback() => (generate_token()?, true),
             None => return Err(ServeError::TokenRequired(listen)),
         };
+        if !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "the admin API speaks plain HTTP: beyond loopback its bearer token crosses the network in the clear; put a TLS proxy in front of it");
+        }
         let pools = Arc::new(Pools::start(config).await?);
         let listener = TcpListener::bind(listen)
             .await
@@ -156,5 +168,17 @@ async fn optimize(state: AdminState, interval: Duration, auto_tune: bool) {
         }
         let log = tuner.log();
         state.record_decisions(&log[before.min(log.len())..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_generated_token_is_128_random_bits_in_hex() {
+        let a = super::generate_token().unwrap();
+        let b = super::generate_token().unwrap();
+        assert_eq!(a.expose().len(), 32);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()), "{}", a.expose());
+        assert_ne!(a.expose(), b.expose(), "two tokens are never the same");
     }
 }

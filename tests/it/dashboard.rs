@@ -348,6 +348,22 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     assert!(message.contains("pool_size = 0: must be at least 1"), "{message}");
     assert_eq!(pools.clusters["main"].primary().config().pool_size, 2, "a refusal changes nothing");
 
+    // ...a blank field is refused by the page itself (it would read as 0)...
+    let max_overflow = session.find(&format!("{card} input[name=max_overflow]")).await.unwrap();
+    session.replace_text(&pool_size, "3").await.unwrap();
+    session.replace_text(&max_overflow, "\u{E003}").await.unwrap(); // select all, Backspace
+    session.click(&submit).await.unwrap();
+    let blank = until(
+        "the blank field is refused",
+        async || page(&session).await,
+        |p| p["pools"]["postgresql:main"]["resize"].as_str().unwrap().contains("whole number"),
+    )
+    .await;
+    assert_eq!(blank["pools"]["postgresql:main"]["resize"], "max_overflow must be a whole number");
+    let unchanged = pools.clusters["main"].primary().config();
+    assert_eq!((unchanged.pool_size, unchanged.max_overflow), (2, 1), "nothing was sent");
+    session.replace_text(&max_overflow, "1").await.unwrap();
+
     // ...and one it accepts changes the pool, which the page then shows.
     session.replace_text(&pool_size, "4").await.unwrap();
     let typed = session

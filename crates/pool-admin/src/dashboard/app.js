@@ -249,12 +249,20 @@ function showNumbers(pool, s) {
 
 async function resize(id, form) {
   const out = form.querySelector('output');
+  // A blank or non-integer field is refused here: Number('') is 0, which would resize to zero.
+  const whole = (field) => {
+    const text = form.elements[field].value.trim();
+    return /^\d+$/.test(text) ? Number(text) : null;
+  };
+  const wanted = { pool_size: whole('pool_size'), max_overflow: whole('max_overflow') };
+  const bad = Object.keys(wanted).filter((field) => wanted[field] === null);
+  if (bad.length > 0) {
+    out.className = 'resize-result error';
+    out.textContent = `${bad.join(' and ')} must be a whole number`;
+    return;
+  }
   out.className = 'resize-result muted';
   out.textContent = 'resizing…';
-  const wanted = {
-    pool_size: Number(form.elements.pool_size.value),
-    max_overflow: Number(form.elements.max_overflow.value),
-  };
   try {
     const { status, body } = await api(`pools/${encodeURIComponent(id)}/resize`, {
       method: 'POST',

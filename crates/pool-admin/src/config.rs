@@ -218,76 +218,10 @@ impl Serialize for Secret {
     }
 }
 
-/// `scheme://user:password@host/...` becomes `scheme://user:***@host/...`, and the value of a
-/// query parameter whose name contains `password` in any case (`?password=...`, which sqlx
-/// accepts, `?sslpassword=...`; the name percent-decoded first) becomes `***`; anything that is
-/// not a URL becomes `***`.
-///
-/// A user name or password may hold an unencoded `/`, `?`, `#` or `@`: when a `:` comes before
-/// the last `@`, everything from it to that `@` is hidden. That hides too much rather than too
-/// little when a URL with a port also has an `@` in its query. Text whose part before `://` is
-/// not a URL scheme (a libpq `key=value` string with a `://` in a value) is not a URL.
+/// A URL with its passwords hidden ([`pool_core::redact_url`]: the user info's password, and
+/// query parameters naming a password); anything that is not a URL (a token) becomes `***`.
 pub fn redact(value: &str) -> String {
-    let Some((scheme, rest)) = value.split_once("://") else { return "***".to_owned() };
-    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !is_scheme {
-        return "***".to_owned();
-    }
-    let delimiter = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let colon = rest.find(':');
-    let (user, password, after) = match (rest.rfind('@'), colon) {
-        (Some(at), Some(c)) if c < at => (Some(&rest[..c]), true, &rest[at + 1..]),
-        (Some(at), _) if at < delimiter => (Some(&rest[..at]), false, &rest[at + 1..]),
-        _ => (None, false, rest),
-    };
-    let host_end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let (host, tail) = after.split_at(host_end);
-    let tail = redact_query(tail);
-    match (user, password) {
-        (Some(user), true) => format!("{scheme}://{user}:***@{host}{tail}"),
-        (Some(user), false) => format!("{scheme}://{user}@{host}{tail}"),
-        (None, _) => format!("{scheme}://{host}{tail}"),
-    }
-}
-
-/// `path?query#fragment` with the values of password parameters in `query` replaced by `***`.
-fn redact_query(tail: &str) -> String {
-    let Some((path, rest)) = tail.split_once('?') else { return tail.to_owned() };
-    let (query, fragment) = match rest.find('#') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_password_param(name) => format!("{name}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}{fragment}", pairs.join("&"))
-}
-
-/// Whether a query parameter's name (as written, possibly percent-encoded) names a password.
-fn is_password_param(name: &str) -> bool {
-    let mut decoded = Vec::with_capacity(name.len());
-    let mut bytes = name.bytes();
-    while let Some(b) = bytes.next() {
-        let hex = |b: Option<u8>| b.and_then(|b| char::from(b).to_digit(16));
-        match b {
-            b'%' => {
-                let (hi, lo) = (bytes.next(), bytes.next());
-                match (hex(hi), hex(lo)) {
-                    // Two hex digits: one byte, at most 0xff.
-                    (Some(h), Some(l)) => decoded.push((h * 16 + l) as u8),
-                    _ => decoded.extend([Some(b'%'), hi, lo].into_iter().flatten()),
-                }
-            }
-            b'+' => decoded.push(b' '),
-            b => decoded.push(b),
-        }
-    }
-    String::from_utf8_lossy(&decoded).to_ascii_lowercase().contains("password")
+    if pool_core::is_url(value) { pool_core::redact_url(value) } else { "***".to_owned() }
 }
 
 /// Why the configuration could not be loaded.

@@ -30,6 +30,7 @@ mod guard;
 mod manager;
 mod observer;
 mod pool;
+mod redact;
 mod registry;
 mod stats;
 #[cfg(feature = "testing")]
@@ -45,6 +46,7 @@ pub use crate::guard::PooledConnection;
 pub use crate::manager::Manager;
 pub use crate::observer::Observer;
 pub use crate::pool::{ConnectionPool, PoolState};
+pub use crate::redact::{is_url, redact_url};
 pub use crate::registry::{Registry, pool_id};
 pub use crate::stats::{
     CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats, Routing,

@@ -120,92 +120,12 @@ impl From<PgConnectOptions> for PgManager {
     }
 }
 
-/// `url` with every password in it replaced by `***`: the URL's own (everything between the
-/// first `:` of the user info and the last `@`, so a password with an unencoded `/`, `?`, `#`
-/// or `@` is hidden whole) and any `password=` pair, as in a URL's query or a libpq
-/// `key=value` string. Hides too much rather than too little.
-pub(crate) fn redact(url: &str) -> String {
-    let scheme_of = |s: &str| {
-        s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    };
-    // A libpq `key=value` string may hold a `://` in a value: not a URL.
-    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| scheme_of(s)) else {
-        return mask_password_pairs(url);
-    };
-    let rest = match rest.rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{}:***{}", &rest[..colon], &rest[at..]),
-            None => rest.to_owned(),
-        },
-        None => rest.to_owned(),
-    };
-    format!("{scheme}://{}", mask_password_pairs(&rest))
-}
-
-/// `s` with the value of each `password=value` pair (any case, spaces allowed around `=`,
-/// a value quoted in `'...'` or running to a space or `&`) replaced by `***`.
-fn mask_password_pairs(s: &str) -> String {
-    const KEY: &str = "password";
-    // ASCII lowercasing keeps every byte offset.
-    let lower = s.to_ascii_lowercase();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(found) = lower[i..].find(KEY) {
-        let key_end = i + found + KEY.len();
-        let Some(value) = s[key_end..].trim_start().strip_prefix('=') else {
-            out.push_str(&s[i..key_end]);
-            i = key_end;
-            continue;
-        };
-        let value = value.trim_start();
-        let start = s.len() - value.len();
-        let len = match value.strip_prefix('\'') {
-            Some(quoted) => quoted.find('\'').map_or(value.len(), |end| end + 2),
-            None => value.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(value.len()),
-        };
-        out.push_str(&s[i..start]);
-        out.push_str("***");
-        i = start + len;
-    }
-    out.push_str(&s[i..]);
-    out
-}
+/// `url` with its passwords hidden (see [`pool_core::redact_url`]).
+pub(crate) use pool_core::redact_url as redact;
 
 #[cfg(test)]
 mod tests {
-    use super::{PgManager, redact};
-
-    #[test]
-    fn passwords_are_hidden() {
-        let cases = [
-            ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h", "postgres://h"),
-            ("not a url", "not a url"),
-            // Unencoded `/` or `@` in the password: still hidden whole.
-            ("postgres://u:pa/ss@h/db", "postgres://u:***@h/db"),
-            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-            // In the query, which sqlx accepts, and in libpq's key=value form.
-            (
-                "postgres://app@db/prod?password=s3cret&sslmode=disable",
-                "postgres://app@db/prod?password=***&sslmode=disable",
-            ),
-            (
-                "host=db user=app password=hunter2 port=5432",
-                "host=db user=app password=*** port=5432",
-            ),
-            ("host=db PASSWORD = 'a b' user=x", "host=db PASSWORD = *** user=x"),
-            (
-                "host=db password=hunter2 application_name=svc://api",
-                "host=db password=*** application_name=svc://api",
-            ),
-            ("postgres://us/er:pw@h/db", "postgres://us/er:***@h/db"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact(url), want);
-        }
-    }
+    use super::PgManager;
 
     #[test]
     fn a_malformed_url_is_an_error_naming_it() {

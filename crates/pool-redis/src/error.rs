@@ -85,36 +85,5 @@ pub enum BuildError {
     },
 }
 
-/// `url` with the password of its user-info part, if any, replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked =
-                if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            format!("{scheme}://{masked}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_masks_only_the_password() {
-        for (url, want) in [
-            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
-            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
-            ("redis://user:secret@host", "redis://user:***@host"),
-            ("redis://user@host", "redis://user@host"),
-            ("not a url", "not a url"),
-        ] {
-            assert_eq!(redact(url), want, "{url}");
-        }
-    }
-}
+/// `url` with its passwords hidden (see [`pool_core::redact_url`]).
+pub(crate) use pool_core::redact_url as redact;

@@ -323,6 +323,21 @@ fn effect_of<'a>(statements: impl Iterator<Item = &'a str>, complete: bool) -> O
     effect
 }
 
+/// Where the quoted run opened by `b[start]` (`quote`) closes, exclusive: a doubled quote stands
+/// for one, and with `backslash` a `\` escapes the byte after it. `None` if it never closes.
+fn quoted_end(b: &[u8], start: usize, quote: u8, backslash: bool) -> Option<usize> {
+    let mut j = start + 1;
+    loop {
+        match b.get(j) {
+            None => return None,
+            Some(b'\\') if backslash => j += 2,
+            Some(&c) if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
+            Some(&c) if c == quote => return Some(j + 1),
+            Some(_) => j += 1,
+        }
+    }
+}
+
 /// The statements of `sql`, split on the `;`s that separate statements, with strings, quoted
 /// identifiers, dollar-quoted bodies and comments blanked out, so only keywords are left to
 /// read; and whether every quote and comment was closed.
@@ -343,28 +358,9 @@ fn statements(sql: &str) -> (Vec<String>, bool) {
                 // An E'...' string takes backslash escapes; '' is a quote in any string.
                 let escapes =
                     i > 0 && b[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !ident(b[i - 2]));
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => break Some(None),
-                        Some(b'\\') if escapes => j += 2,
-                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break Some(Some(j + 1)),
-                        Some(_) => j += 1,
-                    }
-                }
+                Some(quoted_end(b, i, b'\'', escapes))
             }
-            b'"' => {
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => break Some(None),
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break Some(Some(j + 1)),
-                        Some(_) => j += 1,
-                    }
-                }
-            }
+            b'"' => Some(quoted_end(b, i, b'"', false)),
             // A line comment ends at a newline or a carriage return, as in PostgreSQL.
             b'-' if next == Some(b'-') => Some(Some(
                 b[i..].iter().position(|&c| c == b'\n' || c == b'\r').map_or(b.len(), |n| i + n),

@@ -13,7 +13,7 @@ use pool_core::{CloseReason, PoolConfig, Registry, Routing};
 use pool_harness::{PgInstance, postgres_url};
 use pool_postgres::sqlx::postgres::{PgConnectOptions, PgConnection};
 use pool_postgres::sqlx::{self, Connection};
-use pool_postgres::{CausalToken, PgCluster, PgManager, PgPool, SessionError};
+use pool_postgres::{CausalToken, ClusterBuilder, PgCluster, PgManager, PgPool, SessionError};
 
 type Result<T = ()> = anyhow::Result<T>;
 
@@ -410,30 +410,37 @@ async fn max_lifetime_replaces_connections_spread_out() -> Result {
     Ok(())
 }
 
-/// A throwaway primary with a streaming replica, and a cluster over them that probes often.
+/// A throwaway primary with a streaming replica, and a cluster over them: small pools, short
+/// timeouts and bans, then `configure` for what the test needs.
+async fn replicated_with(
+    app: &str,
+    configure: impl FnOnce(&mut PoolConfig, ClusterBuilder) -> ClusterBuilder,
+) -> Result<(PgInstance, PgInstance, PgCluster)> {
+    let primary = blocking(PgInstance::start)?;
+    let replica = blocking(|| primary.start_replica())?;
+    let mut config = PoolConfig::default();
+    config.pool_size = 2;
+    config.pool_timeout = Duration::from_secs(5);
+    config.connect_timeout = Duration::from_secs(1);
+    let builder = PgCluster::builder("main", manager(&primary.url(), app))
+        .replica(manager(&replica.url(), app))
+        .replica_timeout(Duration::from_millis(500))
+        .ban_duration(Duration::from_secs(1));
+    let builder = configure(&mut config, builder);
+    let cluster = builder.config(config).build()?;
+    Ok((primary, replica, cluster))
+}
+
+/// [`replicated_with`] a lag probe every 100 ms and `max_lag`.
 async fn replicated(
     app: &str,
     max_lag: Option<Duration>,
 ) -> Result<(PgInstance, PgInstance, PgCluster)> {
-    let primary = blocking(PgInstance::start)?;
-    let replica = blocking(|| primary.start_replica())?;
-    let config = {
-        let mut c = PoolConfig::default();
-        c.pool_size = 2;
-        c.max_overflow = 2;
-        c.pool_timeout = Duration::from_secs(5);
-        c.connect_timeout = Duration::from_secs(1);
-        c
-    };
-    let cluster = PgCluster::builder("main", manager(&primary.url(), app))
-        .replica(manager(&replica.url(), app))
-        .config(config)
-        .replica_timeout(Duration::from_millis(500))
-        .ban_duration(Duration::from_secs(1))
-        .lag_probe_interval(Some(Duration::from_millis(100)))
-        .max_replica_lag(max_lag)
-        .build()?;
-    Ok((primary, replica, cluster))
+    replicated_with(app, |config, builder| {
+        config.max_overflow = 2;
+        builder.lag_probe_interval(Some(Duration::from_millis(100))).max_replica_lag(max_lag)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,33 +653,20 @@ async fn the_lag_probe_reconnects_instead_of_banning_a_healthy_replica() -> Resu
     Ok(())
 }
 
-/// A cluster over a throwaway primary and replica with the lag probe and the pools' maintenance
-/// off, so only reads touch the replica pool; an idle connection is checked before use once
-/// it has been idle longer than `pre_ping_bypass`.
+/// [`replicated_with`] the lag probe and the pools' maintenance off, so only reads touch the
+/// replica pool; an idle connection is checked before use once it has been idle longer than
+/// `pre_ping_bypass`.
 async fn replicated_without_probe(
     app: &str,
     pre_ping_bypass: Duration,
 ) -> Result<(PgInstance, PgInstance, PgCluster)> {
-    let primary = blocking(PgInstance::start)?;
-    let replica = blocking(|| primary.start_replica())?;
-    let config = {
-        let mut c = PoolConfig::default();
-        c.pool_size = 2;
-        c.max_overflow = 0;
-        c.pool_timeout = Duration::from_secs(5);
-        c.connect_timeout = Duration::from_secs(1);
-        c.pre_ping_bypass = pre_ping_bypass;
-        c.health_check_interval = None;
-        c
-    };
-    let cluster = PgCluster::builder("main", manager(&primary.url(), app))
-        .replica(manager(&replica.url(), app))
-        .config(config)
-        .replica_timeout(Duration::from_millis(500))
-        .ban_duration(Duration::from_secs(1))
-        .lag_probe_interval(None)
-        .build()?;
-    Ok((primary, replica, cluster))
+    replicated_with(app, |config, builder| {
+        config.max_overflow = 0;
+        config.pre_ping_bypass = pre_ping_bypass;
+        config.health_check_interval = None;
+        builder.lag_probe_interval(None)
+    })
+    .await
 }
 
 /// Regression (review): a replica whose pool had failed connects and held nothing idle was

@@ -282,29 +282,10 @@ fn secrets_are_redacted_everywhere() {
     assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     assert_eq!(redact("plain-token"), "***");
-    // A password in the query string, which sqlx accepts, in any case and percent-encoded.
-    for (url, shown) in [
-        ("postgres://app@db/prod?password=s3cret", "postgres://app@db/prod?password=***"),
-        (
-            "postgres://app@db/prod?sslmode=disable&PassWord=s3cret&application_name=x",
-            "postgres://app@db/prod?sslmode=disable&PassWord=***&application_name=x",
-        ),
-        ("postgres://db/prod?pass%77ord=s3cret#frag", "postgres://db/prod?pass%77ord=***#frag"),
-        ("postgres://u:p@db/prod?password=s3cret", "postgres://u:***@db/prod?password=***"),
-        ("postgres://db?sslpassword=s3cret", "postgres://db?sslpassword=***"),
-        ("postgres://db/prod?user=app&port=5432", "postgres://db/prod?user=app&port=5432"),
-        // Unencoded `/`, `@` or `?` in the password: hidden whole.
-        ("postgres://u:pa/ss@h/db", "postgres://u:***@h/db"),
-        ("postgres://u:p@ss@h:5432/db", "postgres://u:***@h:5432/db"),
-        ("redis://:a?b#c@h:6379", "redis://:***@h:6379"),
-        ("postgres://us/er:pw@h/db", "postgres://us/er:***@h/db"),
-        // Not a URL, though it holds a `://`.
-        ("host=db password=hunter2 application_name=svc://api", "***"),
-        // An `@` in the query is not user info.
-        ("postgres://h/db?application_name=a@b", "postgres://h/db?application_name=a@b"),
-    ] {
-        assert_eq!(redact(url), shown);
-    }
+    // What is not a URL (a token, a libpq string) is hidden whole; URLs get pool-core's
+    // `redact_url`, whose own tests cover the URL forms.
+    assert_eq!(redact("host=db password=hunter2 application_name=svc://api"), "***");
+    assert_eq!(redact("postgres://u:pa/ss@h/db?password=x"), "postgres://u:***@h/db?password=***");
     let config =
         AdminConfig::load(None, env(&[("DATABASE_URL", "postgres://app@db/prod?password=s3cret")]))
             .unwrap();

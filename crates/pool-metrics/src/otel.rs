@@ -406,10 +406,23 @@ impl Observer for HistogramObserver {
 #[cfg(test)]
 mod tests {
     use opentelemetry::metrics::MeterProvider;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, HistogramDataPoint, MetricData};
+    use opentelemetry_sdk::metrics::data::{
+        AggregatedMetrics, HistogramDataPoint, MetricData, ResourceMetrics,
+    };
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     use super::*;
+
+    /// The data of the metric `name` in what an exporter received.
+    fn data<'a>(exported: &'a [ResourceMetrics], name: &str) -> &'a AggregatedMetrics {
+        exported
+            .iter()
+            .flat_map(|r| r.scope_metrics())
+            .flat_map(|s| s.metrics())
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("{name} exported"))
+            .data()
+    }
 
     /// The use-time histogram of the one pool, as the SDK exports it after a `force_flush`.
     fn use_time(
@@ -419,15 +432,8 @@ mod tests {
         exporter.reset();
         provider.force_flush().unwrap();
         let exported = exporter.get_finished_metrics().unwrap();
-        let metric = exported
-            .iter()
-            .flat_map(|r| r.scope_metrics())
-            .flat_map(|s| s.metrics())
-            .find(|m| m.name() == "db.client.connection.use_time")
-            .expect("use_time exported");
-        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
-            panic!("{:?}", metric.data())
-        };
+        let metric = data(&exported, "db.client.connection.use_time");
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric else { panic!("{metric:?}") };
         h.data_points().next().expect("one pool").clone()
     }
 
@@ -459,15 +465,8 @@ mod tests {
         let timeouts = |exporter: &InMemoryMetricExporter| -> u64 {
             let exported = exporter.get_finished_metrics().unwrap();
             exporter.reset();
-            let metric = exported
-                .iter()
-                .flat_map(|r| r.scope_metrics())
-                .flat_map(|s| s.metrics())
-                .find(|m| m.name() == "db.client.connection.timeouts")
-                .expect("timeouts exported");
-            let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
-                panic!("{:?}", metric.data())
-            };
+            let metric = data(&exported, "db.client.connection.timeouts");
+            let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric else { panic!("{metric:?}") };
             sum.data_points().next().expect("one pool").value()
         };
         let held = pool.acquire().await.unwrap();

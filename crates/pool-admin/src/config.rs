@@ -48,6 +48,12 @@ pub struct ServerConfig {
     pub sample_interval: f64,
     /// Seconds an active health check may take \[2\].
     pub health_timeout: f64,
+    /// Seconds a client has to send a request's headers, and a request to be answered, body
+    /// included \[30\]; an idle kept-alive connection is closed after it too. Greater than
+    /// `health_timeout`.
+    pub request_timeout: f64,
+    /// Client connections served at once \[128\]; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +66,8 @@ impl Default for ServerConfig {
             auto_tune: false,
             sample_interval: 10.0,
             health_timeout: 2.0,
+            request_timeout: 30.0,
+            max_connections: 128,
         }
     }
 }
@@ -498,6 +506,7 @@ impl AdminConfig {
         for (k, v) in [
             ("admin.sample_interval", self.admin.sample_interval),
             ("admin.health_timeout", self.admin.health_timeout),
+            ("admin.request_timeout", self.admin.request_timeout),
         ] {
             if !within_limit(v) {
                 return Err(too_long(k.to_owned(), v));
@@ -509,6 +518,20 @@ impl AdminConfig {
                     "must be a number of seconds greater than zero",
                 ));
             }
+        }
+        if self.admin.request_timeout <= self.admin.health_timeout {
+            return Err(invalid(
+                "admin.request_timeout".into(),
+                self.admin.request_timeout.to_string(),
+                "must be greater than admin.health_timeout, or health checks time out as requests",
+            ));
+        }
+        if self.admin.max_connections == 0 {
+            return Err(invalid(
+                "admin.max_connections".into(),
+                "0".into(),
+                "must be at least 1: with 0 no client is ever served",
+            ));
         }
         if self.admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
             return Err(invalid("admin.token".into(), "\"\"".into(), "must not be empty"));

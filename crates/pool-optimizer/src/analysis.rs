@@ -17,10 +17,9 @@ pub struct Settings {
     /// A 90th-percentile wait above this is "high" \[10 ms\].
     pub wait_target: Duration,
     /// Hold time up by this factor from the older to the newer half of the recent windows,
-    /// while load rose, means the database is saturating \[1.3\].
+    /// while callers wait, means the database is saturating \[1.3\]: whether load rose with
+    /// it or stayed flat (a saturated database serves no more however many connections ask).
     pub hold_rise: f64,
-    /// Checkouts per second up by this factor counts as load rising \[1.1\].
-    pub load_rise: f64,
     /// An idle share above this in every recent window, with more connections than the load
     /// needs and traffic in every window, suggests shrinking \[0.25\].
     pub idle_share: f64,
@@ -39,7 +38,6 @@ impl Default for Settings {
             wait_probability: 0.05,
             wait_target: Duration::from_millis(10),
             hold_rise: 1.3,
-            load_rise: 1.1,
             idle_share: 0.25,
             overflow_share: 0.5,
             recent_windows: 6,
@@ -273,8 +271,9 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
 ///    handed out ([`Window::releases`] and [`Window::checkouts`] are 0): the connections are
 ///    held by stuck work (lock waits, long transactions, a hung server), which more connections
 ///    would not fix: alert (high) and propose nothing: tuning freezes until they come back;
-/// 3. hold time rising with load (`hold_trend ≥ hold_rise` and `load_trend ≥ load_rise`) while
-///    waits are high: the database is saturating: say so (high) and do not grow;
+/// 3. hold time rising (`hold_trend ≥ hold_rise`) while waits are high: the database is
+///    saturating: say so (high) and do not grow. Load need not rise with it: a pool that grew
+///    onto a saturated database sees slower queries at the same throughput;
 /// 4. high waits (p90 above `wait_target`) or timeouts, in the newest window too, with flat
 ///    hold time: grow `pool_size` to what the load needs (at least one more);
 /// 5. overflow open in most windows: `pool_size` is too small: grow it by the overflow used;
@@ -345,12 +344,12 @@ pub fn analyze(
             continue;
         }
         let waits_high = waits_now && (e.wait_p90 > settings.wait_target || e.timeouts > 0);
-        if waits_high && e.hold_trend >= settings.hold_rise && e.load_trend >= settings.load_rise {
+        if waits_high && e.hold_trend >= settings.hold_rise {
             out.push(rec(
                 Severity::High,
                 "Database saturated",
                 format!(
-                    "Do not add connections: hold time rose {:.1}x as load rose {:.1}x, so the database, not the pool, is the bottleneck; look for slow queries and lock waits",
+                    "Do not add connections: hold time rose {:.1}x (load {:.1}x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits",
                     e.hold_trend, e.load_trend
                 ),
                 None,

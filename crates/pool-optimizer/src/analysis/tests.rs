@@ -94,8 +94,27 @@ fn hold_time_rising_with_load_means_the_database_is_saturated() {
         ws,
         &[],
         expect![
-            "[high] main: Database saturated: Do not add connections: hold time rose 1.5x as load rose 1.3x, so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.29, connect errors 0)"
+            "[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.3x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.29, connect errors 0)"
         ],
+    );
+}
+
+/// The signature of a pool grown onto a saturated database: the same throughput, slower
+/// queries, callers waiting. Growing again would only slow every query further.
+#[test]
+fn hold_time_rising_at_flat_load_means_the_database_is_saturated() {
+    let ws = vec![
+        w(20, 250.0, 50.0, 0.0),
+        w(20, 250.0, 55.0, 0.0),
+        w(20, 250.0, 60.0, 5.0),
+        w(20, 250.0, 75.0, 30.0),
+        w(20, 250.0, 80.0, 50.0),
+        w(20, 250.0, 85.0, 70.0),
+    ];
+    check(
+        ws,
+        &[],
+        expect!["[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.0x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 250/s × 67.5 ms = 21.2 busy, needed 30, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.00, connect errors 0)"],
     );
 }
 

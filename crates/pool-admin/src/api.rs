@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pool_core::{HISTOGRAM_BOUNDS, LookupError, Pool, PoolStats, Registry, pool_id};
-use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
+use pool_optimizer::{Budget, Decision, Evidence, Recommendation, Sampler, Settings, analyze};
 use pool_postgres::PgCluster;
 use pool_redis::RedisPools;
 use serde::Deserialize;
@@ -377,7 +377,6 @@ pub(crate) fn pool_json(s: &PoolStats) -> Value {
 }
 
 pub(crate) fn recommendation_json(r: &Recommendation) -> Value {
-    let e = &r.evidence;
     json!({
         "pool": r.pool,
         "severity": r.severity.as_str(),
@@ -385,22 +384,27 @@ pub(crate) fn recommendation_json(r: &Recommendation) -> Value {
         "suggestion": r.suggestion,
         "current": { "pool_size": r.current.pool_size, "max_overflow": r.current.max_overflow },
         "proposed": r.proposed.map(|p| json!({ "pool_size": p.pool_size, "max_overflow": p.max_overflow })),
-        "evidence": {
-            "windows": e.windows,
-            "checkouts_per_sec": e.checkouts_per_sec,
-            "hold_mean": secs(e.hold_mean),
-            "hold_p90": secs(e.hold_p90),
-            "wait_p90": secs(e.wait_p90),
-            "wait_p99": secs(e.wait_p99),
-            "timeouts": e.timeouts,
-            "connect_errors": e.connect_errors,
-            "busy": e.busy,
-            "needed": e.needed,
-            "idle_share": e.idle_share,
-            "overflow_share": e.overflow_share,
-            "hold_trend": e.hold_trend,
-            "load_trend": e.load_trend,
-        },
+        "evidence": evidence_json(&r.evidence),
+    })
+}
+
+/// The numbers a recommendation or a tuner decision was decided from (durations in seconds).
+fn evidence_json(e: &Evidence) -> Value {
+    json!({
+        "windows": e.windows,
+        "checkouts_per_sec": e.checkouts_per_sec,
+        "hold_mean": secs(e.hold_mean),
+        "hold_p90": secs(e.hold_p90),
+        "wait_p90": secs(e.wait_p90),
+        "wait_p99": secs(e.wait_p99),
+        "timeouts": e.timeouts,
+        "connect_errors": e.connect_errors,
+        "busy": e.busy,
+        "needed": e.needed,
+        "idle_share": e.idle_share,
+        "overflow_share": e.overflow_share,
+        "hold_trend": e.hold_trend,
+        "load_trend": e.load_trend,
     })
 }
 
@@ -526,7 +530,17 @@ async fn optimize(State(state): State<AdminState>) -> Json<Value> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
-        .map(|d| json!({ "pool": d.pool, "window": d.window, "action": format!("{:?}", d.action).to_lowercase(), "from": d.from, "to": d.to, "reason": d.reason }))
+        .map(|d| {
+            json!({
+                "pool": d.pool,
+                "window": d.window,
+                "action": format!("{:?}", d.action).to_lowercase(),
+                "from": d.from,
+                "to": d.to,
+                "reason": d.reason,
+                "evidence": d.evidence.as_ref().map(evidence_json),
+            })
+        })
         .collect();
     let windows: BTreeMap<String, usize> =
         state.windows().into_iter().map(|(k, v)| (k, v.len())).collect();

@@ -156,28 +156,39 @@ pub struct Recommendation {
 
 impl fmt::Display for Recommendation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let e = &self.evidence;
         write!(
             f,
-            "[{}] {}: {}: {} (pool_size {} + {}; {:.0}/s × {:.1} ms = {:.1} busy, needed {}, wait p90 {:.1} ms, \
-             timeouts {}, idle {:.0}%, overflow in {:.0}% of windows, hold ×{:.2}, load ×{:.2}, connect errors {})",
+            "[{}] {}: {}: {} (pool_size {} + {}; {})",
             self.severity.as_str(),
             self.pool,
             self.issue,
             self.suggestion,
             self.current.pool_size,
             self.current.max_overflow,
-            e.checkouts_per_sec,
-            e.hold_mean.as_secs_f64() * 1e3,
-            e.busy,
-            e.needed,
-            e.wait_p90.as_secs_f64() * 1e3,
-            e.timeouts,
-            e.idle_share * 100.0,
-            e.overflow_share * 100.0,
-            e.hold_trend,
-            e.load_trend,
-            e.connect_errors,
+            self.evidence,
+        )
+    }
+}
+
+/// `240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, ...`: every number a
+/// decision rests on, in one line for logs.
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.0}/s × {:.1} ms = {:.1} busy, needed {}, wait p90 {:.1} ms, \
+             timeouts {}, idle {:.0}%, overflow in {:.0}% of windows, hold ×{:.2}, load ×{:.2}, connect errors {}",
+            self.checkouts_per_sec,
+            self.hold_mean.as_secs_f64() * 1e3,
+            self.busy,
+            self.needed,
+            self.wait_p90.as_secs_f64() * 1e3,
+            self.timeouts,
+            self.idle_share * 100.0,
+            self.overflow_share * 100.0,
+            self.hold_trend,
+            self.load_trend,
+            self.connect_errors,
         )
     }
 }

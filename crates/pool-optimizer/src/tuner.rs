@@ -86,7 +86,24 @@ impl fmt::Display for Decision {
             f,
             "#{} {} {:?} {} -> {}: {}",
             self.window, self.pool, self.action, self.from, self.to, self.reason
-        )
+        )?;
+        match &self.evidence {
+            Some(e) => write!(f, " ({e})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Decision {
+    /// Traces the decision with its inputs: a resize or step back at info, a hold at debug.
+    fn trace(&self) {
+        let evidence = self.evidence.as_ref().map(ToString::to_string);
+        let evidence = evidence.as_deref().unwrap_or("none");
+        if self.action == Action::Hold {
+            tracing::debug!(pool = %self.pool, window = self.window, action = ?self.action, from = self.from, to = self.to, reason = %self.reason, evidence, "auto-tuner decision");
+        } else {
+            tracing::info!(pool = %self.pool, window = self.window, action = ?self.action, from = self.from, to = self.to, reason = %self.reason, evidence, "auto-tuner decision");
+        }
     }
 }
 
@@ -145,7 +162,9 @@ impl AutoTuner {
     }
 
     /// Decides, for every pool with a window it has not seen yet, whether to resize. Pure
-    /// apart from the tuner's own memory: the caller applies the changes.
+    /// apart from the tuner's own memory and the trace: the caller applies the changes. Each
+    /// decision goes to [`log`](Self::log) and is traced (target `pool_optimizer::tuner`) with
+    /// its reason and evidence: resizes and step backs at info, holds at debug.
     ///
     /// A window is new unless its [`Window::seq`] is nonzero and equal to that of the newest
     /// window of the pool decided on before: when the sampler added none (after a stats reset),
@@ -166,7 +185,7 @@ impl AutoTuner {
             let current = latest.pool_size;
             let seen = t.seen;
             let mut log = |action, to, reason: String, evidence| {
-                self.log.push(Decision {
+                let decision = Decision {
                     window: seen,
                     pool: pool.clone(),
                     action,
@@ -174,7 +193,9 @@ impl AutoTuner {
                     to,
                     reason,
                     evidence,
-                });
+                };
+                decision.trace();
+                self.log.push(decision);
             };
             if t.cooldown > 0 {
                 t.cooldown -= 1;
@@ -302,7 +323,8 @@ impl AutoTuner {
     }
 
     /// Runs the tuner: every `interval`, samples the pools, decides and applies the changes
-    /// through `Pool::resize`. A refused resize is logged and skipped.
+    /// through `Pool::resize`. A refused resize is logged and skipped. Every decision is traced
+    /// with its inputs as [`decide`](Self::decide) takes it.
     pub fn spawn(
         mut self,
         mut sampler: Sampler,
@@ -324,9 +346,6 @@ impl AutoTuner {
                             tracing::warn!(pool = %change.pool, error = %e, "auto-tuner resize refused")
                         }
                     }
-                }
-                if let Some(last) = self.log.last() {
-                    tracing::debug!(decision = %last, "auto-tuner");
                 }
             }
         })

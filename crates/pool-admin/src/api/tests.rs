@@ -377,6 +377,27 @@ async fn recommendations_appear_after_samples() {
         recs.iter().any(|r| r["pool"] == "test:other" && r["issue"] == "Too many idle connections"),
         "{body:#}"
     );
+
+    // The auto-tuner's decisions come with the numbers they were taken on.
+    let mut tuner = pool_optimizer::AutoTuner::new(
+        pool_optimizer::TunerSettings::default(),
+        pool_optimizer::Settings::default(),
+        Vec::new(),
+    );
+    tuner.decide(&f.state.windows());
+    f.state.record_decisions(tuner.log());
+    let (_, body) = get(&f.app, &format!("{PREFIX}/optimize")).await;
+    conforms("OptimizeResponse", &body);
+    let decision = body["auto_tuner_decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["pool"] == "test:other")
+        .unwrap_or_else(|| panic!("a decision about test:other: {body:#}"))
+        .clone();
+    assert_eq!(decision["action"], "hold", "{decision:#}");
+    assert_eq!(decision["evidence"]["windows"], 4, "{decision:#}");
+    assert!(decision["evidence"]["needed"].as_u64().is_some(), "{decision:#}");
 }
 
 #[tokio::test]

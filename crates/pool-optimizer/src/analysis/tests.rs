@@ -114,7 +114,9 @@ fn hold_time_rising_at_flat_load_means_the_database_is_saturated() {
     check(
         ws,
         &[],
-        expect!["[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.0x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 250/s × 67.5 ms = 21.2 busy, needed 30, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.00, connect errors 0)"],
+        expect![
+            "[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.0x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 250/s × 67.5 ms = 21.2 busy, needed 30, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.00, connect errors 0)"
+        ],
     );
 }
 

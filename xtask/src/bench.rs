@@ -26,6 +26,7 @@ pub(crate) enum Bench {
 pub(crate) fn run(bench: Bench, args: &[String]) -> anyhow::Result<ExitCode> {
     let needs = Needs {
         postgres: matches!(bench, Bench::Postgres | Bench::Drivers),
+        replica: false,
         redis: matches!(bench, Bench::Redis),
     };
     let services = Services::ensure(needs)?;

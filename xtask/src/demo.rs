@@ -11,7 +11,7 @@ use crate::services::{Needs, Services};
 
 /// Runs the demo until Ctrl-C, then stops what it started.
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
-    let services = Services::ensure(Needs { postgres: false, redis: true })?;
+    let services = Services::ensure(Needs { postgres: false, replica: false, redis: true })?;
     let redis_url = services
         .env()
         .find(|(k, _)| *k == "REDIS_URL")

@@ -21,12 +21,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Start, stop or show the PostgreSQL and Redis that the tests use.
+    /// Start, stop or show the PostgreSQL (with a streaming replica on request) and Redis that
+    /// the tests use.
+    ///
+    /// `up` prints `export` lines for `DATABASE_URL`, `DATABASE_REPLICA_URLS` (with `--replica`)
+    /// and `REDIS_URL`: `eval "$(cargo xtask services up --replica)"` sets them in your shell.
+    /// `cargo xtask services down` stops the throwaway servers that `up` started (under
+    /// `target/harness/`), replicas included, and never a server it merely reused.
     Services {
         /// What to do: `up` reuses reachable servers or starts throwaway ones,
         /// `down` stops the ones xtask started, `status` shows what is reachable.
         #[arg(value_enum, default_value_t = services::Action::Up)]
         action: services::Action,
+        /// With `up`: also provide a streaming replica, as `DATABASE_REPLICA_URLS`. Reuses
+        /// `DATABASE_URL` and `DATABASE_REPLICA_URLS` when both are set and answer, else a
+        /// throwaway primary and replica that `up --replica` started earlier, else starts such
+        /// a pair (the shared PostgreSQL at 127.0.0.1:5432 is never reconfigured).
+        #[arg(long)]
+        replica: bool,
     },
     /// Bring the services up and run `cargo test --workspace -j2` against them.
     Test {
@@ -58,7 +70,7 @@ enum Task {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().task {
-        Task::Services { action } => services::run(action),
+        Task::Services { action, replica } => services::run(action, replica),
         Task::Test { args } => test::run(&args),
         Task::Bench { name, args } => bench::run(name, &args),
         Task::Demo => demo::run(),

@@ -20,7 +20,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         // The other tests can still run; the browser test fails and says how to install it.
         eprintln!("xtask test: {e:#}");
     }
-    let services = Services::ensure(Needs { postgres: true, redis: true })?;
+    let services = Services::ensure(Needs { postgres: true, replica: false, redis: true })?;
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "-j2"]).args(args).envs(services.env());
     crate::exit_code_of(cmd)

@@ -107,7 +107,9 @@ pub struct PostgresConfig {
     pub replica_ban: f64,
     /// Connections this application's pools may open on each server (primary and each
     /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
-    /// read from each server at start (`max_connections` less reserved connections).
+    /// read from each server at start (`max_connections` less reserved connections). Pools on
+    /// one server (same host and port), from this cluster or another, share one budget: the
+    /// smallest configured for any of them.
     pub connection_budget: Option<usize>,
 }
 

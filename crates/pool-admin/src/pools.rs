@@ -63,6 +63,59 @@ async fn server_budget(url: &str) -> Option<usize> {
     }
 }
 
+/// The PostgreSQL servers of a config, each with the pools on it: the pools of one server share
+/// its connection budget, whichever cluster they belong to (two clusters on one server, or a
+/// cluster whose replica is another's primary).
+#[derive(Debug, Default)]
+struct Servers(BTreeMap<(String, u16), Server>);
+
+/// One server: where to ask its budget, the budget configured for it, and its pools.
+#[derive(Debug)]
+struct Server {
+    url: String,
+    /// The smallest `connection_budget` of its pools' configs, if any has one.
+    configured: Option<usize>,
+    /// `(label, pool)`: `("main primary", "main")`, `("main-replica-1 server", "main-replica-1")`.
+    pools: Vec<(String, String)>,
+}
+
+impl Servers {
+    /// Adds a pool on the server at `url`, known by its host and port as written (`localhost`
+    /// and `127.0.0.1` count as two servers).
+    fn add(&mut self, label: String, pool: &str, url: &str, configured: Option<usize>) {
+        let key = url
+            .parse::<pool_postgres::sqlx::postgres::PgConnectOptions>()
+            .map_or_else(|_| (url.to_owned(), 0), |o| (o.get_host().to_owned(), o.get_port()));
+        let server = self.0.entry(key).or_insert_with(|| Server {
+            url: url.to_owned(),
+            configured: None,
+            pools: Vec::new(),
+        });
+        server.configured = match (server.configured, configured) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        server.pools.push((label, pool.to_owned()));
+    }
+}
+
+impl Server {
+    /// The budget of `max` connections shared by the server's pools, named by its only pool's
+    /// label, or by all of them when it has several.
+    fn budget(self, max: usize) -> Budget {
+        let name = match self.pools.as_slice() {
+            [(label, _)] => label.clone(),
+            pools => pools.iter().map(|(label, _)| label.as_str()).collect::<Vec<_>>().join(" + "),
+        };
+        Budget {
+            name,
+            max_connections: max,
+            reserved: 0,
+            pools: self.pools.into_iter().map(|(_, pool)| format!("postgresql:{pool}")).collect(),
+        }
+    }
+}
+
 impl Pools {
     /// Starts every pool of `config` and registers them.
     ///
@@ -74,6 +127,7 @@ impl Pools {
         let registry = Registry::new();
         let mut clusters = BTreeMap::new();
         let mut budgets = Vec::new();
+        let mut servers = Servers::default();
         for (name, pg) in &config.postgres {
             let err = |message: String| StartError::Postgres { pool: name.clone(), message };
             let manager = PgManager::from_url(pg.url.expose()).map_err(|e| err(e.to_string()))?;
@@ -100,34 +154,21 @@ impl Pools {
             }
             let cluster = builder.build().map_err(|e| err(e.to_string()))?;
             cluster.register(&registry).map_err(|e| err(e.to_string()))?;
-            let replicas = cluster.replicas();
-            let servers = std::iter::once((
-                format!("{name} primary"),
-                name.clone(),
-                pg.url.expose().to_owned(),
-            ))
-            .chain(replicas.iter().zip(&pg.replicas).map(|(replica, url)| {
-                (
-                    format!("{} server", replica.name()),
-                    replica.name().to_owned(),
-                    url.expose().to_owned(),
-                )
-            }));
-            for (label, pool, url) in servers {
-                let max = match pg.connection_budget {
-                    Some(max) => Some(max),
-                    None => server_budget(&url).await,
-                };
-                if let Some(max) = max {
-                    budgets.push(Budget {
-                        name: label,
-                        max_connections: max,
-                        reserved: 0,
-                        pools: vec![format!("postgresql:{pool}")],
-                    });
-                }
+            servers.add(format!("{name} primary"), name, pg.url.expose(), pg.connection_budget);
+            for (replica, url) in cluster.replicas().iter().zip(&pg.replicas) {
+                let label = format!("{} server", replica.name());
+                servers.add(label, replica.name(), url.expose(), pg.connection_budget);
             }
             clusters.insert(name.clone(), cluster);
+        }
+        for server in servers.0.into_values() {
+            let max = match server.configured {
+                Some(max) => Some(max),
+                None => server_budget(&server.url).await,
+            };
+            if let Some(max) = max {
+                budgets.push(server.budget(max));
+            }
         }
         let redis = if config.redis.is_empty() {
             None
@@ -168,5 +209,48 @@ impl Pools {
         {
             tracing::warn!(error = %e, "closing the redis pools");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Servers;
+
+    #[test]
+    fn pools_on_one_server_share_its_budget() {
+        let mut servers = Servers::default();
+        servers.add("main primary".into(), "main", "postgres://app:pw@db:5432/app", None);
+        servers.add(
+            "main-replica-1 server".into(),
+            "main-replica-1",
+            "postgres://app@replica:5432/app",
+            None,
+        );
+        // Another database on the same server, with a budget of its own in the config.
+        servers.add("orders primary".into(), "orders", "postgres://db/orders", Some(40));
+        servers.add("audit primary".into(), "audit", "postgres://db:5432/audit", Some(60));
+        let budgets: Vec<_> = servers
+            .0
+            .into_values()
+            .map(|s| {
+                let max = s.configured.unwrap_or(100);
+                s.budget(max)
+            })
+            .collect();
+        let summary: Vec<_> = budgets
+            .iter()
+            .map(|b| (b.name.as_str(), b.max_connections, b.pools.join(",")))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "main primary + orders primary + audit primary",
+                    40,
+                    "postgresql:main,postgresql:orders,postgresql:audit".to_owned()
+                ),
+                ("main-replica-1 server", 100, "postgresql:main-replica-1".to_owned()),
+            ]
+        );
     }
 }

@@ -61,6 +61,10 @@ fn config(pg: &PgInstance) -> AdminConfig {
             max_connecting: 3,
             idle_timeout: 90.0,
             leak_detection_threshold: 30.0,
+            min_idle: Some(1),
+            pool_use_lifo: false,
+            pre_ping_bypass: 0.25,
+            health_check_interval: 7.0,
             ..PostgresConfig::default()
         },
     );
@@ -140,6 +144,10 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     assert_eq!(primary.max_connecting, 3);
     assert_eq!(primary.idle_timeout, Some(Duration::from_secs(90)));
     assert_eq!(primary.leak_detection_threshold, Some(Duration::from_secs(30)));
+    assert_eq!(primary.min_idle, Some(1));
+    assert!(!primary.pool_use_lifo);
+    assert_eq!(primary.pre_ping_bypass, Duration::from_millis(250));
+    assert_eq!(primary.health_check_interval, Some(Duration::from_secs(7)));
     let (_, config) = client.get(&format!("{PREFIX}/config")).await;
     assert_eq!(config["pools"]["postgresql:main"]["pool_size"], 5);
     assert!(!config.to_string().contains(TOKEN), "the token never leaves the server");

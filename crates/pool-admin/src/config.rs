@@ -90,8 +90,17 @@ pub struct PostgresConfig {
     pub pool_recycle: f64,
     /// Seconds one connect may take \[5\].
     pub connect_timeout: f64,
-    /// Check a connection idle over 500 ms before handing it out \[true\].
+    /// Check a connection idle over `pre_ping_bypass` before handing it out \[true\].
     pub pool_pre_ping: bool,
+    /// Seconds a connection used that recently is handed out without a check \[0.5\].
+    pub pre_ping_bypass: f64,
+    /// Hand out the most recently returned idle connection; `false` means the oldest \[true\].
+    pub pool_use_lifo: bool,
+    /// Connections opened at start and kept open while idle \[`pool_size`\].
+    pub min_idle: Option<usize>,
+    /// Seconds between the maintenance task's rounds (checks of idle connections, retiring
+    /// expired ones, topping up `min_idle`); 0 or less turns it off \[30\].
+    pub health_check_interval: f64,
     /// Connects in flight at once per pool, so a restarted server is not stormed \[2\].
     pub max_connecting: usize,
     /// Seconds an overflow connection may sit idle before it is retired; 0 or less keeps them
@@ -105,6 +114,11 @@ pub struct PostgresConfig {
     /// Seconds a replica that failed to connect or answer stays out of rotation before it is
     /// tried again \[30\].
     pub replica_ban: f64,
+    /// Seconds a read waits for a replica's connection (and a causal read for its replay
+    /// position) before it tries another replica or the primary \[2\].
+    pub replica_timeout: f64,
+    /// Seconds between the lag probe's rounds; 0 or less turns it off (no lag awareness) \[1\].
+    pub lag_probe_interval: f64,
     /// Connections this application's pools may open on each server (primary and each
     /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
     /// read from each server at start (`max_connections` less reserved connections). Pools on
@@ -124,11 +138,17 @@ impl Default for PostgresConfig {
             pool_recycle: 3600.0,
             connect_timeout: 5.0,
             pool_pre_ping: true,
+            pre_ping_bypass: 0.5,
+            pool_use_lifo: true,
+            min_idle: None,
+            health_check_interval: 30.0,
             max_connecting: 2,
             idle_timeout: 60.0,
             leak_detection_threshold: 0.0,
             max_replica_lag: 10.0,
             replica_ban: 30.0,
+            replica_timeout: 2.0,
+            lag_probe_interval: 1.0,
             connection_budget: None,
         }
     }
@@ -400,6 +420,10 @@ impl AdminConfig {
                 ("replica_ban", pg.replica_ban),
                 ("idle_timeout", pg.idle_timeout),
                 ("leak_detection_threshold", pg.leak_detection_threshold),
+                ("pre_ping_bypass", pg.pre_ping_bypass),
+                ("health_check_interval", pg.health_check_interval),
+                ("replica_timeout", pg.replica_timeout),
+                ("lag_probe_interval", pg.lag_probe_interval),
             ] {
                 if !within_limit(v) {
                     return Err(too_long(key(k), v));
@@ -413,6 +437,7 @@ impl AdminConfig {
                 ("connect_timeout", pg.connect_timeout),
                 ("max_replica_lag", pg.max_replica_lag),
                 ("replica_ban", pg.replica_ban),
+                ("replica_timeout", pg.replica_timeout),
             ] {
                 if !(v.is_finite() && v > 0.0) {
                     return Err(invalid(
@@ -426,10 +451,19 @@ impl AdminConfig {
                 ("pool_recycle", pg.pool_recycle),
                 ("idle_timeout", pg.idle_timeout),
                 ("leak_detection_threshold", pg.leak_detection_threshold),
+                ("health_check_interval", pg.health_check_interval),
+                ("lag_probe_interval", pg.lag_probe_interval),
             ] {
                 if !v.is_finite() {
                     return Err(invalid(key(k), v.to_string(), "must be a number of seconds"));
                 }
+            }
+            if !(pg.pre_ping_bypass.is_finite() && pg.pre_ping_bypass >= 0.0) {
+                return Err(invalid(
+                    key("pre_ping_bypass"),
+                    pg.pre_ping_bypass.to_string(),
+                    "must be 0 (check every time) or a number of seconds",
+                ));
             }
             if pg.max_connecting == 0 {
                 return Err(invalid(key("max_connecting"), "0".into(), "must be at least 1"));

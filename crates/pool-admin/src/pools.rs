@@ -139,6 +139,10 @@ impl Pools {
             pool_config.connect_timeout =
                 secs(pg.connect_timeout).unwrap_or(Duration::from_secs(5));
             pool_config.pool_pre_ping = pg.pool_pre_ping;
+            pool_config.pre_ping_bypass = secs(pg.pre_ping_bypass).unwrap_or(Duration::ZERO);
+            pool_config.pool_use_lifo = pg.pool_use_lifo;
+            pool_config.min_idle = pg.min_idle;
+            pool_config.health_check_interval = secs(pg.health_check_interval);
             pool_config.max_connecting = pg.max_connecting;
             pool_config.idle_timeout = secs(pg.idle_timeout);
             pool_config.leak_detection_threshold = secs(pg.leak_detection_threshold);
@@ -147,7 +151,9 @@ impl Pools {
                 .config(pool_config.clone())
                 .replica_config(pool_config)
                 .max_replica_lag(secs(pg.max_replica_lag))
-                .ban_duration(secs(pg.replica_ban).unwrap_or(Duration::from_secs(30)));
+                .ban_duration(secs(pg.replica_ban).unwrap_or(Duration::from_secs(30)))
+                .replica_timeout(secs(pg.replica_timeout).unwrap_or(Duration::from_secs(2)))
+                .lag_probe_interval(secs(pg.lag_probe_interval));
             for url in &pg.replicas {
                 builder = builder
                     .replica(PgManager::from_url(url.expose()).map_err(|e| err(e.to_string()))?);

@@ -218,6 +218,21 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
+            Some("[postgres.main]\nreplica_timeout = 0\n"),
+            "invalid value for postgres.main.replica_timeout = 0 from TOML file…: must be a number of seconds greater than zero",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\npre_ping_bypass = -1\n"),
+            "invalid value for postgres.main.pre_ping_bypass = -1 from TOML file…: must be 0 (check every time) or a number of seconds",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\nlag_probe_interval = inf\n"),
+            "invalid value for postgres.main.lag_probe_interval = inf",
+        ),
+        (
+            &[],
             Some("[admin]\nrequest_timeout = 0\n"),
             "invalid value for admin.request_timeout = 0 from TOML file…: must be a number of seconds greater than zero",
         ),

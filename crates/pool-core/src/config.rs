@@ -36,6 +36,8 @@ pub struct PoolConfig {
     /// Hand out the most recently returned idle connection \[true\]; `false` means FIFO.
     pub pool_use_lifo: bool,
     /// Connections opened at start-up and kept open while idle; `None` means `pool_size`.
+    /// They are opened in the background, in parallel (up to `max_connecting` at once), so
+    /// `build` does not wait for them; [`ConnectionPool::warmed`] does.
     pub min_idle: Option<usize>,
     /// Idle connections beyond `min_idle` are retired after sitting idle this long \[60 s\].
     pub idle_timeout: Option<Duration>,
@@ -237,7 +239,8 @@ impl<M: Manager> Builder<M> {
     }
 
     /// Validates the settings and starts the pool: its maintenance task and the warm-up of
-    /// `min_idle` connections, both in the background.
+    /// `min_idle` connections, both in the background. To hold start-up until the warm-up is
+    /// done, await [`ConnectionPool::warmed`] on the pool it returns.
     ///
     /// # Errors
     ///

@@ -1,5 +1,5 @@
 //! Errors, one type per operation: [`AcquireError`], [`TryAcquireError`], [`BuildError`],
-//! [`ResizeError`], [`CloseError`], [`RegisterError`], [`ObserveError`].
+//! [`WarmError`], [`ResizeError`], [`CloseError`], [`RegisterError`], [`ObserveError`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +97,38 @@ pub enum BuildError {
     /// `build` was called outside a tokio runtime.
     #[error("a pool must be built inside a tokio runtime (it spawns its maintenance task)")]
     NoRuntime,
+}
+
+/// Why [`ConnectionPool::warmed`](crate::ConnectionPool::warmed) returned before the pool held
+/// its `min_idle` connections.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WarmError<E: std::error::Error + 'static> {
+    /// Fewer than `min_idle` connections were open when the wait ran out; the warm-up goes on
+    /// in the background.
+    #[error(
+        "pool {pool:?} was not warm after {waited:?}: {open} of {wanted} min_idle connections open{}",
+        last_error.as_ref().map(|e| format!("; last connect error: {e}")).unwrap_or_default()
+    )]
+    Timeout {
+        /// The pool's name.
+        pool: Arc<str>,
+        /// How long the caller waited.
+        waited: Duration,
+        /// Connections open (idle or in use) when the wait ended.
+        open: usize,
+        /// The `min_idle` connections wanted.
+        wanted: usize,
+        /// The most recent connect failure, if the pool's last connect attempt failed.
+        #[source]
+        last_error: Option<Arc<ConnectError<E>>>,
+    },
+    /// The pool was closed.
+    #[error("pool {pool:?} is closed")]
+    Closed {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
 }
 
 /// Why a runtime resize was refused.

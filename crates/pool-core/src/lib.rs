@@ -2,8 +2,10 @@
 //!
 //! A backend implements [`Manager`] (connect, check, reset); [`ConnectionPool`] does the rest:
 //! fair FIFO waiters with direct handoff, overflow, lifetimes with jitter, pre-ping with an idle
-//! bypass window, warm-up, idle timeout, a maintenance task, bounded concurrent connects with
-//! backoff, leak detection, runtime resize, close, and stats kept with atomics.
+//! bypass window, warm-up (in the background, or awaited with [`ConnectionPool::warmed`]), idle
+//! timeout, a maintenance task, bounded concurrent connects with backoff, leak detection that
+//! names the caller's line (wrappers pass theirs with [`ConnectionPool::acquire_timeout_at`]),
+//! runtime resize, close, and stats kept with atomics.
 //!
 //! Upper layers (metrics, optimizer, admin) hold pools as `Arc<dyn Pool>` in a [`Registry`], so
 //! they work with any backend.
@@ -40,7 +42,7 @@ pub use crate::config::{Builder, MAX_DURATION, PoolConfig};
 pub use crate::dyn_pool::{Health, Pool};
 pub use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, LookupError, ObserveError, RegisterError,
-    ResizeError, TimeoutError, TryAcquireError,
+    ResizeError, TimeoutError, TryAcquireError, WarmError,
 };
 pub use crate::guard::PooledConnection;
 pub use crate::manager::Manager;

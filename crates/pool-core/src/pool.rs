@@ -16,7 +16,7 @@ use crate::clock::{self, Instant};
 use crate::config::{Builder, PoolConfig};
 use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, ObserveError, ResizeError, TimeoutError,
-    TryAcquireError,
+    TryAcquireError, WarmError,
 };
 use crate::guard::PooledConnection;
 use crate::manager::Manager;
@@ -99,6 +99,8 @@ pub(crate) struct Shared<M: Manager> {
     observer: OnceLock<Arc<dyn Observer>>,
     /// Signalled whenever an open connection goes away, for `close().await`.
     drained: Notify,
+    /// Signalled whenever a connect succeeds and when the pool closes, for `warmed`.
+    warm: Notify,
     /// Wakes the reaper task, which times out waiters (one timer for the whole queue).
     reaper: Arc<Notify>,
     next_id: AtomicU64,
@@ -180,6 +182,8 @@ struct State<M: Manager> {
     last_error: Option<Arc<ConnectError<M::Error>>>,
     /// Checked-out connections, when leak detection is on.
     leaks: HashMap<u64, LeakEntry>,
+    /// Callers waiting in `warmed`: while any wait, failed warm-up connects are retried.
+    warming: usize,
 }
 
 impl<M: Manager> State<M> {
@@ -198,6 +202,18 @@ impl<M: Manager> State<M> {
 
     fn min_idle(&self) -> usize {
         self.min_idle.unwrap_or(self.pool_size).min(self.pool_size)
+    }
+
+    /// Connections open and usable now: idle, in use, or held by the pool's own checks (not
+    /// those still connecting or being closed).
+    fn established(&self) -> usize {
+        self.idle.len() + self.in_use + self.busy
+    }
+
+    /// Whether a failed connect should try again for `warmed`: someone waits there and the
+    /// pool is short of `min_idle` without this connect (which `kept` counts).
+    fn warm_wanted(&self) -> bool {
+        self.warming > 0 && self.kept() <= self.min_idle()
     }
 
     fn state(&self) -> PoolState {
@@ -251,14 +267,15 @@ impl<M: Manager> State<M> {
 
     /// How many connects to start now, and counts them as connecting: enough for the waiters
     /// not already covered by connects in flight, and to keep `min_idle` warm (unless connects
-    /// are failing and `warm` is false), within the size limit and `max_connecting`.
+    /// are failing, `warm` is false and nobody waits in `warmed`), within the size limit and
+    /// `max_connecting`.
     fn connects_to_start(&mut self, max_connecting: usize, warm: bool) -> usize {
         if self.closed {
             return 0;
         }
         let open = self.open();
         let demand = self.waiters.len().saturating_sub(self.connecting);
-        let warm_deficit = if warm || self.connect_failures == 0 {
+        let warm_deficit = if warm || self.connect_failures == 0 || self.warming > 0 {
             self.min_idle().saturating_sub(open)
         } else {
             0
@@ -312,6 +329,7 @@ impl<M: Manager> ConnectionPool<M> {
             connect_failures: 0,
             last_error: None,
             leaks: HashMap::new(),
+            warming: 0,
         };
         let shared = Arc::new(Shared {
             name: name.into(),
@@ -321,6 +339,7 @@ impl<M: Manager> ConnectionPool<M> {
             stats: Stats::default(),
             observer: OnceLock::new(),
             drained: Notify::new(),
+            warm: Notify::new(),
             reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
             runtime: handle.clone(),
@@ -382,22 +401,74 @@ impl<M: Manager> ConnectionPool<M> {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Result<PooledConnection<M>, AcquireError<M::Error>>> + Send + '_ {
-        let location = Location::caller();
-        async move {
-            self.shared.acquire(Wait::Upto(timeout), location).await.map_err(|fail| match fail {
-                AcquireFail::Closed | AcquireFail::NoneIdle(_) => {
-                    AcquireError::Closed { pool: self.shared.name.clone() }
-                }
-                AcquireFail::Timeout { waited, state, last_error } => {
-                    AcquireError::Timeout(TimeoutError {
-                        pool: self.shared.name.clone(),
-                        waited,
-                        state,
-                        last_error,
-                    })
-                }
-            })
-        }
+        self.acquire_timeout_at(timeout, Location::caller())
+    }
+
+    /// [`acquire_timeout`](Self::acquire_timeout) on behalf of the code at `location`: for a
+    /// wrapper that acquires inside its own `async` code (after routing, say), where
+    /// `#[track_caller]` cannot see its caller.
+    ///
+    /// [`acquire`](Self::acquire), [`acquire_timeout`](Self::acquire_timeout) and
+    /// [`try_acquire`](Self::try_acquire) record the line that called them; leak detection
+    /// (`leak_detection_threshold`) names that line as `acquired_at` in its warnings. A wrapper
+    /// marked `#[track_caller]` that takes [`Location::caller`] before its `async` block and
+    /// passes it here makes those warnings name its caller's line instead of its own. Fairness,
+    /// cancel safety and errors are those of [`acquire`](Self::acquire).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::panic::Location;
+    /// use std::time::Duration;
+    ///
+    /// use pool_core::testing::{TestError, TestManager};
+    /// use pool_core::{AcquireError, ConnectionPool, PooledConnection};
+    ///
+    /// type Conn = PooledConnection<TestManager>;
+    ///
+    /// struct Db {
+    ///     pool: ConnectionPool<TestManager>,
+    /// }
+    ///
+    /// impl Db {
+    ///     /// Leak warnings name the line that called `connection`, not a line in here.
+    ///     #[track_caller]
+    ///     fn connection(&self) -> impl Future<Output = Result<Conn, AcquireError<TestError>>> + '_ {
+    ///         let location = Location::caller();
+    ///         async move {
+    ///             // ... whatever the wrapper does before it acquires ...
+    ///             self.pool.acquire_timeout_at(Duration::from_secs(1), location).await
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let db = Db { pool: ConnectionPool::builder(TestManager::new()).build()? };
+    /// let conn = db.connection().await?;
+    /// # drop(conn); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire), with `timeout` in place of `pool_timeout`.
+    pub async fn acquire_timeout_at(
+        &self,
+        timeout: Duration,
+        location: &'static Location<'static>,
+    ) -> Result<PooledConnection<M>, AcquireError<M::Error>> {
+        self.shared.acquire(Wait::Upto(timeout), location).await.map_err(|fail| match fail {
+            AcquireFail::Closed | AcquireFail::NoneIdle(_) => {
+                AcquireError::Closed { pool: self.shared.name.clone() }
+            }
+            AcquireFail::Timeout { waited, state, last_error } => {
+                AcquireError::Timeout(TimeoutError {
+                    pool: self.shared.name.clone(),
+                    waited,
+                    state,
+                    last_error,
+                })
+            }
+        })
     }
 
     /// Checks out an idle connection without queueing: never waits for a connection to be
@@ -420,6 +491,86 @@ impl<M: Manager> ConnectionPool<M> {
                 }
                 _ => TryAcquireError::Closed { pool: self.shared.name.clone() },
             })
+        }
+    }
+
+    /// Waits until the pool holds its `min_idle` connections, for at most `timeout`: "start and
+    /// wait until warm".
+    ///
+    /// A pool opens its `min_idle` connections (`pool_size` unless set) from the moment it is
+    /// built, in parallel (up to `max_connecting` at once) and in the background: `build`
+    /// never waits for them. Call this after `build` to hold start-up until they are open.
+    /// The pool counts as warm once `min_idle` connections are open at the same moment, idle or
+    /// in use (connects in flight do not count). It returns at once when `min_idle` is 0 or the
+    /// connections are open already.
+    ///
+    /// While a caller waits here, a warm-up connect that fails is retried with backoff, as for
+    /// a caller of [`acquire`](Self::acquire), rather than left to the maintenance task's next
+    /// round; a connect that succeeds wakes the caller (it does not poll).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses nothing: the warm-up goes on in the background, and failed
+    /// connects stop being retried for it.
+    ///
+    /// # Errors
+    ///
+    /// [`WarmError::Timeout`] when fewer than `min_idle` connections were open after `timeout`,
+    /// naming the pool, how many were open and wanted, and the last connect error;
+    /// [`WarmError::Closed`] when the pool is or gets closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pool_core::{ConnectionPool, testing::TestManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = ConnectionPool::builder(TestManager::new()).pool_size(4).build()?;
+    /// pool.warmed(Duration::from_secs(10)).await?;
+    /// assert_eq!(pool.state().idle, 4);
+    /// # Ok(()) }
+    /// ```
+    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<M::Error>> {
+        /// Counts the caller in `warming` while it waits, however the wait ends.
+        struct Warming<'a, M: Manager>(&'a Shared<M>);
+        impl<M: Manager> Drop for Warming<'_, M> {
+            fn drop(&mut self) {
+                self.0.lock().warming -= 1;
+            }
+        }
+        let shared = &self.shared;
+        let start = tokio::time::Instant::now();
+        let deadline =
+            start.checked_add(timeout).unwrap_or_else(|| start + crate::config::MAX_DURATION);
+        shared.lock().warming += 1;
+        let _warming = Warming(shared);
+        loop {
+            let notified = shared.warm.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let n = {
+                let mut st = shared.lock();
+                if st.closed {
+                    return Err(WarmError::Closed { pool: shared.name.clone() });
+                }
+                if st.established() >= st.min_idle() {
+                    return Ok(());
+                }
+                st.connects_to_start(shared.config.max_connecting, true)
+            };
+            shared.spawn_connects(n);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let st = shared.lock();
+                return Err(WarmError::Timeout {
+                    pool: shared.name.clone(),
+                    waited: start.elapsed(),
+                    open: st.established(),
+                    wanted: st.min_idle(),
+                    last_error: st.last_error.clone(),
+                });
+            }
         }
     }
 
@@ -542,6 +693,7 @@ impl<M: Manager> ConnectionPool<M> {
         };
         drop(waiters);
         shared.reaper.notify_one();
+        shared.warm.notify_waiters();
         for conn in idle {
             shared.close_conn(conn, CloseReason::PoolClosed);
         }
@@ -1044,7 +1196,8 @@ impl<M: Manager> Shared<M> {
     }
 
     /// One connect slot: opens a connection and gives it to the oldest waiter or the idle
-    /// list; on failure, backs off with jitter and retries while callers wait.
+    /// list; on failure, backs off with jitter and retries while callers wait (in `acquire`,
+    /// or in `warmed` for a pool short of `min_idle`).
     async fn connect(self: Arc<Self>) {
         let bound = self.config.connect_timeout;
         loop {
@@ -1064,7 +1217,7 @@ impl<M: Manager> Shared<M> {
                 let mut st = self.lock();
                 st.connect_failures = st.connect_failures.saturating_add(1);
                 st.last_error = Some(Arc::new(error));
-                if st.closed || st.waiters.is_empty() {
+                if st.closed || (st.waiters.is_empty() && !st.warm_wanted()) {
                     st.connecting -= 1;
                     drop(st);
                     self.drained.notify_waiters();
@@ -1111,6 +1264,7 @@ impl<M: Manager> Shared<M> {
         let n = st.connects_to_start(self.config.max_connecting, false);
         drop(st);
         self.spawn_connects(n);
+        self.warm.notify_waiters();
     }
 
     /// One pass of the maintenance task.

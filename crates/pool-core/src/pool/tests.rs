@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::testing::TestManager;
-use crate::{AcquireError, Builder, CloseReason, ConnectionPool, Pool, Registry, TryAcquireError};
+use crate::{
+    AcquireError, Builder, CloseReason, ConnectionPool, Pool, Registry, TryAcquireError, WarmError,
+};
 
 fn builder(m: &TestManager) -> Builder<TestManager> {
     ConnectionPool::builder(m.clone()).name("t")
@@ -98,6 +100,10 @@ fn pool_guard_and_acquire_future_are_send() {
         send(&acquire);
         let try_acquire = pool.try_acquire();
         send(&try_acquire);
+        let at = pool.acquire_timeout_at(Duration::from_secs(1), std::panic::Location::caller());
+        send(&at);
+        let warmed = pool.warmed(Duration::from_secs(1));
+        send(&warmed);
         let close = pool.close();
         send(&close);
         send(&guard_is_send(acquire.await.unwrap()));
@@ -422,6 +428,101 @@ async fn warm_up_opens_min_idle_connections() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn warmed_returns_once_min_idle_connections_are_open() {
+    let m = TestManager::new();
+    m.set_connect_delay(Duration::from_millis(100));
+    let pool = builder(&m).pool_size(5).min_idle(Some(3)).max_connecting(2).build().unwrap();
+    let start = tokio::time::Instant::now();
+    pool.warmed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(200), "two rounds of two parallel connects");
+    assert_eq!(pool.state().idle, 3);
+    assert_eq!(m.counts().connects, 3);
+    let start = tokio::time::Instant::now();
+    pool.warmed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "warm already");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmed_is_woken_by_each_connect_not_by_a_timer() {
+    let m = TestManager::new();
+    m.hold_connects();
+    let start = tokio::time::Instant::now();
+    let pool = builder(&m).pool_size(2).build().unwrap();
+    let warmed = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.warmed(Duration::from_secs(3600)).await }
+    });
+    m.wait_until(|c| c.in_flight == 2).await;
+    m.release_connects(1);
+    until("one open", || pool.state().idle == 1).await;
+    tokio::task::yield_now().await;
+    assert!(!warmed.is_finished(), "one of two is not warm");
+    m.release_connects(1);
+    warmed.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "no timer fired on the paused clock");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmed_retries_failed_connects_while_it_waits() {
+    let m = TestManager::new();
+    m.fail_next_connects(4);
+    // The maintenance task's round (30 s) comes after the wait's end: only the waiting retries.
+    let pool = builder(&m).pool_size(2).build().unwrap();
+    pool.warmed(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(m.counts().failed_connects, 4);
+    assert_eq!(pool.state().idle, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmed_times_out_naming_the_pool_the_count_and_the_last_connect_error() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = builder(&m).pool_size(3).max_connecting(2).build().unwrap();
+    let err = pool.warmed(Duration::from_secs(2)).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pool \"t\" was not warm after 2s: 0 of 3 min_idle connections open; \
+         last connect error: test manager: connection refused"
+    );
+    assert!(matches!(err, WarmError::Timeout { open: 0, wanted: 3, last_error: Some(_), .. }));
+    let failed = m.counts().failed_connects;
+    assert!(failed > 2, "connects were retried during the wait: {failed}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = m.counts().failed_connects;
+    assert!(after <= failed + 2, "retries stop with the wait: {failed} then {after}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmed_with_min_idle_zero_returns_at_once() {
+    let m = TestManager::new();
+    m.hold_connects();
+    let pool = builder(&m).min_idle(Some(0)).build().unwrap();
+    pool.warmed(Duration::ZERO).await.unwrap();
+    assert_eq!(m.counts().in_flight, 0, "nothing to open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn warmed_fails_when_the_pool_closes() {
+    let m = TestManager::new();
+    m.hold_connects();
+    let pool = builder(&m).pool_size(2).build().unwrap();
+    let warmed = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.warmed(Duration::from_secs(3600)).await }
+    });
+    m.wait_until(|c| c.in_flight == 2).await;
+    let closing = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.close().await }
+    });
+    let err = warmed.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "pool \"t\" is closed");
+    m.resume_connects();
+    closing.await.unwrap().unwrap();
+    assert!(matches!(pool.warmed(Duration::ZERO).await, Err(WarmError::Closed { .. })));
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_never_goes_below_min_idle() {
     let m = TestManager::new();
     let b = builder(&m)
@@ -513,6 +614,40 @@ async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_take
     let at = format!("src/pool/tests.rs:{line}");
     assert!(log.contains("possible leak") && log.contains(&at), "{log}");
     assert!(log.contains("came back"), "{log}");
+}
+
+/// A wrapper that acquires inside its own `async` code, on its caller's behalf.
+#[track_caller]
+fn acquire_via_wrapper(
+    pool: &ConnectionPool<TestManager>,
+) -> impl Future<Output = crate::PooledConnection<TestManager>> + '_ {
+    let location = std::panic::Location::caller();
+    async move {
+        tokio::task::yield_now().await;
+        pool.acquire_timeout_at(Duration::from_secs(1), location).await.unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leak_report_names_the_location_a_wrapper_passes() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(1)
+        .health_check_interval(None)
+        .leak_detection_threshold(Some(Duration::from_secs(5)));
+    let pool = warm_pool(b, 1).await;
+    let conn = acquire_via_wrapper(&pool).await;
+    let line = line!() - 1;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    drop(conn);
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let at = format!("src/pool/tests.rs:{line}:");
+    assert_eq!(log.matches(&at).count(), 2, "the caller's line, when held and on return: {log}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,14 +3,18 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::poll_fn;
+use std::panic::Location;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pool_core::{
     AcquireError, CloseError, ConnectionPool, Health as PoolHealth, Manager, ObserveError,
-    Observer, Pool, PoolConfig, PoolStats, Registry, ResizeError, Routing,
+    Observer, Pool, PoolConfig, PoolStats, Registry, ResizeError, Routing, WarmError,
 };
 use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
@@ -21,6 +25,9 @@ use crate::manager::PgManager;
 use crate::stats::{ClusterStats, ReplicaStats};
 use crate::token::{CausalToken, Lsn};
 use crate::{PgPool, PgPooledConnection};
+
+#[cfg(test)]
+mod tests;
 
 /// A primary pool and any number of replica pools.
 ///
@@ -62,6 +69,8 @@ struct Inner {
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
+    /// The primary pool's `pool_timeout`: how long a session of the primary may wait.
+    pool_timeout: Duration,
     ban_duration: Duration,
     replica_timeout: Duration,
     max_replica_lag: Option<Duration>,
@@ -215,6 +224,7 @@ impl ClusterBuilder {
             });
         }
         let settings = Settings {
+            pool_timeout: self.config.pool_timeout,
             ban_duration: self.ban_duration,
             replica_timeout: self.replica_timeout,
             max_replica_lag: self.max_replica_lag,
@@ -254,13 +264,21 @@ impl PgCluster {
         }
     }
 
-    /// A connection to the primary, for writes (and reads that must see them).
+    /// A connection to the primary, for writes (and reads that must see them), waiting up to the
+    /// primary's `pool_timeout`.
+    ///
+    /// Like every session method, it records the line that called it (`#[track_caller]`) as
+    /// where the connection was acquired, so the pools' leak detection
+    /// (`leak_detection_threshold`) names that line, whichever pool serves the session.
     ///
     /// # Errors
     ///
     /// [`SessionError::Acquire`] when the primary pool times out or is closed.
-    pub async fn session(&self) -> Result<PgPooledConnection, SessionError> {
-        Ok(self.inner.primary.acquire().await?)
+    #[track_caller]
+    pub fn session(
+        &self,
+    ) -> impl Future<Output = Result<PgPooledConnection, SessionError>> + Send + '_ {
+        self.write(Location::caller())
     }
 
     /// A connection to a replica for reads, or to the primary when no replica is usable.
@@ -269,8 +287,11 @@ impl PgCluster {
     ///
     /// [`SessionError::Acquire`] when the read went to the primary and the primary pool timed
     /// out or is closed; replica failures are handled by banning the replica.
-    pub async fn session_read_only(&self) -> Result<PgPooledConnection, SessionError> {
-        self.read(None).await
+    #[track_caller]
+    pub fn session_read_only(
+        &self,
+    ) -> impl Future<Output = Result<PgPooledConnection, SessionError>> + Send + '_ {
+        self.read(None, Location::caller())
     }
 
     /// [`session_read_only`](Self::session_read_only) when `read_only`, else
@@ -279,8 +300,15 @@ impl PgCluster {
     /// # Errors
     ///
     /// As for those two.
-    pub async fn get_session(&self, read_only: bool) -> Result<PgPooledConnection, SessionError> {
-        if read_only { self.session_read_only().await } else { self.session().await }
+    #[track_caller]
+    pub fn get_session(
+        &self,
+        read_only: bool,
+    ) -> impl Future<Output = Result<PgPooledConnection, SessionError>> + Send + '_ {
+        let location = Location::caller();
+        async move {
+            if read_only { self.read(None, location).await } else { self.write(location).await }
+        }
     }
 
     /// A read connection that sees every write before `token`: a usable replica known (from the
@@ -290,11 +318,68 @@ impl PgCluster {
     /// # Errors
     ///
     /// As for [`session_read_only`](Self::session_read_only).
-    pub async fn session_read_only_after(
+    #[track_caller]
+    pub fn session_read_only_after(
         &self,
         token: &CausalToken,
-    ) -> Result<PgPooledConnection, SessionError> {
-        self.read(Some(token.lsn())).await
+    ) -> impl Future<Output = Result<PgPooledConnection, SessionError>> + Send + '_ {
+        self.read(Some(token.lsn()), Location::caller())
+    }
+
+    /// Waits until every pool of the cluster, the primary and each replica, holds its
+    /// `min_idle` connections, for at most `timeout` in all: "start and wait until warm".
+    ///
+    /// The pools warm up in the background from [`build`](ClusterBuilder::build) on, all at
+    /// once; this waits for them together (see [`ConnectionPool::warmed`], which also serves to
+    /// wait for the primary alone: `cluster.primary().warmed(timeout)`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses nothing: the warm-up goes on in the background.
+    ///
+    /// # Errors
+    ///
+    /// The [`WarmError`] of the first pool (the primary, then the replicas in order) that was
+    /// not warm in time or is closed; it names the pool, how many connections were open and
+    /// wanted, and the last connect error. Routing does not need every replica: a caller may
+    /// choose to go on after a replica's error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use pool_postgres::{PgCluster, PgManager};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = PgCluster::builder("main", PgManager::from_url("postgres://app@db/app")?)
+    ///     .replica(PgManager::from_url("postgres://app@db-replica/app")?)
+    ///     .build()?;
+    /// cluster.warmed(Duration::from_secs(10)).await?; // before serving traffic
+    /// # Ok(()) }
+    /// ```
+    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<sqlx::Error>> {
+        type Wait<'a> =
+            Pin<Box<dyn Future<Output = Result<(), WarmError<sqlx::Error>>> + Send + 'a>>;
+        let pools =
+            std::iter::once(&self.inner.primary).chain(self.inner.replicas.iter().map(|r| &r.pool));
+        let mut waits: Vec<(Wait<'_>, Option<Result<(), _>>)> =
+            pools.map(|pool| (Box::pin(pool.warmed(timeout)) as Wait<'_>, None)).collect();
+        // Every pool's wait at once, so each retries its failed connects for the whole timeout.
+        poll_fn(|cx| {
+            let mut pending = false;
+            for (wait, done) in &mut waits {
+                if done.is_none() {
+                    match wait.as_mut().poll(cx) {
+                        Poll::Ready(result) => *done = Some(result),
+                        Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { Poll::Pending } else { Poll::Ready(()) }
+        })
+        .await;
+        waits.into_iter().filter_map(|(_, done)| done).collect()
     }
 
     /// The primary pool.
@@ -424,7 +509,22 @@ impl PgCluster {
         });
     }
 
-    async fn read(&self, token: Option<Lsn>) -> Result<PgPooledConnection, SessionError> {
+    /// A session of the primary, acquired on behalf of the caller at `location`.
+    async fn write(
+        &self,
+        location: &'static Location<'static>,
+    ) -> Result<PgPooledConnection, SessionError> {
+        let inner = &*self.inner;
+        Ok(inner.primary.acquire_timeout_at(inner.settings.pool_timeout, location).await?)
+    }
+
+    /// A read session, acquired on behalf of the caller at `location`: every acquire it makes
+    /// (replicas tried in turn, then the primary) records that location for leak detection.
+    async fn read(
+        &self,
+        token: Option<Lsn>,
+        location: &'static Location<'static>,
+    ) -> Result<PgPooledConnection, SessionError> {
         let inner = &*self.inner;
         let mut tried = Vec::new();
         while let Some(i) = inner.pick(&tried, token) {
@@ -444,8 +544,8 @@ impl PgCluster {
                 self.retry_connect(i);
                 continue;
             }
-            let mut conn = match replica.pool.acquire_timeout(inner.settings.replica_timeout).await
-            {
+            let acquire = replica.pool.acquire_timeout_at(inner.settings.replica_timeout, location);
+            let mut conn = match acquire.await {
                 Ok(conn) => conn,
                 Err(AcquireError::Timeout(t)) => {
                     if let Some(e) = &t.last_error {
@@ -499,7 +599,7 @@ impl PgCluster {
                 inner.causal_primary_reads.fetch_add(1, Relaxed);
             }
         }
-        Ok(inner.primary.acquire().await?)
+        Ok(inner.primary.acquire_timeout_at(inner.settings.pool_timeout, location).await?)
     }
 }
 
@@ -780,33 +880,5 @@ impl Pool for Member {
 
     async fn health(&self) -> PoolHealth {
         Pool::health(&self.pool).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::PgCluster;
-    use crate::PgManager;
-
-    #[test]
-    fn build_rejects_zero_and_endless_durations_naming_them() {
-        let manager = || PgManager::from_url("postgres://app@127.0.0.1/db").unwrap();
-        let cases = [
-            (PgCluster::builder("c", manager()).ban_duration(Duration::ZERO), "ban_duration = 0ns"),
-            (
-                PgCluster::builder("c", manager()).replica_timeout(Duration::MAX),
-                "replica_timeout = 18446744073709551615.999999999s: must be at most 100 years",
-            ),
-            (
-                PgCluster::builder("c", manager()).max_replica_lag(Some(Duration::MAX)),
-                "max_replica_lag",
-            ),
-        ];
-        for (builder, expected) in cases {
-            let err = builder.build().unwrap_err().to_string();
-            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
-        }
     }
 }

@@ -581,6 +581,26 @@ async fn max_connecting_bounds_a_connect_storm() {
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
+impl Capture {
+    /// Captures this thread's tracing output until the guard is dropped.
+    fn start() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+}
+
+/// A warm one-connection pool that reports connections held over 5 s.
+async fn leak_detecting_pool(m: &TestManager) -> ConnectionPool<TestManager> {
+    let b = builder(m)
+        .pool_size(1)
+        .health_check_interval(None)
+        .leak_detection_threshold(Some(Duration::from_secs(5)));
+    warm_pool(b, 1).await
+}
+
 impl io::Write for Capture {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -593,17 +613,9 @@ impl io::Write for Capture {
 
 #[tokio::test(start_paused = true)]
 async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_taken() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber =
-        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (capture, _log) = Capture::start();
     let m = TestManager::new();
-    let b = builder(&m)
-        .pool_size(1)
-        .health_check_interval(None)
-        .leak_detection_threshold(Some(Duration::from_secs(5)));
-    let pool = warm_pool(b, 1).await;
+    let pool = leak_detecting_pool(&m).await;
     let conn = pool.acquire().await.unwrap();
     let line = line!() - 1;
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -630,17 +642,9 @@ fn acquire_via_wrapper(
 
 #[tokio::test(start_paused = true)]
 async fn a_leak_report_names_the_location_a_wrapper_passes() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber =
-        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (capture, _log) = Capture::start();
     let m = TestManager::new();
-    let b = builder(&m)
-        .pool_size(1)
-        .health_check_interval(None)
-        .leak_detection_threshold(Some(Duration::from_secs(5)));
-    let pool = warm_pool(b, 1).await;
+    let pool = leak_detecting_pool(&m).await;
     let conn = acquire_via_wrapper(&pool).await;
     let line = line!() - 1;
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -80,39 +80,25 @@ fn a_spike_with_flat_hold_time_grows_the_pool() {
     );
 }
 
+/// Hold time rising while callers wait: with load rising too, or at flat load, the signature
+/// of a pool grown onto a saturated database (the same throughput, slower queries). Growing
+/// again would only slow every query further.
 #[test]
-fn hold_time_rising_with_load_means_the_database_is_saturated() {
-    let ws = vec![
-        w(20, 200.0, 50.0, 0.0),
-        w(20, 210.0, 55.0, 0.0),
-        w(20, 220.0, 60.0, 5.0),
-        w(20, 260.0, 75.0, 30.0),
-        w(20, 270.0, 80.0, 50.0),
-        w(20, 280.0, 85.0, 70.0),
-    ];
+fn hold_time_rising_means_the_database_is_saturated_whether_load_rose_or_not() {
+    let windows = |rates: [f64; 6]| -> Vec<Window> {
+        let holds = [50.0, 55.0, 60.0, 75.0, 80.0, 85.0];
+        let waits = [0.0, 0.0, 5.0, 30.0, 50.0, 70.0];
+        (0..6).map(|i| w(20, rates[i], holds[i], waits[i])).collect()
+    };
     check(
-        ws,
+        windows([200.0, 210.0, 220.0, 260.0, 270.0, 280.0]),
         &[],
         expect![
             "[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.3x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.29, connect errors 0)"
         ],
     );
-}
-
-/// The signature of a pool grown onto a saturated database: the same throughput, slower
-/// queries, callers waiting. Growing again would only slow every query further.
-#[test]
-fn hold_time_rising_at_flat_load_means_the_database_is_saturated() {
-    let ws = vec![
-        w(20, 250.0, 50.0, 0.0),
-        w(20, 250.0, 55.0, 0.0),
-        w(20, 250.0, 60.0, 5.0),
-        w(20, 250.0, 75.0, 30.0),
-        w(20, 250.0, 80.0, 50.0),
-        w(20, 250.0, 85.0, 70.0),
-    ];
     check(
-        ws,
+        windows([250.0; 6]),
         &[],
         expect![
             "[high] main: Database saturated: Do not add connections: hold time rose 1.5x (load 1.0x), so the database, not the pool, is the bottleneck; look for slow queries and lock waits (pool_size 20 + 5; 250/s × 67.5 ms = 21.2 busy, needed 30, wait p90 70.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.45, load ×1.00, connect errors 0)"

@@ -563,6 +563,10 @@ impl<M: Manager> ConnectionPool<M> {
             shared.spawn_connects(n);
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let st = shared.lock();
+                // A resize may have made the pool warm without a connect to wake us.
+                if !st.closed && st.established() >= st.min_idle() {
+                    return Ok(());
+                }
                 return Err(WarmError::Timeout {
                     pool: shared.name.clone(),
                     waited: start.elapsed(),
@@ -633,7 +637,9 @@ impl<M: Manager> ConnectionPool<M> {
     ///
     /// Growing takes effect at once: queued callers are served by new connections. Shrinking
     /// retires idle connections beyond the new `pool_size` at once and, as they come back,
-    /// connections in use beyond it; a connection is never closed under its user. An explicit
+    /// connections in use beyond it; a connection is never closed under its user. Connects
+    /// still in flight do not push open connections out (they may yet fail): one that
+    /// completes beyond the new limit with nobody waiting is closed as it opens. An explicit
     /// `min_idle` above the new `pool_size` is capped at it while the pool is that small (as
     /// [`config`](Self::config) reports); growing back restores it.
     ///
@@ -656,7 +662,9 @@ impl<M: Manager> ConnectionPool<M> {
             st.pool_size = pool_size;
             st.max_overflow = max_overflow;
             let mut retired = Vec::new();
-            while st.open() > pool_size {
+            // Established connections count, not connects in flight: a connect may still fail,
+            // and one that succeeds past `max_size` is closed as it opens (`opened`).
+            while st.established() > pool_size {
                 match st.idle.pop_front() {
                     Some(conn) => retired.push(conn),
                     None => break,
@@ -672,6 +680,8 @@ impl<M: Manager> ConnectionPool<M> {
             shared.close_conn(conn, CloseReason::Shrink);
         }
         shared.spawn_connects(n);
+        // A smaller `min_idle` may have made the pool warm: `warmed` checks again.
+        shared.warm.notify_waiters();
         Ok(())
     }
 
@@ -1252,6 +1262,12 @@ impl<M: Manager> Shared<M> {
             st.closing += 1;
             drop(st);
             return self.close_conn(conn, CloseReason::PoolClosed);
+        }
+        // Started before a shrink, and now past the limit with nobody waiting for it.
+        if st.waiters.is_empty() && st.kept() + 1 > st.max_size() {
+            st.closing += 1;
+            drop(st);
+            return self.close_conn(conn, CloseReason::Shrink);
         }
         st.in_use += 1;
         match st.hand_off(conn) {

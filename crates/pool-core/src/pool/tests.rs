@@ -493,6 +493,30 @@ async fn warmed_times_out_naming_the_pool_the_count_and_the_last_connect_error()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shrink_that_makes_the_pool_warm_wakes_warmed() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    m.hold_connects();
+    pool.resize(4, 0).unwrap();
+    let start = tokio::time::Instant::now();
+    let warmed = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.warmed(Duration::from_secs(3600)).await }
+    });
+    m.wait_until(|c| c.in_flight == 2).await;
+    tokio::task::yield_now().await;
+    assert!(!warmed.is_finished(), "2 of 4 open");
+    pool.resize(2, 0).unwrap();
+    warmed.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "woken by the resize, not by its timeout");
+    assert_eq!(pool.state().idle, 2, "the shrink kept the open connections, not the connects");
+    // The connects started for the larger size finish past the limit and are closed.
+    m.release_connects(2);
+    m.wait_until(|c| c.in_flight == 0 && c.live == 2).await;
+    assert_eq!(pool.state().idle, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn warmed_with_min_idle_zero_returns_at_once() {
     let m = TestManager::new();
     m.hold_connects();

@@ -52,7 +52,7 @@ pub struct ServerConfig {
     /// included \[30\]; an idle kept-alive connection is closed after it too. Greater than
     /// `health_timeout`.
     pub request_timeout: f64,
-    /// Client connections served at once \[128\]; more wait to be accepted.
+    /// Client connections served at once, 1 to 65536 \[128\]; more wait to be accepted.
     pub max_connections: usize,
 }
 
@@ -71,6 +71,9 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// The most clients the admin server may serve at once (`admin.max_connections`).
+const MAX_ADMIN_CONNECTIONS: usize = 65_536;
 
 /// One PostgreSQL pool (and its replicas' pools).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,6 +471,13 @@ impl AdminConfig {
             if pg.max_connecting == 0 {
                 return Err(invalid(key("max_connecting"), "0".into(), "must be at least 1"));
             }
+            if let Some(min_idle) = pg.min_idle.filter(|&m| m > pg.pool_size) {
+                return Err(invalid(
+                    key("min_idle"),
+                    min_idle.to_string(),
+                    &format!("must be at most pool_size ({})", pg.pool_size),
+                ));
+            }
             if !pg.url.0.starts_with("postgres://") && !pg.url.0.starts_with("postgresql://") {
                 return Err(invalid(key("url"), pg.url.redacted(), "must be a postgres:// URL"));
             }
@@ -562,11 +572,11 @@ impl AdminConfig {
                 "must be greater than admin.health_timeout, or health checks time out as requests",
             ));
         }
-        if self.admin.max_connections == 0 {
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.admin.max_connections) {
             return Err(invalid(
                 "admin.max_connections".into(),
-                "0".into(),
-                "must be at least 1: with 0 no client is ever served",
+                self.admin.max_connections.to_string(),
+                "must be from 1 to 65536 (with 0 no client is ever served)",
             ));
         }
         if self.admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {

@@ -222,7 +222,7 @@ pub(crate) async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(timeout) => {
-            tracing::warn!(?timeout, "admin requests still in flight at shutdown were cut off");
+            tracing::warn!(?timeout, "admin requests still in flight after the shutdown's grace period: closing the pools without waiting for them");
         }
     }
 }
@@ -290,12 +290,20 @@ mod tests {
     async fn start(
         max_connections: usize,
     ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        start_with(max_connections, Duration::from_millis(200)).await
+    }
+
+    /// [`start`] with another `request_timeout`.
+    async fn start_with(
+        max_connections: usize,
+        request_timeout: Duration,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/", post(|body: String| async move { body }));
-        let limits = Limits { request_timeout: Duration::from_millis(200), max_connections };
+        let limits = Limits { request_timeout, max_connections };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, limits, async move {
             let _ = stopped.await;
@@ -364,9 +372,11 @@ mod tests {
         }
     }
 
+    /// The grace period (`request_timeout`) is an hour: serving ends because shutdown closes
+    /// the kept-alive connection, not because the grace period ran out.
     #[tokio::test]
     async fn shutdown_ends_serving_with_a_client_still_connected() {
-        let (addr, stop, task) = start(4).await;
+        let (addr, stop, task) = start_with(4, Duration::from_secs(3600)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 15];

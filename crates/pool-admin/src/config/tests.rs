@@ -218,6 +218,11 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
+            Some("[postgres.main]\npool_size = 4\nmin_idle = 5\n"),
+            "invalid value for postgres.main.min_idle = 5 from TOML file…: must be at most pool_size (4)",
+        ),
+        (
+            &[],
             Some("[postgres.main]\nreplica_timeout = 0\n"),
             "invalid value for postgres.main.replica_timeout = 0 from TOML file…: must be a number of seconds greater than zero",
         ),
@@ -244,7 +249,12 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[],
             Some("[admin]\nmax_connections = 0\n"),
-            "invalid value for admin.max_connections = 0 from TOML file…: must be at least 1",
+            "invalid value for admin.max_connections = 0 from TOML file…: must be from 1 to 65536",
+        ),
+        (
+            &[],
+            Some("[admin]\nmax_connections = 4611686018427387904\n"),
+            "invalid value for admin.max_connections = 4611686018427387904 from TOML file…: must be from 1 to 65536",
         ),
     ];
     for (vars, toml, expected) in cases {

@@ -23,8 +23,17 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let primary = PgInstance::start()?;
     let replica = primary.start_replica()?;
     let listen = std::env::var("POOL_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:9187".to_owned());
-    let token = std::env::var("POOL_ADMIN_TOKEN")
-        .unwrap_or_else(|_| format!("demo-{:08x}", std::process::id() ^ 0x5eed_cafe));
+    let token = match std::env::var("POOL_ADMIN_TOKEN") {
+        Ok(token) => token,
+        // From the OS, as `pool-admin serve` makes its own: a token built from the process id
+        // could be guessed by any local user, who would then reach the demo's admin API.
+        Err(_) => {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("generating the demo's admin token: {e}"))?;
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
     let dir = target_dir().join("demo");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("pool-admin.toml");

@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::panic::Location;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -576,6 +578,64 @@ impl<M: Manager> ConnectionPool<M> {
                 });
             }
         }
+    }
+
+    /// Waits until every pool of `pools` is warm, as [`warmed`](Self::warmed) does for one:
+    /// for a service whose pools (a primary and its replicas, named Redis pools) should all be
+    /// open before it takes traffic.
+    ///
+    /// The pools are waited for together, not one after the other, so each retries its failed
+    /// warm-up connects for the whole `timeout`, and the call takes as long as the slowest pool.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`warmed`](Self::warmed): dropping the future loses nothing.
+    ///
+    /// # Errors
+    ///
+    /// The [`WarmError`] of the first pool, in the order given, that was not warm in time or is
+    /// closed; the pools after it were still waited for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pool_core::{ConnectionPool, testing::TestManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let primary = ConnectionPool::builder(TestManager::new()).pool_size(4).build()?;
+    /// let replica = ConnectionPool::builder(TestManager::new()).pool_size(2).build()?;
+    /// ConnectionPool::warmed_all([&primary, &replica], Duration::from_secs(10)).await?;
+    /// assert_eq!((primary.state().idle, replica.state().idle), (4, 2));
+    /// # Ok(()) }
+    /// ```
+    pub async fn warmed_all<'a>(
+        pools: impl IntoIterator<Item = &'a ConnectionPool<M>>,
+        timeout: Duration,
+    ) -> Result<(), WarmError<M::Error>> {
+        type Warmed<E> = Result<(), WarmError<E>>;
+        type Wait<'a, E> = Pin<Box<dyn Future<Output = Warmed<E>> + Send + 'a>>;
+        // Each pool's wait, and its result once it has one.
+        type Slot<'a, E> = (Wait<'a, E>, Option<Warmed<E>>);
+        let mut waits: Vec<Slot<'a, M::Error>> = pools
+            .into_iter()
+            .map(|pool| (Box::pin(pool.warmed(timeout)) as Wait<'a, _>, None))
+            .collect();
+        poll_fn(|cx| {
+            let mut pending = false;
+            for (wait, done) in &mut waits {
+                if done.is_none() {
+                    match wait.as_mut().poll(cx) {
+                        Poll::Ready(result) => *done = Some(result),
+                        Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { Poll::Pending } else { Poll::Ready(()) }
+        })
+        .await;
+        waits.into_iter().filter_map(|(_, done)| done).collect()
     }
 
     /// The current settings, sizes included.

@@ -3,12 +3,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
 use std::panic::Location;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -359,27 +356,9 @@ impl PgCluster {
     /// # Ok(()) }
     /// ```
     pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<sqlx::Error>> {
-        type Wait<'a> =
-            Pin<Box<dyn Future<Output = Result<(), WarmError<sqlx::Error>>> + Send + 'a>>;
         let pools =
             std::iter::once(&self.inner.primary).chain(self.inner.replicas.iter().map(|r| &r.pool));
-        let mut waits: Vec<(Wait<'_>, Option<Result<(), _>>)> =
-            pools.map(|pool| (Box::pin(pool.warmed(timeout)) as Wait<'_>, None)).collect();
-        // Every pool's wait at once, so each retries its failed connects for the whole timeout.
-        poll_fn(|cx| {
-            let mut pending = false;
-            for (wait, done) in &mut waits {
-                if done.is_none() {
-                    match wait.as_mut().poll(cx) {
-                        Poll::Ready(result) => *done = Some(result),
-                        Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending { Poll::Pending } else { Poll::Ready(()) }
-        })
-        .await;
-        waits.into_iter().filter_map(|(_, done)| done).collect()
+        PgPool::warmed_all(pools, timeout).await
     }
 
     /// The primary pool.

@@ -1,6 +1,6 @@
 //! `pool-redis` against real Redis: commands through the shared and exclusive paths,
 //! `WATCH`/`MULTI`/`EXEC`, `BLPOP` (held and abandoned), `CLIENT KILL`, a server restart under
-//! load, and named pools.
+//! load, and named pools (warmed together).
 //!
 //! Tests that stop, kill or count connections use a throwaway [`RedisInstance`]; the others use
 //! the shared Redis with keys under a unique prefix.
@@ -364,6 +364,9 @@ async fn main_and_cache_keep_separate_stats_and_limits() -> TestResult {
         .pool("cache", PoolSettings::default().pool_size(4).max_connections(4).shared_clients(3));
     let pools = RedisPools::connect(&config).await?;
     let (main, cache) = (pools.get("main").unwrap(), pools.get("cache").unwrap());
+    // Start-up may hold traffic until every pool's exclusive connections are open.
+    pools.warmed(Duration::from_secs(10)).await?;
+    assert_eq!((main.stats().available, cache.stats().available), (2, 4));
 
     let main_held = futures_join(main, 2).await?;
     let cache_held = futures_join(cache, 4).await?;

@@ -14,7 +14,7 @@ use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
 use pool_core::{
     CloseError, ConnectionPool, Health, ObserveError, Observer, PoolConfig, PoolStats,
-    PooledConnection, RegisterError, Registry, ResizeError,
+    PooledConnection, RegisterError, Registry, ResizeError, WarmError,
 };
 
 use crate::config::{PoolSettings, RedisConfig};
@@ -193,6 +193,18 @@ impl RedisPool {
         }
     }
 
+    /// Waits until the exclusive side holds its `min_idle` connections (`pool_size` unless
+    /// set), for at most `timeout`: see [`ConnectionPool::warmed`]. The shared clients are
+    /// connected already when [`connect`](Self::connect) returns.
+    ///
+    /// # Errors
+    ///
+    /// [`WarmError`] naming the pool, the connections open and wanted, and the last connect
+    /// error; or that the pool is closed.
+    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<Error>> {
+        self.inner.exclusive.warmed(timeout).await
+    }
+
     /// The engine pool of the exclusive connections.
     pub fn engine(&self) -> &ConnectionPool<RedisManager> {
         &self.inner.exclusive
@@ -337,6 +349,35 @@ impl RedisPools {
     /// Every pool, by name.
     pub fn iter(&self) -> impl Iterator<Item = &RedisPool> {
         self.pools.values()
+    }
+
+    /// Waits until every pool's exclusive side holds its `min_idle` connections, the pools
+    /// together, for at most `timeout` in all (see [`ConnectionPool::warmed_all`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses nothing: the warm-up goes on in the background.
+    ///
+    /// # Errors
+    ///
+    /// The [`WarmError`] of the first pool, by name, that was not warm in time or is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use pool_redis::{PoolSettings, RedisConfig, RedisPools};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = RedisConfig::new("redis://127.0.0.1:6379")
+    ///     .pool("main", PoolSettings::default().pool_size(10));
+    /// let pools = RedisPools::connect(&config).await?;
+    /// pools.warmed(Duration::from_secs(10)).await?; // before serving traffic
+    /// # Ok(()) }
+    /// ```
+    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<Error>> {
+        ConnectionPool::warmed_all(self.pools.values().map(|p| &p.inner.exclusive), timeout).await
     }
 
     /// Adds every pool to `registry`, for metrics, the optimizer and the admin API.

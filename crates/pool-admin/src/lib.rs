@@ -3,8 +3,8 @@
 //!
 //! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`,
 //! `GET config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics`
-//! (Prometheus) and `GET /api/v1/admin/openapi.json`. Every route needs a bearer token.
-//! `GET /dashboard/` serves a page of live charts and controls whose data comes from those
+//! (Prometheus) and `GET /api/v1/admin/openapi.json`. Every API route needs a bearer token, and
+//! so does `/metrics` unless `metrics_open` is set. `GET /dashboard/` serves a page of live charts and controls whose data comes from those
 //! routes, with the token the user gives it (the [`dashboard`] module says how).
 //!
 //! # Examples

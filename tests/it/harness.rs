@@ -129,3 +129,40 @@ fn postgres_is_cleaned_up_when_a_test_panics() {
     assert!(process_is_gone(pid), "postmaster {pid} still running");
     assert!(port_is_closed(port));
 }
+
+/// A process killed outright (Ctrl-C on `cargo test`, SIGKILL, a CI timeout) drops nothing: the
+/// next process to start a server stops what it left. Here the owner file is made to name a
+/// process that has exited, which is what such a kill leaves behind; servers of live owners and
+/// detached ones are left alone.
+#[test]
+fn servers_left_by_a_killed_process_are_reaped_and_no_others() -> anyhow::Result<()> {
+    let mut exited = std::process::Command::new("true").spawn()?;
+    let dead_owner = format!("{} 1", exited.id());
+    exited.wait()?;
+    let harness = pool_harness::target_dir().join("harness");
+
+    let pg = PgInstance::start()?;
+    let redis = RedisInstance::start()?;
+    let (pg_port, pg_pid, pg_dir) = (pg.port(), pg.pid().expect("a pid"), pg.dir().to_owned());
+    let (redis_port, redis_pid) = (redis.port(), redis.pid().expect("a pid"));
+    let redis_dir = harness.join(format!("redis-{redis_port}"));
+    for dir in [&pg_dir, &redis_dir] {
+        std::fs::write(dir.join("owner"), &dead_owner)?;
+    }
+    // As if this process had been killed: no drop runs.
+    std::mem::forget(pg);
+    std::mem::forget(redis);
+    let live = RedisInstance::start()?;
+    let detached = RedisInstance::start()?.detach();
+
+    let reaped = pool_harness::reap_abandoned();
+    assert!(reaped.contains(&pg_dir) && reaped.contains(&redis_dir), "reaped {reaped:?}");
+    assert!(process_is_gone(pg_pid), "postmaster {pg_pid} still running");
+    assert!(process_is_gone(redis_pid), "redis-server {redis_pid} still running");
+    assert!(port_is_closed(pg_port) && port_is_closed(redis_port));
+    assert!(!pg_dir.exists() && !redis_dir.exists());
+    assert!(live.ping(), "a live owner's server is left alone");
+    assert!(reachable(&detached.url), "a detached server is left alone");
+    detached.stop()?;
+    Ok(())
+}

@@ -23,13 +23,22 @@ pub fn target_dir() -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
-/// Creates `<target>/harness/<name>`, failing if it exists (so it works as a claim).
+/// Creates `<target>/harness/<name>`, returning `None` if it exists (so it works as a claim),
+/// and records this process as its owner. A process's first claim first reaps the servers that
+/// exited owners left behind (see [`crate::owner`]).
 pub(crate) fn claim_dir(name: &str) -> anyhow::Result<Option<PathBuf>> {
+    crate::owner::reap_once();
     let parent = target_dir().join("harness");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let dir = parent.join(name);
     match std::fs::create_dir(&dir) {
-        Ok(()) => Ok(Some(dir)),
+        Ok(()) => match crate::owner::own(&dir) {
+            Ok(()) => Ok(Some(dir)),
+            Err(e) => {
+                remove_dir(&dir);
+                Err(e)
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }

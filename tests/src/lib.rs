@@ -2,10 +2,13 @@
 //!
 //! Ordinary tests use [`postgres_url`] and [`redis_url`]; fault tests that stop, kill or
 //! restart a server start their own [`PgInstance`] or [`RedisInstance`], which cleans up
-//! after itself on drop, even while a panicking test unwinds.
+//! after itself on drop, even while a panicking test unwinds. Servers whose process was killed
+//! before it could drop them are stopped by the next process that starts one
+//! ([`reap_abandoned`]).
 
 mod detached;
 mod dirs;
+mod owner;
 mod ports;
 mod postgres;
 mod redis;
@@ -13,6 +16,7 @@ mod services;
 
 pub use detached::{Detached, Service};
 pub use dirs::target_dir;
+pub use owner::reap_abandoned;
 pub use ports::free_port;
 pub use postgres::PgInstance;
 pub use redis::RedisInstance;

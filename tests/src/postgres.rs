@@ -171,6 +171,7 @@ impl PgInstance {
     /// Leaves the server running after this value is gone, and returns what is needed to stop it later.
     pub fn detach(mut self) -> Detached {
         self.detached = true;
+        crate::owner::disown(&self.root);
         Detached {
             service: Service::Postgres,
             url: self.url(),
@@ -264,6 +265,25 @@ pub(crate) fn stop_detached(root: &Path) -> anyhow::Result<()> {
     let data = root.join("data");
     if data.join("postmaster.pid").exists() {
         stop_data_dir(&bin_dir()?, &data, "fast")?;
+    }
+    remove_dir(root);
+    Ok(())
+}
+
+/// Stops the server in `root` whose owner exited without stopping it (an immediate shutdown,
+/// only if the process in its `postmaster.pid` is still this data directory's postmaster), and
+/// removes its files.
+pub(crate) fn stop_abandoned(root: &Path) -> anyhow::Result<()> {
+    let data = root.join("data");
+    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|f| f.lines().next()?.trim().parse::<u32>().ok());
+    if let Some(pid) = pid {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let data = data.to_string_lossy();
+        if String::from_utf8_lossy(&cmdline).contains(data.as_ref()) {
+            stop_data_dir(&bin_dir()?, Path::new(data.as_ref()), "immediate")?;
+        }
     }
     remove_dir(root);
     Ok(())

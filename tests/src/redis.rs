@@ -13,6 +13,9 @@ use crate::dirs::{claim_dir, remove_dir};
 use crate::ports::free_port;
 use crate::postgres::START_ATTEMPTS;
 
+/// The file, in the server's directory, holding the pid of the server last started there.
+const SERVER_PID: &str = "server.pid";
+
 /// A throwaway Redis server on 127.0.0.1 at a free port, keeping nothing on disk.
 ///
 /// It runs `redis-server --save "" --appendonly no` in the foreground as a child of this
@@ -113,7 +116,11 @@ impl RedisInstance {
             .stderr(Stdio::null())
             .spawn();
         let child = match child {
-            Ok(child) => self.child.insert(child),
+            Ok(child) => {
+                // For the reaping of a server whose owner is killed (see `crate::owner`).
+                let _ = std::fs::write(self.dir.join(SERVER_PID), child.id().to_string());
+                self.child.insert(child)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("redis-server not found on PATH: install the Debian package `redis-server`")
             }
@@ -152,6 +159,7 @@ impl RedisInstance {
     /// Leaves the server running after this value is gone, and returns what is needed to stop it later.
     pub fn detach(mut self) -> Detached {
         self.detached = true;
+        crate::owner::disown(&self.dir);
         Detached {
             service: Service::Redis,
             url: self.url(),
@@ -174,6 +182,37 @@ impl Drop for RedisInstance {
         let _ = self.stop();
         remove_dir(&self.dir);
     }
+}
+
+/// Kills the server in `dir` whose owner exited without stopping it (only if the process in its
+/// pid file is still a `redis-server` on the directory's port), waits until it has exited, and
+/// removes `dir`.
+pub(crate) fn stop_abandoned(dir: &Path) -> anyhow::Result<()> {
+    let port =
+        dir.file_name().and_then(|n| n.to_str()?.strip_prefix("redis-")?.parse::<u16>().ok());
+    let pid = std::fs::read_to_string(dir.join(SERVER_PID))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    if let (Some(port), Some(pid)) = (port, pid) {
+        // redis-server names itself `redis-server 127.0.0.1:PORT` in its command line.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}")) {
+            let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+            if !status.success() {
+                bail!("kill -KILL {pid} failed: {status}");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ping(port) {
+                if Instant::now() > deadline {
+                    bail!("redis-server {pid} on port {port} is still running 10s after SIGKILL");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    remove_dir(dir);
+    Ok(())
 }
 
 /// Stops a detached server on `port` with `SHUTDOWN NOSAVE` and removes its directory `dir`.

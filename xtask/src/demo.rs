@@ -2,7 +2,8 @@
 //! PostgreSQL primary with a streaming replica, and the admin server with demo pools (`main`
 //! with its replica on PostgreSQL, `main` and `cache` on Redis) under a load generator.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
 use anyhow::Context as _;
 use pool_harness::{PgInstance, target_dir};
@@ -80,16 +81,33 @@ max_connections = 16
     println!(
         "watch:       cargo run -q -p pool-admin -- monitor --url http://{listen} --token {token}"
     );
-    println!("stop:        Ctrl-C (the throwaway servers stop with the demo)");
-    // Ctrl-C reaches the server too; xtask only waits for it, then cleans up.
-    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    println!("stop:        Ctrl-C or SIGTERM (the throwaway servers stop with the demo)");
+    // The server's pid once it runs (`cargo run` becomes the server on Unix), for the handler.
+    static SERVER: AtomicU32 = AtomicU32::new(0);
+    // Ctrl-C in a terminal reaches the server too. A SIGTERM or SIGHUP may come to xtask alone
+    // (`kill`, a closed terminal, a supervisor): it is passed on, so that the server shuts down
+    // and xtask, which only waits for it, stops the throwaway servers after it.
+    ctrlc::set_handler(|| {
+        let pid = SERVER.load(SeqCst);
+        if pid != 0 {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    })
+    .context("installing the Ctrl-C and termination handler")?;
     let mut cmd = crate::cargo();
     cmd.args(["run", "-q", "-p", "pool-admin", "--", "serve", "--demo-load", "--config"])
         .arg(&config)
         .env("POOL_ADMIN_TOKEN", &token)
         .env("POOL_ADMIN_LISTEN", &listen)
         .envs(services.env());
-    let code = crate::exit_code_of(cmd);
+    let code = match cmd.spawn() {
+        Ok(mut server) => {
+            SERVER.store(server.id(), SeqCst);
+            server.wait().map(crate::exit_code)
+        }
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("running {cmd:?}"));
     drop(replica);
     drop(primary);
     drop(services);

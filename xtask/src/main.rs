@@ -95,9 +95,14 @@ fn cargo() -> Command {
 fn exit_code_of(mut cmd: Command) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    Ok(match status.code() {
+    Ok(exit_code(status))
+}
+
+/// A child's exit status as this program's exit code.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
-    })
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -321,14 +321,25 @@ async fn require_token(
 ) -> Response {
     let given =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+    // A 401 names the scheme it wants (RFC 7235 section 4.1), and a refused token as such
+    // (RFC 6750 section 3), so that HTTP clients and proxies know what to send.
+    let refuse = |message: &'static str, challenge: &'static str| {
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        response
+    };
     match given {
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response(),
+        None => refuse("missing bearer token", r#"Bearer realm="pool-admin""#),
         Some(token)
             if bool::from(token.as_bytes().ct_eq(state.inner.token.expose().as_bytes())) =>
         {
             next.run(req).await
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
+        Some(_) => {
+            refuse("wrong bearer token", r#"Bearer realm="pool-admin", error="invalid_token""#)
+        }
     }
 }
 

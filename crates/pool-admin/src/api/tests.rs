@@ -337,6 +337,38 @@ async fn errors_are_json_with_the_right_status() {
 }
 
 #[tokio::test]
+async fn a_refused_request_says_which_scheme_to_use() {
+    let f = fixture(false).await;
+    for (token, challenge) in [
+        (None, r#"Bearer realm="pool-admin""#),
+        (Some("Bearer nope"), r#"Bearer realm="pool-admin", error="invalid_token""#),
+        (Some("Basic dXNlcjpwYXNz"), r#"Bearer realm="pool-admin""#),
+    ] {
+        let mut req = Request::builder().uri(format!("{PREFIX}/stats"));
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let resp = f.app.clone().oneshot(req.body(HttpBody::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(resp.headers()["www-authenticate"], challenge, "{token:?}");
+    }
+    let resp = f
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri(format!("{PREFIX}/stats"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(HttpBody::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!resp.headers().contains_key("www-authenticate"));
+}
+
+#[tokio::test]
 async fn metrics_can_be_opened_separately_from_the_admin_routes() {
     let f = fixture(true).await;
     let (status, _) = call(&f.app, Method::GET, "/metrics", None, None).await;

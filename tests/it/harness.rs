@@ -131,38 +131,68 @@ fn postgres_is_cleaned_up_when_a_test_panics() {
 }
 
 /// A process killed outright (Ctrl-C on `cargo test`, SIGKILL, a CI timeout) drops nothing: the
-/// next process to start a server stops what it left. Here the owner file is made to name a
-/// process that has exited, which is what such a kill leaves behind; servers of live owners and
-/// detached ones are left alone.
+/// next process to start a server stops what it left. Here owner files are made to name a
+/// process that has exited, and one whose pid was reused, which is what such a kill leaves
+/// behind; servers of live owners, detached ones, and processes that only reuse a recorded pid
+/// are left alone.
 #[test]
 fn servers_left_by_a_killed_process_are_reaped_and_no_others() -> anyhow::Result<()> {
     let mut exited = std::process::Command::new("true").spawn()?;
-    let dead_owner = format!("{} 1", exited.id());
+    let exited_pid = exited.id();
     exited.wait()?;
     let harness = pool_harness::target_dir().join("harness");
+    // `<pid> <start time> <rest>`: the same namespace and boot, another process.
+    let owned_by = |dir: &std::path::Path, pid: u32| -> anyhow::Result<()> {
+        let owner = std::fs::read_to_string(dir.join("owner"))?;
+        let rest = owner.splitn(3, ' ').nth(2).expect("an owner of four fields").to_owned();
+        std::fs::write(dir.join("owner"), format!("{pid} 1 {rest}"))?;
+        Ok(())
+    };
 
     let pg = PgInstance::start()?;
     let redis = RedisInstance::start()?;
     let (pg_port, pg_pid, pg_dir) = (pg.port(), pg.pid().expect("a pid"), pg.dir().to_owned());
     let (redis_port, redis_pid) = (redis.port(), redis.pid().expect("a pid"));
     let redis_dir = harness.join(format!("redis-{redis_port}"));
-    for dir in [&pg_dir, &redis_dir] {
-        std::fs::write(dir.join("owner"), &dead_owner)?;
-    }
+    owned_by(&pg_dir, exited_pid)?;
+    // This process's pid with another start time: a later process that reused the pid.
+    owned_by(&redis_dir, std::process::id())?;
     // As if this process had been killed: no drop runs.
     std::mem::forget(pg);
     std::mem::forget(redis);
+
+    // Directories whose pid files name an unrelated process (the pid reused since).
+    let mut unrelated = std::process::Command::new("sleep").arg("60").spawn()?;
+    let fake_pg = harness.join(format!("pg-{}", free_port()));
+    let fake_redis = harness.join(format!("redis-{}", free_port()));
+    std::fs::create_dir_all(fake_pg.join("data"))?;
+    std::fs::create_dir_all(&fake_redis)?;
+    std::fs::write(fake_pg.join("data/postmaster.pid"), format!("{}\n", unrelated.id()))?;
+    std::fs::write(fake_redis.join("server.pid"), unrelated.id().to_string())?;
+    for dir in [&fake_pg, &fake_redis] {
+        std::fs::copy(pg_dir.join("owner"), dir.join("owner"))?;
+    }
+
     let live = RedisInstance::start()?;
     let detached = RedisInstance::start()?.detach();
 
-    let reaped = pool_harness::reap_abandoned();
-    assert!(reaped.contains(&pg_dir) && reaped.contains(&redis_dir), "reaped {reaped:?}");
+    pool_harness::reap_abandoned();
+    // Checked and stopped first: a detached server outlives a failing test.
+    let detached_answered = reachable(&detached.url);
+    detached.stop()?;
+    assert!(detached_answered, "a detached server is left alone");
     assert!(process_is_gone(pg_pid), "postmaster {pg_pid} still running");
     assert!(process_is_gone(redis_pid), "redis-server {redis_pid} still running");
     assert!(port_is_closed(pg_port) && port_is_closed(redis_port));
-    assert!(!pg_dir.exists() && !redis_dir.exists());
+    for dir in [&pg_dir, &redis_dir, &fake_pg, &fake_redis] {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy();
+        let moved = harness.join(format!(".reaping-{name}-{}", std::process::id()));
+        assert!(!moved.exists(), "{} left behind", moved.display());
+    }
+    assert!(unrelated.try_wait()?.is_none(), "a process that only reuses a pid is not killed");
+    unrelated.kill()?;
+    unrelated.wait()?;
     assert!(live.ping(), "a live owner's server is left alone");
-    assert!(reachable(&detached.url), "a detached server is left alone");
-    detached.stop()?;
     Ok(())
 }

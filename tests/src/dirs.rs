@@ -32,13 +32,10 @@ pub(crate) fn claim_dir(name: &str) -> anyhow::Result<Option<PathBuf>> {
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let dir = parent.join(name);
     match std::fs::create_dir(&dir) {
-        Ok(()) => match crate::owner::own(&dir) {
-            Ok(()) => Ok(Some(dir)),
-            Err(e) => {
-                remove_dir(&dir);
-                Err(e)
-            }
-        },
+        Ok(()) => {
+            crate::owner::own(&dir);
+            Ok(Some(dir))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }

@@ -270,22 +270,32 @@ pub(crate) fn stop_detached(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the server in `root` whose owner exited without stopping it (an immediate shutdown,
-/// only if the process in its `postmaster.pid` is still this data directory's postmaster), and
-/// removes its files.
-pub(crate) fn stop_abandoned(root: &Path) -> anyhow::Result<()> {
-    let data = root.join("data");
-    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+/// Stops the server whose files were at `data` (the data directory, moved to `root` since)
+/// and whose owner exited without stopping it: an immediate shutdown (`SIGQUIT`), only if the
+/// process in its `postmaster.pid` is still the postmaster of `data`; waits until it has exited.
+pub(crate) fn stop_abandoned(root: &Path, data: &Path) -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(root.join("data").join("postmaster.pid"))
         .ok()
         .and_then(|f| f.lines().next()?.trim().parse::<u32>().ok());
-    if let Some(pid) = pid {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let data = data.to_string_lossy();
-        if String::from_utf8_lossy(&cmdline).contains(data.as_ref()) {
-            stop_data_dir(&bin_dir()?, Path::new(data.as_ref()), "immediate")?;
-        }
+    let Some(pid) = pid else { return Ok(()) };
+    // `.../bin/postgres -D <data>`: the same data directory, word for word.
+    let words = crate::owner::command_words(pid);
+    let ours = words.first().is_some_and(|w| w.ends_with("/postgres") || w == "postgres")
+        && words.windows(2).any(|w| w[0] == "-D" && Path::new(&w[1]) == data);
+    if !ours {
+        return Ok(());
     }
-    remove_dir(root);
+    let status = std::process::Command::new("kill").args(["-QUIT", &pid.to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -QUIT {pid} failed: {status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::owner::has_exited(pid) {
+        if Instant::now() > deadline {
+            bail!("postmaster {pid} still running 30s after SIGQUIT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 

@@ -116,9 +116,13 @@ impl RedisInstance {
             .stderr(Stdio::null())
             .spawn();
         let child = match child {
-            Ok(child) => {
+            Ok(mut child) => {
                 // For the reaping of a server whose owner is killed (see `crate::owner`).
-                let _ = std::fs::write(self.dir.join(SERVER_PID), child.id().to_string());
+                if let Err(e) = std::fs::write(self.dir.join(SERVER_PID), child.id().to_string()) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("writing {}: {e}", self.dir.join(SERVER_PID).display());
+                }
                 self.child.insert(child)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -184,34 +188,32 @@ impl Drop for RedisInstance {
     }
 }
 
-/// Kills the server in `dir` whose owner exited without stopping it (only if the process in its
-/// pid file is still a `redis-server` on the directory's port), waits until it has exited, and
-/// removes `dir`.
-pub(crate) fn stop_abandoned(dir: &Path) -> anyhow::Result<()> {
-    let port =
-        dir.file_name().and_then(|n| n.to_str()?.strip_prefix("redis-")?.parse::<u16>().ok());
+/// Kills the server whose files are in `dir` and whose owner exited without stopping it
+/// (`SIGKILL`), only if the process in its pid file is still a `redis-server` on `port`; waits
+/// until it has exited.
+pub(crate) fn stop_abandoned(dir: &Path, port: u16) -> anyhow::Result<()> {
     let pid = std::fs::read_to_string(dir.join(SERVER_PID))
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok());
-    if let (Some(port), Some(pid)) = (port, pid) {
-        // redis-server names itself `redis-server 127.0.0.1:PORT` in its command line.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("redis-server") && cmdline.contains(&format!(":{port}")) {
-            let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
-            if !status.success() {
-                bail!("kill -KILL {pid} failed: {status}");
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ping(port) {
-                if Instant::now() > deadline {
-                    bail!("redis-server {pid} on port {port} is still running 10s after SIGKILL");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    let Some(pid) = pid else { return Ok(()) };
+    // redis-server retitles itself `redis-server 127.0.0.1:PORT`.
+    let words = crate::owner::command_words(pid);
+    let ours = words.first().is_some_and(|w| w.ends_with("/redis-server") || w == "redis-server")
+        && words.iter().any(|w| *w == format!("127.0.0.1:{port}"));
+    if !ours {
+        return Ok(());
     }
-    remove_dir(dir);
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -KILL {pid} failed: {status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::owner::has_exited(pid) {
+        if Instant::now() > deadline {
+            bail!("redis-server {pid} still running 10s after SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! with its replica on PostgreSQL, `main` and `cache` on Redis) under a load generator.
 
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use pool_harness::{PgInstance, target_dir};
@@ -82,32 +83,31 @@ max_connections = 16
         "watch:       cargo run -q -p pool-admin -- monitor --url http://{listen} --token {token}"
     );
     println!("stop:        Ctrl-C or SIGTERM (the throwaway servers stop with the demo)");
-    // The server's pid once it runs (`cargo run` becomes the server on Unix), for the handler.
-    static SERVER: AtomicU32 = AtomicU32::new(0);
     // Ctrl-C in a terminal reaches the server too. A SIGTERM or SIGHUP may come to xtask alone
-    // (`kill`, a closed terminal, a supervisor): it is passed on, so that the server shuts down
-    // and xtask, which only waits for it, stops the throwaway servers after it.
-    ctrlc::set_handler(|| {
-        let pid = SERVER.load(SeqCst);
-        if pid != 0 {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-    })
-    .context("installing the Ctrl-C and termination handler")?;
+    // (`kill`, a closed terminal, a supervisor): it is passed on below, so that the server shuts
+    // down and xtask, which only waits for it, stops the throwaway servers after it.
+    static STOP: AtomicBool = AtomicBool::new(false);
+    ctrlc::set_handler(|| STOP.store(true, SeqCst))
+        .context("installing the Ctrl-C and termination handler")?;
     let mut cmd = crate::cargo();
     cmd.args(["run", "-q", "-p", "pool-admin", "--", "serve", "--demo-load", "--config"])
         .arg(&config)
         .env("POOL_ADMIN_TOKEN", &token)
         .env("POOL_ADMIN_LISTEN", &listen)
         .envs(services.env());
-    let code = match cmd.spawn() {
-        Ok(mut server) => {
-            SERVER.store(server.id(), SeqCst);
-            server.wait().map(crate::exit_code)
+    let code = cmd.spawn().and_then(|mut server| {
+        loop {
+            if let Some(status) = server.try_wait()? {
+                break Ok(crate::exit_code(status));
+            }
+            // `cargo run` has become the server (Unix); until `try_wait` reaps it, its pid is its own.
+            if STOP.swap(false, SeqCst) {
+                let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Err(e) => Err(e),
-    }
-    .with_context(|| format!("running {cmd:?}"));
+    });
+    let code = code.with_context(|| format!("running {cmd:?}"));
     drop(replica);
     drop(primary);
     drop(services);

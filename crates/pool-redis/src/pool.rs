@@ -197,6 +197,10 @@ impl RedisPool {
     /// set), for at most `timeout`: see [`ConnectionPool::warmed`]. The shared clients are
     /// connected already when [`connect`](Self::connect) returns.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future loses nothing: the warm-up goes on in the background.
+    ///
     /// # Errors
     ///
     /// [`WarmError`] naming the pool, the connections open and wanted, and the last connect

@@ -518,23 +518,28 @@ async fn a_shrink_that_makes_the_pool_warm_wakes_warmed() {
 
 #[tokio::test(start_paused = true)]
 async fn warmed_all_waits_for_the_pools_together_and_reports_the_first_cold_one() {
-    let (ma, mb) = (TestManager::new(), TestManager::new());
+    let (ma, mb, mc) = (TestManager::new(), TestManager::new(), TestManager::new());
     ma.fail_next_connects(4);
     mb.fail_connects(true);
+    mc.fail_connects(true);
     let a = builder(&ma).name("a").pool_size(2).build().unwrap();
     let b = builder(&mb).name("b").pool_size(1).build().unwrap();
+    let c = builder(&mc).name("c").pool_size(1).build().unwrap();
     let start = tokio::time::Instant::now();
-    let err = ConnectionPool::warmed_all([&b, &a], Duration::from_secs(5)).await.unwrap_err();
-    assert_eq!(start.elapsed(), Duration::from_secs(5), "one timeout for both, not one each");
+    let err = ConnectionPool::warmed_all([&b, &a, &c], Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5), "one timeout for all, not one each");
     assert!(
         matches!(&err, WarmError::Timeout { pool, open: 0, wanted: 1, .. } if &**pool == "b"),
         "{err}"
     );
     assert_eq!(a.state().idle, 2, "a retried its failed connects while b was waited for");
     assert_eq!(ma.counts().failed_connects, 4);
+    let err = ConnectionPool::warmed_all([&c, &a, &b], Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(&err, WarmError::Timeout { pool, .. } if &**pool == "c"), "the first: {err}");
     mb.fail_connects(false);
-    ConnectionPool::warmed_all([&a, &b], Duration::from_secs(5)).await.unwrap();
-    assert_eq!(b.state().idle, 1);
+    mc.fail_connects(false);
+    ConnectionPool::warmed_all([&a, &b, &c], Duration::from_secs(5)).await.unwrap();
+    assert_eq!((b.state().idle, c.state().idle), (1, 1));
     let none: [&ConnectionPool<TestManager>; 0] = [];
     ConnectionPool::warmed_all(none, Duration::ZERO).await.unwrap();
 }

@@ -1,11 +1,12 @@
 //! `pool-admin`: the connection pools' admin API — an axum [`router`] a service mounts in its
 //! own app — and the `pool-admin` server binary that runs the pools of a config file.
 //!
-//! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`,
-//! `GET config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics`
-//! (Prometheus) and `GET /api/v1/admin/openapi.json`. Every API route needs a bearer token, and
-//! so does `/metrics` unless `metrics_open` is set. `GET /dashboard/` serves a page of live charts and controls whose data comes from those
-//! routes, with the token the user gives it (the [`dashboard`] module says how).
+//! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`, `GET
+//! config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics` (Prometheus) and
+//! `GET /api/v1/admin/openapi.json`. Every API route needs a bearer token, and so does `/metrics`
+//! unless `metrics_open` is set. `GET /dashboard/` serves a page of live charts and controls whose
+//! data comes from those routes, with the token the user gives it (the [`dashboard`] module says
+//! how).
 //!
 //! # Examples
 //!

@@ -10,11 +10,11 @@
 //!   decision is logged with its inputs.
 //!
 //! The control law: busy connections on average `R = checkouts/s × mean hold` (Little's law),
-//! needed `≈ R + β·√R` (square-root staffing, β from the target probability of waiting), grow
-//! when waits rise with flat hold time, never grow when hold time rises while callers wait,
-//! whether or not load rose (the database is saturated), shrink when idle dominates but never below what the load needs (and
-//! not at all without traffic), freeze on connect errors and while no connection comes back to
-//! waiting callers. `docs/optimizer.md` explains it with a worked example.
+//! needed `≈ R + β·√R` (square-root staffing, β from the target probability of waiting), grow when
+//! waits rise with flat hold time, never grow when hold time rises while callers wait, whether or
+//! not load rose (the database is saturated), shrink when idle dominates but never below what the
+//! load needs (and not at all without traffic), freeze on connect errors and while no connection
+//! comes back to waiting callers. `docs/optimizer.md` explains it with a worked example.
 
 mod analysis;
 mod sampler;

@@ -203,3 +203,66 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     serving.await.unwrap().unwrap();
     assert!(cluster.primary().is_closed(), "shutdown closes the pools");
 }
+
+/// The Redis pools share the server's `maxclients` as their budget: a resize past it is refused
+/// before it opens a connection (a typo like `pool_size: 50000` would otherwise take every client
+/// slot of the server), one within it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_resizes_stay_within_the_servers_maxclients() {
+    let redis =
+        tokio::task::block_in_place(pool_harness::RedisInstance::start).expect("throwaway redis");
+    let set = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "config", "set", "maxclients", "40"])
+        .output()
+        .expect("redis-cli (Debian package redis-tools)");
+    assert!(set.status.success(), "{set:?}");
+    let mut config = AdminConfig::default();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.token = Some(Secret(TOKEN.to_owned()));
+    config.postgres.clear();
+    config.redis_url = Secret(redis.url());
+    config.redis.clear();
+    for (name, size) in [("main", 2), ("cache", 3)] {
+        config.redis.insert(
+            name.to_owned(),
+            RedisPoolConfig { pool_size: size, max_connections: 2 * size, ..Default::default() },
+        );
+    }
+    let server = Server::bind(&config).await.expect("server starts");
+    let client =
+        Client { http: reqwest::Client::new(), base: format!("http://{}", server.local_addr()) };
+    let pools = server.pools().clone();
+    let shared: usize =
+        pools.redis.as_ref().unwrap().iter().map(|p| p.stats().shared_clients).sum();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // 40 clients, less the shared ones, less `cache`'s 6: `main` may open 40 - shared - 6.
+    let room = 40 - shared - 6;
+    let (status, body) = client
+        .post(
+            &format!("{PREFIX}/pools/redis:main/resize"),
+            json!({ "pool_size": room - 1, "max_overflow": 2 }),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("connection budget of redis server ({} allowed", 40 - shared)),
+        "{message}"
+    );
+    assert_eq!(pools.registry.get("redis:main").unwrap().config().pool_size, 2, "unchanged");
+    let (status, body) = client
+        .post(
+            &format!("{PREFIX}/pools/redis:main/resize"),
+            json!({ "pool_size": room - 2, "max_overflow": 2 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pools.registry.get("redis:main").unwrap().config().pool_size, room - 2);
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().expect("server ran");
+}

@@ -63,6 +63,32 @@ async fn server_budget(url: &str) -> Option<usize> {
     }
 }
 
+/// The Redis server's client budget, shared by every Redis pool (they all use `redis_url`): its
+/// `maxclients`, less the shared clients, which sit outside the engines' sizes. `None` (with a
+/// warning) when the server does not say.
+async fn redis_budget(pools: &RedisPools) -> Option<Budget> {
+    let first = pools.iter().next()?;
+    let max = match tokio::time::timeout(Duration::from_secs(5), first.max_clients()).await {
+        Ok(Ok(max)) => max,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the Redis server's maxclients: Redis pools have no client budget");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "reading the Redis server's maxclients timed out: Redis pools have no client budget"
+            );
+            return None;
+        }
+    };
+    Some(Budget {
+        name: "redis server".to_owned(),
+        max_connections: max,
+        reserved: pools.iter().map(|p| p.stats().shared_clients).sum(),
+        pools: pools.iter().map(|p| format!("redis:{}", p.name())).collect(),
+    })
+}
+
 /// The PostgreSQL servers of a config, each with the pools on it: the pools of one server share
 /// its connection budget, whichever cluster they belong to (two clusters on one server, or a
 /// cluster whose replica is another's primary).
@@ -198,6 +224,7 @@ impl Pools {
             let pools =
                 RedisPools::connect(&rc).await.map_err(|e| StartError::Redis(e.to_string()))?;
             pools.register(&registry).map_err(|e| StartError::Redis(e.to_string()))?;
+            budgets.extend(redis_budget(&pools).await);
             Some(pools)
         };
         Ok(Pools { registry, clusters, redis, budgets })

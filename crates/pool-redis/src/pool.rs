@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use fred::clients::Client;
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
+use fred::types::CustomCommand;
 use pool_core::{
     CloseError, ConnectionPool, Health, ObserveError, Observer, PoolConfig, PoolStats,
     PooledConnection, RegisterError, Registry, ResizeError, WarmError,
@@ -207,6 +208,24 @@ impl RedisPool {
     /// error; or that the pool is closed.
     pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<Error>> {
         self.inner.exclusive.warmed(timeout).await
+    }
+
+    /// The server's `maxclients` (`CONFIG GET maxclients`), asked on a shared client: the most
+    /// clients the server accepts, this pool's exclusive connections and shared clients, its
+    /// sibling pools' and other programs' included. `pool-admin` makes it the budget that
+    /// resizes of the Redis pools must stay within.
+    ///
+    /// # Errors
+    ///
+    /// The server's error (where `CONFIG` is renamed or disabled, as on some managed services),
+    /// or a reply that holds no number.
+    pub async fn max_clients(&self) -> Result<usize, Error> {
+        let config = CustomCommand::new_static("CONFIG", None, false);
+        let reply: Vec<String> = self.shared().custom(config, vec!["GET", "maxclients"]).await?;
+        // `["maxclients", "10000"]`.
+        reply.get(1).and_then(|n| n.parse().ok()).ok_or_else(|| {
+            Error::new(ErrorKind::Protocol, format!("CONFIG GET maxclients answered {reply:?}"))
+        })
     }
 
     /// The engine pool of the exclusive connections.

@@ -492,12 +492,19 @@ async fn health(State(state): State<AdminState>) -> Response {
             let start = tokio::time::Instant::now();
             match tokio::time::timeout(timeout, pool.health()).await {
                 Ok(h) => (pool_id(pool.as_ref()), h.healthy, secs(h.latency), h.error),
-                Err(_) => (
-                    pool_id(pool.as_ref()),
-                    false,
-                    secs(start.elapsed()),
-                    Some(format!("health check timed out after {timeout:?}")),
-                ),
+                Err(_) => {
+                    // Waiting for a connection the pool cannot open: say why it cannot.
+                    let cause = pool
+                        .last_connect_error()
+                        .map(|e| format!("; last connect error: {e}"))
+                        .unwrap_or_default();
+                    (
+                        pool_id(pool.as_ref()),
+                        false,
+                        secs(start.elapsed()),
+                        Some(format!("health check timed out after {timeout:?}{cause}")),
+                    )
+                }
             }
         });
     }

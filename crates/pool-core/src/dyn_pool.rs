@@ -50,6 +50,13 @@ pub trait Pool: Send + Sync + fmt::Debug + 'static {
     /// `connect_timeout`. An idle connection is checked in place, so a probe does not count as a
     /// checkout (see [`ConnectionPool::check_health`]).
     async fn health(&self) -> Health;
+
+    /// The error of the pool's last connect attempt while connects are failing, `None` once
+    /// one succeeds (see [`ConnectionPool::last_connect_error`]): what a health check that
+    /// timed out waiting for a connection can name as the cause.
+    fn last_connect_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The result of an active health check.
@@ -94,6 +101,10 @@ impl<M: Manager + fmt::Debug> Pool for ConnectionPool<M> {
 
     fn set_observer(&self, observer: Arc<dyn Observer>) -> Result<(), ObserveError> {
         ConnectionPool::set_observer(self, observer)
+    }
+
+    fn last_connect_error(&self) -> Option<String> {
+        ConnectionPool::last_connect_error(self).map(|e| e.to_string())
     }
 
     async fn health(&self) -> Health {

@@ -830,6 +830,10 @@ impl Pool for Member {
         self.pool.name()
     }
 
+    fn last_connect_error(&self) -> Option<String> {
+        Pool::last_connect_error(&self.pool)
+    }
+
     fn backend(&self) -> &'static str {
         PgManager::BACKEND
     }

@@ -265,6 +265,10 @@ impl pool_core::Pool for RedisPool {
         &self.inner.name
     }
 
+    fn last_connect_error(&self) -> Option<String> {
+        pool_core::Pool::last_connect_error(&self.inner.exclusive)
+    }
+
     fn backend(&self) -> &'static str {
         <RedisManager as pool_core::Manager>::BACKEND
     }

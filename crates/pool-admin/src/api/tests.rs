@@ -392,6 +392,34 @@ async fn health_is_503_with_the_same_body_when_a_pool_fails_its_check() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A pool that cannot connect makes the health check wait for a connection past the admin's
+/// `health_timeout`: the error says why no connection comes, not only that it timed out.
+#[tokio::test(start_paused = true)]
+async fn a_health_check_that_times_out_names_the_last_connect_error() {
+    let down = TestManager::new();
+    down.fail_connects(true);
+    let pool = ConnectionPool::builder(down.clone())
+        .name("down")
+        .pool_size(1)
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let registry = Registry::new();
+    registry.register(Arc::new(pool)).unwrap();
+    let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
+        .health_timeout(Duration::from_secs(1))
+        .build();
+    down.wait_until(|c| c.failed_connects >= 1).await;
+    let (status, body) = get(&router(state), &format!("{PREFIX}/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    conforms("HealthResponse", &body);
+    assert_eq!(
+        body["pools"]["test:down"]["error"],
+        "health check timed out after 1s; last connect error: test manager: connection refused",
+        "{body:#}"
+    );
+}
+
 #[tokio::test]
 async fn recommendations_appear_after_samples() {
     let f = fixture(false).await;

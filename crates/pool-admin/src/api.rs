@@ -308,6 +308,9 @@ pub fn router(state: AdminState) -> Router {
     let admin = admin.merge(metrics);
     let admin = if state.inner.dashboard { admin.merge(crate::dashboard::routes()) } else { admin };
     admin
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed here"))
+        })
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

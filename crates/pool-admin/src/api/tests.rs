@@ -392,6 +392,24 @@ async fn health_is_503_with_the_same_body_when_a_pool_fails_its_check() {
     assert_eq!(status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn a_wrong_method_gets_a_json_405_that_lists_the_allowed_ones() {
+    let f = fixture(false).await;
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{PREFIX}/reset-stats"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(HttpBody::empty())
+        .unwrap();
+    let resp = f.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    conforms("Error", &body);
+    assert_eq!(body["error"], "GET is not allowed here");
+}
+
 /// A pool that cannot connect makes the health check wait for a connection past the admin's
 /// `health_timeout`: the error says why no connection comes, not only that it timed out.
 #[tokio::test(start_paused = true)]

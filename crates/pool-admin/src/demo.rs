@@ -8,6 +8,7 @@ use std::time::Duration;
 use pool_admin::Pools;
 use pool_postgres::sqlx;
 use pool_redis::fred::interfaces::KeysInterface;
+use pool_redis::fred::types::Expiration;
 
 /// Starts the load; abort the handle to stop it.
 pub(crate) fn spawn(pools: &Arc<Pools>) -> tokio::task::JoinHandle<()> {
@@ -39,8 +40,10 @@ pub(crate) fn spawn(pools: &Arc<Pools>) -> tokio::task::JoinHandle<()> {
                     if let Some(redis) = &pools.redis {
                         for pool in redis.iter() {
                             let key = format!("pool-admin-demo:{}", step % 100);
+                            // On the shared Redis too: the keys expire a minute after the demo.
+                            let ttl = Some(Expiration::EX(60));
                             let _: Result<(), _> =
-                                pool.shared().set(&key, step, None, None, false).await;
+                                pool.shared().set(&key, step, ttl, None, false).await;
                             let _: Result<Option<u64>, _> = pool.shared().get(&key).await;
                             if step.is_multiple_of(10)
                                 && let Ok(conn) = pool.exclusive().await

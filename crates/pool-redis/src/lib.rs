@@ -10,6 +10,9 @@ mod shared;
 mod stats;
 
 pub use fred;
+/// The engine this crate is built on (`Registry`, the `Pool` trait), so users get the matching
+/// version without a dependency of their own.
+pub use pool_core;
 
 pub use crate::config::{DEFAULT_URL, PoolSettings, RedisConfig};
 pub use crate::connection::RedisConnection;

@@ -91,16 +91,39 @@ impl PoolConfig {
 
     /// Checks every setting.
     ///
+    /// When `pool_size + max_overflow` is over the limit of 100000 connections, the error
+    /// names the setting that is over its share: `pool_size` when it exceeds the limit alone
+    /// or is the larger of the two, `max_overflow` otherwise, with the other one's value in
+    /// the reason (`pool_size = 100000: must not exceed 99996, as pool_size + max_overflow
+    /// (4) must not exceed 100000`).
+    ///
     /// # Errors
     ///
     /// [`BuildError::Invalid`] naming the first setting whose value makes no sense.
     pub fn validate(&self) -> Result<(), BuildError> {
+        self.validate_blaming(None)
+    }
+
+    /// [`validate`](Self::validate) for a resize from `from` (`pool_size`, `max_overflow`) to
+    /// this config's size: a size over the limit blames the one of the two that changed, the
+    /// key the caller sent, and falls back on `validate`'s choice when both changed.
+    pub(crate) fn validate_resize(&self, from: (usize, usize)) -> Result<(), BuildError> {
+        let changed = match (self.pool_size != from.0, self.max_overflow != from.1) {
+            (true, false) => Some(SizeSetting::PoolSize),
+            (false, true) => Some(SizeSetting::MaxOverflow),
+            _ => None,
+        };
+        self.validate_blaming(changed)
+    }
+
+    /// Checks every setting; `changed` picks the setting blamed for a size over the limit.
+    fn validate_blaming(&self, changed: Option<SizeSetting>) -> Result<(), BuildError> {
         fn invalid(
             setting: &'static str,
             value: impl std::fmt::Debug,
-            reason: &'static str,
+            reason: impl Into<String>,
         ) -> BuildError {
-            BuildError::Invalid { setting, value: format!("{value:?}"), reason }
+            BuildError::Invalid { setting, value: format!("{value:?}"), reason: reason.into() }
         }
         let at_most = |setting, d: Duration| {
             if d <= MAX_DURATION {
@@ -127,15 +150,10 @@ impl PoolConfig {
         if self.pool_size == 0 {
             return Err(invalid("pool_size", 0, "must be at least 1"));
         }
-        match self.pool_size.checked_add(self.max_overflow) {
-            Some(max) if max <= MAX_CONNECTIONS => {}
-            _ => {
-                return Err(invalid(
-                    "max_overflow",
-                    self.max_overflow,
-                    "pool_size + max_overflow must not exceed 100000",
-                ));
-            }
+        if let Some((setting, value, reason)) =
+            size_error(self.pool_size, self.max_overflow, changed)
+        {
+            return Err(invalid(setting, value, reason));
         }
         positive("pool_timeout", self.pool_timeout)?;
         positive("connect_timeout", self.connect_timeout)?;
@@ -169,6 +187,63 @@ impl PoolConfig {
         }
         Ok(())
     }
+}
+
+/// One of the two settings whose sum [`MAX_CONNECTIONS`] limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeSetting {
+    PoolSize,
+    MaxOverflow,
+}
+
+/// The setting to blame, its value and why, when `pool_size + max_overflow` is over
+/// [`MAX_CONNECTIONS`]; `None` when it is not.
+///
+/// A setting over the limit on its own is blamed first (`pool_size` before `max_overflow`).
+/// Otherwise `changed` is blamed, if given, else the larger of the two, `max_overflow` on a
+/// tie: a `pool_size` of 100000 with the default `max_overflow` is `pool_size`'s fault.
+fn size_error(
+    pool_size: usize,
+    max_overflow: usize,
+    changed: Option<SizeSetting>,
+) -> Option<(&'static str, usize, String)> {
+    if pool_size.checked_add(max_overflow).is_some_and(|max| max <= MAX_CONNECTIONS) {
+        return None;
+    }
+    let blamed = if pool_size > MAX_CONNECTIONS {
+        SizeSetting::PoolSize
+    } else if max_overflow > MAX_CONNECTIONS {
+        SizeSetting::MaxOverflow
+    } else {
+        changed.unwrap_or(if pool_size > max_overflow {
+            SizeSetting::PoolSize
+        } else {
+            SizeSetting::MaxOverflow
+        })
+    };
+    Some(match blamed {
+        SizeSetting::PoolSize if pool_size > MAX_CONNECTIONS => (
+            "pool_size",
+            pool_size,
+            format!("must not exceed {MAX_CONNECTIONS}, the limit on pool_size + max_overflow"),
+        ),
+        SizeSetting::PoolSize => (
+            "pool_size",
+            pool_size,
+            format!(
+                "must not exceed {}, as pool_size + max_overflow ({max_overflow}) must not exceed {MAX_CONNECTIONS}",
+                MAX_CONNECTIONS - max_overflow
+            ),
+        ),
+        SizeSetting::MaxOverflow => (
+            "max_overflow",
+            max_overflow,
+            format!(
+                "must not exceed {}, as pool_size ({pool_size}) + max_overflow must not exceed {MAX_CONNECTIONS}",
+                MAX_CONNECTIONS - pool_size
+            ),
+        ),
+    })
 }
 
 /// Builds a [`ConnectionPool`]: `ConnectionPool::builder(manager).pool_size(5).build()`.
@@ -251,11 +326,90 @@ impl<M: Manager> Builder<M> {
             return Err(BuildError::Invalid {
                 setting: "name",
                 value: "\"\"".to_owned(),
-                reason: "must not be empty",
+                reason: "must not be empty".to_owned(),
             });
         }
         self.config.validate()?;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         Ok(ConnectionPool::start(self, &handle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(pool_size: usize, max_overflow: usize) -> PoolConfig {
+        PoolConfig { pool_size, max_overflow, ..PoolConfig::default() }
+    }
+
+    /// A sum over the limit names the setting over its share, with the other one's value.
+    #[test]
+    fn the_size_limit_names_the_setting_over_its_share() {
+        let cases: [((usize, usize), Option<&str>); 8] = [
+            ((100_000, 0), None),
+            ((99_990, 10), None),
+            (
+                (100_000, 4),
+                Some(
+                    "invalid pool setting pool_size = 100000: must not exceed 99996, as pool_size + max_overflow (4) must not exceed 100000",
+                ),
+            ),
+            (
+                (200_000, 0),
+                Some(
+                    "invalid pool setting pool_size = 200000: must not exceed 100000, the limit on pool_size + max_overflow",
+                ),
+            ),
+            (
+                (200_000, usize::MAX),
+                Some(
+                    "invalid pool setting pool_size = 200000: must not exceed 100000, the limit on pool_size + max_overflow",
+                ),
+            ),
+            (
+                (10, 99_991),
+                Some(
+                    "invalid pool setting max_overflow = 99991: must not exceed 99990, as pool_size (10) + max_overflow must not exceed 100000",
+                ),
+            ),
+            (
+                (99_999, usize::MAX),
+                Some(
+                    "invalid pool setting max_overflow = 18446744073709551615: must not exceed 1, as pool_size (99999) + max_overflow must not exceed 100000",
+                ),
+            ),
+            // A tie blames the extra connections.
+            (
+                (50_001, 50_001),
+                Some(
+                    "invalid pool setting max_overflow = 50001: must not exceed 49999, as pool_size (50001) + max_overflow must not exceed 100000",
+                ),
+            ),
+        ];
+        for ((pool_size, max_overflow), expected) in cases {
+            let got = sized(pool_size, max_overflow).validate().map_err(|e| e.to_string());
+            assert_eq!(
+                got,
+                expected.map_or(Ok(()), |e| Err(e.to_owned())),
+                "{pool_size}+{max_overflow}"
+            );
+        }
+    }
+
+    /// A resize over the limit names the setting it changed, whichever is larger.
+    #[test]
+    fn a_resize_over_the_size_limit_names_the_setting_it_changed() {
+        for (from, (pool_size, max_overflow), expected) in [
+            ((10, 4), (100_000, 4), "pool_size = 100000: must not exceed 99996"),
+            ((99_990, 0), (99_990, 20), "max_overflow = 20: must not exceed 10"),
+            ((10, 99_990), (20, 99_990), "pool_size = 20: must not exceed 10"),
+            // Both changed: the larger one, as `validate` picks.
+            ((10, 20), (99_990, 20_000), "pool_size = 99990: must not exceed 80000"),
+        ] {
+            let err = sized(pool_size, max_overflow).validate_resize(from).unwrap_err().to_string();
+            assert!(err.contains(expected), "{from:?} to {pool_size}+{max_overflow}: {err}");
+        }
+        assert_eq!(sized(99_990, 10).validate_resize((10, 20)), Ok(()));
     }
 }

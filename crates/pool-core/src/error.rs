@@ -91,8 +91,9 @@ pub enum BuildError {
         setting: &'static str,
         /// The rejected value, as written in Rust's debug format.
         value: String,
-        /// What the value must be.
-        reason: &'static str,
+        /// What the value must be; it may name the value of a related setting (the size limit
+        /// names `max_overflow` when it blames `pool_size`, and the other way round).
+        reason: String,
     },
     /// `build` was called outside a tokio runtime.
     #[error("a pool must be built inside a tokio runtime (it spawns its maintenance task)")]

@@ -705,7 +705,8 @@ impl<M: Manager> ConnectionPool<M> {
     ///
     /// # Errors
     ///
-    /// [`ResizeError::Invalid`] for a zero `pool_size` or a total above the limit,
+    /// [`ResizeError::Invalid`] for a zero `pool_size` or a total above the limit, naming the
+    /// one of the two that changed (the one with the larger value when both did),
     /// [`ResizeError::Closed`] once the pool is closed.
     pub fn resize(&self, pool_size: usize, max_overflow: usize) -> Result<(), ResizeError> {
         let shared = &self.shared;
@@ -713,7 +714,13 @@ impl<M: Manager> ConnectionPool<M> {
             |source: BuildError| ResizeError::Invalid { pool: shared.name.clone(), source };
         let mut check = PoolConfig { pool_size, max_overflow, ..shared.config.clone() };
         check.min_idle = check.min_idle.map(|m| m.min(pool_size));
-        check.validate().map_err(invalid)?;
+        // The current size only picks which setting an error names; a resize racing this one
+        // can at worst make it name the other.
+        let from = {
+            let st = shared.lock();
+            (st.pool_size, st.max_overflow)
+        };
+        check.validate_resize(from).map_err(invalid)?;
         let (retired, n) = {
             let mut st = shared.lock();
             if st.closed {

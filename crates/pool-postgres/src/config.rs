@@ -94,12 +94,16 @@ fn apply(
         set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
     }
     // A value that parses but that the pool would refuse is still the variable's fault.
-    // The size limit is on `pool_size + max_overflow`, reported as `max_overflow`: a
-    // `DATABASE_POOL_SIZE` alone can break it.
+    // The size limit is on `pool_size + max_overflow`, reported as one of the two: the other's
+    // variable alone can break it.
     if let Err(BuildError::Invalid { setting, reason, .. }) = config.validate() {
         let named = |name: &str| set.iter().position(|(s, _, _)| *s == name);
-        let blamed =
-            named(setting).or_else(|| named("pool_size").filter(|_| setting == "max_overflow"));
+        let other = match setting {
+            "pool_size" => Some("max_overflow"),
+            "max_overflow" => Some("pool_size"),
+            _ => None,
+        };
+        let blamed = named(setting).or_else(|| other.and_then(named));
         if let Some(i) = blamed {
             let (_, variable, value) = set.swap_remove(i);
             return Err(EnvError { variable, value, reason: reason.to_owned() });

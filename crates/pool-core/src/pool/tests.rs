@@ -41,6 +41,11 @@ fn build_rejects_bad_settings_naming_them() {
     let cases: Vec<(Builder<TestManager>, &str)> = vec![
         (builder(&m).pool_size(0), "invalid pool setting pool_size = 0: must be at least 1"),
         (builder(&m).max_overflow(usize::MAX), "max_overflow = 18446744073709551615"),
+        // A size over the limit names pool_size when it is pool_size that is too large.
+        (
+            builder(&m).pool_size(100_000).max_overflow(4),
+            "invalid pool setting pool_size = 100000: must not exceed 99996, as pool_size + max_overflow (4) must not exceed 100000",
+        ),
         (builder(&m).pool_timeout(Duration::ZERO), "pool_timeout = 0ns: must be greater than zero"),
         (builder(&m).connect_timeout(Duration::ZERO), "connect_timeout = 0ns"),
         (builder(&m).pool_recycle(Some(Duration::ZERO)), "pool_recycle = 0ns"),
@@ -1097,4 +1102,25 @@ async fn an_observer_sees_every_timed_event_as_it_happens() {
         ("acquired", Duration::ZERO),
     ];
     assert_eq!(seen, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resize_over_the_size_limit_names_the_setting_it_changed() {
+    let m = TestManager::new();
+    // No warm connections, so growing opens nothing.
+    let pool = builder(&m).pool_size(2).max_overflow(4).min_idle(Some(0)).build().unwrap();
+    let err = pool.resize(100_000, 4).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot resize pool \"t\": invalid pool setting pool_size = 100000: must not exceed 99996, as pool_size + max_overflow (4) must not exceed 100000"
+    );
+    pool.resize(99_990, 0).unwrap();
+    // pool_size is the larger, but max_overflow is what this resize changed.
+    let err = pool.resize(99_990, 20).unwrap_err().to_string();
+    assert!(err.contains("invalid pool setting max_overflow = 20: must not exceed 10"), "{err}");
+    assert_eq!(
+        (pool.config().pool_size, pool.config().max_overflow),
+        (99_990, 0),
+        "a refused resize changes nothing"
+    );
 }

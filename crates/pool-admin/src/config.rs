@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use pool_postgres::PgManager;
+use pool_postgres::sqlx;
+use pool_redis::{PoolSettings, RedisConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything `pool-admin serve` runs: the admin server and the pools.
@@ -74,6 +77,10 @@ impl Default for ServerConfig {
 
 /// The most clients the admin server may serve at once (`admin.max_connections`).
 const MAX_ADMIN_CONNECTIONS: usize = 65_536;
+
+/// The most connections one pool may open, `pool_size + max_overflow` (PostgreSQL) or
+/// `max_connections` (Redis): pool-core's engine refuses more.
+const MAX_POOL_CONNECTIONS: usize = 100_000;
 
 /// One PostgreSQL pool (and its replicas' pools).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -274,7 +281,23 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The file could not be read, or a key is unknown.
+    /// A key that no setting has: a typo, or a setting put in another section.
+    #[error(
+        "unknown key {key} in {source_name}{} (known keys: {})",
+        .suggestion.as_ref().map_or_else(String::new, |s| format!(": did you mean {s}?")),
+        .known.join(", ")
+    )]
+    UnknownKey {
+        /// The key, dotted (`postgres.main.pool_sise`).
+        key: String,
+        /// Where it was found (`TOML file pool-admin.toml`).
+        source_name: String,
+        /// The known key closest to it, when one is close.
+        suggestion: Option<String>,
+        /// The keys its section knows.
+        known: Vec<String>,
+    },
+    /// The file is missing, a directory or unreadable, or does not parse.
     #[error("{0}")]
     Other(String),
 }
@@ -295,6 +318,44 @@ const ENV: &[(&str, &str)] = &[
     ("REDIS_POOL_SIZE", "redis.main.pool_size"),
     ("REDIS_MAX_CONNECTIONS", "redis.main.max_connections"),
 ];
+
+/// The config file, read once (so a pipe works as well as a file) and named by its path in
+/// errors.
+struct TomlFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl TomlFile {
+    /// Reads the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Other`] naming the path when it does not exist, is a directory or cannot be
+    /// read.
+    fn read(path: &Path) -> Result<TomlFile, ConfigError> {
+        let problem = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+            Err(e) => format!("cannot be read: {e}"),
+            Ok(m) if m.is_dir() => "is a directory, not a file".to_owned(),
+            Ok(_) => match std::fs::read_to_string(path) {
+                Ok(text) => return Ok(TomlFile { path: path.to_owned(), text }),
+                Err(e) => format!("cannot be read: {e}"),
+            },
+        };
+        Err(ConfigError::Other(format!("config file {} {problem}", path.display())))
+    }
+}
+
+impl Provider for TomlFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", figment::Source::File(self.path.clone()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Toml::string(&self.text).data()
+    }
+}
 
 /// One environment variable as a figment provider, so errors can name it.
 struct EnvVar {
@@ -354,24 +415,25 @@ impl AdminConfig {
     /// over the built-in defaults) beside the file's pools. `REDIS_URL` sets the URL every Redis
     /// pool uses and adds no pool.
     ///
+    /// Everything `pool-admin serve` would refuse before it connects is refused here, so that
+    /// `pool-admin config check` and `serve` agree: URLs that do not parse (a bad port, an
+    /// unknown `sslmode`), settings the pools' engines refuse, and a non-loopback `admin.listen`
+    /// without an `admin.token`.
+    ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] naming the key, its source and its value, or
-    /// [`ConfigError::Other`] for an unreadable file or an unknown key.
+    /// [`ConfigError::Invalid`] naming the key, its source and its value (passwords hidden),
+    /// [`ConfigError::UnknownKey`] for a key no setting has, or [`ConfigError::Other`] for a file
+    /// that is missing, a directory, unreadable or not TOML.
     pub fn load(
         file: Option<&Path>,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<AdminConfig, ConfigError> {
         let mut defaults = AdminConfig::default();
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::Other(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
+        let file = file.map(TomlFile::read).transpose()?;
+        if let Some(file) = &file {
             // A file that lists its own pools replaces the default pools of that backend.
-            let own = Figment::from(Toml::file(path));
+            let own = Figment::from(file);
             if own.find_value("postgres").is_ok() {
                 defaults.postgres.clear();
             }
@@ -380,8 +442,8 @@ impl AdminConfig {
             }
         }
         let mut figment = Figment::from(Serialized::defaults(defaults.for_merge()));
-        if let Some(path) = file {
-            figment = figment.merge(Toml::file(path));
+        if let Some(file) = file {
+            figment = figment.merge(file);
         }
         for (var, key) in ENV {
             if let Some(value) = lookup(var) {
@@ -406,15 +468,26 @@ impl AdminConfig {
 
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |key: String, value: String, reason: &str| {
+            // `postgres.main.replicas[1]` came from wherever `postgres.main.replicas` did.
+            let lookup =
+                key.strip_suffix(']').and_then(|k| k.rsplit_once('[')).map_or(&*key, |(k, _)| k);
             let source_name =
-                figment.find_metadata(&key).map_or_else(|| "defaults".to_owned(), source_of);
+                figment.find_metadata(lookup).map_or_else(|| "defaults".to_owned(), source_of);
             ConfigError::Invalid { key, source_name, value, reason: reason.to_owned() }
         };
-        let too_long = |key: String, v: f64| {
-            invalid(key, v.to_string(), "must be at most 100 years (3153600000 seconds)")
+        let duration = |key: String, v: f64| match duration_problem(v) {
+            Some(reason) => Err(invalid(key, v.to_string(), reason)),
+            None => Ok(()),
         };
         for (name, pg) in &self.postgres {
             let key = |k: &str| format!("postgres.{name}.{k}");
+            if name.is_empty() {
+                return Err(invalid(
+                    "postgres".into(),
+                    "\"\"".into(),
+                    "a pool's name must not be empty",
+                ));
+            }
             for (k, v) in [
                 ("pool_timeout", pg.pool_timeout),
                 ("pool_recycle", pg.pool_recycle),
@@ -428,12 +501,20 @@ impl AdminConfig {
                 ("replica_timeout", pg.replica_timeout),
                 ("lag_probe_interval", pg.lag_probe_interval),
             ] {
-                if !within_limit(v) {
-                    return Err(too_long(key(k), v));
-                }
+                duration(key(k), v)?;
             }
             if pg.pool_size == 0 {
                 return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
+            }
+            if pg.pool_size.checked_add(pg.max_overflow).is_none_or(|n| n > MAX_POOL_CONNECTIONS) {
+                return Err(invalid(
+                    key("max_overflow"),
+                    pg.max_overflow.to_string(),
+                    &format!(
+                        "pool_size + max_overflow must not exceed {MAX_POOL_CONNECTIONS} (pool_size is {})",
+                        pg.pool_size
+                    ),
+                ));
             }
             for (k, v) in [
                 ("pool_timeout", pg.pool_timeout),
@@ -478,36 +559,47 @@ impl AdminConfig {
                     &format!("must be at most pool_size ({})", pg.pool_size),
                 ));
             }
-            if !pg.url.0.starts_with("postgres://") && !pg.url.0.starts_with("postgresql://") {
-                return Err(invalid(key("url"), pg.url.redacted(), "must be a postgres:// URL"));
+            if let Some(reason) = postgres_url_problem(pg.url.expose()) {
+                return Err(invalid(key("url"), pg.url.redacted(), &reason));
             }
-            for r in &pg.replicas {
-                if !r.0.starts_with("postgres://") && !r.0.starts_with("postgresql://") {
-                    return Err(invalid(key("replicas"), r.redacted(), "must be postgres:// URLs"));
+            for (i, r) in pg.replicas.iter().enumerate() {
+                if let Some(reason) = postgres_url_problem(r.expose()) {
+                    return Err(invalid(key(&format!("replicas[{i}]")), r.redacted(), &reason));
+                }
+                // The replicas' pools are registered as `<name>-replica-<n>`, beside the others.
+                let pool = format!("{name}-replica-{}", i + 1);
+                if self.postgres.contains_key(&pool) {
+                    return Err(invalid(
+                        key(&format!("replicas[{i}]")),
+                        r.redacted(),
+                        &format!(
+                            "its pool is named {pool}, as is the pool of [postgres.{pool}]: rename that pool"
+                        ),
+                    ));
                 }
             }
         }
         if !self.redis.is_empty()
-            && !self.redis_url.0.starts_with("redis://")
-            && !self.redis_url.0.starts_with("rediss://")
+            && let Some(reason) = redis_url_problem(self.redis_url.expose())
         {
-            return Err(invalid(
-                "redis_url".into(),
-                self.redis_url.redacted(),
-                "must be a redis:// URL",
-            ));
+            return Err(invalid("redis_url".into(), self.redis_url.redacted(), &reason));
         }
         for (name, r) in &self.redis {
             let key = |k: &str| format!("redis.{name}.{k}");
+            if name.is_empty() {
+                return Err(invalid(
+                    "redis".into(),
+                    "\"\"".into(),
+                    "a pool's name must not be empty",
+                ));
+            }
             for (k, v) in [
                 ("pool_timeout", r.pool_timeout),
                 ("health_check_interval", r.health_check_interval),
                 ("command_timeout", r.command_timeout),
                 ("shared_command_timeout", r.shared_command_timeout),
             ] {
-                if !within_limit(v) {
-                    return Err(too_long(key(k), v));
-                }
+                duration(key(k), v)?;
             }
             if r.pool_size == 0 {
                 return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
@@ -518,6 +610,16 @@ impl AdminConfig {
                     r.max_connections.to_string(),
                     "must be at least pool_size",
                 ));
+            }
+            if r.max_connections > MAX_POOL_CONNECTIONS {
+                return Err(invalid(
+                    key("max_connections"),
+                    r.max_connections.to_string(),
+                    &format!("must be at most {MAX_POOL_CONNECTIONS}"),
+                ));
+            }
+            if r.shared_clients == 0 {
+                return Err(invalid(key("shared_clients"), "0".into(), "must be at least 1"));
             }
             for (k, v) in [("pool_timeout", r.pool_timeout)] {
                 if !(v.is_finite() && v > 0.0) {
@@ -554,9 +656,7 @@ impl AdminConfig {
             ("admin.health_timeout", self.admin.health_timeout),
             ("admin.request_timeout", self.admin.request_timeout),
         ] {
-            if !within_limit(v) {
-                return Err(too_long(k.to_owned(), v));
-            }
+            duration(k.to_owned(), v)?;
             if !(v.is_finite() && v > 0.0) {
                 return Err(invalid(
                     k.to_owned(),
@@ -582,7 +682,65 @@ impl AdminConfig {
         if self.admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
             return Err(invalid("admin.token".into(), "\"\"".into(), "must not be empty"));
         }
+        let listen = self.admin.listen;
+        if self.admin.token.is_none() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.listen".into(),
+                listen.to_string(),
+                &token_required(listen),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Why `serve` refuses to listen on `listen` without a token: the same words as
+/// [`ServeError::TokenRequired`](crate::ServeError::TokenRequired), which refuses it again for a
+/// config that did not come through [`AdminConfig::load`].
+fn token_required(listen: SocketAddr) -> String {
+    format!(
+        "refusing to listen on {listen} without an admin token: set POOL_ADMIN_TOKEN or admin.token, or listen on a loopback address"
+    )
+}
+
+/// Why `url` is not a PostgreSQL URL the pools can connect with (what
+/// [`PgManager::from_url`] finds, as `serve` does when it builds them); `None` when it is one.
+fn postgres_url_problem(url: &str) -> Option<String> {
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Some("must be a postgres:// URL".to_owned());
+    }
+    let e = PgManager::from_url(url).err()?;
+    Some(format!("not a valid PostgreSQL URL: {}", innermost(&e.source)))
+}
+
+/// What sqlx says is wrong, without its wrappers: sqlx wraps some configuration errors in
+/// another, which would print "error with configuration: error with configuration: …".
+fn innermost(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => match inner.downcast_ref::<sqlx::Error>() {
+            Some(e) => innermost(e),
+            None => inner.to_string(),
+        },
+        e => e.to_string(),
+    }
+}
+
+/// Why `url` is not a Redis URL the pools can connect with (what pool-redis's
+/// [`RedisConfig::validate`] finds, as `serve` does when it builds them); `None` when it is one.
+fn redis_url_problem(url: &str) -> Option<String> {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Some("must be a redis:// URL".to_owned());
+    }
+    // fred parses with the `url` crate but keeps only the kind of failure ("InvalidPort"): the
+    // same parser (reqwest's `Url`) first, for its own words ("invalid port number").
+    if let Err(e) = reqwest::Url::parse(url) {
+        return Some(format!("not a valid Redis URL: {e}"));
+    }
+    match RedisConfig::new(url).pool("main", PoolSettings::default()).validate() {
+        Err(pool_redis::ConfigError::Url { source, .. }) => {
+            Some(format!("not a valid Redis URL: {}", source.details()))
+        }
+        _ => None,
     }
 }
 
@@ -618,16 +776,25 @@ fn describe(figment: &Figment, e: figment::Error) -> ConfigError {
             source_name,
             reason: format!("expected {expected}"),
         },
+        figment::error::Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
+            suggestion: closest(field, expected).map(str::to_owned),
+            known: expected.iter().map(|k| (*k).to_owned()).collect(),
+            key,
+            source_name,
+        },
         figment::error::Kind::Message(msg) if !key.is_empty() => {
             let value = figment
                 .find_value(&key)
                 .map_or_else(|_| "(unknown)".to_owned(), |v| actual_value(&key, &v.to_actual()));
             ConfigError::Invalid { key, source_name, value, reason: msg.clone() }
         }
-        _ => ConfigError::Other(if key.is_empty() {
-            e.to_string()
-        } else {
-            format!("{key}: {e} (from {source_name})")
+        // A file that is not TOML (the parser's message shows the line), or another complaint:
+        // figment's words for it and where it was, each said once (figment's own `Display`
+        // names the file twice and prefixes the key with the profile, `default.`).
+        kind => ConfigError::Other(match (key.is_empty(), e.metadata.is_some()) {
+            (true, true) => format!("{source_name}: {}", kind.to_string().trim_end()),
+            (true, false) => e.to_string(),
+            (false, _) => format!("{key} in {source_name}: {kind}"),
         }),
     }
 }
@@ -645,11 +812,57 @@ fn actual_value(key: &str, actual: &figment::error::Actual) -> String {
 /// (longer ones would overflow its clock).
 const MAX_SECS: f64 = pool_core::MAX_DURATION.as_secs_f64();
 
-/// Whether `v` seconds, if positive, is a duration the pools accept: one that
-/// [`Duration::try_from_secs_f64`] converts and at most [`MAX_SECS`]. Zero, negative and
-/// non-finite values pass here; the checks of each setting judge those.
-fn within_limit(v: f64) -> bool {
-    !(v > 0.0 && v.is_finite()) || (v <= MAX_SECS && Duration::try_from_secs_f64(v).is_ok())
+/// Why `v` seconds, if positive, is not a duration the pools accept: over [`MAX_SECS`] (or more
+/// than [`Duration::try_from_secs_f64`] converts), or under one nanosecond, which converts to
+/// zero and the pools refuse. Zero, negative and non-finite values pass here; the checks of
+/// each setting judge those.
+fn duration_problem(v: f64) -> Option<&'static str> {
+    if !(v > 0.0 && v.is_finite()) {
+        None
+    } else if v > MAX_SECS || Duration::try_from_secs_f64(v).is_err() {
+        Some("must be at most 100 years (3153600000 seconds)")
+    } else if Duration::from_secs_f64(v).is_zero() {
+        Some("is less than a nanosecond (1e-9 seconds), the shortest duration the pools take")
+    } else {
+        None
+    }
+}
+
+/// The known key closest to `typo`, if one is close enough to be what was meant: at most one
+/// edit per three characters (and at least one), as rustc suggests names.
+fn closest<'a>(typo: &str, known: &[&'a str]) -> Option<&'a str> {
+    let most = typo.chars().count().max(3) / 3;
+    known
+        .iter()
+        .map(|k| (edit_distance(typo, k), *k))
+        .filter(|&(d, _)| d <= most)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| k)
+}
+
+/// The edits (insertions, deletions, substitutions, swaps of neighbours) that turn `a` into `b`:
+/// the optimal string alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: the distance between a's first i characters and b's first j.
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Seconds as a duration; `None` for zero, less, or not a number. [`AdminConfig::load`]

@@ -305,15 +305,234 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
     assert_eq!(c.redis["main"].pool_size, 3);
 }
 
+/// An unknown key reads as the key without figment's profile (`default.`), the file named once,
+/// the closest known key when one is close, and the known keys, without nested backticks.
 #[test]
-fn unknown_keys_and_missing_files_are_errors() {
-    let f = file("[postgres.main]\npool_sise = 3\n");
-    let err = AdminConfig::load(Some(&f.0), env(&[])).unwrap_err().to_string();
-    assert!(err.contains("pool_sise"), "{err}");
+fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
+    let pg_keys = "url, replicas, pool_size, max_overflow, pool_timeout, pool_recycle, \
+                   connect_timeout, pool_pre_ping, pre_ping_bypass, pool_use_lifo, min_idle, \
+                   health_check_interval, max_connecting, idle_timeout, leak_detection_threshold, \
+                   max_replica_lag, replica_ban, replica_timeout, lag_probe_interval, \
+                   connection_budget";
+    let cases = [
+        (
+            "[postgres.main]\npool_sise = 3\n",
+            format!(
+                "unknown key postgres.main.pool_sise in TOML file {{}}: did you mean pool_size? (known keys: {pg_keys})"
+            ),
+        ),
+        (
+            "[postgres.main]\nfrobnicate = 3\n",
+            format!("unknown key postgres.main.frobnicate in TOML file {{}} (known keys: {pg_keys})"),
+        ),
+        (
+            "[admn]\nlisten = \"127.0.0.1:1\"\n",
+            "unknown key admn in TOML file {}: did you mean admin? (known keys: admin, postgres, redis, redis_url)".to_owned(),
+        ),
+        (
+            "[redis.cache]\nsharedclients = 2\n",
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: pool_size, max_connections, shared_clients, socket_keepalive, retry_on_timeout, command_timeout, shared_command_timeout, health_check_interval, pool_timeout)".to_owned(),
+        ),
+    ];
+    for (toml, expected) in cases {
+        let f = file(toml);
+        let err = AdminConfig::load(Some(&f.0), env(&[])).unwrap_err();
+        let path = f.0.display().to_string();
+        assert_eq!(err.to_string(), expected.replace("{}", &path), "{toml:?}");
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn edit_distance_counts_insertions_deletions_substitutions_and_swaps() {
+    let cases = [
+        ("pool_size", "pool_size", 0),
+        ("pool_sise", "pool_size", 1),
+        ("pool_siez", "pool_size", 1),
+        ("poolsize", "pool_size", 1),
+        ("", "url", 3),
+        ("kitten", "sitting", 3),
+    ];
+    for (a, b, d) in cases {
+        assert_eq!((edit_distance(a, b), edit_distance(b, a)), (d, d), "{a:?} {b:?}");
+    }
+    let known = ["url", "replicas", "pool_size", "pool_timeout"];
+    assert_eq!(closest("pool_tmeout", &known), Some("pool_timeout"));
+    assert_eq!(closest("uri", &known), Some("url"));
+    assert_eq!(closest("size", &known), None, "five edits from pool_size is not close");
+    assert_eq!(closest("xyz", &known), None);
+}
+
+#[test]
+fn missing_directory_and_unreadable_files_are_errors_naming_the_path() {
     let err =
         AdminConfig::load(Some(std::path::Path::new("/nonexistent/pool-admin.toml")), env(&[]))
             .unwrap_err();
     assert_eq!(err.to_string(), "config file /nonexistent/pool-admin.toml does not exist");
+    // A directory used to be taken for a missing file's defaults, silently.
+    let f = file("");
+    let dir = f.0.parent().unwrap();
+    let err = AdminConfig::load(Some(dir), env(&[])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("config file {} is a directory, not a file", dir.display())
+    );
+    // Bytes that are not UTF-8 cannot be read as TOML text.
+    std::fs::write(&f.0, b"pool_size = \xff\n").unwrap();
+    let err = AdminConfig::load(Some(&f.0), env(&[])).unwrap_err().to_string();
+    let start = format!("config file {} cannot be read: ", f.0.display());
+    assert!(err.starts_with(&start), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_toml_names_the_file_once_and_the_line() {
+    let f = file("[postgres.main\npool_size = 3\n");
+    let err = AdminConfig::load(Some(&f.0), env(&[])).unwrap_err().to_string();
+    let path = f.0.display().to_string();
+    assert!(err.starts_with(&format!("TOML file {path}: TOML parse error at line 1")), "{err}");
+    assert_eq!(err.matches(&path).count(), 1, "{err}");
+}
+
+/// What `pool-admin serve` refuses before it connects, `load` refuses first, so that
+/// `config check` and `serve` agree; every message names the key, its source and the value with
+/// its password hidden.
+#[test]
+fn what_serve_refuses_load_refuses_naming_key_source_and_value() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[],
+            Some("[postgres.main]\nurl = \"postgres://app:hunter2@db:notaport/app\"\n"),
+            "invalid value for postgres.main.url = postgres://app:***@db:notaport/app from TOML file …: not a valid PostgreSQL URL: invalid port number",
+        ),
+        (
+            &[(
+                "DATABASE_REPLICA_URLS",
+                "postgres://app:hunter2@r1/app,postgres://app:hunter2@r2:99999/app",
+            )],
+            None,
+            "invalid value for postgres.main.replicas[1] = postgres://app:***@r2:99999/app from environment variable DATABASE_REPLICA_URLS: not a valid PostgreSQL URL: invalid port number",
+        ),
+        (
+            &[],
+            Some("[postgres.main]\nreplicas = [\"postgres://r:99999/app\"]\n"),
+            "invalid value for postgres.main.replicas[0] = postgres://r:99999/app from TOML file …: not a valid PostgreSQL URL: invalid port number",
+        ),
+        (
+            &[("DATABASE_URL", "postgres://app:hunter2@db/app?sslmode=bogus")],
+            None,
+            "invalid value for postgres.main.url = postgres://app:***@db/app?sslmode=bogus from environment variable DATABASE_URL: not a valid PostgreSQL URL: unknown value \"bogus\" for `ssl_mode`",
+        ),
+        (
+            &[("REDIS_URL", "redis://:hunter2@cache:port")],
+            None,
+            "invalid value for redis_url = redis://:***@cache:port from environment variable REDIS_URL: not a valid Redis URL: invalid port number",
+        ),
+        (
+            &[],
+            Some("redis_url = \"rediss://cache:6380\"\n"),
+            "invalid value for redis_url = rediss://cache:6380 from TOML file …: not a valid Redis URL: TLS (rediss://) is not enabled in this build",
+        ),
+        (
+            &[("POOL_ADMIN_LISTEN", "0.0.0.0:9233")],
+            None,
+            "invalid value for admin.listen = 0.0.0.0:9233 from environment variable POOL_ADMIN_LISTEN: refusing to listen on 0.0.0.0:9233 without an admin token",
+        ),
+        (
+            &[],
+            Some("[admin]\nlisten = \"[::]:9233\"\n"),
+            "invalid value for admin.listen = [::]:9233 from TOML file …: refusing to listen on [::]:9233 without an admin token",
+        ),
+        // Settings the pools' engines refuse when `serve` builds them.
+        (
+            &[],
+            Some("[redis.main]\nshared_clients = 0\n"),
+            "invalid value for redis.main.shared_clients = 0 from TOML file …: must be at least 1",
+        ),
+        (
+            &[],
+            Some("[redis.main]\npool_size = 100001\nmax_connections = 100001\n"),
+            "invalid value for redis.main.max_connections = 100001 from TOML file …: must be at most 100000",
+        ),
+        (
+            &[("DATABASE_POOL_OVERFLOW", "99991")],
+            None,
+            "invalid value for postgres.main.max_overflow = 99991 from environment variable DATABASE_POOL_OVERFLOW: pool_size + max_overflow must not exceed 100000 (pool_size is 10)",
+        ),
+        (
+            &[("DATABASE_POOL_TIMEOUT", "0.000000000001")],
+            None,
+            "invalid value for postgres.main.pool_timeout = 0.000000000001 from environment variable DATABASE_POOL_TIMEOUT: is less than a nanosecond",
+        ),
+        (
+            &[],
+            Some("[redis.cache]\ncommand_timeout = 1e-10\n"),
+            "invalid value for redis.cache.command_timeout = 0.0000000001 from TOML file …: is less than a nanosecond",
+        ),
+        (
+            &[],
+            Some("[postgres.\"\"]\npool_size = 2\n"),
+            "invalid value for postgres = \"\" from TOML file …: a pool's name must not be empty",
+        ),
+        (
+            &[],
+            Some(
+                "[postgres.a]\nreplicas = [\"postgres://app:hunter2@r/app\"]\n[postgres.a-replica-1]\npool_size = 2\n",
+            ),
+            "invalid value for postgres.a.replicas[0] = postgres://app:***@r/app from TOML file …: its pool is named a-replica-1, as is the pool of [postgres.a-replica-1]: rename that pool",
+        ),
+    ];
+    for (vars, toml, expected) in cases {
+        let f = toml.map(file);
+        let err = AdminConfig::load(f.as_ref().map(|f| f.0.as_path()), env(vars))
+            .expect_err(expected)
+            .to_string();
+        assert!(
+            expected.split('…').all(|part| err.contains(part)),
+            "{vars:?} {toml:?}:\n  got      {err}\n  expected {expected}"
+        );
+        assert!(!err.contains("hunter2"), "a password shown: {err}");
+        assert!(err.matches("error with configuration").count() <= 1, "{err}");
+    }
+}
+
+/// The refusal of a non-loopback address without a token reads as the server's own, which
+/// embedders calling `Server::bind` with a config built in code still get.
+#[test]
+fn the_listen_refusal_reads_as_the_servers() {
+    let err = AdminConfig::load(None, env(&[("POOL_ADMIN_LISTEN", "10.1.2.3:9187")])).unwrap_err();
+    let ConfigError::Invalid { key, source_name, value, reason } = err else {
+        panic!("expected ConfigError::Invalid, got {err:?}");
+    };
+    assert_eq!(
+        (key.as_str(), source_name.as_str(), value.as_str()),
+        ("admin.listen", "environment variable POOL_ADMIN_LISTEN", "10.1.2.3:9187")
+    );
+    let addr: SocketAddr = "10.1.2.3:9187".parse().unwrap();
+    assert_eq!(reason, crate::ServeError::TokenRequired(addr).to_string());
+}
+
+/// The same addresses and URLs pass when nothing is wrong with them.
+#[test]
+fn good_urls_and_listen_addresses_pass() {
+    let c = AdminConfig::load(
+        None,
+        env(&[
+            ("POOL_ADMIN_LISTEN", "0.0.0.0:9233"),
+            ("POOL_ADMIN_TOKEN", "s3cret"),
+            ("DATABASE_URL", "postgresql://app:pw@db:6432/app?sslmode=require"),
+            ("DATABASE_REPLICA_URLS", "postgres://r1/app,postgres://r2:5433/app"),
+            ("REDIS_URL", "redis://:pw@cache:6380/2"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.admin.listen.to_string(), "0.0.0.0:9233");
+    assert_eq!(c.postgres["main"].replicas.len(), 2);
+    let c = AdminConfig::load(None, env(&[("POOL_ADMIN_LISTEN", "[::1]:9233")])).unwrap();
+    assert!(c.admin.token.is_none(), "loopback needs no token");
+    // Without Redis pools the Redis URL is never used, so it is not judged.
+    let f = file("redis_url = \"redis://cache:port\"\nredis = {}\n");
+    assert!(AdminConfig::load(Some(&f.0), env(&[])).unwrap().redis.is_empty());
 }
 
 #[test]

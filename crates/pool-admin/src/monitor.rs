@@ -1,6 +1,16 @@
 //! `pool-admin monitor`: polls a running server's stats and prints a usage line per pool and
 //! an alert for each high-severity recommendation (the seed's monitoring script).
+//!
+//! # Exit status
+//!
+//! The monitor keeps polling through failures once it has seen the server answer, so a server
+//! restart does not end it; but a first poll that fails (the server cannot be reached, or
+//! answers with an error) exits 1 at once: that is a wrong `--url` or a server not running.
+//! A wrong token exits 2 at any poll. With `--count`, the run exits 0 when its last poll
+//! succeeded and 1 when it failed. Ctrl-C ends it with the shell's usual interrupted status
+//! (130), never 0.
 
+use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,9 +19,14 @@ use serde_json::Value;
 
 /// Options of `monitor`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit status: 1 at once when the first poll fails (server unreachable or answering an error); \
+later failures are printed and polling goes on. 2 when the token is refused. With --count, 0 \
+when the last poll succeeded and 1 when it failed.")]
 pub(crate) struct Args {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:9187")]
+    /// The server's base URL, with its scheme: http://host:port (plain HTTP, which is what
+    /// `pool-admin serve` speaks).
+    #[arg(long, default_value = "http://127.0.0.1:9187", value_parser = parse_url)]
     url: String,
     /// The bearer token.
     #[arg(long, env = "POOL_ADMIN_TOKEN", hide_env_values = true)]
@@ -23,6 +38,47 @@ pub(crate) struct Args {
     /// Stop after this many polls (forever without).
     #[arg(long)]
     count: Option<u64>,
+}
+
+/// An example `--url`, for error messages.
+const EXAMPLE_URL: &str = "http://127.0.0.1:9187";
+
+/// How long one poll may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses `--url`: an absolute `http://` URL with a host, returned without a trailing `/`.
+/// A bare `host:port` is refused here, naming the flag, rather than failing every poll with
+/// reqwest's "builder error"; so is `https://`, which the monitor cannot speak (it is built
+/// without TLS, and `pool-admin serve` serves none) and would fail every poll with.
+fn parse_url(value: &str) -> Result<String, String> {
+    let trimmed = value.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        let rest = &trimmed["https://".len()..];
+        return Err(format!(
+            "{value:?} uses https, but the monitor speaks plain HTTP only, as `pool-admin serve` \
+             does: --url takes e.g. --url http://{rest}"
+        ));
+    }
+    if !lower.starts_with("http://") {
+        let example = if trimmed.contains("://") || trimmed.is_empty() {
+            EXAMPLE_URL.to_owned()
+        } else {
+            format!("http://{trimmed}")
+        };
+        return Err(format!(
+            "{value:?} has no http:// scheme: --url takes the server's base URL, e.g. --url {example}"
+        ));
+    }
+    match reqwest::Url::parse(trimmed) {
+        Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(trimmed.trim_end_matches('/').to_owned())
+        }
+        Ok(_) => Err(format!("{value:?} has no host: --url takes e.g. --url {EXAMPLE_URL}")),
+        Err(e) => {
+            Err(format!("{value:?} is not a valid URL ({e}): --url takes e.g. --url {EXAMPLE_URL}"))
+        }
+    }
 }
 
 /// The longest `--interval`: a monitor that polls less than once a day watches nothing.
@@ -60,55 +116,118 @@ fn line(name: &str, kind: &str, p: &Value) -> String {
     )
 }
 
+/// Renders an error and every cause below it, `: `-separated, skipping a cause whose text the
+/// line holds already: reqwest's own message ("error sending request") says nothing of why.
+fn chain(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// What to print when a request to `url` (the stats URL under `base`) failed: the whole cause
+/// chain, and how to check that the server is running there.
+fn request_failed(base: &str, url: &str, error: reqwest::Error) -> String {
+    let what = if error.is_timeout() {
+        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())
+    } else {
+        "cannot reach the admin server".to_owned()
+    };
+    format!(
+        "monitor: {url}: {what}: {}\n\
+         monitor: check that `pool-admin serve` is running and listening at {base} (its \
+         start-up lines print the address), or pass its address with --url",
+        chain(&error.without_url())
+    )
+}
+
+/// The outcome of one poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poll {
+    /// The stats were printed.
+    Ok,
+    /// The poll failed; the reason was printed.
+    Failed,
+    /// The token was refused; the reason was printed.
+    Unauthorized,
+}
+
+/// Polls once, printing the stats or why there are none.
+async fn poll(client: &reqwest::Client, args: &Args, url: &str) -> Poll {
+    let resp = match client.get(url).bearer_auth(&args.token).timeout(REQUEST_TIMEOUT).send().await
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("{}", request_failed(&args.url, url, e));
+            return Poll::Failed;
+        }
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        eprintln!("monitor: {url}: {status}: {body}");
+        return if status == reqwest::StatusCode::UNAUTHORIZED {
+            Poll::Unauthorized
+        } else {
+            Poll::Failed
+        };
+    }
+    let stats = match resp.json::<Value>().await {
+        Ok(stats) => stats,
+        Err(e) => {
+            eprintln!("monitor: {url}: unreadable stats: {}", chain(&e.without_url()));
+            return Poll::Failed;
+        }
+    };
+    for (section, kind) in [("database_pools", "postgres"), ("redis_pools", "redis")] {
+        if let Some(pools) = stats[section].as_object() {
+            for (name, p) in pools {
+                println!("{}", line(name, kind, p));
+            }
+        }
+    }
+    for r in stats["recommendations"].as_array().into_iter().flatten() {
+        if r["severity"] == "high" {
+            println!(
+                "ALERT [high] {}: {}: {}",
+                r["pool"].as_str().unwrap_or("?"),
+                r["issue"].as_str().unwrap_or("?"),
+                r["suggestion"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Poll::Ok
+}
+
 pub(crate) async fn run(args: Args) -> ExitCode {
+    ExitCode::from(monitor(&args).await)
+}
+
+/// The poll loop; returns the exit status described in the module docs.
+async fn monitor(args: &Args) -> u8 {
     let client = reqwest::Client::new();
-    let url = format!("{}{PREFIX}/stats", args.url.trim_end_matches('/'));
+    let url = format!("{}{PREFIX}/stats", args.url);
     let mut polls = 0;
     loop {
-        match client
-            .get(&url)
-            .bearer_auth(&args.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-        {
-            Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
-                Ok(stats) => {
-                    for (section, kind) in
-                        [("database_pools", "postgres"), ("redis_pools", "redis")]
-                    {
-                        if let Some(pools) = stats[section].as_object() {
-                            for (name, p) in pools {
-                                println!("{}", line(name, kind, p));
-                            }
-                        }
-                    }
-                    for r in stats["recommendations"].as_array().into_iter().flatten() {
-                        if r["severity"] == "high" {
-                            println!(
-                                "ALERT [high] {}: {}: {}",
-                                r["pool"].as_str().unwrap_or("?"),
-                                r["issue"].as_str().unwrap_or("?"),
-                                r["suggestion"].as_str().unwrap_or("?")
-                            );
-                        }
-                    }
-                }
-                Err(e) => eprintln!("monitor: {url}: unreadable stats: {e}"),
-            },
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                eprintln!("monitor: {url}: {status}: {body}");
-                if status == reqwest::StatusCode::UNAUTHORIZED {
-                    return ExitCode::from(2);
-                }
-            }
-            Err(e) => eprintln!("monitor: {url}: {e}"),
-        }
+        let outcome = poll(&client, args, &url).await;
         polls += 1;
+        match outcome {
+            Poll::Unauthorized => return 2,
+            Poll::Failed if polls == 1 => {
+                eprintln!("monitor: the first poll failed; giving up");
+                return 1;
+            }
+            Poll::Ok | Poll::Failed => {}
+        }
         if args.count.is_some_and(|c| polls >= c) {
-            return ExitCode::SUCCESS;
+            return if outcome == Poll::Ok { 0 } else { 1 };
         }
         println!();
         tokio::time::sleep(args.interval).await;
@@ -156,5 +275,167 @@ mod tests {
         assert!(err.to_string().contains("must be a number of seconds greater than zero"), "{err}");
         let ok = Cli::try_parse_from(["monitor", "--token", "t"]).unwrap();
         assert_eq!(ok.args.interval, Duration::from_secs(5));
+    }
+
+    /// A URL without the http:// scheme (https:// included: the monitor has no TLS), or
+    /// without a host, is refused naming the flag and an example; a good one loses its
+    /// trailing slash.
+    #[test]
+    fn url_needs_a_scheme_and_a_host() {
+        for (value, expected) in [
+            ("http://127.0.0.1:9231", Ok("http://127.0.0.1:9231")),
+            ("http://admin.example:9187/", Ok("http://admin.example:9187")),
+            (" HTTP://host:1 ", Ok("HTTP://host:1")),
+            (
+                "HTTPS://Host:9187",
+                Err(
+                    "\"HTTPS://Host:9187\" uses https, but the monitor speaks plain HTTP only, as `pool-admin serve` does: --url takes e.g. --url http://Host:9187",
+                ),
+            ),
+            (
+                "127.0.0.1:9231",
+                Err(
+                    "\"127.0.0.1:9231\" has no http:// scheme: --url takes the server's base URL, e.g. --url http://127.0.0.1:9231",
+                ),
+            ),
+            (
+                "localhost:9187",
+                Err(
+                    "\"localhost:9187\" has no http:// scheme: --url takes the server's base URL, e.g. --url http://localhost:9187",
+                ),
+            ),
+            (
+                "ftp://host:9187",
+                Err(
+                    "\"ftp://host:9187\" has no http:// scheme: --url takes the server's base URL, e.g. --url http://127.0.0.1:9187",
+                ),
+            ),
+            (
+                "http://",
+                Err(
+                    "\"http://\" is not a valid URL (empty host): --url takes e.g. --url http://127.0.0.1:9187",
+                ),
+            ),
+        ] {
+            assert_eq!(
+                parse_url(value),
+                expected.map(str::to_owned).map_err(str::to_owned),
+                "{value}"
+            );
+        }
+    }
+
+    /// clap runs the URL parser: a bare host:port is an argument error naming --url.
+    #[test]
+    fn clap_rejects_a_url_without_a_scheme() {
+        use clap::Parser;
+
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let err = Cli::try_parse_from(["monitor", "--token", "t", "--url", "127.0.0.1:9231"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("e.g. --url http://127.0.0.1:9231"), "{err}");
+        let ok = Cli::try_parse_from(["monitor", "--token", "t"]).unwrap();
+        assert_eq!(ok.args.url, "http://127.0.0.1:9187");
+    }
+
+    /// A local address nothing listens on.
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    }
+
+    fn args(url: String, count: u64) -> Args {
+        Args {
+            url,
+            token: "t".to_owned(),
+            interval: Duration::from_millis(100),
+            count: Some(count),
+        }
+    }
+
+    /// A failed request prints its cause, not just reqwest's "error sending request", and how
+    /// to check the server.
+    #[tokio::test]
+    async fn a_request_error_names_its_cause_and_how_to_check_the_server() {
+        let base = closed_port_url();
+        let url = format!("{base}{PREFIX}/stats");
+        let err = reqwest::Client::new().get(&url).send().await.unwrap_err();
+        let message = request_failed(&base, &url, err);
+        assert!(
+            message.starts_with(&format!("monitor: {url}: cannot reach the admin server: ")),
+            "{message}"
+        );
+        assert!(message.to_lowercase().contains("connection refused"), "{message}");
+        assert!(
+            message.contains(&format!("`pool-admin serve` is running and listening at {base} (")),
+            "{message}"
+        );
+    }
+
+    /// A server that cannot be reached ends the monitor with 1 at the first poll, even with
+    /// polls left to do.
+    #[tokio::test]
+    async fn an_unreachable_server_exits_1_at_the_first_poll() {
+        let started = std::time::Instant::now();
+        assert_eq!(monitor(&args(closed_port_url(), 50)).await, 1);
+        assert!(started.elapsed() < Duration::from_secs(3), "it did not wait for more polls");
+    }
+
+    /// A server answering `statuses` in turn (200 once they run out) to the stats URL; returns
+    /// its base URL and the count of requests it has served.
+    async fn server(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::collections::VecDeque;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let queue = Arc::new(Mutex::new(statuses.iter().copied().collect::<VecDeque<u16>>()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let served = hits.clone();
+        let router = axum::Router::new().route(
+            &format!("{PREFIX}/stats"),
+            axum::routing::get(move || {
+                let status = queue.lock().unwrap().pop_front().unwrap_or(200);
+                served.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
+                    (status, axum::Json(serde_json::json!({ "database_pools": {} })))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (base, hits)
+    }
+
+    /// The exit status: 1 at a failed first poll without polling again, 2 for a refused token,
+    /// and with --count, polling on through a later failure and the last poll deciding.
+    #[tokio::test]
+    async fn the_exit_status_follows_the_first_and_the_last_poll() {
+        use std::sync::atomic::Ordering;
+
+        for (statuses, count, expected, requests) in [
+            (&[200][..], 2, 0, 2),
+            (&[503], 3, 1, 1),
+            (&[401], 3, 2, 1),
+            (&[200, 401], 3, 2, 2),
+            (&[200, 503], 2, 1, 2),
+            (&[200, 503], 3, 0, 3),
+        ] {
+            let (base, hits) = server(statuses).await;
+            assert_eq!(
+                monitor(&args(base, count)).await,
+                expected,
+                "{statuses:?}, --count {count}"
+            );
+            assert_eq!(hits.load(Ordering::SeqCst), requests, "{statuses:?}, --count {count}");
+        }
     }
 }

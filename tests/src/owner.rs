@@ -58,9 +58,25 @@ fn seen(pid: u32) -> Seen {
     }
 }
 
-/// Whether process `pid` has exited (a zombie has).
-pub(crate) fn has_exited(pid: u32) -> bool {
-    seen(pid) == Seen::Exited
+/// Sends `SIG<signal>` to process `pid` and waits up to `within` until it has exited (a zombie
+/// has: nobody may reap an orphan here).
+pub(crate) fn signal_and_wait(pid: u32, signal: &str, within: Duration) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed: {status}");
+    }
+    let deadline = Instant::now() + within;
+    while seen(pid) != Seen::Exited {
+        if Instant::now() > deadline {
+            bail!("process {pid} still running {within:?} after SIG{signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// This process's pid namespace and this boot's id.

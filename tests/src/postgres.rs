@@ -285,18 +285,7 @@ pub(crate) fn stop_abandoned(root: &Path, data: &Path) -> anyhow::Result<()> {
     if !ours {
         return Ok(());
     }
-    let status = std::process::Command::new("kill").args(["-QUIT", &pid.to_string()]).status()?;
-    if !status.success() {
-        bail!("kill -QUIT {pid} failed: {status}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !crate::owner::has_exited(pid) {
-        if Instant::now() > deadline {
-            bail!("postmaster {pid} still running 30s after SIGQUIT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    crate::owner::signal_and_wait(pid, "QUIT", Duration::from_secs(30))
 }
 
 fn stop_data_dir(bin: &Path, data: &Path, mode: &str) -> anyhow::Result<()> {

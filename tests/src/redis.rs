@@ -203,18 +203,7 @@ pub(crate) fn stop_abandoned(dir: &Path, port: u16) -> anyhow::Result<()> {
     if !ours {
         return Ok(());
     }
-    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
-    if !status.success() {
-        bail!("kill -KILL {pid} failed: {status}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !crate::owner::has_exited(pid) {
-        if Instant::now() > deadline {
-            bail!("redis-server {pid} still running 10s after SIGKILL");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    crate::owner::signal_and_wait(pid, "KILL", Duration::from_secs(10))
 }
 
 /// Stops a detached server on `port` with `SHUTDOWN NOSAVE` and removes its directory `dir`.

@@ -92,6 +92,9 @@ impl fmt::Display for PoolState {
 /// What the pool shares between its handles, guards and tasks.
 pub(crate) struct Shared<M: Manager> {
     pub(crate) name: Arc<str>,
+    /// `backend:name` (`postgresql:main`), as logs name the pool: a PostgreSQL and a Redis
+    /// pool may share a name.
+    id: Arc<str>,
     pub(crate) manager: M,
     /// Settings that never change after build; the sizes live in [`State`].
     pub(crate) config: PoolConfig,
@@ -334,6 +337,7 @@ impl<M: Manager> ConnectionPool<M> {
             warming: 0,
         };
         let shared = Arc::new(Shared {
+            id: format!("{}:{name}", M::BACKEND).into(),
             name: name.into(),
             manager,
             config,
@@ -742,7 +746,7 @@ impl<M: Manager> ConnectionPool<M> {
             let n = st.connects_to_start(shared.config.max_connecting, true);
             (retired, n)
         };
-        tracing::info!(pool = %shared.name, pool_size, max_overflow, "pool resized");
+        tracing::info!(pool = %shared.id, pool_size, max_overflow, "pool resized");
         for conn in retired {
             shared.close_conn(conn, CloseReason::Shrink);
         }
@@ -1068,7 +1072,7 @@ impl<M: Manager> Shared<M> {
             Ok(Err(e)) => format!("check failed: {e}"),
             Err(_) => format!("check timed out after {bound:?}"),
         };
-        tracing::debug!(pool = %self.name, conn = conn.id, %error, "connection failed its check");
+        tracing::debug!(pool = %self.id, conn = conn.id, %error, "connection failed its check");
         self.retire(conn, CloseReason::FailedCheck, held);
         Err(error)
     }
@@ -1117,7 +1121,7 @@ impl<M: Manager> Shared<M> {
                     self.stats.leaks.fetch_add(1, Relaxed);
                 }
                 tracing::warn!(
-                    pool = %self.name,
+                    pool = %self.id,
                     conn = conn.id,
                     held = ?held,
                     acquired_at = %entry.location,
@@ -1141,7 +1145,7 @@ impl<M: Manager> Shared<M> {
                 match tokio::time::timeout(bound, shared.manager.reset(&mut conn.raw)).await {
                     Ok(Ok(())) => shared.put_back(conn, Held::User),
                     Ok(Err(e)) => {
-                        tracing::debug!(pool = %shared.name, conn = conn.id, error = %e, "reset on return failed");
+                        tracing::debug!(pool = %shared.id, conn = conn.id, error = %e, "reset on return failed");
                         shared.retire(conn, CloseReason::FailedReset, Held::User);
                     }
                     Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::User),
@@ -1227,7 +1231,7 @@ impl<M: Manager> Shared<M> {
     /// slot is free and the pool starts what connects it needs.
     fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
         self.stats.closed(reason);
-        tracing::debug!(pool = %self.name, conn = conn.id, reason = reason.as_str(), "connection closed");
+        tracing::debug!(pool = %self.id, conn = conn.id, reason = reason.as_str(), "connection closed");
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let shared = Arc::clone(self);
@@ -1289,7 +1293,7 @@ impl<M: Manager> Shared<M> {
                 Err(e) => e,
             };
             self.stats.connect_errors.fetch_add(1, Relaxed);
-            tracing::warn!(pool = %self.name, error = %error, "connect failed");
+            tracing::warn!(pool = %self.id, error = %error, "connect failed");
             let delay = {
                 let mut st = self.lock();
                 st.connect_failures = st.connect_failures.saturating_add(1);
@@ -1320,7 +1324,7 @@ impl<M: Manager> Shared<M> {
         });
         let id = self.next_id.fetch_add(1, Relaxed);
         let conn = Conn { raw, id, expires_at, idle_since: now, alive_at: now };
-        tracing::debug!(pool = %self.name, conn = id, "connection opened");
+        tracing::debug!(pool = %self.id, conn = id, "connection opened");
         let mut st = self.lock();
         st.connecting -= 1;
         st.connect_failures = 0;
@@ -1405,7 +1409,7 @@ impl<M: Manager> Shared<M> {
         for (id, held, location) in leaks {
             self.stats.leaks.fetch_add(1, Relaxed);
             tracing::warn!(
-                pool = %self.name,
+                pool = %self.id,
                 conn = id,
                 held = ?held,
                 acquired_at = %location,

@@ -683,6 +683,9 @@ async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_take
     let at = format!("src/pool/tests.rs:{line}");
     assert!(log.contains("possible leak") && log.contains(&at), "{log}");
     assert!(log.contains("came back"), "{log}");
+    // Named with its backend: a PostgreSQL and a Redis pool may both be `main`.
+    let id = format!("pool={}:{}", <TestManager as crate::Manager>::BACKEND, pool.name());
+    assert!(log.contains(&id), "{log}");
 }
 
 /// A wrapper that acquires inside its own `async` code, on its caller's behalf.

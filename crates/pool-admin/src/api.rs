@@ -612,6 +612,7 @@ struct ResetRequest {
 
 async fn reset_stats(
     State(state): State<AdminState>,
+    headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map_err(|rejection| match rejection.status() {
@@ -621,11 +622,30 @@ async fn reset_stats(
         ),
         status => ApiError::new(status, rejection.body_text()),
     })?;
+    // No body resets every pool; a body is JSON, refused as `resize` refuses one: 415 for
+    // another content type, 400 when it does not parse, 422 when it is not a `ResetRequest`.
     let target = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .is_some_and(|t| t == "application/json" || t.ends_with("+json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected request with `Content-Type: application/json`",
+            ));
+        }
         let req: ResetRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid body: {e}"))
+            let status = if e.is_data() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::new(status, format!("invalid body: {e}"))
         })?;
         req.pool
     };

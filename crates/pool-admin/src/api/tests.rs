@@ -318,6 +318,22 @@ async fn errors_are_json_with_the_right_status() {
             "invalid body",
         ),
         (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", b"{not json".to_vec())),
+            StatusCode::BAD_REQUEST,
+            "invalid body: key must be a string",
+        ),
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("text/plain", br#"{"pool":"main"}"#.to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
+        ),
+        (
             Method::DELETE,
             format!("{PREFIX}/stats"),
             Some(TOKEN),

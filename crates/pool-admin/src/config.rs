@@ -687,20 +687,13 @@ impl AdminConfig {
             return Err(invalid(
                 "admin.listen".into(),
                 listen.to_string(),
-                &token_required(listen),
+                // The server's own words, which embedders calling `Server::bind` with a config
+                // built in code get from it.
+                &crate::ServeError::TokenRequired(listen).to_string(),
             ));
         }
         Ok(())
     }
-}
-
-/// Why `serve` refuses to listen on `listen` without a token: the same words as
-/// [`ServeError::TokenRequired`](crate::ServeError::TokenRequired), which refuses it again for a
-/// config that did not come through [`AdminConfig::load`].
-fn token_required(listen: SocketAddr) -> String {
-    format!(
-        "refusing to listen on {listen} without an admin token: set POOL_ADMIN_TOKEN or admin.token, or listen on a loopback address"
-    )
 }
 
 /// Why `url` is not a PostgreSQL URL the pools can connect with (what

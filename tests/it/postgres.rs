@@ -107,6 +107,70 @@ async fn queries_transactions_and_prepared_statements_go_through_the_guard() -> 
     Ok(())
 }
 
+/// What a function taking `&mut PgConnection` does on the bare connection is not watched; with
+/// `check_bare_transactions` the pool asks the server on return and rolls back what was left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_rolled_back()
+-> Result {
+    async fn begin_and_insert(conn: &mut PgConnection, insert: &str) {
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(insert.to_owned())).execute(&mut *conn).await.unwrap();
+    }
+    async fn begin_and_fail(conn: &mut PgConnection, insert: &str) {
+        begin_and_insert(conn, insert).await;
+        assert!(sqlx::query("SELECT 1/0").execute(conn).await.is_err(), "division by zero");
+    }
+    async fn select_one(conn: &mut PgConnection, _: &str) {
+        sqlx::query("SELECT 1").execute(conn).await.unwrap();
+    }
+    let url = postgres_url();
+    let app = "pool-postgres-bare";
+    let table = format!("bare_{}", std::process::id());
+    let mut side = observer(&url).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {table} (n int)")))
+        .execute(&mut side)
+        .await?;
+    let pool = PgPool::builder(manager(&url, app).check_bare_transactions(true))
+        .name("bare")
+        .pool_size(1)
+        .max_overflow(0)
+        .build()?;
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let count = format!("SELECT count(*) FROM {table}");
+    for round in 0..2 {
+        for (what, open) in [("open", true), ("aborted", true), ("none", false)] {
+            let mut conn = pool.acquire().await?;
+            let pid: i32 =
+                sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+            match what {
+                "open" => begin_and_insert(&mut conn, &insert).await,
+                "aborted" => begin_and_fail(&mut conn, &insert).await,
+                _ => select_one(&mut conn, &insert).await,
+            }
+            drop(conn);
+            let mut conn = pool.acquire().await?;
+            let again: i32 =
+                sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+            assert_eq!(again, pid, "{what}: reset, not replaced");
+            let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
+                .fetch_one(&mut *conn)
+                .await?;
+            assert_eq!(rows, 0, "{what} (round {round}, transaction {open}): the row was seen");
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_one(&mut side)
+                    .await?;
+            assert_ne!(state.as_deref(), Some("idle in transaction"), "{what}");
+            drop(conn);
+        }
+    }
+    assert_eq!(pool.stats().closed.total(), 0, "every connection was reset, none closed");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&mut side).await?;
+    pool.close().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
     let url = postgres_url();

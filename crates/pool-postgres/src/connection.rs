@@ -31,8 +31,11 @@ use sqlx_core::transaction::TransactionManager;
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
 ///   error from the server such as `pg_terminate_backend`).
 ///
-/// Statements run through `&mut **conn` (the bare `PgConnection`) bypass the watch: a raw
-/// `BEGIN` sent that way is not seen by the pool.
+/// Statements run through `&mut **conn` (the bare `PgConnection`, as a function taking
+/// `&mut PgConnection` gets it) bypass the watch: a raw `BEGIN` sent that way is not seen by the
+/// pool, unless [`PgManager::check_bare_transactions`](crate::PgManager::check_bare_transactions)
+/// is on, which asks the server on return (one round trip) whenever the bare connection was
+/// borrowed mutably.
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
@@ -54,25 +57,43 @@ impl PgConn {
         self.flags.get(BROKEN)
     }
 
-    /// Whether the pool must clear state before anyone else gets this connection: an open raw
-    /// or sqlx transaction, an unfinished query, or commands sqlx queued but has not sent yet (a
-    /// dropped transaction's `ROLLBACK`).
-    pub(crate) fn needs_reset(&self) -> bool {
-        self.flags.get(RAW_TX | BUSY) || self.inner.is_in_transaction() || self.inner.should_flush()
-    }
-
-    /// Clears what [`needs_reset`](Self::needs_reset) reported: drains an unfinished query and
-    /// sends queued commands (one `Sync` round trip), rolls back sqlx transactions (`ROLLBACK`
-    /// or `ROLLBACK TO SAVEPOINT` per level) and a raw transaction (`ROLLBACK`).
-    pub(crate) async fn reset(&mut self) -> Result<(), sqlx::Error> {
-        let result = self.reset_inner().await;
+    /// Checks that the connection is alive: a protocol `Sync` answered by `ReadyForQuery`
+    /// (sqlx's [`ping`](Connection::ping)), without counting as a use of the bare connection.
+    ///
+    /// # Errors
+    ///
+    /// The connection's error.
+    pub async fn ping(&mut self) -> Result<(), sqlx::Error> {
+        let result = self.inner.ping().await;
         if let Err(e) = &result {
             self.flags.note_error(e);
         }
         result
     }
 
-    async fn reset_inner(&mut self) -> Result<(), sqlx::Error> {
+    /// Whether the pool must clear state before anyone else gets this connection: an open raw
+    /// or sqlx transaction, an unfinished query, or commands sqlx queued but has not sent yet (a
+    /// dropped transaction's `ROLLBACK`); with `check_bare`, also a use of the bare connection,
+    /// which only the server can tell about.
+    pub(crate) fn needs_reset(&self, check_bare: bool) -> bool {
+        self.flags.get(RAW_TX | BUSY)
+            || (check_bare && self.flags.get(BARE))
+            || self.inner.is_in_transaction()
+            || self.inner.should_flush()
+    }
+
+    /// Clears what [`needs_reset`](Self::needs_reset) reported: drains an unfinished query and
+    /// sends queued commands (one `Sync` round trip), rolls back sqlx transactions (`ROLLBACK`
+    /// or `ROLLBACK TO SAVEPOINT` per level) and a raw transaction (`ROLLBACK`).
+    pub(crate) async fn reset(&mut self, check_bare: bool) -> Result<(), sqlx::Error> {
+        let result = self.reset_inner(check_bare).await;
+        if let Err(e) = &result {
+            self.flags.note_error(e);
+        }
+        result
+    }
+
+    async fn reset_inner(&mut self, check_bare: bool) -> Result<(), sqlx::Error> {
         if self.flags.get(BUSY) || self.inner.should_flush() {
             self.inner.ping().await?;
             self.flags.clear(BUSY);
@@ -80,10 +101,29 @@ impl PgConn {
         while self.inner.is_in_transaction() {
             <Postgres as sqlx::Database>::TransactionManager::rollback(&mut self.inner).await?;
         }
+        if check_bare && self.flags.get(BARE) && !self.flags.get(RAW_TX) {
+            // Outside a transaction each statement starts its own, so the two times are equal;
+            // inside one opened by an earlier statement they differ. In an aborted transaction
+            // the query fails with SQLSTATE 25P02. Either way a `ROLLBACK` follows.
+            let open = match sqlx::query_scalar::<_, bool>(
+                "SELECT pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp()",
+            )
+            .fetch_one(&mut self.inner)
+            .await
+            {
+                Ok(open) => open,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => true,
+                Err(e) => return Err(e),
+            };
+            if open {
+                self.flags.set(RAW_TX);
+            }
+        }
         if self.flags.get(RAW_TX) {
             self.inner.execute("ROLLBACK").await?;
             self.flags.clear(RAW_TX);
         }
+        self.flags.clear(BARE);
         Ok(())
     }
 
@@ -102,6 +142,8 @@ impl Deref for PgConn {
 
 impl DerefMut for PgConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
+        // Whatever runs on the bare connection is not watched (see the type's docs).
+        self.flags.set(BARE);
         &mut self.inner
     }
 }
@@ -189,6 +231,8 @@ const BUSY: u8 = 2;
 const BROKEN: u8 = 4;
 /// The last query's text had a transaction control statement.
 const TX_CONTROL: u8 = 8;
+/// The bare `PgConnection` was borrowed mutably since the last reset.
+const BARE: u8 = 16;
 
 #[derive(Debug, Default)]
 struct Flags(AtomicU8);

@@ -39,12 +39,13 @@ use crate::error::UrlError;
 #[derive(Clone)]
 pub struct PgManager {
     options: PgConnectOptions,
+    check_bare: bool,
 }
 
 impl PgManager {
     /// A manager opening connections with `options`.
     pub fn new(options: PgConnectOptions) -> Self {
-        PgManager { options }
+        PgManager { options, check_bare: false }
     }
 
     /// A manager opening connections to `url` (`postgres://user:password@host:port/database?...`,
@@ -70,6 +71,31 @@ impl PgManager {
     pub fn options(&self) -> &PgConnectOptions {
         &self.options
     }
+
+    /// Whether to ask the server, when a connection comes back, if its user left a transaction
+    /// open through the bare `PgConnection` \[off\].
+    ///
+    /// Queries run through the pooled connection itself (`&mut *conn`) are watched for raw
+    /// `BEGIN`s without any IO. Those run on the bare `PgConnection` (`&mut **conn`, or a
+    /// function taking `&mut PgConnection`) are not. With this on, a connection whose bare
+    /// `PgConnection` was borrowed mutably is asked on return whether it is inside a
+    /// transaction (one round trip, in the background), and rolled back if it is. Off, such a
+    /// transaction goes to the next user, as with sqlx's own pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_postgres::PgManager;
+    ///
+    /// # fn f() -> Result<(), pool_postgres::UrlError> {
+    /// let manager = PgManager::from_url("postgres://app@db/app")?.check_bare_transactions(true);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn check_bare_transactions(mut self, on: bool) -> Self {
+        self.check_bare = on;
+        self
+    }
 }
 
 impl fmt::Debug for PgManager {
@@ -80,6 +106,7 @@ impl fmt::Debug for PgManager {
             .field("port", &self.options.get_port())
             .field("username", &self.options.get_username())
             .field("database", &self.options.get_database())
+            .field("check_bare_transactions", &self.check_bare)
             .finish_non_exhaustive()
     }
 }
@@ -98,11 +125,11 @@ impl Manager for PgManager {
     }
 
     fn needs_reset(&self, conn: &PgConn) -> bool {
-        conn.needs_reset()
+        conn.needs_reset(self.check_bare)
     }
 
     async fn reset(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
-        conn.reset().await
+        conn.reset(self.check_bare).await
     }
 
     fn is_broken(&self, conn: &PgConn) -> bool {

@@ -156,7 +156,9 @@ impl Pools {
         let mut servers = Servers::default();
         for (name, pg) in &config.postgres {
             let err = |message: String| StartError::Postgres { pool: name.clone(), message };
-            let manager = PgManager::from_url(pg.url.expose()).map_err(|e| err(e.to_string()))?;
+            let manager = PgManager::from_url(pg.url.expose())
+                .map_err(|e| err(e.to_string()))?
+                .check_bare_transactions(pg.check_bare_transactions);
             let mut pool_config = PoolConfig::default();
             pool_config.pool_size = pg.pool_size;
             pool_config.max_overflow = pg.max_overflow;
@@ -181,8 +183,11 @@ impl Pools {
                 .replica_timeout(secs(pg.replica_timeout).unwrap_or(Duration::from_secs(2)))
                 .lag_probe_interval(secs(pg.lag_probe_interval));
             for url in &pg.replicas {
-                builder = builder
-                    .replica(PgManager::from_url(url.expose()).map_err(|e| err(e.to_string()))?);
+                builder = builder.replica(
+                    PgManager::from_url(url.expose())
+                        .map_err(|e| err(e.to_string()))?
+                        .check_bare_transactions(pg.check_bare_transactions),
+                );
             }
             let cluster = builder.build().map_err(|e| err(e.to_string()))?;
             cluster.register(&registry).map_err(|e| err(e.to_string()))?;

@@ -96,6 +96,11 @@ impl PgManager {
         self.check_bare = on;
         self
     }
+
+    /// Whether [`check_bare_transactions`](Self::check_bare_transactions) is on.
+    pub fn checks_bare_transactions(&self) -> bool {
+        self.check_bare
+    }
 }
 
 impl fmt::Debug for PgManager {

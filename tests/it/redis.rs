@@ -189,7 +189,10 @@ async fn blpop_on_an_exclusive_connection_does_not_delay_shared_commands() -> Te
 async fn a_dropped_blpop_future_does_not_get_its_connection_reused() -> TestResult {
     let redis = RedisInstance::start()?;
     let admin = admin(&redis.url()).await?;
-    let settings = small().pool_size(1).max_connections(1);
+    // A command timeout far beyond the test: with `small()`'s 2 s, a slow machine could see the
+    // BLPOP blocked only after fred had timed it out, and nothing would be in flight any more.
+    let settings =
+        small().pool_size(1).max_connections(1).command_timeout(Some(Duration::from_secs(600)));
     let pool = RedisPool::connect("main", &redis.url(), settings).await?;
 
     let conn = pool.exclusive().await?;

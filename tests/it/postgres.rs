@@ -107,6 +107,31 @@ async fn queries_transactions_and_prepared_statements_go_through_the_guard() -> 
     Ok(())
 }
 
+/// The next user of a one-connection `pool` gets the same connection (backend `pid`), outside
+/// any transaction (also as `side` sees it from another connection), without the rows the
+/// previous user left uncommitted in the table `count` counts.
+async fn next_user_gets_it_clean(
+    pool: &PgPool,
+    side: &mut PgConnection,
+    pid: i32,
+    count: &str,
+    what: &str,
+) -> Result<pool_postgres::PgPooledConnection> {
+    let mut conn = pool.acquire().await?;
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    assert_eq!(again, pid, "{what}: the connection was replaced instead of reset");
+    let rows: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(count.to_owned())).fetch_one(&mut *conn).await?;
+    assert_eq!(rows, 0, "{what}: the next user sees the previous user's uncommitted row");
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(side)
+            .await?;
+    assert_ne!(state.as_deref(), Some("idle in transaction"), "{what}");
+    Ok(conn)
+}
+
 /// What a function taking `&mut PgConnection` does on the bare connection is not watched; with
 /// `check_bare_transactions` the pool asks the server on return and rolls back what was left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,21 +173,8 @@ async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_r
                 _ => select_one(&mut conn, &insert).await,
             }
             drop(conn);
-            let mut conn = pool.acquire().await?;
-            let again: i32 =
-                sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
-            assert_eq!(again, pid, "{what}: reset, not replaced");
-            let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone()))
-                .fetch_one(&mut *conn)
-                .await?;
-            assert_eq!(rows, 0, "{what} (round {round}, transaction {open}): the row was seen");
-            let state: Option<String> =
-                sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
-                    .bind(pid)
-                    .fetch_one(&mut side)
-                    .await?;
-            assert_ne!(state.as_deref(), Some("idle in transaction"), "{what}");
-            drop(conn);
+            let what = format!("{what} (round {round}, transaction {open})");
+            drop(next_user_gets_it_clean(&pool, &mut side, pid, &count, &what).await?);
         }
     }
     assert_eq!(pool.stats().closed.total(), 0, "every connection was reset, none closed");
@@ -244,24 +256,10 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
         leave(&mut conn, insert.clone()).await;
         drop(conn);
 
-        // The next user gets the same connection, outside any transaction, without the row.
-        let mut conn = pool.acquire().await?;
-        let again: i32 =
-            sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
-        assert_eq!(again, pid, "{what}: the connection was replaced instead of reset");
-        let rows: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(count.clone())).fetch_one(&mut *conn).await?;
-        assert_eq!(rows, 0, "{what}: the next user sees the previous user's uncommitted row");
+        let mut conn = next_user_gets_it_clean(&pool, &mut side, pid, &count, what).await?;
         assert!(!conn.is_in_transaction(), "{what}");
         let tx = conn.begin().await?; // sqlx's transaction depth is consistent again
         tx.rollback().await?;
-        // From another connection: the backend is not idle in a transaction.
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
-                .bind(pid)
-                .fetch_one(&mut side)
-                .await?;
-        assert_ne!(state.as_deref(), Some("idle in transaction"), "{what}");
         drop(conn);
     }
     // A raw transaction that is committed needs no reset.

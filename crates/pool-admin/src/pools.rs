@@ -239,7 +239,7 @@ impl Pools {
     pub async fn close(&self) {
         for (name, cluster) in &self.clusters {
             if let Err(e) = cluster.close().await {
-                tracing::warn!(pool = %name, error = %e, "closing the cluster");
+                tracing::warn!(cluster = %name, error = %e, "closing the cluster");
             }
         }
         if let Some(redis) = &self.redis

@@ -364,6 +364,12 @@ impl<M: Manager> ConnectionPool<M> {
         &self.shared.name
     }
 
+    /// The pool's id, `backend:name` (`postgresql:main`): the name its log lines carry, which
+    /// tells a PostgreSQL pool and a Redis pool of the same name apart.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
     /// The manager this pool opens connections with.
     pub fn manager(&self) -> &M {
         &self.shared.manager

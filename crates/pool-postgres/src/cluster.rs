@@ -623,7 +623,7 @@ impl Inner {
         let mut h = replica.health();
         if h.banned_until.is_none() {
             h.bans += 1;
-            tracing::warn!(cluster = %self.name, pool = %replica.pool.name(), error = %error, ban = ?self.settings.ban_duration, "replica banned");
+            tracing::warn!(cluster = %self.name, pool = %replica.pool.id(), error = %error, ban = ?self.settings.ban_duration, "replica banned");
         }
         h.banned_until = Some(Instant::now() + self.settings.ban_duration);
         h.last_error = Some(error);
@@ -714,7 +714,7 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
                 Ok((replay, ts_lag)) => {
                     let mut h = replica.health();
                     if h.banned_until.take().is_some() {
-                        tracing::info!(cluster = %inner.name, pool = %replica.pool.name(), "replica back in rotation");
+                        tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), "replica back in rotation");
                     }
                     h.replay_lsn = replay;
                     let Some(replay) = replay else { continue };
@@ -741,7 +741,7 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
                         let was = h.lagging;
                         h.lagging = if was { lag > max / 2 } else { lag > max };
                         if h.lagging != was {
-                            tracing::info!(cluster = %inner.name, pool = %replica.pool.name(), lag = ?lag, lagging = h.lagging, "replica lag state changed");
+                            tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), lag = ?lag, lagging = h.lagging, "replica lag state changed");
                         }
                     }
                 }

@@ -167,7 +167,7 @@ impl RedisPool {
         match command(self.shared().clone()).await {
             Err(e) if self.inner.settings.retry_on_timeout && *e.kind() == ErrorKind::Timeout => {
                 self.inner.retries.fetch_add(1, Relaxed);
-                tracing::debug!(pool = %self.inner.name, error = %e, "retrying an idempotent command after a timeout");
+                tracing::debug!(pool = %self.inner.exclusive.id(), error = %e, "retrying an idempotent command after a timeout");
                 command(self.shared().clone()).await
             }
             other => other,

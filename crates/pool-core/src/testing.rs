@@ -309,3 +309,51 @@ impl Manager for TestManager {
         conn.broken
     }
 }
+
+/// Keeps what `tracing` writes, for tests that check the pool's log lines.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::testing::LogCapture;
+///
+/// let (log, _guard) = LogCapture::start(tracing::Level::INFO);
+/// tracing::info!(pool = %"postgresql:main", "pool resized");
+/// tracing::debug!("below the level: not kept");
+/// let text = log.take();
+/// assert!(text.contains("pool=postgresql:main") && text.contains("pool resized"), "{text}");
+/// assert!(!text.contains("not kept"), "{text}");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Captures this thread's events at `max_level` and above, without colours, until the
+    /// guard is dropped.
+    pub fn start(max_level: tracing::Level) -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let capture = LogCapture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(max_level)
+            .finish();
+        (capture, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Takes what was written since the start or the last `take`.
+    pub fn take(&self) -> String {
+        let bytes = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,12 +1,11 @@
 //! Tests of the engine's contracts, with the in-memory test manager. Tests that depend on time
 //! run on tokio's paused clock, which the engine reads under the `testing` feature.
 
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::testing::TestManager;
+use crate::testing::{LogCapture, TestManager};
 use crate::{
     AcquireError, Builder, CloseReason, ConnectionPool, Pool, Registry, TryAcquireError, WarmError,
 };
@@ -634,21 +633,6 @@ async fn max_connecting_bounds_a_connect_storm() {
     assert!(m.counts().max_in_flight <= 3, "{:?}", m.counts());
 }
 
-/// Collects what tracing writes, for the leak report test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    /// Captures this thread's tracing output until the guard is dropped.
-    fn start() -> (Capture, tracing::subscriber::DefaultGuard) {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber =
-            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-        (capture, tracing::subscriber::set_default(subscriber))
-    }
-}
-
 /// A warm one-connection pool that reports connections held over 5 s.
 async fn leak_detecting_pool(m: &TestManager) -> ConnectionPool<TestManager> {
     let b = builder(m)
@@ -658,19 +642,9 @@ async fn leak_detecting_pool(m: &TestManager) -> ConnectionPool<TestManager> {
     warm_pool(b, 1).await
 }
 
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_taken() {
-    let (capture, _log) = Capture::start();
+    let (capture, _log) = LogCapture::start(tracing::Level::INFO);
     let m = TestManager::new();
     let pool = leak_detecting_pool(&m).await;
     let conn = pool.acquire().await.unwrap();
@@ -679,13 +653,13 @@ async fn a_held_connection_past_the_threshold_is_reported_with_where_it_was_take
     assert_eq!(pool.stats().leaks_detected, 1);
     drop(conn);
     assert_eq!(pool.stats().leaks_detected, 1, "reported once, then again on return, counted once");
-    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let log = capture.take();
     let at = format!("src/pool/tests.rs:{line}");
     assert!(log.contains("possible leak") && log.contains(&at), "{log}");
     assert!(log.contains("came back"), "{log}");
     // Named with its backend: a PostgreSQL and a Redis pool may both be `main`.
-    let id = format!("pool={}:{}", <TestManager as crate::Manager>::BACKEND, pool.name());
-    assert!(log.contains(&id), "{log}");
+    assert_eq!(pool.id(), format!("{}:t", <TestManager as crate::Manager>::BACKEND));
+    assert!(log.contains(&format!("pool={}", pool.id())), "{log}");
 }
 
 /// A wrapper that acquires inside its own `async` code, on its caller's behalf.
@@ -702,14 +676,14 @@ fn acquire_via_wrapper(
 
 #[tokio::test(start_paused = true)]
 async fn a_leak_report_names_the_location_a_wrapper_passes() {
-    let (capture, _log) = Capture::start();
+    let (capture, _log) = LogCapture::start(tracing::Level::INFO);
     let m = TestManager::new();
     let pool = leak_detecting_pool(&m).await;
     let conn = acquire_via_wrapper(&pool).await;
     let line = line!() - 1;
     tokio::time::sleep(Duration::from_secs(8)).await;
     drop(conn);
-    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let log = capture.take();
     let at = format!("src/pool/tests.rs:{line}:");
     assert_eq!(log.matches(&at).count(), 2, "the caller's line, when held and on return: {log}");
 }

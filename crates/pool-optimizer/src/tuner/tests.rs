@@ -336,39 +336,14 @@ fn a_window_already_decided_on_is_not_evidence_again() {
     assert_eq!(tuner.log()[1].window, 2, "{}", tuner.log()[1]);
 }
 
-/// A `MakeWriter` that keeps what the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[test]
 fn every_resize_is_traced_with_its_reason_and_evidence() {
-    let out = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(out.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let (sizes, tuner) = tracing::subscriber::with_default(subscriber, || converge(2, 40, 1));
+    let (out, log) = pool_core::testing::LogCapture::start(tracing::Level::INFO);
+    let (sizes, tuner) = converge(2, 40, 1);
+    drop(log);
     let grows: Vec<&Decision> = tuner.log().iter().filter(|d| d.action == Action::Grow).collect();
     assert!(!grows.is_empty(), "the pool grew: {sizes:?}");
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.take();
     let traced: Vec<&str> =
         text.lines().filter(|l| l.contains("auto-tuner decision") && l.contains("Grow")).collect();
     assert_eq!(traced.len(), grows.len(), "one line per grow:\n{text}");

@@ -5,10 +5,9 @@
 //! The server stands in for a replica too: it is not in recovery, so `pg_last_wal_replay_lsn()`
 //! is NULL there and a causal read falls back to the primary.
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pool_core::testing::LogCapture;
 use pool_core::{PoolConfig, WarmError};
 
 use super::PgCluster;
@@ -64,30 +63,10 @@ fn one_connection() -> PoolConfig {
     config
 }
 
-/// Collects what tracing writes on this thread.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
-    }
-}
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Holds `session` past the leak detection threshold, gives it back, and returns the line of
 /// this file that the leak warnings name as where it was acquired.
 async fn reported_line(
-    capture: &Capture,
+    capture: &LogCapture,
     session: Result<PgPooledConnection, SessionError>,
 ) -> &'static str {
     let conn = session.unwrap();
@@ -106,11 +85,7 @@ async fn reported_line(
 /// file that asked for the session, not a line of the cluster's.
 #[tokio::test]
 async fn leak_reports_name_the_line_that_asked_for_the_session() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber =
-        tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let (capture, _log) = LogCapture::start(tracing::Level::INFO);
     let mut config = one_connection();
     config.leak_detection_threshold = Some(Duration::from_millis(20));
     let cluster = build_cluster("leaks", &database_url(), config);

@@ -338,7 +338,12 @@ impl LogCapture {
             .with_ansi(false)
             .with_max_level(max_level)
             .finish();
-        (capture, tracing::subscriber::set_default(subscriber))
+        let guard = tracing::subscriber::set_default(subscriber);
+        // tracing rebuilds its call sites' cached interest when a subscriber is set, but one
+        // first reached on another thread at that moment can miss the rebuild and keep "no
+        // subscriber wants this": ask every call site again now that this one is in place.
+        tracing::callsite::rebuild_interest_cache();
+        (capture, guard)
     }
 
     /// Takes what was written since the start or the last `take`.

@@ -228,6 +228,8 @@ pub(crate) struct Stats {
     pub(crate) wait: Histogram,
     pub(crate) usage: Histogram,
     pub(crate) connect: Histogram,
+    /// `reset` calls so far: never reset itself.
+    pub(crate) resets: AtomicU64,
 }
 
 /// Gauges read under the pool's lock at snapshot time.
@@ -246,6 +248,7 @@ impl Stats {
     }
 
     pub(crate) fn reset(&self, in_use: usize, waiting: usize) {
+        self.resets.fetch_add(1, Relaxed);
         for c in [&self.waits, &self.timeouts, &self.created, &self.connect_errors, &self.leaks] {
             c.store(0, Relaxed);
         }
@@ -266,6 +269,9 @@ impl Stats {
         config: &crate::PoolConfig,
         g: Gauges,
     ) -> PoolStats {
+        // Read first: a reset that lands while the rest is read shows in the next snapshot's
+        // count, so the window up to it is never taken for one without a reset.
+        let resets = self.resets.load(Relaxed);
         let mut closed = ClosedCounts::default();
         for (i, c) in self.closed.iter().enumerate() {
             closed.counts[i] = c.load(Relaxed);
@@ -298,6 +304,7 @@ impl Stats {
             use_time: self.usage.snapshot(),
             connect_time: self.connect.snapshot(),
             routing: None,
+            resets,
         }
     }
 }
@@ -369,6 +376,10 @@ pub struct PoolStats {
     /// The pool's part in a read/write router, when it sits in one (`None` from the engine
     /// itself: a router's pools fill it in, as `pool-postgres`'s cluster does).
     pub routing: Option<Routing>,
+    /// How many times the stats were reset; never reset itself. Two snapshots with different
+    /// counts have a reset between them, so their counters cannot be subtracted (a counter
+    /// that went down shows a reset only when it did not climb past its old value since).
+    pub resets: u64,
 }
 
 /// A pool's part in a router that spreads reads over replicas.

@@ -49,10 +49,14 @@ pub struct Window {
 
 impl Window {
     /// The window between two snapshots of the same pool taken `elapsed` apart; `None` when
-    /// the counters went backwards (stats were reset in between) or no time passed. Its `seq`
-    /// is 0: the [`Sampler`](crate::Sampler) numbers the windows it keeps.
+    /// the stats were reset in between ([`PoolStats::resets`] differs, or a counter went
+    /// backwards) or no time passed. Its `seq` is 0: the [`Sampler`](crate::Sampler) numbers
+    /// the windows it keeps.
     pub fn between(before: &PoolStats, after: &PoolStats, elapsed: Duration) -> Option<Window> {
-        if elapsed.is_zero() || after.acquires < before.acquires || after.timeouts < before.timeouts
+        if elapsed.is_zero()
+            || after.resets != before.resets
+            || after.acquires < before.acquires
+            || after.timeouts < before.timeouts
         {
             return None;
         }
@@ -79,8 +83,11 @@ impl Window {
         })
     }
 
-    /// Checkouts per second.
+    /// Checkouts per second; 0 for a window of no duration (one built by hand).
     pub fn rate(&self) -> f64 {
+        if self.duration.is_zero() {
+            return 0.0;
+        }
         self.checkouts as f64 / self.duration.as_secs_f64()
     }
 

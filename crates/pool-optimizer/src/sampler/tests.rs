@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::*;
 
 #[tokio::test]
-async fn windows_count_releases_and_are_numbered_skipping_a_stats_reset() {
+async fn windows_count_releases_and_are_numbered_skipping_stats_resets() {
     let pool =
         ConnectionPool::builder(TestManager::new()).name("main").pool_size(2).build().unwrap();
     let registry = Registry::new();
@@ -41,4 +41,16 @@ async fn windows_count_releases_and_are_numbered_skipping_a_stats_reset() {
     drop(pool.acquire().await.unwrap());
     sampler.sample(at(40));
     assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1), (3, 1, 1)]);
+
+    // A reset followed by more checkouts than the last window saw: no counter went backwards,
+    // and still no window spans the reset.
+    Pool::reset_stats(&pool);
+    for _ in 0..3 {
+        drop(pool.acquire().await.unwrap());
+    }
+    sampler.sample(at(50));
+    assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1), (3, 1, 1)]);
+    drop(pool.acquire().await.unwrap());
+    sampler.sample(at(60));
+    assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1), (3, 1, 1), (4, 1, 1)]);
 }

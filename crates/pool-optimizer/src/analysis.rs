@@ -241,10 +241,12 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
     let hold_mean = if checkouts == 0 {
         Duration::ZERO
     } else {
-        Duration::from_secs_f64(
+        // Windows built by hand can hold anything: a mean past `Duration::MAX` saturates.
+        Duration::try_from_secs_f64(
             windows.iter().map(|w| w.hold_mean.as_secs_f64() * w.checkouts as f64).sum::<f64>()
                 / checkouts as f64,
         )
+        .unwrap_or(Duration::MAX)
     };
     // Size for the busiest window, not the average: a pool must carry its peaks, and a shrink
     // must never go below what any recent window needed.
@@ -292,11 +294,14 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
 ///    what the load needs, never below it. A pool with no traffic in a recent window keeps its
 ///    size: an idle night says nothing about what the morning needs.
 ///
-/// Every proposal is capped by the budgets of the pool; hitting one adds a high-severity
-/// recommendation that names the budget. A capped grow never goes below the current
-/// `pool_size`: when a budget leaves no room to grow, the budget recommendation says the pool
-/// cannot grow and no resize is proposed (a budget already spent stops growth; it does not
-/// shrink a pool under load).
+/// Every grow is capped by the budgets of the pool; hitting one adds a high-severity
+/// recommendation that names the budget. The other pools of a budget count at their current
+/// size or at the size proposed for them in this call, whichever is larger, so the proposals
+/// of one call fit the budget together: pools earlier in name order get the room first. A
+/// capped grow never goes below the current `pool_size`: when a budget leaves no room to grow,
+/// the budget recommendation says the pool cannot grow and no resize is proposed (a budget
+/// already spent stops growth; it does not shrink a pool under load). Shrinks are never
+/// capped: a shrink stops at what the load needs, whatever the budget.
 pub fn analyze(
     windows: &BTreeMap<String, Vec<Window>>,
     settings: &Settings,
@@ -304,6 +309,8 @@ pub fn analyze(
 ) -> Vec<Recommendation> {
     let beta = beta_for(settings.wait_probability);
     let mut out = Vec::new();
+    // The pool_size proposed so far in this call, per pool.
+    let mut proposed: BTreeMap<&str, usize> = BTreeMap::new();
     for (pool, all) in windows {
         let recent = &all[all.len().saturating_sub(settings.recent_windows)..];
         let Some(latest) = recent.last() else { continue };
@@ -388,13 +395,17 @@ pub fn analyze(
         let Some((severity, issue, mut to)) = proposal else { continue };
         let grow = to > current.pool_size;
         let mut capped = None;
-        for b in budgets.iter().filter(|b| b.pools.contains(pool)) {
+        for b in budgets.iter().filter(|b| grow && b.pools.contains(pool)) {
             let others: usize = b
                 .pools
                 .iter()
                 .filter(|p| *p != pool)
-                .filter_map(|p| windows.get(p).and_then(|w| w.last()))
-                .map(|w| w.pool_size + w.max_overflow)
+                .filter_map(|p| {
+                    let w = windows.get(p).and_then(|w| w.last())?;
+                    let size =
+                        proposed.get(p.as_str()).map_or(w.pool_size, |&n| n.max(w.pool_size));
+                    Some(size + w.max_overflow)
+                })
                 .sum();
             let cap = b.available().saturating_sub(others + current.max_overflow).max(1);
             if to > cap {
@@ -425,6 +436,7 @@ pub fn analyze(
             out.push(rec(Severity::High, "Connection budget exhausted", suggestion, None));
         }
         if to != current.pool_size {
+            proposed.insert(pool, to);
             let verb = if to > current.pool_size { "Increase" } else { "Decrease" };
             out.push(rec(severity, issue, format!("{verb} pool_size to {to}"), size(to)));
         }

@@ -163,6 +163,68 @@ fn no_proposal_breaks_the_connection_budget() {
 }
 
 #[test]
+fn the_grows_of_one_call_fit_the_budget_together() {
+    // Two pools of 10 + 5 on a 50-connection budget, each needing 40: the first (by name)
+    // takes the room there is, the second is told it cannot grow. Proposed together, they fit.
+    let busy = |pool: &str| Window { pool: pool.to_owned(), ..w(10, 600.0, 50.0, 200.0) };
+    let mut ws = vec![busy("a"); 6];
+    ws.extend(vec![busy("b"); 6]);
+    let budget = Budget {
+        name: "primary".to_owned(),
+        max_connections: 50,
+        reserved: 0,
+        pools: vec!["a".to_owned(), "b".to_owned()],
+    };
+    let recs = check(
+        ws,
+        &[budget],
+        expect![[r#"
+        [high] a: Connection budget exhausted: pool_size can grow only to 30: primary allows 50 connections (50 max_connections, 0 reserved) and its other pools may open 15 (pool_size 10 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+        [medium] a: High wait times: Increase pool_size to 30 (pool_size 10 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+        [high] b: Connection budget exhausted: pool_size cannot grow: primary allows 50 connections (50 max_connections, 0 reserved) and its other pools may open 35, and this pool's max_overflow takes 5 (pool_size 10 + 5; 600/s × 50.0 ms = 30.0 busy, needed 40, wait p90 200.0 ms, timeouts 0, idle 0%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)"#]],
+    );
+    let total: usize = ["a", "b"]
+        .iter()
+        .map(|p| {
+            let proposed = recs.iter().find_map(|r| (r.pool == *p).then_some(r.proposed).flatten());
+            proposed.map_or(10, |s| s.pool_size) + 5
+        })
+        .sum();
+    assert!(total <= 50, "{total}: {recs:#?}");
+}
+
+#[test]
+fn a_budget_never_takes_a_shrink_below_what_the_load_needs() {
+    // An idle pool that needs 12 on a budget its neighbour overfills: it shrinks to 12, no
+    // lower, and no budget message calls that a grow.
+    let mut ws = vec![Window { pool: "idle".to_owned(), ..w(30, 140.0, 50.0, 0.0) }; 6];
+    ws.extend(vec![Window { pool: "full".to_owned(), ..w(40, 10.0, 10.0, 0.0) }; 6]);
+    let budget = Budget {
+        name: "primary".to_owned(),
+        max_connections: 40,
+        reserved: 0,
+        pools: vec!["idle".to_owned(), "full".to_owned()],
+    };
+    check(
+        ws,
+        &[budget],
+        expect![[r#"
+        [low] full: Too many idle connections: Decrease pool_size to 1 (pool_size 40 + 5; 10/s × 10.0 ms = 0.1 busy, needed 1, wait p90 0.0 ms, timeouts 0, idle 100%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)
+        [low] idle: Too many idle connections: Decrease pool_size to 12 (pool_size 30 + 5; 140/s × 50.0 ms = 7.0 busy, needed 12, wait p90 0.0 ms, timeouts 0, idle 77%, overflow in 0% of windows, hold ×1.00, load ×1.00, connect errors 0)"#]],
+    );
+}
+
+#[test]
+fn windows_built_by_hand_with_extreme_values_do_not_panic_or_propose_nonsense() {
+    let empty = Window { pool: "p".to_owned(), ..Window::default() };
+    assert_eq!(empty.rate(), 0.0);
+    let huge = Window { hold_mean: Duration::MAX, checkouts: 3, ..w(4, 1.0, 1.0, 0.0) };
+    let recs = check(vec![huge; 3], &[], expect![[r#""#]]);
+    assert!(recs.iter().all(|r| r.proposed.is_none_or(|s| s.pool_size < 1_000_000)), "{recs:#?}");
+    check(vec![empty; 3], &[], expect![[""]]);
+}
+
+#[test]
 fn a_grow_the_budget_cannot_fit_never_shrinks_the_pool() {
     // `main` waits and times out, but its budget is already spent by its own max_overflow:
     // 22 − 20 leaves room for 2, fewer than the 10 it has. `spill` uses its overflow all the

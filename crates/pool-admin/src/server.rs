@@ -250,7 +250,7 @@ async fn optimize(state: AdminState, interval: Duration, auto_tune: bool) {
         tick.tick().await;
         state.sample();
         let Some(tuner) = tuner.as_mut() else { continue };
-        let before = tuner.log().len();
+        let mark = tuner.decided();
         for change in tuner.decide(&state.windows()) {
             let Some(pool) = state.registry().get(&change.pool) else { continue };
             match state.resize_within_budgets(&pool, change.pool_size, change.max_overflow) {
@@ -262,8 +262,7 @@ async fn optimize(state: AdminState, interval: Duration, auto_tune: bool) {
                 }
             }
         }
-        let log = tuner.log();
-        state.record_decisions(&log[before.min(log.len())..]);
+        state.record_decisions(tuner.decisions_since(mark));
     }
 }
 

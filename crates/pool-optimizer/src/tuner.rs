@@ -4,8 +4,10 @@
 //! each change is followed by `cooldown` windows without changes; a step is bounded (at most
 //! +50% or −25% of the current size, at least one connection); after a step up the tuner
 //! checks that throughput or waits improved, else it steps back and remembers the size as a
-//! cap. Each window counts once: a pool whose newest window was already decided on is skipped.
-//! Every decision, applied or not, is logged with its evidence.
+//! cap for a while. Each window counts once: a pool whose newest window was already decided on
+//! is skipped. A pool whose size is not what the tuner left it at (an operator resized it, or
+//! the tuner's own resize was refused) starts over from its new size: the tuner never undoes a
+//! resize it did not make. Every decision, applied or not, is logged with its evidence.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -30,8 +32,12 @@ pub struct TunerSettings {
     /// A step up must raise checkouts per second by this fraction, or cut the p90 wait by
     /// 30%, to be kept \[0.05\].
     pub min_gain: f64,
-    /// Never below this `pool_size` \[1\].
+    /// Never below this `pool_size` \[1\]. The tuner only stops shrinking there: a pool
+    /// already smaller is not grown for it.
     pub min_pool_size: usize,
+    /// Windows a cap set by a step back lasts \[30\]: long enough to stop retrying a step that
+    /// did not pay off, short enough that a later rise in load gets another try.
+    pub cap_windows: usize,
 }
 
 impl Default for TunerSettings {
@@ -43,6 +49,7 @@ impl Default for TunerSettings {
             max_shrink: 0.25,
             min_gain: 0.05,
             min_pool_size: 1,
+            cap_windows: 30,
         }
     }
 }
@@ -66,7 +73,7 @@ pub enum Action {
 pub struct Decision {
     /// The window count of the pool when it was taken.
     pub window: usize,
-    /// The pool's name.
+    /// The pool's id (`backend:name`, as the sampler keys it).
     pub pool: String,
     /// What was done.
     pub action: Action,
@@ -110,7 +117,7 @@ impl Decision {
 /// A resize the tuner wants applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// The pool's name.
+    /// The pool's id (`backend:name`, as the sampler keys it).
     pub pool: String,
     /// The new `pool_size`.
     pub pool_size: usize,
@@ -130,7 +137,18 @@ struct Tuning {
     streak: usize,
     cooldown: usize,
     check: Option<Check>,
-    cap: Option<usize>,
+    cap: Option<Cap>,
+    /// The `pool_size` the pool's next window should show: the newest window's, or the size
+    /// the tuner asked for. Another size means someone else resized the pool, or the tuner's
+    /// resize was refused.
+    expected: Option<usize>,
+}
+
+/// No step up past `size` for `windows` more windows: one from there did not pay off.
+#[derive(Debug)]
+struct Cap {
+    size: usize,
+    windows: usize,
 }
 
 #[derive(Debug)]
@@ -148,17 +166,49 @@ pub struct AutoTuner {
     budgets: Vec<Budget>,
     pools: HashMap<String, Tuning>,
     log: Vec<Decision>,
+    /// Decisions taken so far, trimmed ones included.
+    decided: u64,
 }
 
 impl AutoTuner {
     /// A tuner with these settings, analysis settings and budgets.
     pub fn new(settings: TunerSettings, analysis: Settings, budgets: Vec<Budget>) -> Self {
-        AutoTuner { settings, analysis, budgets, pools: HashMap::new(), log: Vec::new() }
+        AutoTuner {
+            settings,
+            analysis,
+            budgets,
+            pools: HashMap::new(),
+            log: Vec::new(),
+            decided: 0,
+        }
     }
 
-    /// Every decision so far, oldest first.
+    /// The decisions kept, oldest first: the last 10 000 at least (older ones are dropped in
+    /// batches, so positions in it shift; use [`decided`](Self::decided) and
+    /// [`decisions_since`](Self::decisions_since) to follow it).
     pub fn log(&self) -> &[Decision] {
         &self.log
+    }
+
+    /// How many decisions the tuner has taken, those dropped from the log included.
+    pub fn decided(&self) -> u64 {
+        self.decided
+    }
+
+    /// The decisions taken after [`decided`](Self::decided) returned `mark`, as far as the
+    /// log still keeps them.
+    ///
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// # use pool_optimizer::{AutoTuner, TunerSettings};
+    /// let mut tuner = AutoTuner::new(TunerSettings::default(), Default::default(), Vec::new());
+    /// let mark = tuner.decided();
+    /// tuner.decide(&BTreeMap::new());
+    /// assert!(tuner.decisions_since(mark).is_empty());
+    /// ```
+    pub fn decisions_since(&self, mark: u64) -> &[Decision] {
+        let new = usize::try_from(self.decided.saturating_sub(mark)).unwrap_or(usize::MAX);
+        &self.log[self.log.len().saturating_sub(new)..]
     }
 
     /// Decides, for every pool with a window it has not seen yet, whether to resize. Pure
@@ -184,6 +234,7 @@ impl AutoTuner {
             t.seen += 1;
             let current = latest.pool_size;
             let seen = t.seen;
+            let decided = &mut self.decided;
             let mut log = |action, to, reason: String, evidence| {
                 let decision = Decision {
                     window: seen,
@@ -196,7 +247,37 @@ impl AutoTuner {
                 };
                 decision.trace();
                 self.log.push(decision);
+                *decided += 1;
             };
+            let expected = t.expected.replace(current);
+            if let Some(expected) = expected
+                && expected != current
+            {
+                // An operator's resize is theirs to judge, and a refused one changed nothing:
+                // either way the pending check, agreement and cap were about another size.
+                // The cooldown lets the windows catch up with the new size.
+                t.check = None;
+                t.cap = None;
+                t.direction = 0;
+                t.streak = 0;
+                t.cooldown = s.cooldown;
+                log(
+                    Action::Hold,
+                    current,
+                    format!(
+                        "pool_size is {current}, not the {expected} the tuner left it at: resized by someone else, or the tuner's resize was refused; starting over from {current}"
+                    ),
+                    None,
+                );
+                continue;
+            }
+            if let Some(cap) = &mut t.cap {
+                if cap.windows == 0 {
+                    t.cap = None;
+                } else {
+                    cap.windows -= 1;
+                }
+            }
             if t.cooldown > 0 {
                 t.cooldown -= 1;
                 if t.cooldown == 0
@@ -215,16 +296,18 @@ impl AutoTuner {
                     let waits_better = latest.checkouts > 0
                         && latest.wait_p90.as_secs_f64() <= check.wait_p90.as_secs_f64() * 0.7;
                     if gain < s.min_gain && !waits_better {
-                        t.cap = Some(check.from);
+                        t.cap = Some(Cap { size: check.from, windows: s.cap_windows });
                         t.cooldown = s.cooldown;
                         t.streak = 0;
+                        t.expected = Some(check.from);
                         log(
                             Action::StepBack,
                             check.from,
                             format!(
-                                "the step up gained {:.0}% throughput and did not cut waits; back to {} and capped there",
+                                "the step up gained {:.0}% throughput and did not cut waits; back to {} and capped there for {} windows",
                                 gain * 100.0,
-                                check.from
+                                check.from,
+                                s.cap_windows
                             ),
                             None,
                         );
@@ -276,22 +359,30 @@ impl AutoTuner {
                 );
                 continue;
             }
+            // Each branch moves only its own way: a cap never shrinks, a floor never grows.
             let to = if direction > 0 {
                 let step = ((current as f64 * s.max_grow).floor() as usize).max(1);
                 let to = target.min(current + step);
-                match t.cap {
-                    Some(cap) if to > cap => cap,
+                match &t.cap {
+                    Some(cap) if to > cap.size => cap.size.max(current),
                     _ => to,
                 }
             } else {
                 let step = ((current as f64 * s.max_shrink).floor() as usize).max(1);
-                target.max(current.saturating_sub(step)).max(s.min_pool_size)
+                target.max(current.saturating_sub(step)).max(s.min_pool_size).min(current)
             };
             if to == current {
+                let why = match &t.cap {
+                    Some(cap) if direction > 0 => format!(
+                        "a step up from {} did not pay off: capped there for {} more windows",
+                        cap.size, cap.windows
+                    ),
+                    _ => format!("min_pool_size is {}", s.min_pool_size),
+                };
                 log(
                     Action::Hold,
                     current,
-                    format!("{}, but capped at {current}", rec.suggestion),
+                    format!("{}, but {why}", rec.suggestion),
                     Some(rec.evidence.clone()),
                 );
                 continue;
@@ -304,6 +395,7 @@ impl AutoTuner {
                 rate: latest.rate(),
                 wait_p90: rec.evidence.wait_p90,
             });
+            t.expected = Some(to);
             log(
                 action,
                 to,
@@ -323,8 +415,11 @@ impl AutoTuner {
     }
 
     /// Runs the tuner: every `interval`, samples the pools, decides and applies the changes
-    /// through `Pool::resize`. A refused resize is logged and skipped. Every decision is traced
-    /// with its inputs as [`decide`](Self::decide) takes it.
+    /// through `Pool::resize`. A refused resize is logged and skipped (the next window shows
+    /// the size unchanged, and the tuner starts over from it). Every decision is traced with
+    /// its inputs as [`decide`](Self::decide) takes it; the tuner moves into the task, so its
+    /// [`log`](Self::log) is out of reach: to keep the decisions, call `decide` on a timer of
+    /// your own, as `pool-admin` does.
     pub fn spawn(
         mut self,
         mut sampler: Sampler,

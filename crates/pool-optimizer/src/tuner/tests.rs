@@ -242,7 +242,111 @@ fn a_step_up_that_does_not_raise_throughput_is_undone_and_capped() {
     let actions: Vec<Action> = tuner.log().iter().map(|d| d.action).collect();
     assert_eq!(actions, vec![Action::Grow, Action::StepBack, Action::Hold]);
     assert!(tuner.log()[1].reason.contains("back to 4 and capped there"), "{}", tuner.log()[1]);
-    assert!(tuner.log()[2].reason.contains("but capped at 4"), "{}", tuner.log()[2]);
+    assert!(
+        tuner.log()[2].reason.contains("but a step up from 4 did not pay off: capped there"),
+        "{}",
+        tuner.log()[2]
+    );
+}
+
+/// Feeds `p`'s next window and returns the sizes the tuner asked for.
+fn next(
+    tuner: &mut AutoTuner,
+    history: &mut BTreeMap<String, Vec<Window>>,
+    w: Window,
+) -> Vec<usize> {
+    history.entry("p".to_owned()).or_default().push(w);
+    tuner.decide(history).into_iter().map(|c| c.pool_size).collect()
+}
+
+#[test]
+fn a_resize_the_tuner_did_not_make_is_never_undone() {
+    // Waits high and throughput flat at every size: every step up fails its check.
+    let flat = |size| window(size, 1000, 0);
+    let last = |t: &AutoTuner| t.log().last().unwrap().to_string();
+
+    // An operator raises a capped pool: the cap was about the old size, so the tuner grows
+    // from the new one rather than cutting it back to the cap.
+    let (mut t, mut h) = (eager_tuner(1), BTreeMap::new());
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6]);
+    assert_eq!(next(&mut t, &mut h, flat(6)), [4], "stepped back and capped at 4");
+    assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0], "cooldown");
+    assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0], "capped");
+    assert_eq!(next(&mut t, &mut h, flat(20)), [] as [usize; 0]);
+    assert!(last(&t).contains("not the 4 the tuner left it at"), "{}", last(&t));
+    assert_eq!(next(&mut t, &mut h, flat(20)), [] as [usize; 0], "a cooldown for the new size");
+    assert_eq!(next(&mut t, &mut h, flat(20)), [21], "grows from the operator's size");
+
+    // An operator resizes during the check of a step up: no step back over their size.
+    let (mut t, mut h) = (eager_tuner(1), BTreeMap::new());
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6]);
+    assert_eq!(next(&mut t, &mut h, flat(10)), [] as [usize; 0], "{}", last(&t));
+    assert!(last(&t).contains("pool_size is 10, not the 6"), "{}", last(&t));
+    assert!(t.log().iter().all(|d| d.action != Action::StepBack), "{:#?}", t.log());
+
+    // The tuner's own resize was refused: the size did not change, so nothing is judged or
+    // capped, and the tuner tries again once the windows agree again.
+    let (mut t, mut h) = (eager_tuner(1), BTreeMap::new());
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6]);
+    assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0]);
+    assert!(last(&t).contains("pool_size is 4, not the 6"), "{}", last(&t));
+    assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0], "cooldown");
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6], "tries again, uncapped");
+}
+
+#[test]
+fn a_cap_lasts_cap_windows_then_the_step_is_tried_again() {
+    let mut t = AutoTuner::new(
+        TunerSettings { agree: 1, cooldown: 1, cap_windows: 3, ..TunerSettings::default() },
+        Settings { min_windows: 1, ..Settings::default() },
+        Vec::new(),
+    );
+    let mut h = BTreeMap::new();
+    let flat = |size| window(size, 1000, 0);
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6]);
+    assert_eq!(next(&mut t, &mut h, flat(6)), [4]);
+    assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0], "cooldown");
+    // The cap counts the windows from the step back, the cooldown's included.
+    for _ in 0..2 {
+        assert_eq!(next(&mut t, &mut h, flat(4)), [] as [usize; 0], "capped");
+    }
+    assert_eq!(next(&mut t, &mut h, flat(4)), [6], "{:#?}", t.log());
+}
+
+#[test]
+fn a_shrink_never_grows_a_pool_below_min_pool_size() {
+    let mut t = AutoTuner::new(
+        TunerSettings { agree: 1, cooldown: 1, min_pool_size: 8, ..TunerSettings::default() },
+        Settings { min_windows: 1, ..Settings::default() },
+        Vec::new(),
+    );
+    let mut h = BTreeMap::new();
+    // 10 checkouts/s of 100 ms: one connection busy, most of the four idle.
+    let idle = Window { wait_p90: Duration::ZERO, ..window(4, 100, 0) };
+    assert_eq!(next(&mut t, &mut h, idle), [] as [usize; 0], "{:#?}", t.log());
+    let d = t.log().last().unwrap();
+    assert_eq!((d.action, d.to), (Action::Hold, 4), "{d}");
+    assert!(d.reason.contains("but min_pool_size is 8"), "{d}");
+}
+
+#[test]
+fn decisions_since_a_mark_survive_the_log_being_trimmed() {
+    // Never agreeing enough to act: every window is logged as a hold.
+    let mut t = eager_tuner(usize::MAX);
+    let mut h = BTreeMap::new();
+    let mut seen = 0;
+    for i in 0..25_000u64 {
+        let mark = t.decided();
+        next(&mut t, &mut h, Window { seq: i + 1, ..window(4, 1000, 0) });
+        let new = t.decisions_since(mark);
+        assert_eq!(new.len(), 1, "one decision per window, at {i}");
+        assert_eq!(new[0].window, i as usize + 1);
+        seen += new.len();
+        h.get_mut("p").unwrap().clear();
+    }
+    assert_eq!(seen, 25_000);
+    assert_eq!(t.decided(), 25_000);
+    assert!(t.log().len() < 25_000, "the log was trimmed");
 }
 
 /// A tuner that acts on one window and judges a step up after one window, and an analysis

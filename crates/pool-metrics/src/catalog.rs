@@ -199,7 +199,7 @@ pub const METRICS: [Metric; 20] = [
         Counter,
         "{read}",
         [],
-        "Reads a cluster's primary took because no replica was usable (banned, lagging, behind the read's causal token, or none configured); primaries of a cluster only"
+        "Reads a cluster's primary took because no replica was usable (banned, lagging, or behind the read's causal token); not counted for a cluster without replicas; primaries of a cluster only"
     ),
     metric!(
         "db.client.connection.replica.bans",

@@ -28,18 +28,24 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// Observable gauges and counters cover every pool in the registry at each collection, pools
 /// added later included. Histograms need an observer on each pool: [`OtelMetrics::new`]
 /// attaches one to every pool registered at that moment, [`OtelMetrics::attach`] to a pool
-/// added later. Keep the value alive as long as metrics should flow.
+/// added later. Keep the value alive as long as metrics should flow: once it is dropped, the
+/// callbacks (which OpenTelemetry keeps for the provider's lifetime: it has no way to
+/// unregister one) observe nothing, and the histograms stop.
+///
+/// A pool takes one observer for its life, so one `OtelMetrics` per pool: a second over the
+/// same pools fails with [`ObserveError`], and so does one made after the first is dropped.
 ///
 /// # Counters across `reset_stats`
 ///
 /// The engine's counters restart from zero on [`Pool::reset_stats`], but an OpenTelemetry
 /// counter must never go down (an exporter with delta temporality subtracts the last value it
 /// reported). Every exported counter is therefore kept monotonic: per pool, counter and label,
-/// the instruments remember the last value read and, when a value comes back lower, add the
-/// last one to an offset carried from then on (5, reset, 2 exports 5 then 7). Events counted
-/// between the last collection and the reset are not exported, and a reset goes unseen when the
-/// counter has climbed past its old value by the next collection; the export still never goes
-/// down. The same holds for a pool replaced by another of the same name and backend.
+/// the instruments remember the last value read and, when the pool's stats were reset since
+/// ([`PoolStats::resets`] changed, or the value came back lower), add the last one to an offset
+/// carried from then on (5, reset, 2 exports 5 then 7; 5, reset, 9 exports 14). Events counted
+/// between the last collection and the reset are not exported; the export never goes down.
+/// A pool replaced by another of the same name and backend is seen as a reset when its counter
+/// comes back lower.
 ///
 /// # Histograms
 ///
@@ -68,6 +74,8 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// # drop(metrics); Ok(()) }
 /// ```
 pub struct OtelMetrics {
+    /// The callbacks hold it weakly: gone, they observe nothing.
+    _alive: Arc<()>,
     _gauges: Vec<ObservableUpDownCounter<i64>>,
     _seconds: Vec<ObservableGauge<f64>>,
     _counters: Vec<ObservableCounter<u64>>,
@@ -106,13 +114,18 @@ fn pool_attributes(name: &str, backend: &'static str) -> [KeyValue; 2] {
 /// of the metric's own label if it has one.
 type SeriesKey = (String, &'static str, Option<&'static str>);
 
-/// Calls `each(value, attributes, series)` for every sample of `metric` across the registry's
-/// pools.
+/// Calls `each(value, attributes, series, resets)` for every sample of `metric` across the
+/// registry's pools, `resets` being the pool's [`PoolStats::resets`]; nothing once the
+/// [`OtelMetrics`] that `alive` belongs to is dropped.
 fn observe_all(
+    alive: &Weak<()>,
     pools: &Registry,
     metric: &'static Metric,
-    mut each: impl FnMut(Value<'_>, &[KeyValue], SeriesKey),
+    mut each: impl FnMut(Value<'_>, &[KeyValue], SeriesKey, u64),
 ) {
+    if alive.strong_count() == 0 {
+        return;
+    }
     for pool in pools.pools() {
         let stats: PoolStats = pool.stats();
         let base = pool_attributes(&stats.name, stats.backend);
@@ -121,9 +134,9 @@ fn observe_all(
             match sample.label {
                 Some((k, v)) => {
                     let attrs = [base[0].clone(), base[1].clone(), KeyValue::new(k, v)];
-                    each(sample.value, &attrs, series);
+                    each(sample.value, &attrs, series, stats.resets);
                 }
-                None => each(sample.value, &base, series),
+                None => each(sample.value, &base, series, stats.resets),
             }
         }
     }
@@ -134,10 +147,12 @@ fn observe_all(
 #[derive(Debug, Default)]
 struct Monotonic(Mutex<HashMap<SeriesKey, Carried>>);
 
-/// One series: the last value read from the pool, and what earlier resets took away.
+/// One series: the last value read from the pool, the pool's reset count then, and what
+/// earlier resets took away.
 #[derive(Debug, Default, Clone, Copy)]
 struct Carried {
     last: u64,
+    resets: u64,
     offset: u64,
 }
 
@@ -150,13 +165,15 @@ impl Monotonic {
     }
 }
 
-/// The value to export for `series` when the pool's counter reads `value`.
-fn carry(all: &mut HashMap<SeriesKey, Carried>, series: SeriesKey, value: u64) -> u64 {
+/// The value to export for `series` when the pool's counter reads `value` and its stats have
+/// been reset `resets` times.
+fn carry(all: &mut HashMap<SeriesKey, Carried>, series: SeriesKey, value: u64, resets: u64) -> u64 {
     let carried = all.entry(series).or_default();
-    if value < carried.last {
+    if value < carried.last || resets != carried.resets {
         carried.offset = carried.offset.saturating_add(carried.last);
     }
     carried.last = value;
+    carried.resets = resets;
     carried.offset.saturating_add(value)
 }
 
@@ -166,8 +183,10 @@ impl OtelMetrics {
     ///
     /// # Errors
     ///
-    /// [`ObserveError`] when a pool has another observer attached already.
+    /// [`ObserveError`] when a pool has another observer attached already. The pools before it
+    /// keep the observer attached to them, which then counts into nothing.
     pub fn new(meter: &Meter, pools: Registry) -> Result<Self, ObserveError> {
+        let alive = Arc::new(());
         let mut gauges = Vec::new();
         let mut seconds = Vec::new();
         let mut counters = Vec::new();
@@ -177,13 +196,14 @@ impl OtelMetrics {
             match metric.kind {
                 Kind::Gauge if metric.unit == "s" => {
                     let pools = pools.clone();
+                    let alive = Arc::downgrade(&alive);
                     seconds.push(
                         meter
                             .f64_observable_gauge(metric.name)
                             .with_unit(metric.unit)
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                                observe_all(&pools, metric, |v, a, _| {
+                                observe_all(&alive, &pools, metric, |v, a, _, _| {
                                     if let Value::Seconds(v) = v {
                                         o.observe(v, a);
                                     }
@@ -194,6 +214,7 @@ impl OtelMetrics {
                 }
                 Kind::Gauge => {
                     let pools = pools.clone();
+                    let alive = Arc::downgrade(&alive);
                     // The SDK runs every callback of a collection before it reads any
                     // instrument, so the histogram events handed over here are in this
                     // collection. One callback does it for all pools.
@@ -207,7 +228,7 @@ impl OtelMetrics {
                                 if let Some(observers) = flush.as_ref().and_then(Weak::upgrade) {
                                     observers.flush();
                                 }
-                                observe_all(&pools, metric, |v, a, _| {
+                                observe_all(&alive, &pools, metric, |v, a, _, _| {
                                     if let Value::Int(v) = v {
                                         o.observe(i64::try_from(v).unwrap_or(i64::MAX), a);
                                     }
@@ -218,6 +239,7 @@ impl OtelMetrics {
                 }
                 Kind::Counter => {
                     let pools = pools.clone();
+                    let alive = Arc::downgrade(&alive);
                     let monotonic = Monotonic::default();
                     counters.push(
                         meter
@@ -226,9 +248,9 @@ impl OtelMetrics {
                             .with_description(metric.help)
                             .with_callback(move |o: &dyn AsyncInstrument<u64>| {
                                 let mut carried = monotonic.lock();
-                                observe_all(&pools, metric, |v, a, series| {
+                                observe_all(&alive, &pools, metric, |v, a, series, resets| {
                                     if let Value::Int(v) = v {
-                                        o.observe(carry(&mut carried, series, v), a);
+                                        o.observe(carry(&mut carried, series, v, resets), a);
                                     }
                                 });
                             })
@@ -248,6 +270,7 @@ impl OtelMetrics {
         let histograms: [Histogram<f64>; 3] =
             histograms.try_into().expect("the catalog has three histograms: create, wait, use");
         let metrics = OtelMetrics {
+            _alive: alive,
             _gauges: gauges,
             _seconds: seconds,
             _counters: counters,
@@ -437,9 +460,46 @@ mod tests {
         h.data_points().next().expect("one pool").clone()
     }
 
+    /// Dropping the metrics stops what they export, though OpenTelemetry keeps their callbacks
+    /// for the provider's lifetime.
+    #[tokio::test]
+    async fn dropped_metrics_observe_nothing() {
+        use pool_core::ConnectionPool;
+        use pool_core::testing::TestManager;
+
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let registry = Registry::new();
+        let pool = ConnectionPool::builder(TestManager::new()).name("db").build().unwrap();
+        registry.register(Arc::new(pool)).unwrap();
+        let points = |exporter: &InMemoryMetricExporter| -> usize {
+            provider.force_flush().unwrap();
+            let exported = exporter.get_finished_metrics().unwrap();
+            exporter.reset();
+            exported
+                .iter()
+                .flat_map(|r| r.scope_metrics())
+                .flat_map(|s| s.metrics())
+                .map(|m| match m.data() {
+                    AggregatedMetrics::I64(MetricData::Sum(s)) => s.data_points().count(),
+                    AggregatedMetrics::U64(MetricData::Sum(s)) => s.data_points().count(),
+                    AggregatedMetrics::F64(MetricData::Gauge(g)) => g.data_points().count(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        let metrics = OtelMetrics::new(&provider.meter("t"), registry).unwrap();
+        assert!(points(&exporter) > 0, "gauges and counters exported while alive");
+        drop(metrics);
+        assert_eq!(points(&exporter), 0, "nothing observed once dropped");
+    }
+
     /// Exported counters never go down when `reset_stats` zeroes the engine's: 5 timeouts, a
     /// reset, 2 more export 5 then 7 (cumulative), so a delta exporter gets 5 then 2 rather than
-    /// a subtraction that underflows.
+    /// a subtraction that underflows. A reset followed by more than the old count (8) is not
+    /// missed either: 7 then 15.
     #[tokio::test(start_paused = true)]
     async fn counters_stay_monotonic_across_reset_stats() {
         use opentelemetry_sdk::metrics::{InMemoryMetricExporterBuilder, Temporality};
@@ -486,6 +546,11 @@ mod tests {
         assert_eq!(pool.stats().timeouts, 2, "the engine's counter restarted");
         provider.force_flush().unwrap();
         assert_eq!((timeouts(&cumulative), timeouts(&delta)), (7, 2));
+
+        Pool::reset_stats(&pool);
+        time_out(8).await;
+        provider.force_flush().unwrap();
+        assert_eq!((timeouts(&cumulative), timeouts(&delta)), (15, 8));
         drop(held);
     }
 
@@ -497,9 +562,12 @@ mod tests {
         let mut all = m.lock();
         let db = || ("db".to_owned(), "test", None);
         let idle = || ("db".to_owned(), "test", Some("idle"));
-        let seen: Vec<u64> = [5, 5, 2, 9, 0, 1].map(|v| carry(&mut all, db(), v)).to_vec();
+        let seen: Vec<u64> = [5, 5, 2, 9, 0, 1].map(|v| carry(&mut all, db(), v, 0)).to_vec();
         assert_eq!(seen, [5, 5, 7, 14, 14, 15]);
-        assert_eq!(carry(&mut all, idle(), 3), 3, "another series has its own offset");
+        assert_eq!(carry(&mut all, idle(), 3, 0), 3, "another series has its own offset");
+        // A reset the counter climbed past by the next read is seen by the reset count.
+        assert_eq!(carry(&mut all, db(), 4, 1), 19, "1 carried, then 4 since the reset");
+        assert_eq!(carry(&mut all, db(), 6, 1), 21);
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl PgManager {
         }
         PgConnectOptions::from_str(url)
             .map(PgManager::new)
-            .map_err(|source| UrlError { url: redact(url), source })
+            .map_err(|source| UrlError { url: redact(url), source: unwrapped(source) })
     }
 
     /// The connect options.
@@ -152,6 +152,18 @@ impl From<PgConnectOptions> for PgManager {
     }
 }
 
+/// `e` without sqlx's configuration errors wrapped in one another, which would print "error
+/// with configuration: error with configuration: invalid port number".
+fn unwrapped(e: sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::Configuration(inner) => match inner.downcast::<sqlx::Error>() {
+            Ok(e) => unwrapped(*e),
+            Err(inner) => sqlx::Error::Configuration(inner),
+        },
+        e => e,
+    }
+}
+
 /// `url` with its passwords hidden (see [`pool_core::redact_url`]).
 pub(crate) use pool_core::redact_url as redact;
 
@@ -165,6 +177,12 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("postgres://u:***@h:notaport/db"), "{msg}");
         assert!(!msg.contains("secret"), "{msg}");
+        assert_eq!(msg.matches("error with configuration").count(), 1, "said once: {msg}");
+        // sqlx wraps the error of a bad parameter in a second "error with configuration".
+        for url in ["postgres://h/db?sslmode=bogus", "postgres://h/db?statement-cache-capacity=x"] {
+            let msg = PgManager::from_url(url).unwrap_err().to_string();
+            assert_eq!(msg.matches("error with configuration").count(), 1, "said once: {msg}");
+        }
         let err = PgManager::from_url("host=db user=app password=hunter2").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = PgManager::from_url("mysql://h/db").unwrap_err();

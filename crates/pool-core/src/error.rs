@@ -58,6 +58,9 @@ pub enum ConnectError<E: std::error::Error + 'static> {
     /// The attempt took longer than `connect_timeout`.
     #[error("connect timed out after {0:?}")]
     TimedOut(Duration),
+    /// The backend's connect panicked (its message).
+    #[error("connect {0}")]
+    Panicked(String),
 }
 
 /// Why `try_acquire` returned without a connection.

@@ -7,6 +7,11 @@ use std::future::Future;
 /// Methods that do IO return `impl Future + Send`, so the typed engine pays no boxing. Methods
 /// that must not do IO (`needs_reset`, `is_broken`) are plain functions called on the hot path.
 ///
+/// A method that panics fails only the operation it was called for: a panicking `connect` is a
+/// connect error ([`ConnectError::Panicked`](crate::ConnectError::Panicked)), a panicking
+/// `check` a failed check, and a panic in `reset`, `needs_reset`, `is_broken` or `close` closes
+/// the connection. The pool's counts stay right and it goes on serving.
+///
 /// # Examples
 ///
 /// ```

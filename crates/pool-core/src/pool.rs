@@ -863,11 +863,15 @@ impl<M: Manager> ConnectionPool<M> {
         let bound = self.shared.config.connect_timeout;
         let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
         let start = clock::now();
-        match tokio::time::timeout(bound, self.shared.manager.check(&mut conn)).await {
-            Ok(Ok(())) => Ok(start.elapsed()),
-            Ok(Err(e)) => {
+        match tokio::time::timeout(bound, caught(self.shared.manager.check(&mut conn))).await {
+            Ok(Ok(Ok(()))) => Ok(start.elapsed()),
+            Ok(Ok(Err(e))) => {
                 conn.discard_as(CloseReason::FailedCheck);
                 Err(format!("check failed: {e}"))
+            }
+            Ok(Err(panic)) => {
+                conn.discard_as(CloseReason::FailedCheck);
+                Err(format!("check {panic}"))
             }
             Err(_) => {
                 conn.discard_as(CloseReason::FailedCheck);
@@ -1070,12 +1074,14 @@ impl<M: Manager> Shared<M> {
         held: Held,
     ) -> Result<Conn<M::Connection>, String> {
         let bound = self.config.connect_timeout;
-        let error = match tokio::time::timeout(bound, self.manager.check(&mut conn.raw)).await {
-            Ok(Ok(())) => {
+        let check = caught(self.manager.check(&mut conn.raw));
+        let error = match tokio::time::timeout(bound, check).await {
+            Ok(Ok(Ok(()))) => {
                 conn.alive_at = clock::now();
                 return Ok(conn);
             }
-            Ok(Err(e)) => format!("check failed: {e}"),
+            Ok(Ok(Err(e))) => format!("check failed: {e}"),
+            Ok(Err(panic)) => format!("check {panic}"),
             Err(_) => format!("check timed out after {bound:?}"),
         };
         tracing::debug!(pool = %self.id, conn = conn.id, %error, "connection failed its check");
@@ -1112,8 +1118,10 @@ impl<M: Manager> Shared<M> {
         PooledConnection::new(Arc::clone(self), conn, now)
     }
 
-    /// A user gave `conn` back (guard dropped).
-    pub(crate) fn release(self: &Arc<Self>, conn: Conn<M::Connection>, acquired_at: Instant) {
+    /// Ends a user's hold of connection `id`, however it ends (given back, discarded,
+    /// detached): the use-time histogram, the observer and the leak report see it. Returns
+    /// the time.
+    pub(crate) fn came_back(&self, id: u64, acquired_at: Instant) -> Instant {
         let now = clock::now();
         let held = now.duration_since(acquired_at);
         self.stats.usage.record(held);
@@ -1121,37 +1129,49 @@ impl<M: Manager> Shared<M> {
             observer.released(held);
         }
         if let Some(threshold) = self.config.leak_detection_threshold {
-            let entry = self.lock().leaks.remove(&conn.id);
+            let entry = self.lock().leaks.remove(&id);
             if let Some(entry) = entry.filter(|e| e.reported || held >= threshold) {
                 if !entry.reported {
                     self.stats.leaks.fetch_add(1, Relaxed);
                 }
                 tracing::warn!(
                     pool = %self.id,
-                    conn = conn.id,
+                    conn = id,
                     held = ?held,
                     acquired_at = %entry.location,
                     "connection held past the leak detection threshold came back"
                 );
             }
         }
-        if self.manager.is_broken(&conn.raw) {
+        now
+    }
+
+    /// A user gave `conn` back (guard dropped).
+    pub(crate) fn release(self: &Arc<Self>, conn: Conn<M::Connection>, acquired_at: Instant) {
+        let now = self.came_back(conn.id, acquired_at);
+        // A backend that panics saying whether the connection is fit for reuse says it is not.
+        if caught_now(|| self.manager.is_broken(&conn.raw)).unwrap_or(true) {
             return self.retire(conn, CloseReason::Broken, Held::User);
         }
+        let Ok(needs_reset) = caught_now(|| self.manager.needs_reset(&conn.raw)) else {
+            return self.retire(conn, CloseReason::FailedReset, Held::User);
+        };
         let mut conn = conn;
         conn.idle_since = now;
         conn.alive_at = now;
-        if self.manager.needs_reset(&conn.raw) {
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                return self.retire(conn, CloseReason::FailedReset, Held::User);
-            };
+        if needs_reset {
             let shared = Arc::clone(self);
-            handle.spawn(async move {
+            self.task_runtime().spawn(async move {
                 let bound = shared.config.connect_timeout;
-                match tokio::time::timeout(bound, shared.manager.reset(&mut conn.raw)).await {
-                    Ok(Ok(())) => shared.put_back(conn, Held::User),
-                    Ok(Err(e)) => {
+                let reset = caught(shared.manager.reset(&mut conn.raw));
+                match tokio::time::timeout(bound, reset).await {
+                    Ok(Ok(Ok(()))) => shared.put_back(conn, Held::User),
+                    Ok(Ok(Err(e))) => {
                         tracing::debug!(pool = %shared.id, conn = conn.id, error = %e, "reset on return failed");
+                        shared.retire(conn, CloseReason::FailedReset, Held::User);
+                    }
+                    Ok(Err(panic)) => {
+                        tracing::warn!(pool = %shared.id, conn = conn.id, "reset on return {panic}");
                         shared.retire(conn, CloseReason::FailedReset, Held::User);
                     }
                     Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::User),
@@ -1238,19 +1258,24 @@ impl<M: Manager> Shared<M> {
     fn close_conn(self: &Arc<Self>, conn: Conn<M::Connection>, reason: CloseReason) {
         self.stats.closed(reason);
         tracing::debug!(pool = %self.id, conn = conn.id, reason = reason.as_str(), "connection closed");
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let shared = Arc::clone(self);
-                handle.spawn(async move {
-                    shared.manager.close(conn.raw).await;
-                    shared.closed_one();
-                });
+        let shared = Arc::clone(self);
+        self.task_runtime().spawn(async move {
+            // A close that hangs (a blocked socket) must not hold the slot: past the bound, the
+            // connection is dropped instead.
+            let bound = shared.config.connect_timeout;
+            match tokio::time::timeout(bound, caught(shared.manager.close(conn.raw))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(panic)) => tracing::warn!(pool = %shared.id, conn = conn.id, "close {panic}"),
+                Err(_) => tracing::debug!(pool = %shared.id, conn = conn.id, "close timed out after {bound:?}: dropped"),
             }
-            Err(_) => {
-                drop(conn);
-                self.closed_one();
-            }
-        }
+            shared.closed_one();
+        });
+    }
+
+    /// The runtime to run a pool task on: the caller's, or the pool's own when the caller runs
+    /// outside any tokio runtime (another executor, a plain thread dropping a guard).
+    fn task_runtime(&self) -> tokio::runtime::Handle {
+        tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone())
     }
 
     fn closed_one(self: &Arc<Self>) {
@@ -1264,15 +1289,8 @@ impl<M: Manager> Shared<M> {
     }
 
     fn spawn_connects(self: &Arc<Self>, n: usize) {
-        if n == 0 {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => self.spawn_connects_on(&handle, n),
-            Err(_) => {
-                self.lock().connecting -= n;
-                self.drained.notify_waiters();
-            }
+        if n > 0 {
+            self.spawn_connects_on(&self.task_runtime(), n);
         }
     }
 
@@ -1289,9 +1307,10 @@ impl<M: Manager> Shared<M> {
         let bound = self.config.connect_timeout;
         loop {
             let start = clock::now();
-            let result = match tokio::time::timeout(bound, self.manager.connect()).await {
-                Ok(Ok(raw)) => Ok(raw),
-                Ok(Err(e)) => Err(ConnectError::Backend(e)),
+            let result = match tokio::time::timeout(bound, caught(self.manager.connect())).await {
+                Ok(Ok(Ok(raw))) => Ok(raw),
+                Ok(Ok(Err(e))) => Err(ConnectError::Backend(e)),
+                Ok(Err(panic)) => Err(ConnectError::Panicked(panic)),
                 Err(_) => Err(ConnectError::TimedOut(bound)),
             };
             let error = match result {
@@ -1509,6 +1528,35 @@ impl<M: Manager> Drop for Queued<'_, M> {
 
 /// Delay before connect retry number `failures`: exponential from 25 ms, capped at 2 s, with
 /// jitter (between half and all of it), so a fleet of pools does not retry in lockstep.
+/// Runs `f` to completion, turning a panic in it into `Err` with the panic's message: a
+/// backend that panics fails the one operation, and the pool's counts stay right.
+async fn caught<F: Future>(f: F) -> Result<F::Output, String> {
+    let mut f = std::pin::pin!(f);
+    poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    })
+    .await
+}
+
+/// [`caught`] for a call that does not wait.
+fn caught_now<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| panic_message(payload.as_ref()))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    format!("panicked: {message}")
+}
+
 fn backoff(failures: u32) -> Duration {
     let exp = Duration::from_millis(25).saturating_mul(1 << failures.saturating_sub(1).min(16));
     exp.min(Duration::from_secs(2)).mul_f64(0.5 + fastrand::f64() / 2.0)

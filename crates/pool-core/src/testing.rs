@@ -33,6 +33,11 @@ struct Inner {
     connect_delay: Mutex<Duration>,
     check_delay: Mutex<Duration>,
     reset_delay: Mutex<Duration>,
+    close_delay: Mutex<Duration>,
+    /// Operations whose next call panics, one entry per call.
+    panics: Mutex<Vec<Op>>,
+    /// Connections made before this many calls of `break_open_connections` are broken.
+    break_epoch: AtomicU64,
     fail_connects: AtomicBool,
     fail_next_connects: AtomicUsize,
     fail_checks: AtomicBool,
@@ -63,6 +68,24 @@ impl Default for Gate {
     fn default() -> Self {
         Gate(Semaphore::new(0))
     }
+}
+
+/// A [`TestManager`] operation, for [`TestManager::panic_next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// [`Manager::connect`].
+    Connect,
+    /// [`Manager::check`].
+    Check,
+    /// [`Manager::reset`].
+    Reset,
+    /// [`Manager::close`].
+    Close,
+    /// [`Manager::is_broken`].
+    IsBroken,
+    /// [`Manager::needs_reset`].
+    NeedsReset,
 }
 
 /// What a [`TestManager`] has seen.
@@ -96,7 +119,16 @@ pub struct TestConnection {
     pub broken: bool,
     /// Reported as needing a reset when set; a successful reset clears it.
     pub dirty: bool,
+    /// The manager's `break_epoch` when it was made.
+    epoch: u64,
     inner: Arc<Inner>,
+}
+
+impl TestConnection {
+    /// Broken by its user (`broken`) or by [`TestManager::break_open_connections`].
+    fn is_broken(&self) -> bool {
+        self.broken || self.epoch < self.inner.break_epoch.load(SeqCst)
+    }
 }
 
 impl Drop for TestConnection {
@@ -138,6 +170,32 @@ impl TestManager {
     /// Makes every reset take `d`.
     pub fn set_reset_delay(&self, d: Duration) {
         set(&self.inner.reset_delay, d);
+    }
+
+    /// Breaks every connection open now, idle ones included, as a server restart would: each
+    /// reports itself broken and fails its checks.
+    pub fn break_open_connections(&self) {
+        self.inner.break_epoch.fetch_add(1, SeqCst);
+    }
+
+    /// Makes every close take `d` (the default close drops the connection at once).
+    pub fn set_close_delay(&self, d: Duration) {
+        set(&self.inner.close_delay, d);
+    }
+
+    /// Makes the next call of `op` panic, as a buggy backend would; call it `n` times for the
+    /// next `n` calls.
+    pub fn panic_next(&self, op: Op) {
+        self.inner.panics.lock().unwrap_or_else(PoisonError::into_inner).push(op);
+    }
+
+    fn maybe_panic(&self, op: Op) {
+        let mut panics = self.inner.panics.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = panics.iter().position(|o| *o == op) {
+            panics.remove(i);
+            drop(panics);
+            panic!("test manager: {op:?} panicked on purpose");
+        }
     }
 
     /// Makes every connect fail (`true`) or succeed (`false`).
@@ -251,6 +309,7 @@ impl Manager for TestManager {
         i.max_in_flight.fetch_max(now, SeqCst);
         let _in_flight = InFlight(self);
         self.event();
+        self.maybe_panic(Op::Connect);
         if i.hold_connects.load(SeqCst)
             && let Ok(permit) = i.gate.0.acquire().await
         {
@@ -268,7 +327,8 @@ impl Manager for TestManager {
         i.max_live.fetch_max(live, SeqCst);
         i.connects.fetch_add(1, SeqCst);
         let id = i.next_id.fetch_add(1, SeqCst) + 1;
-        Ok(TestConnection { id, broken: false, dirty: false, inner: Arc::clone(i) })
+        let epoch = i.break_epoch.load(SeqCst);
+        Ok(TestConnection { id, broken: false, dirty: false, epoch, inner: Arc::clone(i) })
     }
 
     async fn check(&self, conn: &mut TestConnection) -> Result<(), TestError> {
@@ -279,7 +339,9 @@ impl Manager for TestManager {
         }
         i.checks.fetch_add(1, SeqCst);
         self.event();
-        if conn.broken || Self::take_one(&i.fail_checks, &i.fail_next_checks, &i.check_failure_ppm)
+        self.maybe_panic(Op::Check);
+        if conn.is_broken()
+            || Self::take_one(&i.fail_checks, &i.fail_next_checks, &i.check_failure_ppm)
         {
             return Err(TestError("check failed"));
         }
@@ -287,6 +349,7 @@ impl Manager for TestManager {
     }
 
     fn needs_reset(&self, conn: &TestConnection) -> bool {
+        self.maybe_panic(Op::NeedsReset);
         conn.dirty
     }
 
@@ -298,6 +361,7 @@ impl Manager for TestManager {
         }
         i.resets.fetch_add(1, SeqCst);
         self.event();
+        self.maybe_panic(Op::Reset);
         if i.fail_resets.load(SeqCst) {
             return Err(TestError("reset failed"));
         }
@@ -306,7 +370,17 @@ impl Manager for TestManager {
     }
 
     fn is_broken(&self, conn: &TestConnection) -> bool {
-        conn.broken
+        self.maybe_panic(Op::IsBroken);
+        conn.is_broken()
+    }
+
+    async fn close(&self, conn: TestConnection) {
+        let delay = get(&self.inner.close_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.maybe_panic(Op::Close);
+        drop(conn);
     }
 }
 

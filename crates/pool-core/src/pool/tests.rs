@@ -1101,3 +1101,94 @@ async fn a_resize_over_the_size_limit_names_the_setting_it_changed() {
         "a refused resize changes nothing"
     );
 }
+
+#[test]
+fn a_queued_acquire_outside_any_runtime_starts_its_connect_on_the_pools_runtime() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let m = TestManager::new();
+    let pool = rt.block_on(async {
+        let b = builder(&m)
+            .pool_size(1)
+            .max_overflow(1)
+            .pool_timeout(Duration::from_secs(60))
+            .health_check_interval(None);
+        warm_pool(b, 1).await
+    });
+    let held = rt.block_on(pool.acquire()).unwrap();
+    let p = pool.clone();
+    let (id, waited) = std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err(), "no runtime on this thread");
+        let conn = block_on_plain_thread(p.acquire()).expect("an overflow connection");
+        (conn.id(), p.stats().connections_created)
+    })
+    .join()
+    .expect("no panic outside the runtime");
+    assert_ne!(id, held.id());
+    assert_eq!(waited, 2, "the overflow connect ran on the pool's runtime");
+    assert_eq!(m.counts().connects, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(2)
+        .connect_timeout(Duration::from_secs(5))
+        .pool_timeout(Duration::from_secs(30));
+    let pool = warm_pool(b, 2).await;
+    m.set_close_delay(Duration::from_secs(3600));
+    pool.resize(1, 0).unwrap();
+    assert_eq!(pool.state().open, 2, "the retired connection is closing");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(pool.state().open, 1, "its slot is free after connect_timeout");
+    pool.close().await.expect("every close is bounded, so close() finishes");
+    assert_eq!(m.counts().live, 0);
+}
+
+/// A backend that panics fails the one operation; the pool's counts stay right and it goes
+/// on serving.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
+    use crate::testing::Op;
+
+    // Connects: both warm-up connects panic (max_connecting is 2); the pool still connects.
+    let m = TestManager::new();
+    m.panic_next(Op::Connect);
+    m.panic_next(Op::Connect);
+    let pool = builder(&m).pool_size(2).health_check_interval(None).build().unwrap();
+    until("warm-up over", || pool.state().connecting == 0).await;
+    let err = pool.last_connect_error().expect("the panics are connect errors").to_string();
+    assert!(err.contains("panicked on purpose"), "{err}");
+    let conn = pool.acquire_timeout(Duration::from_secs(5)).await.expect("a slot is free");
+    drop(conn);
+
+    // A pre-ping, a reset, `is_broken` and `needs_reset` on return, a close.
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(1).pre_ping_bypass(Duration::ZERO).health_check_interval(None);
+    let pool = warm_pool(b, 1).await;
+    m.panic_next(Op::Check);
+    tokio::time::sleep(Duration::from_millis(1)).await; // past the pre-ping bypass of 0
+    let conn = pool.acquire().await.expect("a fresh connection after the check panicked");
+    drop(conn);
+    for op in [Op::Reset, Op::IsBroken, Op::NeedsReset, Op::Close] {
+        m.panic_next(op);
+        let mut conn = pool.acquire().await.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        conn.dirty = op == Op::Reset;
+        if op == Op::Close {
+            conn.broken = true;
+        }
+        drop(conn);
+        until("settled", || {
+            let s = pool.state();
+            s.in_use == 0 && s.open == 1 && s.connecting == 0
+        })
+        .await;
+    }
+    let s = pool.stats();
+    assert_eq!(s.closed.get(CloseReason::FailedCheck), 1);
+    assert_eq!(s.closed.get(CloseReason::FailedReset), 2, "the reset, needs_reset");
+    assert_eq!(s.closed.get(CloseReason::Broken), 2, "is_broken, then the one whose close panics");
+    assert_eq!(pool.state().in_use, 0);
+    pool.close().await.expect("nothing is left out");
+}

@@ -74,7 +74,9 @@ pub trait Manager: Send + Sync + 'static {
     }
 
     /// Says, without IO, whether a connection is known broken (its socket closed, a protocol
-    /// error seen). A broken connection is closed on return instead of being pooled.
+    /// error seen). A broken connection is closed on return instead of being pooled, and an
+    /// idle one that broke is closed at checkout instead of being handed out. It runs on every
+    /// return and checkout: keep it to a few loads.
     fn is_broken(&self, conn: &Self::Connection) -> bool {
         let _ = conn;
         false

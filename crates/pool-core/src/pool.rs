@@ -736,6 +736,7 @@ impl<M: Manager> ConnectionPool<M> {
             if st.closed {
                 return Err(ResizeError::Closed { pool: shared.name.clone() });
             }
+            let shrinking = pool_size < st.pool_size;
             st.pool_size = pool_size;
             st.max_overflow = max_overflow;
             let mut retired = Vec::new();
@@ -748,7 +749,11 @@ impl<M: Manager> ConnectionPool<M> {
                 }
             }
             st.closing += retired.len();
-            st.shrink_debt = (st.in_use + st.busy).saturating_sub(pool_size);
+            // Connections in use beyond the new size are retired as they come back after a
+            // shrink. A grow adds no debt (overflow in use stays until `idle_timeout`) and
+            // keeps only what an earlier shrink still owes at the new size.
+            let over = (st.in_use + st.busy).saturating_sub(pool_size);
+            st.shrink_debt = if shrinking { over } else { st.shrink_debt.min(over) };
             let n = st.connects_to_start(shared.config.max_connecting, true);
             (retired, n)
         };
@@ -952,6 +957,12 @@ impl<M: Manager> Shared<M> {
                 Step::Idle(conn) => {
                     if conn.expired(now) {
                         self.retire(conn, CloseReason::Recycled, Held::User);
+                        continue;
+                    }
+                    // Broken while idle (the server closed it): known without IO, so never
+                    // handed out, pre-ping or not.
+                    if caught_now(|| self.manager.is_broken(&conn.raw)).unwrap_or(true) {
+                        self.retire(conn, CloseReason::Broken, Held::User);
                         continue;
                     }
                     if self.config.pool_pre_ping
@@ -1190,7 +1201,9 @@ impl<M: Manager> Shared<M> {
         let mut st = self.lock();
         let reason = if st.closed {
             Some(CloseReason::PoolClosed)
-        } else if st.kept() > st.max_size() {
+        } else if st.established() > st.max_size() {
+            // Connects in flight do not count: they may fail, and one that succeeds past the
+            // limit is closed as it opens.
             Some(CloseReason::Shrink)
         } else {
             None
@@ -1208,7 +1221,7 @@ impl<M: Manager> Shared<M> {
         }
         let Some(conn) = st.hand_off(conn) else { return };
         // Nobody waits: after a shrink, a connection above the new `pool_size` is retired.
-        let excess = st.kept() > st.pool_size;
+        let excess = st.established() > st.pool_size;
         st.in_use -= 1;
         if st.shrink_debt > 0 {
             st.shrink_debt -= 1;
@@ -1332,6 +1345,13 @@ impl<M: Manager> Shared<M> {
                 backoff(st.connect_failures)
             };
             tokio::time::sleep(delay).await;
+            let mut st = self.lock();
+            if st.closed {
+                st.connecting -= 1;
+                drop(st);
+                self.drained.notify_waiters();
+                return;
+            }
         }
     }
 

@@ -1130,6 +1130,25 @@ fn a_queued_acquire_outside_any_runtime_starts_its_connect_on_the_pools_runtime(
 }
 
 #[tokio::test(start_paused = true)]
+async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(2).max_overflow(4).health_check_interval(None);
+    let pool = warm_pool(b, 2).await;
+    let held = futures_join(&pool, 5).await;
+    pool.resize(2, 6).unwrap();
+    drop(held);
+    let s = pool.stats();
+    assert_eq!(s.closed.get(CloseReason::Shrink), 0, "a grow retires nothing");
+    assert_eq!(s.idle_connections, 5, "overflow stays until idle_timeout");
+    // A shrink under load still retires what comes back beyond the new size.
+    let held = futures_join(&pool, 5).await;
+    pool.resize(3, 0).unwrap();
+    drop(held);
+    let s = pool.stats();
+    assert_eq!((s.closed.get(CloseReason::Shrink), s.idle_connections), (2, 3));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
     let m = TestManager::new();
     let b = builder(&m)
@@ -1144,6 +1163,43 @@ async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
     assert_eq!(pool.state().open, 1, "its slot is free after connect_timeout");
     pool.close().await.expect("every close is bounded, so close() finishes");
     assert_eq!(m.counts().live, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_closed_while_a_connect_backs_off_does_not_try_again() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = builder(&m).pool_size(1).pool_timeout(Duration::from_secs(600)).build().unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(drop) }
+    });
+    m.wait_until(|c| c.failed_connects >= 2).await;
+    // The connect slot now sleeps out its backoff.
+    let failed = m.counts().failed_connects;
+    pool.close().await.unwrap();
+    assert!(matches!(waiter.await.unwrap(), Err(AcquireError::Closed { .. })));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(m.counts().failed_connects, failed, "no attempt after the pool closed");
+    assert_eq!(pool.state().connecting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_shrink_connects_in_flight_do_not_push_out_established_connections() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let held = futures_join(&pool, 2).await;
+    m.hold_connects();
+    pool.resize(4, 0).unwrap();
+    m.wait_until(|c| c.in_flight == 2).await;
+    pool.resize(2, 0).unwrap();
+    drop(held);
+    let s = pool.stats();
+    assert_eq!((s.idle_connections, s.closed.get(CloseReason::Shrink)), (2, 0), "{s:?}");
+    m.resume_connects();
+    until("connects done", || pool.state().connecting == 0).await;
+    until("closed past the limit", || m.counts().live == 2).await;
+    assert_eq!(pool.state().open, 2);
 }
 
 /// A backend that panics fails the one operation; the pool's counts stay right and it goes
@@ -1191,4 +1247,17 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
     assert_eq!(s.closed.get(CloseReason::Broken), 2, "is_broken, then the one whose close panics");
     assert_eq!(pool.state().in_use, 0);
     pool.close().await.expect("nothing is left out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_that_broke_is_never_handed_out() {
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(2).pool_pre_ping(false).health_check_interval(None);
+    let pool = warm_pool(b, 2).await;
+    let before: Vec<u64> = futures_join(&pool, 2).await.iter().map(|c| c.id()).collect();
+    m.break_open_connections();
+    let conn = pool.acquire().await.unwrap();
+    assert!(!before.contains(&conn.id()), "a new connection, not a broken one");
+    drop(conn);
+    assert_eq!(pool.stats().closed.get(CloseReason::Broken), 2);
 }

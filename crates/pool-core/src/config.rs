@@ -39,10 +39,13 @@ pub struct PoolConfig {
     /// They are opened in the background, in parallel (up to `max_connecting` at once), so
     /// `build` does not wait for them; [`ConnectionPool::warmed`] does.
     pub min_idle: Option<usize>,
-    /// Idle connections beyond `min_idle` are retired after sitting idle this long \[60 s\].
+    /// Idle connections beyond `min_idle` are retired after sitting idle this long \[60 s\],
+    /// by the maintenance task, which runs at least every half `idle_timeout` while it is set.
     pub idle_timeout: Option<Duration>,
     /// Period of the maintenance task \[30 s\]: it checks connections idle for a whole period,
-    /// retires expired and idle-timed-out ones, and tops up `min_idle`. `None` disables it.
+    /// retires expired and idle-timed-out ones, and tops up `min_idle`. `None` turns the checks
+    /// off; the task still runs for `idle_timeout` and `leak_detection_threshold` (at half of
+    /// either), and not at all when both are off too.
     pub health_check_interval: Option<Duration>,
     /// At most this many connects in flight at once \[2\].
     pub max_connecting: usize,

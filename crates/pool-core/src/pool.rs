@@ -895,11 +895,15 @@ impl<M: Manager> Shared<M> {
 
     fn maintenance_period(&self) -> Option<Duration> {
         let c = &self.config;
-        [c.health_check_interval, c.leak_detection_threshold.map(|d| d / 2)]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.max(Duration::from_millis(10)))
+        [
+            c.health_check_interval,
+            c.leak_detection_threshold.map(|d| d / 2),
+            c.idle_timeout.map(|d| d / 2),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.max(Duration::from_millis(10)))
     }
 
     async fn acquire(
@@ -1461,10 +1465,15 @@ impl<M: Manager> Shared<M> {
                 "connection held past the leak detection threshold (possible leak)"
             );
         }
+        // Each check in its own task: one slow or unanswered ping does not hold the others,
+        // or this pass, back.
         for conn in ping {
-            if let Ok(conn) = self.check(conn, Held::Pool).await {
-                self.put_back(conn, Held::Pool);
-            }
+            let shared = Arc::clone(self);
+            self.task_runtime().spawn(async move {
+                if let Ok(conn) = shared.check(conn, Held::Pool).await {
+                    shared.put_back(conn, Held::Pool);
+                }
+            });
         }
     }
 }

@@ -1149,6 +1149,23 @@ async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn without_health_checks_idle_overflow_still_times_out() {
+    let m = TestManager::new();
+    let b = builder(&m)
+        .pool_size(1)
+        .max_overflow(2)
+        .idle_timeout(Some(Duration::from_secs(10)))
+        .health_check_interval(None);
+    let pool = warm_pool(b, 1).await;
+    drop(futures_join(&pool, 3).await);
+    assert_eq!(pool.state().idle, 3);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let s = pool.stats();
+    assert_eq!((s.idle_connections, s.closed.get(CloseReason::Idle)), (1, 2));
+    assert_eq!(m.counts().checks, 0, "no health checks were asked for");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
     let m = TestManager::new();
     let b = builder(&m)
@@ -1247,6 +1264,19 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
     assert_eq!(s.closed.get(CloseReason::Broken), 2, "is_broken, then the one whose close panics");
     assert_eq!(pool.state().in_use, 0);
     pool.close().await.expect("nothing is left out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_checks_stale_connections_at_once_not_one_after_another() {
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(5).health_check_interval(Some(Duration::from_secs(30)));
+    let pool = warm_pool(b, 5).await;
+    m.set_check_delay(Duration::from_secs(3));
+    // The first pass after 30 s finds all five stale; each check takes 3 s.
+    tokio::time::sleep(Duration::from_secs(34)).await;
+    assert_eq!(m.counts().checks, 5, "{:?}", pool.state());
+    assert_eq!(pool.state().idle, 5, "all five checked and back within one check's time");
+    assert_eq!(m.counts().connects, 5, "none replaced");
 }
 
 #[tokio::test(start_paused = true)]

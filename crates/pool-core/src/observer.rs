@@ -16,7 +16,7 @@ pub trait Observer: Send + Sync + fmt::Debug + 'static {
         let _ = wait;
     }
 
-    /// A user returned a connection after holding it for `held`.
+    /// A user's hold of a connection ended after `held`: returned, discarded or detached.
     fn released(&self, held: Duration) {
         let _ = held;
     }

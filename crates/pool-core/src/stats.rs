@@ -1,6 +1,9 @@
 //! Stats kept with atomics on the hot path, and the [`PoolStats`] snapshot read from them.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 use std::time::Duration;
 
 /// Upper bounds (inclusive, in seconds) of the engine's histogram buckets; a last bucket holds
@@ -88,7 +91,10 @@ impl HistogramSnapshot {
     pub fn mean(&self) -> Duration {
         match self.count() {
             0 => Duration::ZERO,
-            n => self.sum / u32::try_from(n).unwrap_or(u32::MAX),
+            // In nanoseconds, as `u128`: `Duration / u32` would cap the count at 4.3 billion.
+            n => Duration::from_nanos(
+                u64::try_from(self.sum.as_nanos() / u128::from(n)).unwrap_or(u64::MAX),
+            ),
         }
     }
 
@@ -228,7 +234,8 @@ pub(crate) struct Stats {
     pub(crate) wait: Histogram,
     pub(crate) usage: Histogram,
     pub(crate) connect: Histogram,
-    /// `reset` calls so far: never reset itself.
+    /// Twice the `reset` calls so far, plus one while a reset is zeroing (a sequence lock:
+    /// a snapshot that saw it odd, or change, read a reset half done); never reset itself.
     pub(crate) resets: AtomicU64,
 }
 
@@ -248,7 +255,7 @@ impl Stats {
     }
 
     pub(crate) fn reset(&self, in_use: usize, waiting: usize) {
-        self.resets.fetch_add(1, Relaxed);
+        self.resets.fetch_add(1, AcqRel);
         for c in [&self.waits, &self.timeouts, &self.created, &self.connect_errors, &self.leaks] {
             c.store(0, Relaxed);
         }
@@ -260,6 +267,7 @@ impl Stats {
         self.wait.reset();
         self.usage.reset();
         self.connect.reset();
+        self.resets.fetch_add(1, Release);
     }
 
     pub(crate) fn snapshot(
@@ -269,9 +277,28 @@ impl Stats {
         config: &crate::PoolConfig,
         g: Gauges,
     ) -> PoolStats {
-        // Read first: a reset that lands while the rest is read shows in the next snapshot's
-        // count, so the window up to it is never taken for one without a reset.
-        let resets = self.resets.load(Relaxed);
+        // A reset that overlaps the reads shows as a change of `resets`: read again (a few
+        // times at most; a reset is a handful of stores), else count the reset as done.
+        let mut attempts = 0;
+        loop {
+            let before = self.resets.load(Acquire);
+            let stats = self.read(name, backend, config, g);
+            std::sync::atomic::fence(Acquire);
+            let after = self.resets.load(Relaxed);
+            attempts += 1;
+            if (before == after && before.is_multiple_of(2)) || attempts == 4 {
+                return PoolStats { resets: after.div_ceil(2), ..stats };
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        name: &str,
+        backend: &'static str,
+        config: &crate::PoolConfig,
+        g: Gauges,
+    ) -> PoolStats {
         let mut closed = ClosedCounts::default();
         for (i, c) in self.closed.iter().enumerate() {
             closed.counts[i] = c.load(Relaxed);
@@ -304,7 +331,7 @@ impl Stats {
             use_time: self.usage.snapshot(),
             connect_time: self.connect.snapshot(),
             routing: None,
-            resets,
+            resets: 0,
         }
     }
 }
@@ -369,7 +396,8 @@ pub struct PoolStats {
     pub average_wait_time: Duration,
     /// How long acquires waited (zero when served from the idle list without waiting).
     pub wait_time: HistogramSnapshot,
-    /// How long connections were held by their users.
+    /// How long connections were held by their users, counted when the hold ends (returned,
+    /// discarded or detached).
     pub use_time: HistogramSnapshot,
     /// How long successful connects took.
     pub connect_time: HistogramSnapshot,
@@ -433,5 +461,15 @@ mod tests {
         counts[HISTOGRAM_BOUNDS.len() + 2] = 1;
         let h = HistogramSnapshot { counts, sum: Duration::ZERO, max: Duration::from_secs(90) };
         assert_eq!(h.quantile(0.5), Duration::from_secs(60), "counted as overflow, above 60 s");
+    }
+
+    #[test]
+    fn the_mean_of_more_than_four_billion_values_is_right() {
+        // Ten billion waits of 1 ms: five days of a busy pool.
+        let mut counts = vec![0; HISTOGRAM_BOUNDS.len() + 1];
+        counts[0] = 10_000_000_000;
+        let sum = Duration::from_secs(10_000_000);
+        let h = HistogramSnapshot { counts, sum, max: Duration::from_millis(1) };
+        assert_eq!(h.mean(), Duration::from_millis(1));
     }
 }

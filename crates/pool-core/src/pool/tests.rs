@@ -1291,3 +1291,17 @@ async fn an_idle_connection_that_broke_is_never_handed_out() {
     drop(conn);
     assert_eq!(pool.stats().closed.get(CloseReason::Broken), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn discarded_and_detached_holds_count_as_use_time() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let conn = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    conn.discard();
+    drop(pool.acquire().await.unwrap().detach());
+    drop(pool.acquire().await.unwrap());
+    let use_time = pool.stats().use_time;
+    assert_eq!(use_time.count(), 3, "returned, discarded and detached");
+    assert!(use_time.sum >= Duration::from_secs(2), "{use_time:?}");
+}

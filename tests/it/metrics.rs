@@ -55,7 +55,8 @@ async fn both_exporters_report_real_postgres_and_redis_pools() {
         .build();
     let _otel = OtelMetrics::new(&provider.meter("it"), registry.clone()).unwrap();
 
-    // The known sequence: 5 queries, 3 Redis checkouts, one Redis connection detached.
+    // The known sequence: 5 queries, 3 Redis checkouts, one Redis connection detached (its
+    // hold counts in the use time too).
     for i in 0..5i32 {
         let mut conn = pg.acquire().await.unwrap();
         let n: i32 = sqlx::query_scalar("SELECT $1").bind(i).fetch_one(&mut *conn).await.unwrap();

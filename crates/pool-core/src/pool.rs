@@ -1423,6 +1423,9 @@ impl<M: Manager> Shared<M> {
                 if conn.expired(now) {
                     retire.push((conn, CloseReason::Recycled));
                     open -= 1;
+                } else if caught_now(|| self.manager.is_broken(&conn.raw)).unwrap_or(true) {
+                    retire.push((conn, CloseReason::Broken));
+                    open -= 1;
                 } else if c.idle_timeout.is_some_and(|t| now.duration_since(conn.idle_since) >= t)
                     && open > keep
                 {

@@ -1305,3 +1305,16 @@ async fn discarded_and_detached_holds_count_as_use_time() {
     assert_eq!(use_time.count(), 3, "returned, discarded and detached");
     assert!(use_time.sum >= Duration::from_secs(2), "{use_time:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_replaces_idle_connections_that_broke() {
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(2).health_check_interval(Some(Duration::from_secs(30)));
+    let pool = warm_pool(b, 2).await;
+    m.break_open_connections();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    until("replaced", || m.counts().connects == 4 && pool.state().idle == 2).await;
+    let s = pool.stats();
+    assert_eq!(s.closed.get(CloseReason::Broken), 2, "seen broken without a check");
+    assert_eq!(s.closed.get(CloseReason::FailedCheck), 0);
+}

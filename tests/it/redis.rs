@@ -224,7 +224,7 @@ async fn a_dropped_blpop_future_does_not_get_its_connection_reused() -> TestResu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_kill_of_every_pool_connection_then_checkouts_succeed() -> TestResult {
+async fn client_kill_of_every_pool_connection_then_checkouts_get_fresh_ones() -> TestResult {
     let redis = RedisInstance::start()?;
     let admin = admin(&redis.url()).await?;
     let settings = small().pool_size(3).max_connections(3);
@@ -241,16 +241,19 @@ async fn client_kill_of_every_pool_connection_then_checkouts_succeed() -> TestRe
         ])
         .await?;
     assert_eq!(killed, 5);
-    // Every client reconnects by itself (new connections: none of the old ids is left).
+    // The shared clients reconnect by themselves; the exclusive connections stay down (a
+    // silent reconnect mid-checkout would drop a WATCH), and checkouts replace them.
     let old_ids: Vec<String> = before.iter().filter_map(|l| field(l, "id")).collect();
-    wait_for_clients(&admin, "the pool to reconnect", |l| {
-        l.len() == 5 && l.iter().filter_map(|l| field(l, "id")).all(|id| !old_ids.contains(&id))
+    wait_for_clients(&admin, "the shared clients to reconnect", |l| {
+        l.len() == 2 && l.iter().filter_map(|l| field(l, "id")).all(|id| !old_ids.contains(&id))
     })
     .await?;
 
     let conns = futures_join(&pool, 3).await?;
     for conn in &conns {
         conn.ping::<()>(None).await?;
+        let id: i64 = conn.client_id().await?;
+        assert!(!old_ids.contains(&id.to_string()), "a fresh connection, not a killed one");
     }
     drop(conns);
     for _ in 0..4 {
@@ -258,6 +261,44 @@ async fn client_kill_of_every_pool_connection_then_checkouts_succeed() -> TestRe
     }
     let stats = pool.stats();
     assert_eq!((stats.in_use, stats.available, stats.shared_connected), (0, 3, 2), "{stats:?}");
+    let closed = pool.engine().stats().closed;
+    assert_eq!(closed.get(CloseReason::Broken), 3, "{closed:?}");
+    pool.close().await?;
+    Ok(())
+}
+
+/// A `WATCH` lives on the server's connection: an exclusive connection that lost its socket
+/// mid-checkout must not reconnect silently, or `EXEC` would commit without the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_checkout_fails_its_transaction_instead_of_reconnecting()
+-> TestResult {
+    let redis = RedisInstance::start()?;
+    let admin = admin(&redis.url()).await?;
+    let pool = RedisPool::connect("main", &redis.url(), small()).await?;
+    let conn = pool.exclusive().await?;
+    conn.watch("balance").await?;
+    let id: i64 = conn.client_id().await?;
+    let killed: i64 = admin.client_kill(vec![ClientKillFilter::ID(id.to_string())]).await?;
+    assert_eq!(killed, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.is_connected() {
+        assert!(Instant::now() < deadline, "the connection never saw its socket close");
+        tokio::task::yield_now().await;
+    }
+    let trx = conn.multi();
+    let queued = trx.set::<(), _, _>("balance", 10, None, None, false).await;
+    let committed = trx.exec::<Option<Vec<Value>>>(true).await;
+    assert!(queued.is_err() || committed.is_err(), "committed without its WATCH: {committed:?}");
+    let balance: Option<i64> = admin.get("balance").await?;
+    assert_eq!(balance, None, "nothing written");
+    drop(conn);
+
+    let conn = pool.exclusive().await?;
+    let fresh: i64 = conn.client_id().await?;
+    assert_ne!(fresh, id, "the next user gets a new connection");
+    drop(conn);
+    let closed = pool.engine().stats().closed;
+    assert_eq!(closed.get(CloseReason::Broken), 1, "{closed:?}");
     pool.close().await?;
     Ok(())
 }

@@ -219,8 +219,10 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     /// Maximum lifetime of an exclusive connection, with a little negative jitter \[1 h\].
     pub pool_recycle: Option<Duration>,
-    /// The longest delay between two reconnect attempts of one client \[2 s\]; delays grow
-    /// exponentially from 50 ms with up to 50 ms of jitter.
+    /// The longest delay between two reconnect attempts of a shared client \[2 s\]; delays
+    /// grow exponentially from 50 ms with up to 50 ms of jitter until they reach it (fred adds
+    /// none there). Exclusive connections do not reconnect: the pool replaces them, with the
+    /// engine's backoff.
     pub max_reconnect_delay: Duration,
 }
 

@@ -88,9 +88,10 @@ impl RedisConnection {
         self.owned.has_command_in_flight()
     }
 
-    /// Whether the client is connected.
+    /// Whether the client is connected. An exclusive connection does not reconnect: once its
+    /// socket drops, the task driving it ends (fred may still report its state as connected).
     pub fn is_connected(&self) -> bool {
-        self.owned.client.is_connected()
+        !self.owned.task.is_finished() && self.owned.client.is_connected()
     }
 
     pub(crate) fn clear_watching(&self) {
@@ -152,14 +153,21 @@ impl Drop for Owned {
     }
 }
 
-/// Opens fred clients with one pool's settings: the URL's config, timeouts, TCP keepalive and
-/// the reconnect policy, never resending a command.
+/// Opens fred clients with one pool's settings: the URL's config, timeouts, TCP keepalive and,
+/// for the shared clients, the reconnect policy; never resending a command.
+///
+/// Exclusive connections do not reconnect by themselves: one whose socket drops stays down,
+/// its holder's next command fails, and the engine closes it and opens another. A silent
+/// reconnect mid-checkout would drop the server's `WATCH` (an `EXEC` would then commit without
+/// its check) and any `SELECT`.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientFactory {
     config: Config,
     perf: PerformanceConfig,
     connection: ConnectionConfig,
     policy: ReconnectPolicy,
+    /// Whether clients get `policy` (the shared ones) or none (exclusive connections).
+    reconnect: bool,
 }
 
 /// Keepalive: first probe after this long idle.
@@ -179,6 +187,7 @@ impl ClientFactory {
     /// transaction's commands are written one by one and must not wait for an acknowledgement.
     pub(crate) fn for_shared(&self, settings: &PoolSettings) -> ClientFactory {
         let mut shared = self.clone();
+        shared.reconnect = true;
         shared.connection.tcp.nodelay = None;
         shared.perf.default_command_timeout =
             settings.shared_command_timeout.unwrap_or(Duration::ZERO);
@@ -221,7 +230,7 @@ impl ClientFactory {
             2,
         );
         policy.set_jitter(RECONNECT_JITTER_MS);
-        ClientFactory { config, perf, connection, policy }
+        ClientFactory { config, perf, connection, policy, reconnect: false }
     }
 
     /// Opens one client and waits for its first connection.
@@ -233,7 +242,7 @@ impl ClientFactory {
             self.config.clone(),
             Some(self.perf.clone()),
             Some(self.connection.clone()),
-            Some(self.policy.clone()),
+            self.reconnect.then(|| self.policy.clone()),
         );
         let (tx, rx) = tokio::sync::oneshot::channel();
         let c = client.clone();

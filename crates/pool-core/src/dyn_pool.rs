@@ -73,6 +73,23 @@ pub struct Health {
     pub error: Option<String>,
 }
 
+impl Health {
+    /// A check of `pool` that succeeded in `latency`.
+    pub fn up(pool: impl Into<String>, latency: Duration) -> Self {
+        Health { pool: pool.into(), healthy: true, latency, error: None }
+    }
+
+    /// A check of `pool` that failed with `error`.
+    pub fn down(pool: impl Into<String>, error: impl Into<String>) -> Self {
+        Health {
+            pool: pool.into(),
+            healthy: false,
+            latency: Duration::ZERO,
+            error: Some(error.into()),
+        }
+    }
+}
+
 #[async_trait]
 impl<M: Manager + fmt::Debug> Pool for ConnectionPool<M> {
     fn name(&self) -> &str {

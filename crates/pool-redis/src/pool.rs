@@ -297,6 +297,11 @@ impl pool_core::Pool for RedisPool {
 
     /// `PING` on a shared client, then the engine's check of one exclusive connection; healthy
     /// when both answer, the latency being the slower of the two.
+    ///
+    /// When every exclusive connection the pool may open is in use (blocking workers can hold
+    /// them for good), the check does not queue for one: that would report a healthy server as
+    /// down after `connect_timeout` and count an acquire timeout. The shared `PING` then speaks
+    /// for the server, and a failing connect, if any, is reported.
     async fn health(&self) -> Health {
         let pool = self.inner.name.to_string();
         let bound = self.inner.settings.connect_timeout;
@@ -306,9 +311,20 @@ impl pool_core::Pool for RedisPool {
             Ok(Err(e)) => Err(format!("shared client PING failed: {e}")),
             Err(_) => Err(format!("shared client PING timed out after {bound:?}")),
         };
-        let mut health =
-            <ConnectionPool<RedisManager> as pool_core::Pool>::health(&self.inner.exclusive).await;
-        health.pool = pool;
+        let engine = &self.inner.exclusive;
+        let st = engine.state();
+        let all_busy = st.idle == 0 && st.open >= st.pool_size + st.max_overflow;
+        let mut health = if all_busy {
+            match engine.last_connect_error() {
+                Some(e) => Health::down(pool, format!("exclusive connection: {e}")),
+                None => Health::up(pool, Duration::ZERO),
+            }
+        } else {
+            let mut health =
+                <ConnectionPool<RedisManager> as pool_core::Pool>::health(engine).await;
+            health.pool = pool;
+            health
+        };
         match shared {
             Ok(latency) if health.healthy => health.latency = health.latency.max(latency),
             Ok(_) => {}

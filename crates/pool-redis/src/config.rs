@@ -185,8 +185,10 @@ pub struct PoolSettings {
     pub shared_clients: usize,
     /// TCP keepalive on every socket \[true\]: first probe after 60 s idle, then every 10 s.
     pub socket_keepalive: bool,
-    /// Retry a command that timed out (after `shared_command_timeout`), once, on another
-    /// shared client \[false\]; only through [`idempotent`](crate::RedisPool::idempotent),
+    /// Retry a command that timed out (after `shared_command_timeout`), once, on the next
+    /// shared client in round-robin order \[false\] (the same client when `shared_clients` is
+    /// 1, so a timeout can then cost twice the bound); only through
+    /// [`idempotent`](crate::RedisPool::idempotent),
     /// which is for idempotent, non-blocking commands. Nothing else is ever retried: fred is
     /// told never to resend a command. Needs a `shared_command_timeout`.
     pub retry_on_timeout: bool,

@@ -68,6 +68,11 @@ impl RedisPool {
         url: &str,
         settings: PoolSettings,
     ) -> Result<Self, BuildError> {
+        // Before any client is made: fred spawns tasks, which would panic outside a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let source = pool_core::BuildError::NoRuntime;
+            return Err(BuildError::Pool { pool: name.to_owned(), source });
+        }
         let config = RedisConfig::new(url).pool(name, settings.clone());
         config.validate()?;
         let fred_config = config.fred_config()?;
@@ -117,7 +122,9 @@ impl RedisPool {
         &self.inner.name
     }
 
-    /// The pool's settings.
+    /// The settings the pool was opened with. A resize through
+    /// [`Pool::resize`](pool_core::Pool::resize) changes the engine's sizes, not these:
+    /// [`Pool::config`](pool_core::Pool::config) has the current ones.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
     }
@@ -449,5 +456,25 @@ impl RedisPools {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    #[test]
+    fn connect_outside_a_runtime_is_an_error_not_a_panic() {
+        let connect = RedisPool::connect("main", "redis://127.0.0.1:6379", PoolSettings::default());
+        let mut connect = pin!(connect);
+        let Poll::Ready(Err(e)) = connect.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        else {
+            panic!("refused at the first poll");
+        };
+        assert!(matches!(e, BuildError::Pool { source: pool_core::BuildError::NoRuntime, .. }));
+        assert!(e.to_string().contains("\"main\""), "{e}");
     }
 }

@@ -99,6 +99,13 @@ impl SharedClients {
                     self.heartbeat_failures.fetch_add(1, Relaxed);
                     tracing::warn!(pool, client = %client.id(), error = %e, "shared client failed its heartbeat");
                 }
+                // A client already reconnecting is not told again: fred would queue the request
+                // and, once the server is back, tear down the new connection for each one
+                // queued during the outage.
+                Beat::Unresponsive if !client.is_connected() => {
+                    self.heartbeat_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(pool, client = %client.id(), "shared client heartbeat timed out after {bound:?} while it reconnects");
+                }
                 Beat::Unresponsive => {
                     self.heartbeat_failures.fetch_add(1, Relaxed);
                     tracing::warn!(pool, client = %client.id(), "shared client heartbeat timed out after {bound:?}; reconnecting it");

@@ -42,6 +42,18 @@ pub struct Metric {
     pub help: &'static str,
 }
 
+impl Metric {
+    /// Whether [`Pool::reset_stats`](pool_core::Pool::reset_stats) zeroes this counter: the
+    /// engine's counters do; a router's (fallbacks, replica bans) are the router's and stay.
+    pub fn zeroed_by_reset_stats(&self) -> bool {
+        self.kind == Kind::Counter
+            && !matches!(
+                self.name,
+                "db.client.connection.fallbacks" | "db.client.connection.replica.bans"
+            )
+    }
+}
+
 /// Attribute (label) names.
 pub mod attr {
     /// The pool's name.

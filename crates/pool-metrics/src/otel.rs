@@ -241,6 +241,8 @@ impl OtelMetrics {
                     let pools = pools.clone();
                     let alive = Arc::downgrade(&alive);
                     let monotonic = Monotonic::default();
+                    // A counter `reset_stats` leaves alone must not be carried over a reset.
+                    let zeroed = metric.zeroed_by_reset_stats();
                     counters.push(
                         meter
                             .u64_observable_counter(metric.name)
@@ -250,6 +252,7 @@ impl OtelMetrics {
                                 let mut carried = monotonic.lock();
                                 observe_all(&alive, &pools, metric, |v, a, series, resets| {
                                     if let Value::Int(v) = v {
+                                        let resets = if zeroed { resets } else { 0 };
                                         o.observe(carry(&mut carried, series, v, resets), a);
                                     }
                                 });

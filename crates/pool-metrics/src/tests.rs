@@ -321,4 +321,26 @@ async fn otel_instruments_read_back_through_the_sdk() {
         lag.data_points().map(|p| (attrs(p.attributes().collect()), p.value())).collect();
     assert_eq!(points, [(pool("db-replica-1"), 12.5)], "only the replica has a lag");
     assert_eq!(registry.len(), 3);
+
+    // `reset_stats` zeroes the engine's counters, which the export carries over, and leaves
+    // the router's fallbacks, which it must not add again.
+    for p in registry.pools() {
+        p.reset_stats();
+    }
+    exporter.reset();
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let counter = |name: &str| -> u64 {
+        let m = exported
+            .iter()
+            .flat_map(|r| r.scope_metrics())
+            .flat_map(|s| s.metrics())
+            .find(|x| x.name() == name)
+            .unwrap();
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() else { panic!() };
+        let db = sum.data_points().find(|p| attrs(p.attributes().collect()) == pool("db"));
+        db.unwrap().value()
+    };
+    assert_eq!(counter("db.client.connection.fallbacks"), 7, "not 14: the router kept it");
+    assert_eq!(counter("db.client.connection.timeouts"), 1, "carried over the reset");
 }

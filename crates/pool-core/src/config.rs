@@ -19,7 +19,8 @@ pub struct PoolConfig {
     pub max_overflow: usize,
     /// How long [`acquire`](ConnectionPool::acquire) may wait in all \[30 s\].
     pub pool_timeout: Duration,
-    /// How long one connect attempt, one check or one reset may take \[5 s\].
+    /// How long one connect attempt, one check, one reset or one close may take \[5 s\]; a close
+    /// cut off there drops the connection.
     pub connect_timeout: Duration,
     /// Maximum lifetime of a connection \[1 h\]; `None` keeps connections forever.
     /// A connection in use is never closed under its user: it is retired on return.

@@ -75,14 +75,17 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Says, without IO, whether a connection is known broken (its socket closed, a protocol
     /// error seen). A broken connection is closed on return instead of being pooled, and an
-    /// idle one that broke is closed at checkout instead of being handed out. It runs on every
-    /// return and checkout: keep it to a few loads.
+    /// idle one that broke is closed at checkout, or by maintenance, instead of being handed
+    /// out. It runs on every return and checkout, and in maintenance under the pool's lock:
+    /// keep it to a few loads.
     fn is_broken(&self, conn: &Self::Connection) -> bool {
         let _ = conn;
         false
     }
 
-    /// Closes a connection the pool retires. The default drops it.
+    /// Closes a connection the pool retires. The default drops it. A close still running after
+    /// `connect_timeout` is cut off (the connection dropped), so a hung close never holds a
+    /// slot.
     fn close(&self, conn: Self::Connection) -> impl Future<Output = ()> + Send {
         drop(conn);
         async {}

@@ -741,8 +741,11 @@ impl<M: Manager> ConnectionPool<M> {
             st.max_overflow = max_overflow;
             let mut retired = Vec::new();
             // Established connections count, not connects in flight: a connect may still fail,
-            // and one that succeeds past `max_size` is closed as it opens (`opened`).
-            while st.established() > pool_size {
+            // and one that succeeds past `max_size` is closed as it opens (`opened`). A shrink
+            // retires idle connections down to the new `pool_size`; otherwise only those past
+            // the new `max_size` go (idle overflow stays until `idle_timeout`).
+            let keep = if shrinking { pool_size } else { pool_size + max_overflow };
+            while st.established() > keep {
                 match st.idle.pop_front() {
                     Some(conn) => retired.push(conn),
                     None => break,
@@ -868,7 +871,12 @@ impl<M: Manager> ConnectionPool<M> {
         let bound = self.shared.config.connect_timeout;
         let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
         let start = clock::now();
-        match tokio::time::timeout(bound, caught(self.shared.manager.check(&mut conn))).await {
+        match tokio::time::timeout(
+            bound,
+            caught(async { self.shared.manager.check(&mut conn).await }),
+        )
+        .await
+        {
             Ok(Ok(Ok(()))) => Ok(start.elapsed()),
             Ok(Ok(Err(e))) => {
                 conn.discard_as(CloseReason::FailedCheck);
@@ -1089,7 +1097,7 @@ impl<M: Manager> Shared<M> {
         held: Held,
     ) -> Result<Conn<M::Connection>, String> {
         let bound = self.config.connect_timeout;
-        let check = caught(self.manager.check(&mut conn.raw));
+        let check = caught(async { self.manager.check(&mut conn.raw).await });
         let error = match tokio::time::timeout(bound, check).await {
             Ok(Ok(Ok(()))) => {
                 conn.alive_at = clock::now();
@@ -1178,7 +1186,7 @@ impl<M: Manager> Shared<M> {
             let shared = Arc::clone(self);
             self.task_runtime().spawn(async move {
                 let bound = shared.config.connect_timeout;
-                let reset = caught(shared.manager.reset(&mut conn.raw));
+                let reset = caught(async { shared.manager.reset(&mut conn.raw).await });
                 match tokio::time::timeout(bound, reset).await {
                     Ok(Ok(Ok(()))) => shared.put_back(conn, Held::User),
                     Ok(Ok(Err(e))) => {
@@ -1280,7 +1288,7 @@ impl<M: Manager> Shared<M> {
             // A close that hangs (a blocked socket) must not hold the slot: past the bound, the
             // connection is dropped instead.
             let bound = shared.config.connect_timeout;
-            match tokio::time::timeout(bound, caught(shared.manager.close(conn.raw))).await {
+            match tokio::time::timeout(bound, caught(async { shared.manager.close(conn.raw).await })).await {
                 Ok(Ok(())) => {}
                 Ok(Err(panic)) => tracing::warn!(pool = %shared.id, conn = conn.id, "close {panic}"),
                 Err(_) => tracing::debug!(pool = %shared.id, conn = conn.id, "close timed out after {bound:?}: dropped"),
@@ -1289,10 +1297,11 @@ impl<M: Manager> Shared<M> {
         });
     }
 
-    /// The runtime to run a pool task on: the caller's, or the pool's own when the caller runs
-    /// outside any tokio runtime (another executor, a plain thread dropping a guard).
-    fn task_runtime(&self) -> tokio::runtime::Handle {
-        tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone())
+    /// The runtime pool tasks (connects, resets, closes, checks) run on: the pool's own, which
+    /// has the timers they need (its reaper runs there) and lives as long as the pool is used,
+    /// whichever runtime, executor or plain thread the caller is on.
+    fn task_runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     fn closed_one(self: &Arc<Self>) {
@@ -1307,7 +1316,7 @@ impl<M: Manager> Shared<M> {
 
     fn spawn_connects(self: &Arc<Self>, n: usize) {
         if n > 0 {
-            self.spawn_connects_on(&self.task_runtime(), n);
+            self.spawn_connects_on(self.task_runtime(), n);
         }
     }
 
@@ -1324,12 +1333,15 @@ impl<M: Manager> Shared<M> {
         let bound = self.config.connect_timeout;
         loop {
             let start = clock::now();
-            let result = match tokio::time::timeout(bound, caught(self.manager.connect())).await {
-                Ok(Ok(Ok(raw))) => Ok(raw),
-                Ok(Ok(Err(e))) => Err(ConnectError::Backend(e)),
-                Ok(Err(panic)) => Err(ConnectError::Panicked(panic)),
-                Err(_) => Err(ConnectError::TimedOut(bound)),
-            };
+            let result =
+                match tokio::time::timeout(bound, caught(async { self.manager.connect().await }))
+                    .await
+                {
+                    Ok(Ok(Ok(raw))) => Ok(raw),
+                    Ok(Ok(Err(e))) => Err(ConnectError::Backend(e)),
+                    Ok(Err(panic)) => Err(ConnectError::Panicked(panic)),
+                    Err(_) => Err(ConnectError::TimedOut(bound)),
+                };
             let error = match result {
                 Ok(raw) => return self.opened(raw, start),
                 Err(e) => e,
@@ -1558,10 +1570,9 @@ impl<M: Manager> Drop for Queued<'_, M> {
     }
 }
 
-/// Delay before connect retry number `failures`: exponential from 25 ms, capped at 2 s, with
-/// jitter (between half and all of it), so a fleet of pools does not retry in lockstep.
 /// Runs `f` to completion, turning a panic in it into `Err` with the panic's message: a
-/// backend that panics fails the one operation, and the pool's counts stay right.
+/// backend that panics fails the one operation, and the pool's counts stay right. Pass the
+/// call inside an `async` block, so that a panic in its synchronous part is caught too.
 async fn caught<F: Future>(f: F) -> Result<F::Output, String> {
     let mut f = std::pin::pin!(f);
     poll_fn(|cx| {
@@ -1589,6 +1600,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("panicked: {message}")
 }
 
+/// Delay before connect retry number `failures`: exponential from 25 ms, capped at 2 s, with
+/// jitter (between half and all of it), so a fleet of pools does not retry in lockstep.
 fn backoff(failures: u32) -> Duration {
     let exp = Duration::from_millis(25).saturating_mul(1 << failures.saturating_sub(1).min(16));
     exp.min(Duration::from_secs(2)).mul_f64(0.5 + fastrand::f64() / 2.0)

@@ -146,7 +146,7 @@ impl HistogramSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The manager reported it broken on return.
+    /// The manager reported it broken: on return, at checkout or in maintenance.
     Broken,
     /// A pre-ping or maintenance check failed.
     FailedCheck,
@@ -256,6 +256,8 @@ impl Stats {
 
     pub(crate) fn reset(&self, in_use: usize, waiting: usize) {
         self.resets.fetch_add(1, AcqRel);
+        // The zeroing stores below must not be seen before the odd count.
+        std::sync::atomic::fence(Release);
         for c in [&self.waits, &self.timeouts, &self.created, &self.connect_errors, &self.leaks] {
             c.store(0, Relaxed);
         }

@@ -1140,12 +1140,16 @@ async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
     let s = pool.stats();
     assert_eq!(s.closed.get(CloseReason::Shrink), 0, "a grow retires nothing");
     assert_eq!(s.idle_connections, 5, "overflow stays until idle_timeout");
-    // A shrink under load still retires what comes back beyond the new size.
+    // Nor does a grow with the overflow idle.
+    pool.resize(3, 6).unwrap();
+    assert_eq!(pool.stats().idle_connections, 5, "idle overflow stays too");
+    // A shrink under load retires what comes back beyond the new size: past the new
+    // `max_size` (one), then within it, as the shrink's debt (two).
     let held = futures_join(&pool, 5).await;
-    pool.resize(3, 0).unwrap();
+    pool.resize(2, 2).unwrap();
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.closed.get(CloseReason::Shrink), s.idle_connections), (2, 3));
+    assert_eq!((s.closed.get(CloseReason::Shrink), s.idle_connections), (3, 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1245,8 +1249,8 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
     let conn = pool.acquire().await.expect("a fresh connection after the check panicked");
     drop(conn);
     for op in [Op::Reset, Op::IsBroken, Op::NeedsReset, Op::Close] {
-        m.panic_next(op);
         let mut conn = pool.acquire().await.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        m.panic_next(op); // on return (checkout asks `is_broken` too)
         conn.dirty = op == Op::Reset;
         if op == Op::Close {
             conn.broken = true;
@@ -1317,4 +1321,60 @@ async fn maintenance_replaces_idle_connections_that_broke() {
     let s = pool.stats();
     assert_eq!(s.closed.get(CloseReason::Broken), 2, "seen broken without a check");
     assert_eq!(s.closed.get(CloseReason::FailedCheck), 0);
+}
+
+#[test]
+fn tasks_started_from_a_short_lived_runtime_run_on_the_pools_own() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let m = TestManager::new();
+    let pool = rt.block_on(warm_pool(builder(&m).pool_size(1).health_check_interval(None), 1));
+    m.set_reset_delay(Duration::from_millis(50));
+    let short = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    short.block_on(async {
+        let mut conn = pool.acquire().await.unwrap();
+        conn.dirty = true;
+    });
+    drop(short); // its tasks, had the reset been spawned there, would be dropped with it
+    rt.block_on(async {
+        let back = async {
+            m.wait_until(|c| c.resets == 1).await;
+            until("given back", || pool.state().idle == 1).await;
+        };
+        tokio::time::timeout(Duration::from_secs(10), back).await.expect("the reset ran");
+    });
+    assert_eq!(pool.state().in_use, 0);
+}
+
+/// A manager whose first connect panics before it returns its future.
+#[derive(Debug, Default)]
+struct PanicsBeforeItsFuture(std::sync::atomic::AtomicBool);
+
+impl crate::Manager for PanicsBeforeItsFuture {
+    type Connection = u32;
+    type Error = std::io::Error;
+    const BACKEND: &'static str = "test";
+
+    fn connect(&self) -> impl Future<Output = Result<u32, std::io::Error>> + Send {
+        assert!(self.0.swap(true, SeqCst), "the first connect panics synchronously");
+        async { Ok(7) }
+    }
+
+    async fn check(&self, _conn: &mut u32) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_before_a_managers_future_exists_is_caught_too() {
+    let pool = ConnectionPool::builder(PanicsBeforeItsFuture::default())
+        .pool_size(1)
+        .max_connecting(1)
+        .health_check_interval(None)
+        .build()
+        .unwrap();
+    let conn = pool.acquire_timeout(Duration::from_secs(5)).await.expect("the retry connects");
+    assert_eq!(*conn, 7);
+    let err = pool.stats().connect_errors;
+    assert_eq!(err, 1, "the panic was a connect error");
 }

@@ -31,7 +31,8 @@ use crate::config::PoolSettings;
 ///   command still queued in fred) is closed, not reused: the server would keep it blocked,
 ///   and could hand the next pushed element to a caller that is gone. Closing the socket makes
 ///   the server drop the blocked command at once.
-/// - A connection whose client is not connected (killed, reconnecting) is closed and replaced.
+/// - A connection whose socket dropped (killed, a server restart) is closed and replaced: at
+///   return, at checkout, or by the pool's maintenance. It never reconnects by itself.
 ///
 /// Do not keep clones of the client past the checkout: the pool closes the socket when it
 /// retires the connection.
@@ -138,9 +139,10 @@ impl Owned {
         self.client.command_queue_len() > 0 || self.client.inner().backchannel.is_blocked()
     }
 
-    /// `QUIT`, bounded by `bound`, unless a command holds the socket; then the socket closes.
+    /// `QUIT`, bounded by `bound`, unless the connection is gone or a command holds the
+    /// socket; then the socket closes.
     pub(crate) async fn close(self, bound: Duration) {
-        if self.client.is_connected() && !self.has_command_in_flight() {
+        if !self.task.is_finished() && self.client.is_connected() && !self.has_command_in_flight() {
             let _ = tokio::time::timeout(bound, self.client.quit()).await;
         }
         drop(self);

@@ -323,7 +323,7 @@ impl pool_core::Pool for RedisPool {
         let all_busy = st.idle == 0 && st.open >= st.pool_size + st.max_overflow;
         let mut health = if all_busy {
             match engine.last_connect_error() {
-                Some(e) => Health::down(pool, format!("exclusive connection: {e}")),
+                Some(e) => Health::down(pool, e.to_string()),
                 None => Health::up(pool, Duration::ZERO),
             }
         } else {

@@ -87,9 +87,9 @@ impl SharedClients {
         }
     }
 
-    /// One heartbeat: `PING` on every client, bounded by `bound`; a client that does not answer
-    /// in time is told to reconnect (its socket may be half-open). See [`Beat`] for what counts
-    /// as not answering.
+    /// One heartbeat: `PING` on every client, bounded by `bound`; a connected client that does
+    /// not answer in time is told to reconnect (its socket may be half-open), one already
+    /// reconnecting is left to it. See [`Beat`] for what counts as not answering.
     async fn beat(&self, pool: &str, bound: Duration) {
         for client in self.iter() {
             let result = tokio::time::timeout(bound, client.ping::<()>(None)).await.ok();

@@ -347,6 +347,10 @@ fn decisions_since_a_mark_survive_the_log_being_trimmed() {
     assert_eq!(seen, 25_000);
     assert_eq!(t.decided(), 25_000);
     assert!(t.log().len() < 25_000, "the log was trimmed");
+    // A mark from before the trim gets what the log still keeps, newest last.
+    let since_start = t.decisions_since(0);
+    assert_eq!(since_start.len(), t.log().len());
+    assert_eq!(since_start.last().map(|d| d.window), Some(25_000));
 }
 
 /// A tuner that acts on one window and judges a step up after one window, and an analysis

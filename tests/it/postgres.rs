@@ -183,6 +183,43 @@ async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_r
     Ok(())
 }
 
+/// A query sent on the bare connection and dropped mid-response (a timeout around a function
+/// taking `&mut PgConnection`) is drained on return: the next user neither waits for it nor
+/// gets its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_query_dropped_mid_response_does_not_reach_the_next_user() -> Result {
+    async fn slow_then_fail(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_sleep(0.5), 1 / (0 * random())::int").execute(conn).await.map(drop)
+    }
+    let url = postgres_url();
+    let pool = PgPool::builder(manager(&url, "pool-postgres-dropped"))
+        .name("dropped")
+        .pool_size(1)
+        .max_overflow(0)
+        .pre_ping_bypass(Duration::from_secs(60))
+        .build()?;
+    for round in 0..2 {
+        let mut conn = pool.acquire().await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        let dropped = tokio::time::timeout(Duration::from_millis(50), slow_then_fail(&mut conn));
+        assert!(dropped.await.is_err(), "the query was still running when dropped");
+        drop(conn);
+        let mut next = pool.acquire().await?;
+        let (same, one): (bool, i32) = sqlx::query_as("SELECT pg_backend_pid() = $1, 1")
+            .bind(pid)
+            .fetch_one(&mut *next)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("round {round}: the next user got the old query's error: {e}")
+            });
+        assert_eq!(one, 1);
+        let stats = pool.stats();
+        assert!(same || stats.closed.total() > 0, "round {round}: reused only once drained");
+    }
+    pool.close().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
     let url = postgres_url();

@@ -106,9 +106,9 @@ pub struct PostgresConfig {
     pub pre_ping_bypass: f64,
     /// Hand out the most recently returned idle connection; `false` means the oldest \[true\].
     pub pool_use_lifo: bool,
-    /// Ask a connection whose bare `PgConnection` was used, on return, whether it was left
-    /// inside a transaction, and roll it back (one round trip; see
-    /// `PgManager::check_bare_transactions`) \[false\].
+    /// On return, drain a connection whose bare `PgConnection` was used and ask whether it was
+    /// left inside a transaction, then roll it back (one round trip; see
+    /// `PgManager::check_bare_transactions`) \[true\].
     pub check_bare_transactions: bool,
     /// Connections opened at start and kept open while idle \[`pool_size`\].
     pub min_idle: Option<usize>,
@@ -154,7 +154,7 @@ impl Default for PostgresConfig {
             pool_pre_ping: true,
             pre_ping_bypass: 0.5,
             pool_use_lifo: true,
-            check_bare_transactions: false,
+            check_bare_transactions: true,
             min_idle: None,
             health_check_interval: 30.0,
             max_connecting: 2,

@@ -24,7 +24,7 @@ use crate::token::{CausalToken, Lsn};
 use crate::{PgPool, PgPooledConnection};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// A primary pool and any number of replica pools.
 ///

@@ -32,10 +32,10 @@ use sqlx_core::transaction::TransactionManager;
 ///   error from the server such as `pg_terminate_backend`).
 ///
 /// Statements run through `&mut **conn` (the bare `PgConnection`, as a function taking
-/// `&mut PgConnection` gets it) bypass the watch: a raw `BEGIN` sent that way is not seen by the
-/// pool, unless [`PgManager::check_bare_transactions`](crate::PgManager::check_bare_transactions)
-/// is on, which asks the server on return (one round trip) whenever the bare connection was
-/// borrowed mutably.
+/// `&mut PgConnection` gets it) bypass the watch: the pool cannot see a raw `BEGIN` or a query
+/// dropped mid-response sent that way. So whenever the bare connection was borrowed mutably,
+/// [`PgManager::check_bare_transactions`](crate::PgManager::check_bare_transactions) (on by
+/// default) costs one round trip on return: it drains the connection and asks the server.
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
@@ -101,23 +101,12 @@ impl PgConn {
         while self.inner.is_in_transaction() {
             <Postgres as sqlx::Database>::TransactionManager::rollback(&mut self.inner).await?;
         }
-        if check_bare && self.flags.get(BARE) && !self.flags.get(RAW_TX) {
-            // Outside a transaction each statement starts its own, so the two times are equal;
-            // inside one opened by an earlier statement they differ. In an aborted transaction
-            // the query fails with SQLSTATE 25P02. Either way a `ROLLBACK` follows.
-            let open = match sqlx::query_scalar::<_, bool>(
-                "SELECT pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp()",
-            )
-            .fetch_one(&mut self.inner)
-            .await
-            {
-                Ok(open) => open,
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => true,
-                Err(e) => return Err(e),
-            };
-            if open {
-                self.flags.set(RAW_TX);
-            }
+        if check_bare
+            && self.flags.get(BARE)
+            && !self.flags.get(RAW_TX)
+            && self.bare_tx_open().await?
+        {
+            self.flags.set(RAW_TX);
         }
         if self.flags.get(RAW_TX) {
             self.inner.execute("ROLLBACK").await?;
@@ -125,6 +114,24 @@ impl PgConn {
         }
         self.flags.clear(BARE);
         Ok(())
+    }
+
+    /// Asks the server whether a transaction is open, after waiting out anything a bare use
+    /// left in flight (sqlx reads every pending reply before it sends a query, so a query whose
+    /// future was dropped mid-response is drained first).
+    ///
+    /// Outside a transaction each statement starts its own, so the two times are equal; inside
+    /// one opened by an earlier statement they differ. It goes as a simple query: in the
+    /// extended protocol each message (Parse, Bind, Execute) moves the statement time, which
+    /// would make the two differ every time. In an aborted transaction the query fails with
+    /// SQLSTATE 25P02.
+    async fn bare_tx_open(&mut self) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp()";
+        match sqlx::raw_sql(sql).fetch_one(&mut self.inner).await {
+            Ok(row) => sqlx::Row::try_get::<bool, _>(&row, 0),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) async fn close(self) {
@@ -513,7 +520,26 @@ impl Stream for Watched<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::transaction_effect;
+    use sqlx::Connection as _;
+
+    use super::{PgConn, transaction_effect};
+
+    /// The server-side check tells an open transaction, an aborted one and none apart, also
+    /// right after a query in the extended protocol (which moves the statement time).
+    #[tokio::test]
+    async fn the_bare_check_tells_an_open_transaction_from_none() {
+        let url = crate::cluster::tests::database_url();
+        let mut conn = PgConn::new(sqlx::PgConnection::connect(&url).await.unwrap());
+        assert!(!conn.bare_tx_open().await.unwrap(), "a fresh connection");
+        sqlx::query("SELECT $1::int").bind(1).execute(&mut conn.inner).await.unwrap();
+        assert!(!conn.bare_tx_open().await.unwrap(), "after an extended-protocol query");
+        sqlx::raw_sql("BEGIN").execute(&mut conn.inner).await.unwrap();
+        assert!(conn.bare_tx_open().await.unwrap(), "inside BEGIN");
+        assert!(sqlx::raw_sql("SELECT 1/0").execute(&mut conn.inner).await.is_err());
+        assert!(conn.bare_tx_open().await.unwrap(), "an aborted transaction");
+        sqlx::raw_sql("ROLLBACK").execute(&mut conn.inner).await.unwrap();
+        assert!(!conn.bare_tx_open().await.unwrap(), "after ROLLBACK");
+    }
 
     #[test]
     fn transaction_statements_are_recognised() {

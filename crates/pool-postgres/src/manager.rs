@@ -45,7 +45,7 @@ pub struct PgManager {
 impl PgManager {
     /// A manager opening connections with `options`.
     pub fn new(options: PgConnectOptions) -> Self {
-        PgManager { options, check_bare: false }
+        PgManager { options, check_bare: true }
     }
 
     /// A manager opening connections to `url` (`postgres://user:password@host:port/database?...`,
@@ -72,15 +72,18 @@ impl PgManager {
         &self.options
     }
 
-    /// Whether to ask the server, when a connection comes back, if its user left a transaction
-    /// open through the bare `PgConnection` \[off\].
+    /// Whether to check, when a connection comes back, what its user may have left through the
+    /// bare `PgConnection` \[on\].
     ///
-    /// Queries run through the pooled connection itself (`&mut *conn`) are watched for raw
-    /// `BEGIN`s without any IO. Those run on the bare `PgConnection` (`&mut **conn`, or a
-    /// function taking `&mut PgConnection`) are not. With this on, a connection whose bare
-    /// `PgConnection` was borrowed mutably is asked on return whether it is inside a
-    /// transaction (one round trip, in the background), and rolled back if it is. Off, such a
-    /// transaction goes to the next user, as with sqlx's own pool.
+    /// Queries run through the pooled connection itself (`&mut *conn`) are watched without any
+    /// IO: a raw `BEGIN`, a query dropped mid-flight. Those run on the bare `PgConnection`
+    /// (`&mut **conn`, or a function taking `&mut PgConnection`) are not. With this on, a
+    /// connection whose bare `PgConnection` was borrowed mutably gets one round trip on return,
+    /// in the background: it drains a query its user dropped mid-response (a timeout around a
+    /// bare query), and asks the server whether a transaction is open, which is then rolled
+    /// back. Connections used only through `&mut *conn` pay nothing. Off, both go to the next
+    /// user: it waits for the abandoned query's reply, and may get its error or run inside the
+    /// transaction.
     ///
     /// # Examples
     ///

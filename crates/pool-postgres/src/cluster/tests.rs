@@ -34,7 +34,7 @@ fn build_rejects_zero_and_endless_durations_naming_them() {
 }
 
 /// The shared test server's URL; fails, saying how to start it, when nothing answers there.
-fn database_url() -> String {
+pub(crate) fn database_url() -> String {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();

@@ -183,6 +183,68 @@ async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_r
     Ok(())
 }
 
+/// Session state left by one user (settings, a role, `LISTEN`, a temporary table, an advisory
+/// lock, a prepared statement, a `DEALLOCATE ALL` under sqlx's statement cache) is gone when
+/// the next user gets the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_session_is_reset_before_the_next_user() -> Result {
+    let url = postgres_url();
+    let pool = PgPool::builder(manager(&url, "pool-postgres-session"))
+        .name("session")
+        .pool_size(1)
+        .max_overflow(0)
+        .build()?;
+    let lock = format!("SELECT pg_advisory_lock({})", std::process::id());
+    let changes = [
+        "SET search_path TO pg_catalog",
+        "SET statement_timeout = 1234",
+        "SET ROLE pg_monitor",
+        "LISTEN pool_postgres_session",
+        "CREATE TEMP TABLE pool_postgres_scratch (x int)",
+        lock.as_str(),
+        "PREPARE pool_postgres_q AS SELECT 1",
+        "DEALLOCATE ALL",
+    ];
+    for change in changes {
+        let mut conn = pool.acquire().await?;
+        // A cached statement before the change, used again after it.
+        let n: i32 = sqlx::query_scalar("SELECT $1::int").bind(1).fetch_one(&mut *conn).await?;
+        assert_eq!(n, 1);
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(change.to_owned())).execute(&mut *conn).await?;
+        drop(conn);
+        let mut next = pool.acquire().await?;
+        let same: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *next).await?;
+        assert_eq!(same, pid, "{change}: the same backend, reset rather than replaced");
+        let (path, timeout, role, listening, scratch, locks, prepared): (
+            String,
+            String,
+            String,
+            i64,
+            Option<String>,
+            i64,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT current_setting('search_path'), current_setting('statement_timeout'), \
+             current_user::text, (SELECT count(*) FROM pg_listening_channels()), \
+             to_regclass('pg_temp.pool_postgres_scratch')::text, \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             (SELECT count(*) FROM pg_prepared_statements WHERE name = 'pool_postgres_q')",
+        )
+        .fetch_one(&mut *next)
+        .await?;
+        assert_eq!(path, "\"$user\", public", "{change}");
+        assert_eq!(timeout, "0", "{change}");
+        assert_ne!(role, "pg_monitor", "{change}");
+        assert_eq!((listening, scratch, locks, prepared), (0, None, 0, 0), "{change}");
+        let n: i32 = sqlx::query_scalar("SELECT $1::int").bind(2).fetch_one(&mut *next).await?;
+        assert_eq!(n, 2, "{change}: sqlx's statement cache is in step with the server");
+    }
+    assert_eq!(pool.stats().closed.total(), 0, "every connection was reset, none closed");
+    pool.close().await?;
+    Ok(())
+}
+
 /// A query sent on the bare connection and dropped mid-response (a timeout around a function
 /// taking `&mut PgConnection`) is drained on return: the next user neither waits for it nor
 /// gets its error.

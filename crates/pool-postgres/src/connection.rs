@@ -28,6 +28,9 @@ use sqlx_core::transaction::TransactionManager;
 ///   `COMMIT`, `ROLLBACK`, `END` or `ABORT` (sqlx's own [`Transaction`](sqlx::Transaction)s are
 ///   tracked by sqlx itself);
 /// - a query whose future or row stream was dropped before it finished;
+/// - a statement that changes the session beyond its transaction (`SET`, `LISTEN`, a temporary
+///   table, a session advisory lock, a named `PREPARE`, `DISCARD`...), cleared on return with
+///   `DISCARD ALL` (sqlx's statement cache emptied first);
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
 ///   error from the server such as `pg_terminate_backend`).
 ///
@@ -72,11 +75,11 @@ impl PgConn {
     }
 
     /// Whether the pool must clear state before anyone else gets this connection: an open raw
-    /// or sqlx transaction, an unfinished query, or commands sqlx queued but has not sent yet (a
-    /// dropped transaction's `ROLLBACK`); with `check_bare`, also a use of the bare connection,
-    /// which only the server can tell about.
+    /// or sqlx transaction, an unfinished query, commands sqlx queued but has not sent yet (a
+    /// dropped transaction's `ROLLBACK`), a changed session; with `check_bare`, also a use of
+    /// the bare connection, which only the server can tell about.
     pub(crate) fn needs_reset(&self, check_bare: bool) -> bool {
-        self.flags.get(RAW_TX | BUSY)
+        self.flags.get(RAW_TX | BUSY | SESSION)
             || (check_bare && self.flags.get(BARE))
             || self.inner.is_in_transaction()
             || self.inner.should_flush()
@@ -84,7 +87,8 @@ impl PgConn {
 
     /// Clears what [`needs_reset`](Self::needs_reset) reported: drains an unfinished query and
     /// sends queued commands (one `Sync` round trip), rolls back sqlx transactions (`ROLLBACK`
-    /// or `ROLLBACK TO SAVEPOINT` per level) and a raw transaction (`ROLLBACK`).
+    /// or `ROLLBACK TO SAVEPOINT` per level) and a raw transaction (`ROLLBACK`), and resets a
+    /// changed session (`DISCARD ALL`).
     pub(crate) async fn reset(&mut self, check_bare: bool) -> Result<(), sqlx::Error> {
         let result = self.reset_inner(check_bare).await;
         if let Err(e) = &result {
@@ -111,6 +115,13 @@ impl PgConn {
         if self.flags.get(RAW_TX) {
             self.inner.execute("ROLLBACK").await?;
             self.flags.clear(RAW_TX);
+        }
+        if self.flags.get(SESSION) {
+            // sqlx's cached statements go first (closing one `DISCARD ALL` or `DEALLOCATE`
+            // already removed is no error), then the session's state, outside any transaction.
+            self.inner.clear_cached_statements().await?;
+            sqlx::raw_sql("DISCARD ALL").execute(&mut self.inner).await?;
+            self.flags.clear(SESSION);
         }
         self.flags.clear(BARE);
         Ok(())
@@ -240,6 +251,9 @@ const BROKEN: u8 = 4;
 const TX_CONTROL: u8 = 8;
 /// The bare `PgConnection` was borrowed mutably since the last reset.
 const BARE: u8 = 16;
+/// A statement changed the session (`SET`, `LISTEN`, a temporary table, a session advisory
+/// lock, a named prepared statement...): the next user must not inherit it.
+const SESSION: u8 = 32;
 
 #[derive(Debug, Default)]
 struct Flags(AtomicU8);
@@ -289,6 +303,9 @@ impl Flags {
         } else {
             self.clear(TX_CONTROL);
         }
+        if changes_session(sql) {
+            self.set(SESSION);
+        }
     }
 }
 
@@ -325,6 +342,45 @@ fn transaction_effect(sql: &str) -> Option<bool> {
     }
     let (statements, complete) = statements(sql);
     effect_of(statements.iter().map(String::as_str), complete)
+}
+
+/// Whether `sql` may leave state in the session beyond its transaction, which `DISCARD ALL`
+/// clears: a `SET` (not `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`), `LISTEN`, a named
+/// `PREPARE`, `DEALLOCATE` or `DISCARD` (which also leave sqlx's statement cache out of step),
+/// `LOAD`, a temporary table or view, a session-level advisory lock, `set_config`. A false
+/// "yes" costs a `DISCARD ALL` on return; the statements are read as [`transaction_effect`]
+/// reads them, and function names anywhere in the text.
+fn changes_session(sql: &str) -> bool {
+    let calls = ["advisory_lock", "set_config"];
+    if calls
+        .iter()
+        .any(|f| sql.as_bytes().windows(f.len()).any(|w| w.eq_ignore_ascii_case(f.as_bytes())))
+    {
+        return true;
+    }
+    let check = |statement: &str| {
+        let mut words = statement.split_whitespace();
+        let Some(first) = words.next() else { return false };
+        let is = |w: &str| first.eq_ignore_ascii_case(w);
+        let has = |w: &str| statement.split_whitespace().any(|r| r.eq_ignore_ascii_case(w));
+        if is("SET") {
+            let second = words.next().unwrap_or_default();
+            return !["LOCAL", "TRANSACTION", "CONSTRAINTS"]
+                .iter()
+                .any(|w| second.eq_ignore_ascii_case(w));
+        }
+        is("LISTEN")
+            || is("DEALLOCATE")
+            || is("DISCARD")
+            || is("LOAD")
+            || (is("PREPARE") && !has("TRANSACTION"))
+            || has("TEMP")
+            || has("TEMPORARY")
+    };
+    if !sql.contains([';', '-', '/', '\'', '"', '$']) {
+        return check(sql);
+    }
+    statements(sql).0.iter().any(|s| check(s))
 }
 
 /// [`transaction_effect`] of these statements, keywords only; `complete` when nothing was left
@@ -539,6 +595,40 @@ mod tests {
         assert!(conn.bare_tx_open().await.unwrap(), "an aborted transaction");
         sqlx::raw_sql("ROLLBACK").execute(&mut conn.inner).await.unwrap();
         assert!(!conn.bare_tx_open().await.unwrap(), "after ROLLBACK");
+    }
+
+    #[test]
+    fn statements_that_change_the_session_are_recognised() {
+        let cases: &[(&str, bool)] = &[
+            ("SELECT 1", false),
+            ("select * from settings where name = $1", false),
+            ("INSERT INTO t VALUES ('SET x = 1')", false),
+            ("SET search_path TO tenant_7", true),
+            ("set role reporting", true),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", true),
+            ("SET LOCAL statement_timeout = 100", false),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false),
+            ("BEGIN; SET statement_timeout = 5; COMMIT", true),
+            ("listen jobs", true),
+            ("UNLISTEN *", false),
+            ("PREPARE q AS SELECT 1", true),
+            ("PREPARE TRANSACTION 'x'", false),
+            ("DEALLOCATE ALL", true),
+            ("DISCARD TEMP", true),
+            ("CREATE TEMP TABLE scratch (x int)", true),
+            ("create temporary view v as select 1", true),
+            ("SELECT * INTO TEMP t2 FROM t", true),
+            ("SELECT pg_advisory_lock(42)", true),
+            ("SELECT pg_try_advisory_lock_shared(1, 2)", true),
+            ("SELECT pg_advisory_xact_lock(42)", false),
+            ("SELECT set_config('app.user', '7', false)", true),
+            ("-- SET x = 1\nSELECT 1", false),
+            ("SELECT 'a;b'; SET x = 1", true),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(super::changes_session(sql), *expected, "{sql}");
+        }
     }
 
     #[test]

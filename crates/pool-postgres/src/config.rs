@@ -89,8 +89,10 @@ fn apply(
         set.push(("pool_timeout", DATABASE_POOL_TIMEOUT, v));
     }
     if let Some(v) = lookup(DATABASE_POOL_RECYCLE)? {
+        // SQLAlchemy's `-1`, or any number up to 0, means never (as `pool-admin` reads it).
+        let never = v.trim().parse::<f64>().is_ok_and(|secs| secs <= 0.0);
         config.pool_recycle =
-            if v.trim() == "-1" { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
+            if never { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
         set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
     }
     // A value that parses but that the pool would refuse is still the variable's fault.
@@ -154,8 +156,10 @@ mod tests {
         assert_eq!(c.max_overflow, 0);
         assert_eq!(c.pool_timeout, Duration::from_millis(2500));
         assert_eq!(c.pool_recycle, Some(Duration::from_secs(600)));
-        let c = config_from_vars(PoolConfig::default(), [("DATABASE_POOL_RECYCLE", "-1")]).unwrap();
-        assert_eq!(c.pool_recycle, None);
+        for never in ["-1", "0", " -5 ", "0.0"] {
+            let c = config_from_vars(PoolConfig::default(), [("DATABASE_POOL_RECYCLE", never)]);
+            assert_eq!(c.unwrap().pool_recycle, None, "{never:?} means never");
+        }
         assert_eq!(config_from_vars(PoolConfig::default(), []).unwrap(), PoolConfig::default());
     }
 

@@ -665,10 +665,11 @@ const HISTORY: usize = 600;
 /// updates bans and lag.
 ///
 /// A replica's lag is the age of the newest primary position it has replayed: zero when it has
-/// replayed the primary's current position, else the time since the probe saw the primary at
-/// the newest position the replica has reached. This needs no clock agreement between servers
-/// and does not grow while the primary is idle; when the replica is behind every remembered
-/// position, `now() - pg_last_xact_replay_timestamp()` on the replica is the lower bound used.
+/// replayed the primary's current position, else the time since the primary was at the
+/// replica's position, interpolated between the two positions the probe saw around it (see
+/// [`lag_of`]). This needs no clock agreement between servers and does not grow while the
+/// primary is idle; when the replica is behind every remembered position,
+/// `now() - pg_last_xact_replay_timestamp()` on the replica is the lower bound used.
 async fn probe(cluster: Weak<Inner>, period: Duration) {
     let mut state = Probe { primary: None, replicas: Vec::new(), history: VecDeque::new() };
     loop {
@@ -719,22 +720,7 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
                     h.replay_lsn = replay;
                     let Some(replay) = replay else { continue };
                     let Some(&(_, current)) = state.history.back() else { continue };
-                    let lag = if replay >= current {
-                        Duration::ZERO
-                    } else {
-                        let reached = state.history.iter().rev().find(|(_, lsn)| *lsn <= replay);
-                        match reached {
-                            Some((at, _)) => now.saturating_duration_since(*at),
-                            None => {
-                                let oldest = state
-                                    .history
-                                    .front()
-                                    .map(|(at, _)| now.saturating_duration_since(*at));
-                                let ts = ts_lag.and_then(|s| Duration::try_from_secs_f64(s).ok());
-                                oldest.max(ts).unwrap_or_default()
-                            }
-                        }
-                    };
+                    let lag = lag_of(&state.history, replay, now, ts_lag);
                     h.lag = Some(lag);
                     h.lag_bytes = Some(current.bytes_since(replay));
                     if let Some(max) = inner.settings.max_replica_lag {
@@ -749,6 +735,40 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
         }
         drop(inner);
     }
+}
+
+/// How far behind a replica at `replay` is, at `now`, given the primary's recent positions
+/// (`history`, oldest first, never empty) and the replica's own replay-timestamp lag.
+///
+/// Zero when it replayed the primary's newest position. Otherwise the time since the primary
+/// was at `replay`: between the two remembered positions around it, the time is interpolated
+/// by WAL bytes, so under steady writes a replica a few bytes behind reads a few milliseconds,
+/// not a whole probe period. Behind every remembered position, the oldest one's age, or the
+/// replay-timestamp lag if larger, is the lower bound.
+fn lag_of(
+    history: &VecDeque<(Instant, Lsn)>,
+    replay: Lsn,
+    now: Instant,
+    ts_lag: Option<f64>,
+) -> Duration {
+    let Some(&(_, current)) = history.back() else { return Duration::ZERO };
+    if replay >= current {
+        return Duration::ZERO;
+    }
+    let Some(i) = history.iter().rposition(|(_, lsn)| *lsn <= replay) else {
+        let oldest = history.front().map(|(at, _)| now.saturating_duration_since(*at));
+        let ts = ts_lag.and_then(|s| Duration::try_from_secs_f64(s).ok());
+        return oldest.max(ts).unwrap_or_default();
+    };
+    let (at, lsn) = history[i];
+    let reached = match history.get(i + 1) {
+        Some(&(next_at, next_lsn)) if next_lsn > lsn => {
+            let share = replay.bytes_since(lsn) as f64 / next_lsn.bytes_since(lsn) as f64;
+            at + next_at.saturating_duration_since(at).mul_f64(share.clamp(0.0, 1.0))
+        }
+        _ => at,
+    };
+    now.saturating_duration_since(reached)
 }
 
 /// Runs `sql` (returning an LSN as text and a float) on the probe's connection, opening it if

@@ -91,8 +91,7 @@ fn apply(
     if let Some(v) = lookup(DATABASE_POOL_RECYCLE)? {
         // SQLAlchemy's `-1`, or any number up to 0, means never (as `pool-admin` reads it).
         let never = v.trim().parse::<f64>().is_ok_and(|secs| secs <= 0.0);
-        config.pool_recycle =
-            if never { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
+        config.pool_recycle = if never { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
         set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
     }
     // A value that parses but that the pool would refuse is still the variable's fault.

@@ -139,3 +139,29 @@ async fn warmed_waits_for_every_pool_and_names_one_that_cannot_connect() {
     assert_eq!(down.primary().state().idle, 2, "the primary warmed meanwhile");
     down.close().await.unwrap();
 }
+
+/// Under steady writes the probe sees the primary a round ahead of any replica: the lag is the
+/// time since the primary was at the replica's position, interpolated, not a whole period.
+#[test]
+fn lag_is_interpolated_between_the_positions_around_the_replica() {
+    use std::collections::VecDeque;
+
+    use tokio::time::Instant;
+
+    use super::lag_of;
+
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let history: VecDeque<_> =
+        [(t0, Lsn(1_000)), (t0 + s(1), Lsn(2_000)), (t0 + s(2), Lsn(3_000))].into();
+    let now = t0 + s(2) + Duration::from_millis(1);
+    let lag = |replay| lag_of(&history, Lsn(replay), now, None);
+    assert_eq!(lag(3_000), Duration::ZERO, "caught up");
+    assert_eq!(lag(2_990), Duration::from_millis(11), "10 bytes behind: 10 ms, plus 1 since");
+    assert_eq!(lag(2_500), Duration::from_millis(501));
+    assert_eq!(lag(2_000), Duration::from_millis(1_001), "exactly at a remembered position");
+    // Behind every remembered position: the oldest one's age, or the replica's own
+    // replay-timestamp lag when that says more.
+    assert_eq!(lag(500), Duration::from_millis(2_001));
+    assert_eq!(lag_of(&history, Lsn(500), now, Some(30.0)), s(30));
+}

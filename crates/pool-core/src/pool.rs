@@ -74,6 +74,19 @@ pub struct PoolState {
     pub connect_failures: u32,
 }
 
+impl PoolState {
+    /// Whether a caller that finds nothing idle would wait on connects that keep failing: the
+    /// last connect failed and the pool has room for a connection beyond those it has (connects
+    /// in flight are what fills that room, or fails to). A pool whose connections fill its
+    /// limit waits on busy connections instead, whatever its last connect did.
+    pub fn connects_failing(&self) -> bool {
+        let established = self.open.saturating_sub(self.connecting);
+        self.connect_failures > 0
+            && self.idle == 0
+            && established < self.pool_size + self.max_overflow
+    }
+}
+
 impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

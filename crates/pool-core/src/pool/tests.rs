@@ -1378,3 +1378,20 @@ async fn a_panic_before_a_managers_future_exists_is_caught_too() {
     let err = pool.stats().connect_errors;
     assert_eq!(err, 1, "the panic was a connect error");
 }
+
+#[tokio::test(start_paused = true)]
+async fn connects_failing_means_room_to_connect_and_a_failed_last_connect() {
+    let m = TestManager::new();
+    let b = builder(&m).pool_size(1).max_overflow(1).health_check_interval(None);
+    let pool = warm_pool(b, 1).await;
+    let held = pool.acquire().await.unwrap();
+    assert!(!pool.state().connects_failing(), "busy, connects fine");
+    m.fail_connects(true);
+    assert!(pool.acquire_timeout(Duration::from_secs(1)).await.is_err());
+    assert!(pool.state().connects_failing(), "room for one more, and its connect failed");
+    // At its limit the pool waits on busy connections, whatever its last connect did.
+    pool.resize(1, 0).unwrap();
+    let s = pool.state();
+    assert!(s.connect_failures > 0 && !s.connects_failing(), "{s:?}");
+    drop(held);
+}

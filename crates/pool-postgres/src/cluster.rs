@@ -511,8 +511,9 @@ impl PgCluster {
             let replica = &inner.replicas[i];
             // A replica whose server refuses connections and has nothing idle is banned at once,
             // instead of making this read wait `replica_timeout` for connects that keep failing.
+            // One at its limit is busy, not failing, however its last connect went.
             let state = replica.pool.state();
-            if state.connect_failures > 0 && state.idle == 0 {
+            if state.connects_failing() {
                 let error = replica
                     .pool
                     .last_connect_error()
@@ -527,7 +528,7 @@ impl PgCluster {
             let mut conn = match acquire.await {
                 Ok(conn) => conn,
                 Err(AcquireError::Timeout(t)) => {
-                    if let Some(e) = &t.last_error {
+                    if let Some(e) = t.last_error.as_ref().filter(|_| t.state.connects_failing()) {
                         inner.ban(i, e.to_string());
                         self.retry_connect(i);
                     }

@@ -373,11 +373,14 @@ fn block_on_plain_thread<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// A runtime of its own for tests that poll from outside it, with one worker thread.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
 #[test]
 fn an_acquire_polled_outside_any_runtime_runs_its_check_on_the_pools_runtime() {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let m = TestManager::new();
+    let (rt, m) = (one_worker_runtime(), TestManager::new());
     let pool = rt.block_on(async {
         let b =
             builder(&m).pool_size(1).pre_ping_bypass(Duration::ZERO).health_check_interval(None);
@@ -1104,9 +1107,7 @@ async fn a_resize_over_the_size_limit_names_the_setting_it_changed() {
 
 #[test]
 fn a_queued_acquire_outside_any_runtime_starts_its_connect_on_the_pools_runtime() {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let m = TestManager::new();
+    let (rt, m) = (one_worker_runtime(), TestManager::new());
     let pool = rt.block_on(async {
         let b = builder(&m)
             .pool_size(1)
@@ -1325,9 +1326,7 @@ async fn maintenance_replaces_idle_connections_that_broke() {
 
 #[test]
 fn tasks_started_from_a_short_lived_runtime_run_on_the_pools_own() {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let m = TestManager::new();
+    let (rt, m) = (one_worker_runtime(), TestManager::new());
     let pool = rt.block_on(warm_pool(builder(&m).pool_size(1).health_check_interval(None), 1));
     m.set_reset_delay(Duration::from_millis(50));
     let short = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -296,11 +296,12 @@ fn a_resize_the_tuner_did_not_make_is_never_undone() {
 
 #[test]
 fn a_cap_lasts_cap_windows_then_the_step_is_tried_again() {
-    let mut t = AutoTuner::new(
-        TunerSettings { agree: 1, cooldown: 1, cap_windows: 3, ..TunerSettings::default() },
-        Settings { min_windows: 1, ..Settings::default() },
-        Vec::new(),
-    );
+    let mut t = eager_tuner_with(TunerSettings {
+        agree: 1,
+        cooldown: 1,
+        cap_windows: 3,
+        ..TunerSettings::default()
+    });
     let mut h = BTreeMap::new();
     let flat = |size| window(size, 1000, 0);
     assert_eq!(next(&mut t, &mut h, flat(4)), [6]);
@@ -315,11 +316,12 @@ fn a_cap_lasts_cap_windows_then_the_step_is_tried_again() {
 
 #[test]
 fn a_shrink_never_grows_a_pool_below_min_pool_size() {
-    let mut t = AutoTuner::new(
-        TunerSettings { agree: 1, cooldown: 1, min_pool_size: 8, ..TunerSettings::default() },
-        Settings { min_windows: 1, ..Settings::default() },
-        Vec::new(),
-    );
+    let mut t = eager_tuner_with(TunerSettings {
+        agree: 1,
+        cooldown: 1,
+        min_pool_size: 8,
+        ..TunerSettings::default()
+    });
     let mut h = BTreeMap::new();
     // 10 checkouts/s of 100 ms: one connection busy, most of the four idle.
     let idle = Window { wait_p90: Duration::ZERO, ..window(4, 100, 0) };
@@ -356,11 +358,12 @@ fn decisions_since_a_mark_survive_the_log_being_trimmed() {
 /// A tuner that acts on one window and judges a step up after one window, and an analysis
 /// that speaks from one window.
 fn eager_tuner(agree: usize) -> AutoTuner {
-    AutoTuner::new(
-        TunerSettings { agree, cooldown: 1, ..TunerSettings::default() },
-        Settings { min_windows: 1, ..Settings::default() },
-        Vec::new(),
-    )
+    eager_tuner_with(TunerSettings { agree, cooldown: 1, ..TunerSettings::default() })
+}
+
+/// A tuner with these settings over an analysis that speaks from one window.
+fn eager_tuner_with(settings: TunerSettings) -> AutoTuner {
+    AutoTuner::new(settings, Settings { min_windows: 1, ..Settings::default() }, Vec::new())
 }
 
 /// A 10 s window of pool `p` with `size` connections, `checkouts` checkouts (each connection

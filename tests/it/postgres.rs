@@ -304,7 +304,7 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
         &mut pool_postgres::PgPooledConnection,
         String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
-    let cases: [(&str, Leave); 6] = [
+    let cases: [(&str, Leave); 7] = [
         ("raw BEGIN", |c, insert| {
             Box::pin(async move {
                 sqlx::query("BEGIN").execute(&mut **c).await.unwrap();
@@ -332,6 +332,15 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
                 let sql = format!("BEGIN; {insert}; SELECT 1/0; COMMIT");
                 let failed = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut **c).await;
                 assert!(failed.is_err(), "division by zero");
+            })
+        }),
+        // `Executor::execute` reads the text as it builds the future: dropped unpolled, the
+        // `COMMIT` was read but never sent.
+        ("a COMMIT dropped before it was sent", |c, insert| {
+            Box::pin(async move {
+                sqlx::query("BEGIN").execute(&mut **c).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert)).execute(&mut **c).await.unwrap();
+                drop(sqlx::Executor::execute(&mut **c, "COMMIT"));
             })
         }),
         ("dropped sqlx transaction", |c, insert| {

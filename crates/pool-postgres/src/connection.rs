@@ -254,6 +254,9 @@ const BARE: u8 = 16;
 /// A statement changed the session (`SET`, `LISTEN`, a temporary table, a session advisory
 /// lock, a named prepared statement...): the next user must not inherit it.
 const SESSION: u8 = 32;
+/// The running query's text ends the raw transaction: [`RAW_TX`] clears once it succeeds (a
+/// `COMMIT` whose future is dropped before it is sent ends nothing).
+const TX_END: u8 = 64;
 
 #[derive(Debug, Default)]
 struct Flags(AtomicU8);
@@ -274,12 +277,17 @@ impl Flags {
     /// A query finished, with `error` if it failed.
     fn finished(&self, error: Option<&sqlx::Error>) {
         self.clear(BUSY);
-        if let Some(e) = error {
-            self.note_error(e);
+        match error {
+            None if self.get(TX_END) => self.clear(RAW_TX | TX_END),
+            None => {}
+            Some(e) => self.note_error(e),
         }
     }
 
     fn note_error(&self, error: &sqlx::Error) {
+        // A text that failed ended no transaction, whatever it said (the stream's end, which
+        // follows its error, must not clear the flag).
+        self.clear(TX_END);
         if is_fatal(error) {
             self.set(BROKEN);
         } else if matches!(error, sqlx::Error::Database(_)) && self.get(TX_CONTROL) {
@@ -294,9 +302,12 @@ impl Flags {
     fn track(&self, sql: &str) {
         let effect = transaction_effect(sql);
         match effect {
-            Some(true) => self.set(RAW_TX),
-            Some(false) => self.clear(RAW_TX),
-            None => {}
+            Some(true) => {
+                self.set(RAW_TX);
+                self.clear(TX_END);
+            }
+            Some(false) => self.set(TX_END),
+            None => self.clear(TX_END),
         }
         if effect.is_some() {
             self.set(TX_CONTROL);

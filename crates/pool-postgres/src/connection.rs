@@ -60,6 +60,22 @@ impl PgConn {
         self.flags.get(BROKEN)
     }
 
+    /// Starts an sqlx transaction, as [`Connection::begin`] does on the bare connection, but
+    /// without counting as a bare use: sqlx tracks its own transactions, so the pool knows
+    /// without a round trip whether one was left open (`conn.begin()` on the pool's guard
+    /// resolves here).
+    ///
+    /// # Errors
+    ///
+    /// The connection's error.
+    pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
+        let result = Connection::begin(&mut self.inner).await;
+        if let Err(e) = &result {
+            self.flags.note_error(e);
+        }
+        result
+    }
+
     /// Checks that the connection is alive: a protocol `Sync` answered by `ReadyForQuery`
     /// (sqlx's [`ping`](Connection::ping)), without counting as a use of the bare connection.
     ///
@@ -606,6 +622,23 @@ mod tests {
         assert!(conn.bare_tx_open().await.unwrap(), "an aborted transaction");
         sqlx::raw_sql("ROLLBACK").execute(&mut conn.inner).await.unwrap();
         assert!(!conn.bare_tx_open().await.unwrap(), "after ROLLBACK");
+    }
+
+    /// `conn.begin()` on the pool's guard resolves to [`PgConn::begin`]: sqlx tracks the
+    /// transaction, so it is no bare use, and a committed one leaves nothing to check.
+    #[tokio::test]
+    async fn an_sqlx_transaction_on_the_guard_is_not_a_bare_use() {
+        let manager = crate::PgManager::from_url(&crate::cluster::tests::database_url()).unwrap();
+        let pool = crate::PgPool::builder(manager).pool_size(1).build().unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let tx = conn.begin().await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(!conn.needs_reset(true), "committed: nothing to check on return");
+        let tx = conn.begin().await.unwrap();
+        drop(tx);
+        assert!(conn.needs_reset(true), "dropped: sqlx's queued ROLLBACK must go first");
+        drop(conn);
+        pool.close().await.unwrap();
     }
 
     #[test]

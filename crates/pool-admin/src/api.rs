@@ -115,9 +115,20 @@ impl AdminState {
     }
 
     /// The optimizer's current recommendations.
+    ///
+    /// A pool resized since its newest window gets no resize proposal (nor a budget one) until
+    /// windows at its new size come in: the windows describe the old size. Its alerts stay.
     pub fn recommendations(&self) -> Vec<Recommendation> {
         let windows = self.sampler().windows();
-        analyze(&windows, &self.inner.settings, &self.inner.budgets)
+        let mut recs = analyze(&windows, &self.inner.settings, &self.inner.budgets);
+        recs.retain(|r| {
+            let Some(pool) = self.inner.registry.get(&r.pool) else { return true };
+            let live = pool.config();
+            let resized = (live.pool_size, live.max_overflow)
+                != (r.current.pool_size, r.current.max_overflow);
+            !(resized && (r.proposed.is_some() || r.issue == "Connection budget exhausted"))
+        });
+        recs
     }
 
     /// Records auto-tuner decisions for `GET optimize` (the last 100 are kept).

@@ -150,10 +150,11 @@ impl ClusterBuilder {
         self
     }
 
-    /// How long a read waits for a replica's connection before it tries another replica or the
-    /// primary \[2 s\], and how long a causal read's check of the replica's replay position may
-    /// take. A replica whose connects failed during that wait, or whose check failed or took
-    /// longer, is banned.
+    /// How long a read waits for replicas' connections, in all, before it goes to the primary
+    /// \[2 s\]: a replica that has none free within the time left is passed over for the next,
+    /// and none is tried once it is spent. Also how long a causal read's check of the replica's
+    /// replay position may take. A replica whose connects failed during that wait, or whose
+    /// check failed or took longer, is banned.
     pub fn replica_timeout(mut self, timeout: Duration) -> Self {
         self.replica_timeout = timeout;
         self
@@ -506,6 +507,9 @@ impl PgCluster {
     ) -> Result<PgPooledConnection, SessionError> {
         let inner = &*self.inner;
         let mut tried = Vec::new();
+        // One wait for all replicas: with every replica busy, a read reaches the primary after
+        // `replica_timeout`, not after that many times the number of replicas.
+        let deadline = Instant::now() + inner.settings.replica_timeout;
         while let Some(i) = inner.pick(&tried, token) {
             tried.push(i);
             let replica = &inner.replicas[i];
@@ -524,7 +528,11 @@ impl PgCluster {
                 self.retry_connect(i);
                 continue;
             }
-            let acquire = replica.pool.acquire_timeout_at(inner.settings.replica_timeout, location);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let acquire = replica.pool.acquire_timeout_at(left, location);
             let mut conn = match acquire.await {
                 Ok(conn) => conn,
                 Err(AcquireError::Timeout(t)) => {

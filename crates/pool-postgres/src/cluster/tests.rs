@@ -165,3 +165,28 @@ fn lag_is_interpolated_between_the_positions_around_the_replica() {
     assert_eq!(lag(500), Duration::from_millis(2_001));
     assert_eq!(lag_of(&history, Lsn(500), now, Some(30.0)), s(30));
 }
+
+/// With every replica busy, a read waits `replica_timeout` once, in all, then goes to the
+/// primary: the second busy replica is not waited on again.
+#[tokio::test]
+async fn a_read_waits_replica_timeout_in_all_not_per_replica() {
+    let url = database_url();
+    let cluster = PgCluster::builder("busy", PgManager::from_url(&url).unwrap())
+        .replica(PgManager::from_url(&url).unwrap())
+        .replica(PgManager::from_url(&url).unwrap())
+        .config(one_connection())
+        .replica_timeout(Duration::from_millis(200))
+        .lag_probe_interval(None)
+        .build()
+        .unwrap();
+    let held =
+        [cluster.session_read_only().await.unwrap(), cluster.session_read_only().await.unwrap()];
+    let replicas = cluster.replicas();
+    assert!(replicas.iter().all(|r| r.state().in_use == 1), "one read on each replica");
+    let read = cluster.session_read_only().await.unwrap();
+    let timeouts: u64 = replicas.iter().map(|r| r.stats().timeouts).sum();
+    assert_eq!(timeouts, 1, "one replica waited on, the other passed over");
+    assert_eq!(cluster.stats().fallbacks, 1, "the read went to the primary");
+    drop((read, held));
+    cluster.close().await.unwrap();
+}

@@ -632,7 +632,25 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     let mut r = cluster.get_session(false).await?;
     assert!(!in_recovery(&mut r).await);
     drop(r);
-    assert_eq!(cluster.stats().replicas[0].reads, 5);
+    // A session changed on the replica is reset there too (`DISCARD ALL` runs on a standby).
+    let pid = "SELECT pg_backend_pid()";
+    let mut r = cluster.session_read_only().await?;
+    let changed: i32 = sqlx::query_scalar(pid).fetch_one(&mut *r).await?;
+    sqlx::query("SET statement_timeout = 1234").execute(&mut *r).await?;
+    drop(r);
+    // The reset runs in the background; once it is done, LIFO hands the same connection out.
+    while cluster.replicas()[0].state().in_use > 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut r = cluster.session_read_only().await?;
+    assert_eq!(sqlx::query_scalar::<_, i32>(pid).fetch_one(&mut *r).await?, changed);
+    let timeout: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+        .fetch_one(&mut *r)
+        .await?;
+    assert_eq!(timeout, "0", "reset on the replica");
+    drop(r);
+    assert_eq!(cluster.replicas()[0].stats().closed.total(), 0, "reset, not closed");
+    assert_eq!(cluster.stats().replicas[0].reads, 7);
     assert_eq!(cluster.stats().fallbacks, 0);
 
     // Stop the replica: reads fall back to the primary, and the replica is banned.

@@ -316,7 +316,7 @@ impl Flags {
 
     /// Updates the raw transaction flag from the statements of `sql`.
     fn track(&self, sql: &str) {
-        let effect = transaction_effect(sql);
+        let (effect, session) = classify(sql);
         match effect {
             Some(true) => {
                 self.set(RAW_TX);
@@ -330,7 +330,7 @@ impl Flags {
         } else {
             self.clear(TX_CONTROL);
         }
-        if changes_session(sql) {
+        if session {
             self.set(SESSION);
         }
     }
@@ -347,10 +347,10 @@ fn is_fatal(error: &sqlx::Error) -> bool {
     }
 }
 
-/// What the statements of `sql` leave behind: `Some(true)` when the last transaction control
-/// statement opens a transaction (`BEGIN`, `START TRANSACTION`, `COMMIT AND CHAIN`),
-/// `Some(false)` when it ends one (`COMMIT`, `END`, `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`),
-/// `None` when there is none.
+/// What the statements of `sql` leave behind, split once for both answers. First, `Some(true)`
+/// when the last transaction control statement opens a transaction (`BEGIN`, `START
+/// TRANSACTION`, `COMMIT AND CHAIN`), `Some(false)` when it ends one (`COMMIT`, `END`,
+/// `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`), `None` when there is none.
 ///
 /// The text is split into statements as PostgreSQL's lexer would: a `;` inside a string, a
 /// quoted identifier, a dollar-quoted body or a comment separates nothing, and the statements
@@ -362,55 +362,68 @@ fn is_fatal(error: &sqlx::Error) -> bool {
 /// has them, on by default since PostgreSQL 9.1: with it off, a `\'` inside a plain string
 /// would be misread.) A text with transaction control that fails on the server counts as
 /// opening one, since the server skips what follows the error.
-fn transaction_effect(sql: &str) -> Option<bool> {
+///
+/// Second, whether they change the session beyond their transaction (see
+/// [`session_statement`] and [`calls_session_functions`]).
+fn classify(sql: &str) -> (Option<bool>, bool) {
+    let calls = calls_session_functions(sql);
     // Most queries are one statement without quotes or comments: read it in place, unsplit.
     if !sql.contains([';', '-', '/', '\'', '"', '$']) {
-        return effect_of(std::iter::once(sql), true);
+        return (effect_of(std::iter::once(sql), true), calls || session_statement(sql));
     }
     let (statements, complete) = statements(sql);
-    effect_of(statements.iter().map(String::as_str), complete)
+    let effect = effect_of(statements.iter().map(String::as_str), complete);
+    (effect, calls || statements.iter().any(|s| session_statement(s)))
 }
 
-/// Whether `sql` may leave state in the session beyond its transaction, which `DISCARD ALL`
-/// clears: a `SET` (not `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`), `LISTEN`, a named
-/// `PREPARE`, `DEALLOCATE` or `DISCARD` (which also leave sqlx's statement cache out of step),
-/// `LOAD`, a temporary table or view, a session-level advisory lock, `set_config`. A false
-/// "yes" costs a `DISCARD ALL` on return; the statements are read as [`transaction_effect`]
-/// reads them, and function names anywhere in the text.
+#[cfg(test)]
+fn transaction_effect(sql: &str) -> Option<bool> {
+    classify(sql).0
+}
+
+#[cfg(test)]
 fn changes_session(sql: &str) -> bool {
-    let calls = ["advisory_lock", "set_config"];
-    if calls
-        .iter()
-        .any(|f| sql.as_bytes().windows(f.len()).any(|w| w.eq_ignore_ascii_case(f.as_bytes())))
-    {
-        return true;
-    }
-    let check = |statement: &str| {
-        let mut words = statement.split_whitespace();
-        let Some(first) = words.next() else { return false };
-        let is = |w: &str| first.eq_ignore_ascii_case(w);
-        let has = |w: &str| statement.split_whitespace().any(|r| r.eq_ignore_ascii_case(w));
-        if is("SET") {
-            let second = words.next().unwrap_or_default();
-            return !["LOCAL", "TRANSACTION", "CONSTRAINTS"]
-                .iter()
-                .any(|w| second.eq_ignore_ascii_case(w));
-        }
-        is("LISTEN")
-            || is("DEALLOCATE")
-            || is("DISCARD")
-            || is("LOAD")
-            || (is("PREPARE") && !has("TRANSACTION"))
-            || has("TEMP")
-            || has("TEMPORARY")
-    };
-    if !sql.contains([';', '-', '/', '\'', '"', '$']) {
-        return check(sql);
-    }
-    statements(sql).0.iter().any(|s| check(s))
+    classify(sql).1
 }
 
-/// [`transaction_effect`] of these statements, keywords only; `complete` when nothing was left
+/// Whether one statement may leave state in the session beyond its transaction, which
+/// `DISCARD ALL` clears: a `SET` (not `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`),
+/// `LISTEN`, a named `PREPARE`, `DEALLOCATE` or `DISCARD` (which also leave sqlx's statement
+/// cache out of step), `LOAD`, a temporary table or view. A false "yes" costs a `DISCARD ALL`
+/// on return.
+fn session_statement(statement: &str) -> bool {
+    let mut words = statement.split_whitespace();
+    let Some(first) = words.next() else { return false };
+    let is = |w: &str| first.eq_ignore_ascii_case(w);
+    let has = |w: &str| statement.split_whitespace().any(|r| r.eq_ignore_ascii_case(w));
+    if is("SET") {
+        let second = words.next().unwrap_or_default();
+        return !["LOCAL", "TRANSACTION", "CONSTRAINTS"]
+            .iter()
+            .any(|w| second.eq_ignore_ascii_case(w));
+    }
+    is("LISTEN")
+        || is("DEALLOCATE")
+        || is("DISCARD")
+        || is("LOAD")
+        || (is("PREPARE") && !has("TRANSACTION"))
+        || has("TEMP")
+        || has("TEMPORARY")
+}
+
+/// Whether `sql` names a function that changes the session wherever it is called: a session
+/// advisory lock (`pg_advisory_lock`, `pg_try_advisory_lock_shared`..., not the `_xact_`
+/// ones) or `set_config`. Both names hold a `_`, so only the text around each `_` is read.
+fn calls_session_functions(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let at = |start: usize, name: &str| {
+        b.get(start..start + name.len()).is_some_and(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    sql.match_indices('_')
+        .any(|(i, _)| (i >= 8 && at(i - 8, "advisory_lock")) || (i >= 3 && at(i - 3, "set_config")))
+}
+
+/// The transaction effect ([`classify`]) of these statements, keywords only; `complete` when nothing was left
 /// unread.
 fn effect_of<'a>(statements: impl Iterator<Item = &'a str>, complete: bool) -> Option<bool> {
     let mut effect = None;

@@ -7,7 +7,9 @@
 ///   is hidden whole; and the value of each query parameter whose name, percent-decoded,
 ///   contains `password` in any case (`?password=`, which sqlx accepts, `?sslpassword=`).
 /// - Anything else (a libpq `key=value` string, even one with a `://` inside a value): the value
-///   of each `...password = value` pair, quoted in `'...'` or running to a space or `&`.
+///   of each `...password = value` pair as libpq reads it, quoted in `'...'` (to the closing
+///   quote not escaped by a backslash, or the end when none closes it) or running to a space not
+///   escaped by a backslash.
 ///
 /// When a URL with a port also has an `@` in its query, the host is hidden with the password.
 ///
@@ -90,33 +92,65 @@ fn names_a_password(name: &str) -> bool {
     String::from_utf8_lossy(&decoded).to_ascii_lowercase().contains("password")
 }
 
-/// `s` with the value of each `password=value` pair (any case, spaces allowed around `=`, a
-/// value quoted in `'...'` or running to a space or `&`) replaced by `***`.
+/// `s` with the value of each `password=value` pair (any case, spaces allowed around `=`)
+/// replaced by `***`, the value read as libpq reads it ([`libpq_value_len`]).
+///
+/// Every `password` is looked at, even one inside a value already hidden, and overlapping
+/// values are hidden as one: a `password='` inside another value, whose quote a naive scan would
+/// take to close at the real password's opening quote, then hides that password too.
 fn mask_password_pairs(s: &str) -> String {
     const KEY: &str = "password";
     // ASCII lowercasing keeps every byte offset.
     let lower = s.to_ascii_lowercase();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(found) = lower[i..].find(KEY) {
-        let key_end = i + found + KEY.len();
-        let Some(value) = s[key_end..].trim_start().strip_prefix('=') else {
-            out.push_str(&s[i..key_end]);
-            i = key_end;
-            continue;
-        };
+    // The byte ranges to hide, in order of their start.
+    let mut hidden: Vec<(usize, usize)> = Vec::new();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(KEY) {
+        let key_end = from + found + KEY.len();
+        from = key_end;
+        let Some(value) = s[key_end..].trim_start().strip_prefix('=') else { continue };
         let value = value.trim_start();
         let start = s.len() - value.len();
-        let len = match value.strip_prefix('\'') {
-            Some(quoted) => quoted.find('\'').map_or(value.len(), |end| end + 2),
-            None => value.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(value.len()),
-        };
-        out.push_str(&s[i..start]);
-        out.push_str("***");
-        i = start + len;
+        let end = start + libpq_value_len(value);
+        match hidden.last_mut() {
+            Some((_, last_end)) if start <= *last_end => *last_end = (*last_end).max(end),
+            _ => hidden.push((start, end)),
+        }
     }
-    out.push_str(&s[i..]);
+    let mut out = String::with_capacity(s.len());
+    let mut shown = 0;
+    for (start, end) in hidden {
+        out.push_str(&s[shown..start]);
+        out.push_str("***");
+        shown = end;
+    }
+    out.push_str(&s[shown..]);
     out
+}
+
+/// The length in bytes of the libpq value that `value` starts with. As libpq's conninfo parser
+/// reads it, a backslash takes the next character as it is, in quotes and out (`\'`, `\\`,
+/// `\ `); a value in `'...'` runs to the closing quote that is not escaped, and any other to the
+/// first space (ASCII, as C's `isspace`) that is not escaped. A quote that never closes, or a
+/// trailing backslash, runs to the end.
+fn libpq_value_len(value: &str) -> usize {
+    let (quoted, body) = match value.strip_prefix('\'') {
+        Some(body) => (true, body),
+        None => (false, value),
+    };
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            // The opening quote, the text, the closing quote.
+            '\'' if quoted => return 1 + i + 1,
+            ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' if !quoted => return i,
+            _ => {}
+        }
+    }
+    value.len()
 }
 
 #[cfg(test)]
@@ -159,6 +193,26 @@ mod tests {
                 "host=db password=*** application_name=svc://api",
             ),
             ("not a url", "not a url"),
+            // libpq's escapes: in quotes and out, a backslash takes the next character (`\'`,
+            // `\\`, `\ `), and a quoted value runs to the closing quote that is not escaped.
+            (r"host=db password='ab\'cd ef' user=app", "host=db password=*** user=app"),
+            (r"password='a\\' user=x", "password=*** user=x"),
+            (r"password=ab\ cd user=x", "password=*** user=x"),
+            (r"host=db sslpassword='k\'e y' user=x", "host=db sslpassword=*** user=x"),
+            (r"host=db PASSWORD = 'a\'b c' user=x", "host=db PASSWORD = *** user=x"),
+            (r"password=ab\", "password=***"),
+            // No closing quote: everything after the `=` is hidden.
+            ("password='unterminated user=x", "password=***"),
+            (r"password='ends in an escaped quote\' user=x", "password=***"),
+            // An unquoted value runs to a space, as libpq reads it: `&` and Unicode spaces are
+            // part of it.
+            ("host=db password=ab&cd user=x", "host=db password=*** user=x"),
+            ("host=db password=ab\u{a0}cd user=x", "host=db password=*** user=x"),
+            // `password=` inside another value, whose quote opens the real password's value.
+            (
+                "application_name=password=' password='secret word' port=1",
+                "application_name=password=*** port=1",
+            ),
         ] {
             assert_eq!(redact_url(text), shown, "{text}");
         }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use pool_postgres::PgManager;
 use pool_postgres::sqlx;
+use pool_postgres::PgManager;
 use pool_redis::{PoolSettings, RedisConfig};
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,9 @@ pub struct ServerConfig {
     /// The bearer token every admin route requires (`POOL_ADMIN_TOKEN`). Without one the server
     /// refuses a non-loopback `listen` address; on loopback it makes up a random token at start,
     /// which `pool-admin serve` prints (with a dashboard link carrying it), and every admin route
-    /// requires that one.
+    /// requires that one. [`AdminConfig::load`] trims whitespace around it (a secret file's
+    /// trailing newline) and refuses a blank token, or one with whitespace inside it or
+    /// characters other than printable ASCII, which no client could send.
     pub token: Option<Secret>,
     /// Serve `/metrics` without the token \[false\].
     pub metrics_open: bool,
@@ -455,8 +457,12 @@ impl AdminConfig {
                 figment = figment.merge(EnvVar { var, key, value });
             }
         }
-        let config: AdminConfig = figment.extract().map_err(|e| describe(&figment, e))?;
+        let mut config: AdminConfig = figment.extract().map_err(|e| describe(&figment, e))?;
         config.validate(&figment)?;
+        // A secret file's trailing newline is no part of the token a client sends.
+        if let Some(token) = &mut config.admin.token {
+            token.0 = token.0.trim().to_owned();
+        }
         Ok(config)
     }
 
@@ -684,8 +690,10 @@ impl AdminConfig {
                 "must be from 1 to 65536 (with 0 no client is ever served)",
             ));
         }
-        if self.admin.token.as_ref().is_some_and(|t| t.0.is_empty()) {
-            return Err(invalid("admin.token".into(), "\"\"".into(), "must not be empty"));
+        if let Some(token) = &self.admin.token
+            && let Some((shown, reason)) = token_problem(token)
+        {
+            return Err(invalid("admin.token".into(), shown, reason));
         }
         let listen = self.admin.listen;
         if self.admin.token.is_none() && !listen.ip().is_loopback() {
@@ -699,6 +707,33 @@ impl AdminConfig {
         }
         Ok(())
     }
+}
+
+/// Why `token`, with surrounding whitespace trimmed as [`AdminConfig::load`] trims it, is not a
+/// token a client can send in `Authorization: Bearer <token>`, with the value to show for it;
+/// `None` when it is one. The token is never shown: only a blank one, which holds nothing, is
+/// (escaped, so its whitespace can be seen).
+fn token_problem(token: &Secret) -> Option<(String, &'static str)> {
+    let raw = token.expose();
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        let reason = if raw.is_empty() {
+            "must not be empty"
+        } else {
+            "must not be empty: it is only whitespace, which is trimmed from around a token"
+        };
+        return Some((format!("{raw:?}"), reason));
+    }
+    let reason = if trimmed.contains(char::is_whitespace) {
+        "has whitespace inside it: a bearer token is one word (RFC 6750), so a client would not \
+         send it as it is (whitespace around it is trimmed)"
+    } else if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+        "must be printable ASCII: the server reads the Authorization header as ASCII, so no \
+         client could send a token with control or non-ASCII characters"
+    } else {
+        return None;
+    };
+    Some((token.redacted(), reason))
 }
 
 /// Why `url` is not a PostgreSQL URL the pools can connect with (what

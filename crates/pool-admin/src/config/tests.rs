@@ -559,3 +559,108 @@ fn secrets_are_redacted_everywhere() {
     write!(out, "{s:?}").unwrap();
     assert!(!String::from_utf8(out).unwrap().contains(":p@"));
 }
+
+/// A token from a secret file or `$(cat …)` often ends in a newline that no client sends (and
+/// the server trims blanks around the token it is sent): surrounding whitespace is trimmed, so
+/// the stored token is the one clients send.
+#[test]
+fn a_token_with_surrounding_whitespace_is_stored_trimmed() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case<'_>] = &[
+        (&[], Some("[admin]\ntoken = \"s3cret\\n\"\n")),
+        (&[], Some("[admin]\ntoken = \" \\ts3cret\\r\\n\"\n")),
+        (&[], Some("[admin]\ntoken = \"\"\"\ns3cret\n\"\"\"\n")),
+        (&[("POOL_ADMIN_TOKEN", "s3cret\n")], None),
+        (&[("POOL_ADMIN_TOKEN", "  s3cret\r\n")], None),
+        (&[("POOL_ADMIN_TOKEN", "s3cret\n")], Some("[admin]\ntoken = \"from-file\"\n")),
+    ];
+    for (vars, toml) in cases {
+        let f = toml.map(file);
+        let c = AdminConfig::load(f.as_ref().map(|f| f.0.as_path()), env(vars))
+            .unwrap_or_else(|e| panic!("{vars:?} {toml:?}: {e}"));
+        let token = c.admin.token.as_ref().map(Secret::expose);
+        assert_eq!(token, Some("s3cret"), "{vars:?} {toml:?}");
+    }
+}
+
+/// A token that is blank, or that no client could send as it is (whitespace inside it,
+/// characters an `Authorization` header does not carry), is refused naming `admin.token` and
+/// its source, never showing the token.
+#[test]
+fn a_blank_token_or_one_no_client_could_send_is_refused() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[],
+            Some("[admin]\ntoken = \"\"\n"),
+            "invalid value for admin.token = \"\" from TOML file …: must not be empty",
+        ),
+        (
+            &[],
+            Some("[admin]\ntoken = \" \\n\"\n"),
+            "invalid value for admin.token = \" \\n\" from TOML file …: must not be empty: it is only whitespace",
+        ),
+        (
+            &[("POOL_ADMIN_TOKEN", "\t\r\n")],
+            None,
+            "invalid value for admin.token = \"\\t\\r\\n\" from environment variable POOL_ADMIN_TOKEN: must not be empty: it is only whitespace",
+        ),
+        (
+            &[],
+            Some("[admin]\ntoken = \"hunter2 and more\\n\"\n"),
+            "invalid value for admin.token = *** from TOML file …: has whitespace inside it",
+        ),
+        (
+            &[("POOL_ADMIN_TOKEN", "hunter2\nhunter3")],
+            None,
+            "invalid value for admin.token = *** from environment variable POOL_ADMIN_TOKEN: has whitespace inside it",
+        ),
+        (
+            &[("POOL_ADMIN_TOKEN", "hunter2\u{e9}")],
+            None,
+            "invalid value for admin.token = *** from environment variable POOL_ADMIN_TOKEN: must be printable ASCII",
+        ),
+        (
+            &[],
+            Some("[admin]\ntoken = \"hunter2\\u0000\"\n"),
+            "invalid value for admin.token = *** from TOML file …: must be printable ASCII",
+        ),
+    ];
+    for (vars, toml, expected) in cases {
+        let f = toml.map(file);
+        let err = match AdminConfig::load(f.as_ref().map(|f| f.0.as_path()), env(vars)) {
+            Ok(c) => panic!("{vars:?} {toml:?}: accepted, token {:?}", c.admin.token),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            expected.split('…').all(|part| err.contains(part)),
+            "{vars:?} {toml:?}:\n  got      {err}\n  expected {expected}"
+        );
+        assert!(!err.contains("hunter"), "the token shown: {err}");
+    }
+}
+
+/// End to end: the router of a server configured with `"s3cret\n"` lets a client sending
+/// `Bearer s3cret` in, and still refuses another token.
+#[tokio::test]
+async fn a_token_configured_with_a_trailing_newline_lets_the_unpadded_one_in() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    let f = file("[admin]\ntoken = \"s3cret\\n\"\n");
+    for (vars, toml) in [(env(&[("POOL_ADMIN_TOKEN", "s3cret\n")]), None), (env(&[]), Some(&f))] {
+        let c = AdminConfig::load(toml.map(|f| f.0.as_path()), vars).unwrap();
+        let token = c.admin.token.clone().unwrap();
+        let app =
+            crate::router(crate::AdminState::builder(pool_core::Registry::new(), token).build());
+        for (sent, status) in [("s3cret", StatusCode::OK), ("s3cre", StatusCode::UNAUTHORIZED)] {
+            let req = Request::get(format!("{}/stats", crate::PREFIX))
+                .header("authorization", format!("Bearer {sent}"))
+                .body(Body::empty())
+                .unwrap();
+            let got = app.clone().oneshot(req).await.unwrap().status();
+            assert_eq!(got, status, "Bearer {sent} against {:?}", toml.map(|f| &f.0));
+        }
+    }
+}

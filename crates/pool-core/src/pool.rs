@@ -55,7 +55,8 @@ impl<M: Manager> fmt::Debug for ConnectionPool<M> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolState {
-    /// Connections checked out by users.
+    /// Connections checked out by users (not those the pool is resetting after their
+    /// return, which count in `open` only).
     pub in_use: usize,
     /// Connections idle in the pool.
     pub idle: usize,
@@ -63,7 +64,11 @@ pub struct PoolState {
     pub waiting: usize,
     /// Connects in flight.
     pub connecting: usize,
-    /// Connections open or opening: in use, idle, connecting, or held by the pool's own tasks.
+    /// Connections the pool's own tasks hold: being reset after their return, or checked by
+    /// maintenance or a health check.
+    pub pool_held: usize,
+    /// Connections open or opening: in use, idle, connecting, held by the pool's own tasks, or
+    /// closing.
     pub open: usize,
     /// The `pool_size` setting.
     pub pool_size: usize,
@@ -240,6 +245,7 @@ impl<M: Manager> State<M> {
             idle: self.idle.len(),
             waiting: self.waiters.len(),
             connecting: self.connecting,
+            pool_held: self.busy,
             open: self.open(),
             pool_size: self.pool_size,
             max_overflow: self.max_overflow,
@@ -284,15 +290,16 @@ impl<M: Manager> State<M> {
     }
 
     /// How many connects to start now, and counts them as connecting: enough for the waiters
-    /// not already covered by connects in flight, and to keep `min_idle` warm (unless connects
-    /// are failing, `warm` is false and nobody waits in `warmed`), within the size limit and
-    /// `max_connecting`.
+    /// not already covered by connects in flight or by connections the pool's own tasks hold
+    /// (a reset on return, a check), which come back or, failing, start a connect then; and to
+    /// keep `min_idle` warm (unless connects are failing, `warm` is false and nobody waits in
+    /// `warmed`), within the size limit and `max_connecting`.
     fn connects_to_start(&mut self, max_connecting: usize, warm: bool) -> usize {
         if self.closed {
             return 0;
         }
         let open = self.open();
-        let demand = self.waiters.len().saturating_sub(self.connecting);
+        let demand = self.waiters.len().saturating_sub(self.connecting + self.busy);
         let warm_deficit = if warm || self.connect_failures == 0 || self.warming > 0 {
             self.min_idle().saturating_sub(open)
         } else {
@@ -1196,21 +1203,28 @@ impl<M: Manager> Shared<M> {
         conn.idle_since = now;
         conn.alive_at = now;
         if needs_reset {
+            // The user is done with it: from here the pool's own task holds it, and a waiter
+            // counts on it rather than on a new connect.
+            {
+                let mut st = self.lock();
+                st.in_use -= 1;
+                st.busy += 1;
+            }
             let shared = Arc::clone(self);
             self.task_runtime().spawn(async move {
                 let bound = shared.config.connect_timeout;
                 let reset = caught(async { shared.manager.reset(&mut conn.raw).await });
                 match tokio::time::timeout(bound, reset).await {
-                    Ok(Ok(Ok(()))) => shared.put_back(conn, Held::User),
+                    Ok(Ok(Ok(()))) => shared.put_back(conn, Held::Pool),
                     Ok(Ok(Err(e))) => {
                         tracing::debug!(pool = %shared.id, conn = conn.id, error = %e, "reset on return failed");
-                        shared.retire(conn, CloseReason::FailedReset, Held::User);
+                        shared.retire(conn, CloseReason::FailedReset, Held::Pool);
                     }
                     Ok(Err(panic)) => {
                         tracing::warn!(pool = %shared.id, conn = conn.id, "reset on return {panic}");
-                        shared.retire(conn, CloseReason::FailedReset, Held::User);
+                        shared.retire(conn, CloseReason::FailedReset, Held::Pool);
                     }
-                    Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::User),
+                    Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::Pool),
                 }
             });
             return;

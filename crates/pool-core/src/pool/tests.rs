@@ -804,6 +804,35 @@ async fn returned_connections_are_reset_or_closed_before_reuse() {
     assert_eq!((s.closed.get(CloseReason::FailedReset), s.closed.get(CloseReason::Broken)), (1, 1));
 }
 
+/// A connection being reset after its return is the pool's, not its user's: it no longer
+/// counts in use, and a caller that finds nothing idle waits for it instead of opening an
+/// overflow connection; if the reset fails, a connect starts for that caller then.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waits_for_a_connection_being_reset_rather_than_opening_another() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(5), 1).await;
+    m.set_reset_delay(Duration::from_millis(100));
+    let mut conn = pool.acquire().await.unwrap();
+    let id = conn.id();
+    conn.dirty = true;
+    drop(conn);
+    let state = pool.state();
+    assert_eq!((state.in_use, state.idle, state.open), (0, 0, 1), "being reset: {state}");
+    let conn = pool.acquire().await.unwrap();
+    assert_eq!(conn.id(), id, "the caller got the connection once reset");
+    assert_eq!(m.counts().connects, 1, "no overflow connection was opened");
+    assert_eq!(pool.stats().peak_connections, 1);
+    drop(conn);
+
+    m.fail_resets(true);
+    let mut conn = pool.acquire().await.unwrap();
+    conn.dirty = true;
+    drop(conn);
+    let conn = pool.acquire().await.unwrap();
+    assert_ne!(conn.id(), id, "the reset failed: a new connection serves the caller");
+    assert_eq!(m.counts().connects, 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn detach_takes_a_connection_out_and_the_pool_replaces_it() {
     let m = TestManager::new();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pool_admin::{AdminConfig, PREFIX, PostgresConfig, RedisPoolConfig, Secret, Server};
 use pool_harness::{PgInstance, redis_url};
-use pool_postgres::sqlx;
+use pool_postgres::{ResetOnReturn, sqlx};
 use pool_redis::fred::interfaces::KeysInterface;
 use serde_json::{Value, json};
 
@@ -63,7 +63,7 @@ fn config(pg: &PgInstance) -> AdminConfig {
             leak_detection_threshold: 30.0,
             min_idle: Some(1),
             pool_use_lifo: false,
-            check_bare_transactions: false, // not the default: it must reach the pools
+            reset_on_return: ResetOnReturn::Transaction, // not the default: it must reach the pools
             pre_ping_bypass: 0.25,
             health_check_interval: 7.0,
             ..PostgresConfig::default()
@@ -147,8 +147,13 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     assert_eq!(primary.leak_detection_threshold, Some(Duration::from_secs(30)));
     assert_eq!(primary.min_idle, Some(1));
     assert!(!primary.pool_use_lifo);
-    assert!(!cluster.primary().manager().checks_bare_transactions());
-    assert!(cluster.replicas().iter().all(|r| !r.manager().checks_bare_transactions()));
+    assert_eq!(cluster.primary().manager().resets_on_return(), ResetOnReturn::Transaction);
+    assert!(
+        cluster
+            .replicas()
+            .iter()
+            .all(|r| r.manager().resets_on_return() == ResetOnReturn::Transaction)
+    );
     assert_eq!(primary.pre_ping_bypass, Duration::from_millis(250));
     assert_eq!(primary.health_check_interval, Some(Duration::from_secs(7)));
     let (_, config) = client.get(&format!("{PREFIX}/config")).await;

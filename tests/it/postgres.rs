@@ -132,11 +132,10 @@ async fn next_user_gets_it_clean(
     Ok(conn)
 }
 
-/// What a function taking `&mut PgConnection` does on the bare connection is not watched; with
-/// `check_bare_transactions` the pool asks the server on return and rolls back what was left.
+/// What a function taking `&mut PgConnection` does on the bare connection is not watched; the
+/// server's transaction status on return says what was left, and it is rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_rolled_back()
--> Result {
+async fn a_transaction_left_through_the_bare_connection_is_rolled_back() -> Result {
     async fn begin_and_insert(conn: &mut PgConnection, insert: &str) {
         sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(insert.to_owned())).execute(&mut *conn).await.unwrap();
@@ -155,11 +154,8 @@ async fn with_the_bare_check_a_transaction_left_through_the_bare_connection_is_r
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {table} (n int)")))
         .execute(&mut side)
         .await?;
-    let pool = PgPool::builder(manager(&url, app).check_bare_transactions(true))
-        .name("bare")
-        .pool_size(1)
-        .max_overflow(0)
-        .build()?;
+    let pool =
+        PgPool::builder(manager(&url, app)).name("bare").pool_size(1).max_overflow(0).build()?;
     let insert = format!("INSERT INTO {table} VALUES (1)");
     let count = format!("SELECT count(*) FROM {table}");
     for round in 0..2 {
@@ -370,7 +366,7 @@ async fn a_transaction_left_open_is_rolled_back_on_return() -> Result {
         tx.rollback().await?;
         drop(conn);
     }
-    // A raw transaction that is committed needs no reset.
+    // A raw transaction that is committed is reset like any other use, and not closed.
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN").execute(&mut *conn).await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
@@ -639,7 +635,7 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     sqlx::query("SET statement_timeout = 1234").execute(&mut *r).await?;
     drop(r);
     // The reset runs in the background; once it is done, LIFO hands the same connection out.
-    while cluster.replicas()[0].state().in_use > 0 {
+    while cluster.replicas()[0].state().pool_held > 0 {
         tokio::task::yield_now().await;
     }
     let mut r = cluster.session_read_only().await?;

@@ -11,7 +11,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use pool_postgres::sqlx;
-use pool_postgres::PgManager;
+use pool_postgres::{PgManager, ResetOnReturn};
 use pool_redis::{PoolSettings, RedisConfig};
 use serde::{Deserialize, Serialize};
 
@@ -108,10 +108,10 @@ pub struct PostgresConfig {
     pub pre_ping_bypass: f64,
     /// Hand out the most recently returned idle connection; `false` means the oldest \[true\].
     pub pool_use_lifo: bool,
-    /// On return, drain a connection whose bare `PgConnection` was used and ask whether it was
-    /// left inside a transaction, then roll it back (one round trip; see
-    /// `PgManager::check_bare_transactions`) \[true\].
-    pub check_bare_transactions: bool,
+    /// What a returned connection is cleared of before the next user gets it: `"session"`
+    /// (the transaction and every session change) or `"transaction"` (only an open
+    /// transaction); see `pool_postgres::ResetOnReturn` \[`"session"`\].
+    pub reset_on_return: ResetOnReturn,
     /// Connections opened at start and kept open while idle \[`pool_size`\].
     pub min_idle: Option<usize>,
     /// Seconds between the maintenance task's rounds (checks of idle connections, retiring
@@ -156,7 +156,7 @@ impl Default for PostgresConfig {
             pool_pre_ping: true,
             pre_ping_bypass: 0.5,
             pool_use_lifo: true,
-            check_bare_transactions: true,
+            reset_on_return: ResetOnReturn::Session,
             min_idle: None,
             health_check_interval: 30.0,
             max_connecting: 2,

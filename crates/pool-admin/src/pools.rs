@@ -158,7 +158,7 @@ impl Pools {
             let err = |message: String| StartError::Postgres { pool: name.clone(), message };
             let manager = PgManager::from_url(pg.url.expose())
                 .map_err(|e| err(e.to_string()))?
-                .check_bare_transactions(pg.check_bare_transactions);
+                .reset_on_return(pg.reset_on_return);
             let mut pool_config = PoolConfig::default();
             pool_config.pool_size = pg.pool_size;
             pool_config.max_overflow = pg.max_overflow;
@@ -186,7 +186,7 @@ impl Pools {
                 builder = builder.replica(
                     PgManager::from_url(url.expose())
                         .map_err(|e| err(e.to_string()))?
-                        .check_bare_transactions(pg.check_bare_transactions),
+                        .reset_on_return(pg.reset_on_return),
                 );
             }
             let cluster = builder.build().map_err(|e| err(e.to_string()))?;

@@ -653,7 +653,7 @@ impl fmt::Debug for PgCluster {
 /// `pg_last_wal_replay_lsn()` on `conn`: `None` when the server is not a replica.
 async fn replay_lsn(conn: &mut PgConn) -> Result<Option<Lsn>, sqlx::Error> {
     let (text,): (Option<String>,) =
-        sqlx::query_as("SELECT pg_last_wal_replay_lsn()::text").fetch_one(&mut *conn).await?;
+        conn.fetch_own("SELECT pg_catalog.pg_last_wal_replay_lsn()::text").await?;
     text.map(|t| t.parse().map_err(|e: crate::TokenError| sqlx::Error::Decode(e.into())))
         .transpose()
 }

@@ -1,9 +1,11 @@
-//! [`PgConn`]: the pooled connection, a `sqlx::PgConnection` that remembers, without IO, whether
-//! its user left it inside a transaction, in the middle of a query, or broken.
+//! [`PgConn`]: the pooled connection, a `sqlx::PgConnection` that knows, without IO, whether
+//! its user ran anything that could leave state behind; and [`ResetOnReturn`], how the pool
+//! clears that state before the next user gets the connection.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
@@ -15,30 +17,102 @@ use sqlx::postgres::{
     PgArguments, PgConnection, PgDatabaseError, PgQueryResult, PgRow, PgSeverity, PgStatement,
     PgTypeInfo,
 };
-use sqlx::{Connection, Either, Execute, Executor, Postgres, SqlStr};
+use sqlx::{AssertSqlSafe, Connection, Either, Execute, Executor, FromRow, Postgres, SqlStr};
 use sqlx_core::error::BoxDynError;
 use sqlx_core::transaction::TransactionManager;
+
+/// What the pool clears on a connection its user gave back, before anyone else gets it.
+///
+/// Whatever the mode, a connection whose user ran only `SELECT`s of constants (`SELECT 1`)
+/// goes straight back: such a statement can neither open a transaction nor change the session.
+/// After anything else (a query that reads a table or calls a function, an sqlx transaction, a
+/// use of the bare `PgConnection`) the pool spends one round trip on return, in the
+/// background, before the connection is handed out again. The server's own transaction status
+/// (its `ReadyForQuery` message) decides whether a transaction is open, never the SQL text.
+/// A reset that fails closes the connection.
+///
+/// The text form (`FromStr`, `Display`) is `session` or `transaction`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+#[non_exhaustive]
+pub enum ResetOnReturn {
+    /// The transaction and the session \[default\]: the next user gets the session as the
+    /// server opened it. Sends, as one simple query:
+    ///
+    /// ```sql
+    /// CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;
+    /// DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all(), ...
+    /// ```
+    ///
+    /// the last statement also checking `pg_prepared_statements` against sqlx's statement
+    /// cache. That is `DISCARD ALL` without its `DEALLOCATE ALL` and `DISCARD PLANS`, so sqlx's
+    /// prepared statements survive. A transaction left open (or aborted) gets `ROLLBACK` first;
+    /// statements prepared with SQL's `PREPARE` get `DEALLOCATE`; if the user deallocated
+    /// sqlx's own statements, sqlx's cache is emptied and `DEALLOCATE ALL` sent.
+    ///
+    /// So no connection carries from one user to the next: an open or aborted transaction,
+    /// settings (`SET`, `set_config`, `SET SESSION CHARACTERISTICS`), a changed role or
+    /// session authorization, temporary tables, views, functions and types, cursors
+    /// (`WITH HOLD`), session advisory locks, prepared statements, `LISTEN`, or sequence state
+    /// (`currval`, `lastval`), whether they were made by a statement, a function, a procedure,
+    /// a `DO` block, inside an sqlx transaction or on the bare connection.
+    ///
+    /// Not reset (as with `DISCARD ALL`): libraries loaded with `LOAD`, connections that
+    /// extensions keep (`dblink`, `postgres_fdw`), the seed of `random()` (`setseed`), and
+    /// sqlx's client-side cache of custom type OIDs. Settings given at connect time (sqlx's
+    /// connect options, such as `options=-c search_path=app`) are the session's starting
+    /// point and stay. A `statement_timeout` so short that the reset itself times out closes
+    /// the connection.
+    #[default]
+    Session,
+    /// Only the transaction: `ROLLBACK` when the server reports one open or aborted, found in
+    /// the same round trip by an empty `SELECT`. Session state (settings, temporary tables,
+    /// locks, prepared statements...) passes from one user to the next: for applications that
+    /// never change the session, or change it on purpose for every user, and want the cheaper
+    /// round trip.
+    Transaction,
+}
+
+impl fmt::Display for ResetOnReturn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResetOnReturn::Session => "session",
+            ResetOnReturn::Transaction => "transaction",
+        })
+    }
+}
+
+/// A text that is not `session` or `transaction`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid reset on return {0:?}: expected \"session\" or \"transaction\"")]
+pub struct ResetOnReturnError(pub String);
+
+impl FromStr for ResetOnReturn {
+    type Err = ResetOnReturnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "session" => Ok(ResetOnReturn::Session),
+            "transaction" => Ok(ResetOnReturn::Transaction),
+            _ => Err(ResetOnReturnError(s.to_owned())),
+        }
+    }
+}
 
 /// A pooled PostgreSQL connection: derefs to [`sqlx::PgConnection`], and is itself an sqlx
 /// [`Executor`], so `sqlx::query("...").fetch_one(&mut *conn)` works on the pool's guard.
 ///
-/// Queries run through this executor are watched, at the cost of one atomic flag per query, so
-/// that the pool learns without any IO what the user left behind:
-/// - a transaction opened with a raw `BEGIN` or `START TRANSACTION` and not closed by a later
-///   `COMMIT`, `ROLLBACK`, `END` or `ABORT` (sqlx's own [`Transaction`](sqlx::Transaction)s are
-///   tracked by sqlx itself);
-/// - a query whose future or row stream was dropped before it finished;
-/// - a statement that changes the session beyond its transaction (`SET`, `LISTEN`, a temporary
-///   table, a session advisory lock, a named `PREPARE`, `DISCARD`...), cleared on return with
-///   `DISCARD ALL` (sqlx's statement cache emptied first);
+/// It notes, at the cost of one atomic flag per query and without any IO, what the pool must
+/// know when the connection comes back:
+/// - whether anything ran that could leave state behind: every statement except a `SELECT`
+///   of constants (`SELECT 1`), an sqlx transaction ([`begin`](Self::begin)), and any
+///   mutable use of the bare `PgConnection` (`&mut **conn`, or a function taking
+///   `&mut PgConnection`), which the pool cannot watch; then [`ResetOnReturn`] applies;
+/// - a query whose future or row stream was dropped before it finished, whose replies are
+///   drained on return;
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
-///   error from the server such as `pg_terminate_backend`).
-///
-/// Statements run through `&mut **conn` (the bare `PgConnection`, as a function taking
-/// `&mut PgConnection` gets it) bypass the watch: the pool cannot see a raw `BEGIN` or a query
-/// dropped mid-response sent that way. So whenever the bare connection was borrowed mutably,
-/// [`PgManager::check_bare_transactions`](crate::PgManager::check_bare_transactions) (on by
-/// default) costs one round trip on return: it drains the connection and asks the server.
+///   error from the server such as `pg_terminate_backend`): it is closed on return.
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
@@ -60,15 +134,14 @@ impl PgConn {
         self.flags.get(BROKEN)
     }
 
-    /// Starts an sqlx transaction, as [`Connection::begin`] does on the bare connection, but
-    /// without counting as a bare use: sqlx tracks its own transactions, so the pool knows
-    /// without a round trip whether one was left open (`conn.begin()` on the pool's guard
-    /// resolves here).
+    /// Starts an sqlx transaction, as [`Connection::begin`] does on the bare connection
+    /// (`conn.begin()` on the pool's guard resolves here).
     ///
     /// # Errors
     ///
     /// The connection's error.
     pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
+        self.flags.set(USED);
         let result = Connection::begin(&mut self.inner).await;
         if let Err(e) = &result {
             self.flags.note_error(e);
@@ -77,7 +150,7 @@ impl PgConn {
     }
 
     /// Checks that the connection is alive: a protocol `Sync` answered by `ReadyForQuery`
-    /// (sqlx's [`ping`](Connection::ping)), without counting as a use of the bare connection.
+    /// (sqlx's [`ping`](Connection::ping)), which changes nothing and so needs no reset.
     ///
     /// # Errors
     ///
@@ -90,80 +163,170 @@ impl PgConn {
         result
     }
 
-    /// Whether the pool must clear state before anyone else gets this connection: an open raw
-    /// or sqlx transaction, an unfinished query, commands sqlx queued but has not sent yet (a
-    /// dropped transaction's `ROLLBACK`), a changed session; with `check_bare`, also a use of
-    /// the bare connection, which only the server can tell about.
-    pub(crate) fn needs_reset(&self, check_bare: bool) -> bool {
-        self.flags.get(RAW_TX | BUSY | SESSION)
-            || (check_bare && self.flags.get(BARE))
-            || self.inner.is_in_transaction()
-            || self.inner.should_flush()
+    /// Runs one of this crate's own read-only queries (`pg_last_wal_replay_lsn()`, which can
+    /// neither open a transaction nor change the session) without counting it as a use.
+    pub(crate) async fn fetch_own<T>(&mut self, sql: &'static str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        self.flags.set(BUSY);
+        let result = sqlx::query_as(sql).fetch_one(&mut self.inner).await;
+        self.flags.finished(result.as_ref().err());
+        result
     }
 
-    /// Clears what [`needs_reset`](Self::needs_reset) reported: drains an unfinished query and
-    /// sends queued commands (one `Sync` round trip), rolls back sqlx transactions (`ROLLBACK`
-    /// or `ROLLBACK TO SAVEPOINT` per level) and a raw transaction (`ROLLBACK`), and resets a
-    /// changed session (`DISCARD ALL`).
-    pub(crate) async fn reset(&mut self, check_bare: bool) -> Result<(), sqlx::Error> {
-        let result = self.reset_inner(check_bare).await;
+    /// Whether the pool must do anything before anyone else gets this connection: something
+    /// that may have left state ran, a query is unfinished, or sqlx holds commands it has not
+    /// sent yet (a dropped transaction's `ROLLBACK`).
+    pub(crate) fn needs_reset(&self) -> bool {
+        self.flags.get(USED | BUSY) || self.inner.should_flush() || self.inner.is_in_transaction()
+    }
+
+    /// Clears what [`needs_reset`](Self::needs_reset) reported (see [`ResetOnReturn`]).
+    pub(crate) async fn reset(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
+        let result = self.reset_inner(mode).await;
         if let Err(e) = &result {
             self.flags.note_error(e);
         }
         result
     }
 
-    async fn reset_inner(&mut self, check_bare: bool) -> Result<(), sqlx::Error> {
+    async fn reset_inner(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
+        // sqlx's own transactions still open (a `Transaction` forgotten rather than dropped):
+        // their rollbacks are queued level by level, so sqlx's count is right again. The
+        // user may have ended them already with a raw statement, so their errors do not
+        // matter: the server's status, read below, does.
+        while self.inner.is_in_transaction() {
+            <Postgres as sqlx::Database>::TransactionManager::start_rollback(&mut self.inner);
+        }
         if self.flags.get(BUSY) || self.inner.should_flush() {
-            self.inner.ping().await?;
+            self.drain().await?;
             self.flags.clear(BUSY);
         }
-        while self.inner.is_in_transaction() {
-            <Postgres as sqlx::Database>::TransactionManager::rollback(&mut self.inner).await?;
+        if self.flags.get(USED) {
+            self.clean(mode).await?;
+            self.flags.clear(USED);
         }
-        if check_bare
-            && self.flags.get(BARE)
-            && !self.flags.get(RAW_TX)
-            && self.bare_tx_open().await?
-        {
-            self.flags.set(RAW_TX);
-        }
-        if self.flags.get(RAW_TX) {
-            self.inner.execute("ROLLBACK").await?;
-            self.flags.clear(RAW_TX);
-        }
-        if self.flags.get(SESSION) {
-            // sqlx's cached statements go first (closing one `DISCARD ALL` or `DEALLOCATE`
-            // already removed is no error), then the session's state, outside any transaction.
-            self.inner.clear_cached_statements().await?;
-            sqlx::raw_sql("DISCARD ALL").execute(&mut self.inner).await?;
-            self.flags.clear(SESSION);
-        }
-        self.flags.clear(BARE);
         Ok(())
     }
 
-    /// Asks the server whether a transaction is open, after waiting out anything a bare use
-    /// left in flight (sqlx reads every pending reply before it sends a query, so a query whose
-    /// future was dropped mid-response is drained first).
-    ///
-    /// Outside a transaction each statement starts its own, so the two times are equal; inside
-    /// one opened by an earlier statement they differ. It goes as a simple query: in the
-    /// extended protocol each message (Parse, Bind, Execute) moves the statement time, which
-    /// would make the two differ every time. In an aborted transaction the query fails with
-    /// SQLSTATE 25P02.
-    async fn bare_tx_open(&mut self) -> Result<bool, sqlx::Error> {
-        let sql = "SELECT pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp()";
-        match sqlx::raw_sql(sql).fetch_one(&mut self.inner).await {
-            Ok(row) => sqlx::Row::try_get::<bool, _>(&row, 0),
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => Ok(true),
-            Err(e) => Err(e),
+    /// Reads every reply still owed (an abandoned query's, a queued `ROLLBACK`'s). sqlx stops
+    /// reading at an error reply and leaves the rest for the next read, so each error an
+    /// abandoned query still had to report costs one more round.
+    async fn drain(&mut self) -> Result<(), sqlx::Error> {
+        let mut last = None;
+        for _ in 0..DRAIN_ROUNDS {
+            match self.inner.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e @ sqlx::Error::Database(_)) if !is_fatal(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
+        Err(last.unwrap_or_else(|| sqlx::Error::Protocol("replies still owed".into())))
+    }
+
+    /// Resets the session (or only the transaction) in one round trip when nothing is left
+    /// open, and learns the server's transaction status from the same reply.
+    ///
+    /// sqlx keeps the transaction status of `ReadyForQuery` private; its one public reader is
+    /// [`Connection::begin_with`], which runs a statement and then fails with
+    /// [`sqlx::Error::BeginFailed`] unless the server reports a transaction block. So the
+    /// reset itself goes through it: `BeginFailed` means the server is idle and the reset ran;
+    /// a transaction means the user left one open (the reset ran inside it and is rolled back
+    /// with it, then run again); SQLSTATE 25P02 means an aborted one. Each outcome is the
+    /// server's word, whatever path the user's statements took.
+    async fn clean(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
+        let mut last = None;
+        for _ in 0..CLEAN_ROUNDS {
+            let sql = match mode {
+                ResetOnReturn::Session => session_reset(self.inner.cached_statements_size()),
+                ResetOnReturn::Transaction => "SELECT".to_owned(),
+            };
+            let failed = match Connection::begin_with(&mut self.inner, AssertSqlSafe(sql)).await {
+                Ok(open) => {
+                    open.rollback().await?;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match failed {
+                sqlx::Error::BeginFailed => return Ok(()),
+                sqlx::Error::Database(e) if e.code().as_deref() == Some("25P02") => {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut self.inner).await?;
+                }
+                sqlx::Error::Database(e) if e.message().contains(OUT_OF_STEP) => {
+                    match self.deallocate().await {
+                        // The reset ran inside a transaction the user left open, and its
+                        // error aborted it.
+                        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P02") => {
+                            sqlx::raw_sql("ROLLBACK").execute(&mut self.inner).await?;
+                        }
+                        result => result?,
+                    }
+                }
+                // Another error was owed to an earlier statement (sqlx stops reading at the
+                // first error reply): read what is left, then reset again.
+                e @ sqlx::Error::Database(_) if !is_fatal(&e) => {
+                    self.drain().await?;
+                    last = Some(e);
+                }
+                e => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            sqlx::Error::Protocol(format!("the session was not clean after {CLEAN_ROUNDS} resets"))
+        }))
+    }
+
+    /// Deallocates the statements prepared with SQL's `PREPARE`, keeping sqlx's, or all of
+    /// them (sqlx's cache emptied) when the server no longer has every statement sqlx cached.
+    async fn deallocate(&mut self) -> Result<(), sqlx::Error> {
+        let sql = "SELECT name, from_sql FROM pg_catalog.pg_prepared_statements";
+        let statements: Vec<(String, bool)> =
+            sqlx::query_as(sql).persistent(false).fetch_all(&mut self.inner).await?;
+        let sqlx_own = statements.iter().filter(|(_, from_sql)| !from_sql).count();
+        if sqlx_own != self.inner.cached_statements_size() {
+            self.inner.clear_cached_statements().await?;
+            sqlx::raw_sql("DEALLOCATE ALL").execute(&mut self.inner).await?;
+            return Ok(());
+        }
+        let mut sql = String::new();
+        for (name, _) in statements.iter().filter(|(_, from_sql)| *from_sql) {
+            sql.push_str(&format!("DEALLOCATE \"{}\";", name.replace('"', "\"\"")));
+        }
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.inner).await?;
+        Ok(())
     }
 
     pub(crate) async fn close(self) {
         let _ = self.inner.close().await;
     }
+}
+
+/// How many error replies an abandoned query may still owe before the pool gives up on
+/// draining it and closes the connection.
+const DRAIN_ROUNDS: usize = 8;
+
+/// How many resets may find something new to clear (an open transaction, then prepared
+/// statements) before the pool gives up and closes the connection.
+const CLEAN_ROUNDS: usize = 4;
+
+/// The mark of the session reset's own error: the server's prepared statements are not what
+/// sqlx cached.
+const OUT_OF_STEP: &str = "pool_postgres: prepared statements out of step";
+
+/// [`ResetOnReturn::Session`]'s statements, for a connection whose sqlx statement cache holds
+/// `cached` statements. The last one fails, with [`OUT_OF_STEP`] in its message, when the
+/// server holds statements prepared with SQL's `PREPARE`, or not exactly sqlx's (the
+/// expression is not constant, so it is evaluated only when the `WHEN` holds).
+fn session_reset(cached: usize) -> String {
+    format!(
+        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; DISCARD TEMP; \
+         DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all(), \
+         CASE WHEN count(*) FILTER (WHERE from_sql) > 0 OR count(*) <> {cached} \
+         THEN CAST('{OUT_OF_STEP}: ' || count(*) AS pg_catalog.int4) END \
+         FROM pg_catalog.pg_prepared_statements"
+    )
 }
 
 impl Deref for PgConn {
@@ -177,7 +340,7 @@ impl Deref for PgConn {
 impl DerefMut for PgConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
         // Whatever runs on the bare connection is not watched (see the type's docs).
-        self.flags.set(BARE);
+        self.flags.set(USED);
         &mut self.inner
     }
 }
@@ -185,7 +348,7 @@ impl DerefMut for PgConn {
 impl fmt::Debug for PgConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConn")
-            .field("raw_transaction", &self.flags.get(RAW_TX))
+            .field("used", &self.flags.get(USED))
             .field("busy", &self.flags.get(BUSY))
             .field("broken", &self.flags.get(BROKEN))
             .finish_non_exhaustive()
@@ -236,6 +399,7 @@ impl<'c> Executor<'c> for &'c mut PgConn {
     where
         'c: 'e,
     {
+        // Preparing runs nothing, so it cannot change the session.
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
         let fut = self.inner.prepare_with(sql, parameters);
@@ -257,22 +421,12 @@ impl<'c> Executor<'c> for &'c mut PgConn {
     }
 }
 
-/// The connection opened a raw transaction.
-const RAW_TX: u8 = 1;
+/// Something ran that may have left state in the session or a transaction open.
+const USED: u8 = 1;
 /// A query started and has not finished yet (or its future was dropped).
 const BUSY: u8 = 2;
 /// A query failed in a way that means the connection is gone.
 const BROKEN: u8 = 4;
-/// The last query's text had a transaction control statement.
-const TX_CONTROL: u8 = 8;
-/// The bare `PgConnection` was borrowed mutably since the last reset.
-const BARE: u8 = 16;
-/// A statement changed the session (`SET`, `LISTEN`, a temporary table, a session advisory
-/// lock, a named prepared statement...): the next user must not inherit it.
-const SESSION: u8 = 32;
-/// The running query's text ends the raw transaction: [`RAW_TX`] clears once it succeeds (a
-/// `COMMIT` whose future is dropped before it is sent ends nothing).
-const TX_END: u8 = 64;
 
 #[derive(Debug, Default)]
 struct Flags(AtomicU8);
@@ -293,45 +447,14 @@ impl Flags {
     /// A query finished, with `error` if it failed.
     fn finished(&self, error: Option<&sqlx::Error>) {
         self.clear(BUSY);
-        match error {
-            None if self.get(TX_END) => self.clear(RAW_TX | TX_END),
-            None => {}
-            Some(e) => self.note_error(e),
+        if let Some(e) = error {
+            self.note_error(e);
         }
     }
 
     fn note_error(&self, error: &sqlx::Error) {
-        // A text that failed ended no transaction, whatever it said (the stream's end, which
-        // follows its error, must not clear the flag).
-        self.clear(TX_END);
         if is_fatal(error) {
             self.set(BROKEN);
-        } else if matches!(error, sqlx::Error::Database(_)) && self.get(TX_CONTROL) {
-            // The server skips what follows an error in the same text (`BEGIN; SELECT 1/0;
-            // COMMIT` leaves an aborted transaction open), and a failed end statement may end
-            // nothing: one `ROLLBACK` on return settles it.
-            self.set(RAW_TX);
-        }
-    }
-
-    /// Updates the raw transaction flag from the statements of `sql`.
-    fn track(&self, sql: &str) {
-        let (effect, session) = classify(sql);
-        match effect {
-            Some(true) => {
-                self.set(RAW_TX);
-                self.clear(TX_END);
-            }
-            Some(false) => self.set(TX_END),
-            None => self.clear(TX_END),
-        }
-        if effect.is_some() {
-            self.set(TX_CONTROL);
-        } else {
-            self.clear(TX_CONTROL);
-        }
-        if session {
-            self.set(SESSION);
         }
     }
 }
@@ -347,225 +470,79 @@ fn is_fatal(error: &sqlx::Error) -> bool {
     }
 }
 
-/// What the statements of `sql` leave behind, split once for both answers. First, `Some(true)`
-/// when the last transaction control statement opens a transaction (`BEGIN`, `START
-/// TRANSACTION`, `COMMIT AND CHAIN`), `Some(false)` when it ends one (`COMMIT`, `END`,
-/// `ROLLBACK`, `ABORT`, `PREPARE TRANSACTION`), `None` when there is none.
-///
-/// The text is split into statements as PostgreSQL's lexer would: a `;` inside a string, a
-/// quoted identifier, a dollar-quoted body or a comment separates nothing, and the statements
-/// of a `BEGIN ATOMIC ... END` function body are not transaction control. So in
-/// `BEGIN; DO $$ BEGIN ...; END $$` the `END` inside the body is not taken for the end of the
-/// transaction. Text it cannot read (an unterminated quote) may hide anything, so it never
-/// counts as ending one: a false "opens" costs one `ROLLBACK` on return, a false "ends" would
-/// hand the next user an open transaction. (It reads strings as `standard_conforming_strings`
-/// has them, on by default since PostgreSQL 9.1: with it off, a `\'` inside a plain string
-/// would be misread.) A text with transaction control that fails on the server counts as
-/// opening one, since the server skips what follows the error.
-///
-/// Second, whether they change the session beyond their transaction (see
-/// [`session_statement`] and [`calls_session_functions`]).
-fn classify(sql: &str) -> (Option<bool>, bool) {
-    let calls = calls_session_functions(sql);
-    // Most queries are one statement without quotes or comments: read it in place, unsplit.
-    if !sql.contains([';', '-', '/', '\'', '"', '$']) {
-        return (effect_of(std::iter::once(sql), true), calls || session_statement(sql));
-    }
-    let (statements, complete) = statements(sql);
-    let effect = effect_of(statements.iter().map(String::as_str), complete);
-    (effect, calls || statements.iter().any(|s| session_statement(s)))
-}
-
-#[cfg(test)]
-fn transaction_effect(sql: &str) -> Option<bool> {
-    classify(sql).0
-}
-
-#[cfg(test)]
-fn changes_session(sql: &str) -> bool {
-    classify(sql).1
-}
-
-/// Whether one statement may leave state in the session beyond its transaction, which
-/// `DISCARD ALL` clears: a `SET` (not `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`),
-/// `LISTEN`, a named `PREPARE`, `DEALLOCATE` or `DISCARD` (which also leave sqlx's statement
-/// cache out of step), `LOAD`, a temporary table or view. A false "yes" costs a `DISCARD ALL`
-/// on return.
-fn session_statement(statement: &str) -> bool {
-    let mut words = statement.split_whitespace();
-    let Some(first) = words.next() else { return false };
-    let is = |w: &str| first.eq_ignore_ascii_case(w);
-    let has = |w: &str| statement.split_whitespace().any(|r| r.eq_ignore_ascii_case(w));
-    if is("SET") {
-        let second = words.next().unwrap_or_default();
-        return !["LOCAL", "TRANSACTION", "CONSTRAINTS"]
-            .iter()
-            .any(|w| second.eq_ignore_ascii_case(w));
-    }
-    is("LISTEN")
-        || is("DEALLOCATE")
-        || is("DISCARD")
-        || is("LOAD")
-        || (is("PREPARE") && !has("TRANSACTION"))
-        || has("TEMP")
-        || has("TEMPORARY")
-}
-
-/// Whether `sql` names a function that changes the session wherever it is called: a session
-/// advisory lock (`pg_advisory_lock`, `pg_try_advisory_lock_shared`..., not the `_xact_`
-/// ones) or `set_config`. Both names hold a `_`, so only the text around each `_` is read.
-fn calls_session_functions(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    let at = |start: usize, name: &str| {
-        b.get(start..start + name.len()).is_some_and(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+/// Whether `sql` is one `SELECT` of constants: numbers, strings, `NULL`, `TRUE`, `FALSE`, each
+/// with an optional alias (`SELECT 1`, `SELECT 'ok' AS status, NULL`). Such a statement calls
+/// no function, reads no table and takes no parameter, so nothing the server runs for it can
+/// open a transaction or change the session. Any other text may, through a function, a
+/// trigger, a view, a rule, an operator or a domain that the text does not show, so it counts
+/// as a use.
+fn is_inert(sql: &str) -> bool {
+    let b = sql.trim().trim_end_matches(';').trim_end().as_bytes();
+    let Some(rest) = b.get(..6).filter(|w| w.eq_ignore_ascii_case(b"select")).map(|_| &b[6..])
+    else {
+        return false;
     };
-    sql.match_indices('_')
-        .any(|(i, _)| (i >= 8 && at(i - 8, "advisory_lock")) || (i >= 3 && at(i - 3, "set_config")))
-}
-
-/// The transaction effect ([`classify`]) of these statements, keywords only; `complete` when nothing was left
-/// unread.
-fn effect_of<'a>(statements: impl Iterator<Item = &'a str>, complete: bool) -> Option<bool> {
-    let mut effect = None;
-    let mut atomic_body = false;
-    for statement in statements {
-        let Some(first) = statement.split_whitespace().next() else { continue };
-        let is = |w: &str| first.eq_ignore_ascii_case(w);
-        let words = || statement.split_whitespace();
-        let has = |w: &str| words().any(|r| r.eq_ignore_ascii_case(w));
-        if atomic_body {
-            // The body's statements run inside the function; its `END` closes the body.
-            atomic_body = !is("END");
-            continue;
-        }
-        // `CREATE FUNCTION|PROCEDURE ... BEGIN ATOMIC` opens a body the statements up to its
-        // `END` belong to (unless the body is empty: `BEGIN ATOMIC END`).
-        if is("CREATE")
-            && (has("FUNCTION") || has("PROCEDURE"))
-            && words()
-                .zip(words().skip(1))
-                .any(|(a, b)| a.eq_ignore_ascii_case("BEGIN") && b.eq_ignore_ascii_case("ATOMIC"))
-        {
-            atomic_body = !words().last().is_some_and(|w| w.eq_ignore_ascii_case("END"));
-            continue;
-        }
-        if is("BEGIN") || is("START") {
-            effect = Some(true);
-        } else if is("COMMIT") || is("END") || is("ROLLBACK") || is("ABORT") || is("PREPARE") {
-            if is("PREPARE") && !has("TRANSACTION") {
-                continue; // `PREPARE name AS ...`: a prepared statement.
-            }
-            if is("ROLLBACK") && has("TO") {
-                continue; // `ROLLBACK TO SAVEPOINT`: still inside the transaction.
-            }
-            if has("PREPARED") {
-                continue; // `COMMIT PREPARED 'id'`: ends a prepared transaction, not this one.
-            }
-            let chain = has("CHAIN") && !has("NO");
-            if chain || complete {
-                effect = Some(chain);
-            }
-        }
+    if !rest.first().is_some_and(u8::is_ascii_whitespace) {
+        return false;
     }
-    effect
-}
-
-/// Where the quoted run opened by `b[start]` (`quote`) closes, exclusive: a doubled quote stands
-/// for one, and with `backslash` a `\` escapes the byte after it. `None` if it never closes.
-fn quoted_end(b: &[u8], start: usize, quote: u8, backslash: bool) -> Option<usize> {
-    let mut j = start + 1;
-    loop {
-        match b.get(j) {
-            None => return None,
-            Some(b'\\') if backslash => j += 2,
-            Some(&c) if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
-            Some(&c) if c == quote => return Some(j + 1),
-            Some(_) => j += 1,
-        }
-    }
-}
-
-/// The statements of `sql`, split on the `;`s that separate statements, with strings, quoted
-/// identifiers, dollar-quoted bodies and comments blanked out, so only keywords are left to
-/// read; and whether every quote and comment was closed.
-fn statements(sql: &str) -> (Vec<String>, bool) {
-    let b = sql.as_bytes();
-    let (mut done, mut current) = (Vec::new(), String::new());
+    let word = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
     let mut i = 0;
-    // PostgreSQL's identifier (and dollar-quote tag) characters: letters, digits, `_` and any
-    // byte of a non-ASCII character.
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        // Where the quoted or commented run starting at `i` ends (exclusive), or `None` if it
-        // never does.
-        let skip: Option<Option<usize>> = match c {
-            b'\'' => {
-                // An E'...' string takes backslash escapes; '' is a quote in any string.
-                let escapes =
-                    i > 0 && b[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !ident(b[i - 2]));
-                Some(quoted_end(b, i, b'\'', escapes))
+    loop {
+        // One constant.
+        while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        match rest.get(i) {
+            Some(b'0'..=b'9') => {
+                i += rest[i..].iter().take_while(|c| c.is_ascii_digit() || **c == b'.').count();
             }
-            b'"' => Some(quoted_end(b, i, b'"', false)),
-            // A line comment ends at a newline or a carriage return, as in PostgreSQL.
-            b'-' if next == Some(b'-') => Some(Some(
-                b[i..].iter().position(|&c| c == b'\n' || c == b'\r').map_or(b.len(), |n| i + n),
-            )),
-            b'/' if next == Some(b'*') => {
-                // Block comments nest.
-                let (mut depth, mut j) = (1, i + 2);
+            Some(b'\'') => {
+                // A plain string; `''` stands for a quote.
+                i += 1;
                 loop {
-                    match (b.get(j), b.get(j + 1)) {
-                        (None, _) => break Some(None),
-                        (Some(b'/'), Some(b'*')) => (depth, j) = (depth + 1, j + 2),
-                        (Some(b'*'), Some(b'/')) if depth == 1 => break Some(Some(j + 2)),
-                        (Some(b'*'), Some(b'/')) => (depth, j) = (depth - 1, j + 2),
-                        _ => j += 1,
+                    match (rest.get(i), rest.get(i + 1)) {
+                        (Some(b'\''), Some(b'\'')) => i += 2,
+                        (Some(b'\''), _) => break i += 1,
+                        (Some(_), _) => i += 1,
+                        (None, _) => return false,
                     }
                 }
             }
-            // `$tag$ ... $tag$` (the tag may be empty); `$1` is a parameter, and a `$` inside
-            // an identifier (`x$$`) is part of it.
-            b'$' if i == 0 || !(ident(b[i - 1]) || b[i - 1] == b'$') => {
-                let tag_len = b[i + 1..].iter().position(|&c| !ident(c));
-                match tag_len {
-                    Some(n)
-                        if b[i + 1 + n] == b'$'
-                            && !b.get(i + 1).is_some_and(u8::is_ascii_digit) =>
-                    {
-                        let tag = &sql[i..i + n + 2];
-                        Some(
-                            sql[i + tag.len()..].find(tag).map(|at| i + tag.len() + at + tag.len()),
-                        )
-                    }
-                    _ => None,
+            Some(c) if c.is_ascii_alphabetic() => {
+                let n = word(&rest[i..]);
+                let constant = &rest[i..i + n];
+                if !["null", "true", "false"]
+                    .iter()
+                    .any(|k| constant.eq_ignore_ascii_case(k.as_bytes()))
+                {
+                    return false;
                 }
+                i += n;
             }
-            _ => None,
-        };
-        match skip {
-            Some(Some(end)) => {
-                current.push(' ');
-                i = end;
-            }
-            Some(None) => {
-                done.push(current);
-                return (done, false);
-            }
-            None if c == b';' => {
-                done.push(std::mem::take(&mut current));
+            _ => return false,
+        }
+        // An optional alias (`AS x` or `x`), then a comma or the end.
+        let mut aliased = false;
+        loop {
+            while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
                 i += 1;
             }
-            None => {
-                // Keywords are ASCII; anything else only has to keep words apart.
-                current.push(if c.is_ascii() { char::from(c) } else { ' ' });
-                i += 1;
+            match rest.get(i) {
+                None => return true,
+                Some(b',') => break i += 1,
+                Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
+                    let n = word(&rest[i..]);
+                    let is_as = rest[i..i + n].eq_ignore_ascii_case(b"as");
+                    if aliased {
+                        return false;
+                    }
+                    aliased = !is_as;
+                    i += n;
+                }
+                _ => return false,
             }
         }
     }
-    done.push(current);
-    (done, true)
 }
 
 /// A query wrapper that reads the SQL on its way to the server.
@@ -577,7 +554,9 @@ struct Sniff<E> {
 impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Sniff<E> {
     fn sql(self) -> SqlStr {
         let sql = self.inner.sql();
-        self.flags.track(sql.as_str());
+        if !is_inert(sql.as_str()) {
+            self.flags.set(USED);
+        }
         sql
     }
 
@@ -615,138 +594,4 @@ impl Stream for Watched<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use sqlx::Connection as _;
-
-    use super::{PgConn, transaction_effect};
-
-    /// The server-side check tells an open transaction, an aborted one and none apart, also
-    /// right after a query in the extended protocol (which moves the statement time).
-    #[tokio::test]
-    async fn the_bare_check_tells_an_open_transaction_from_none() {
-        let url = crate::cluster::tests::database_url();
-        let mut conn = PgConn::new(sqlx::PgConnection::connect(&url).await.unwrap());
-        assert!(!conn.bare_tx_open().await.unwrap(), "a fresh connection");
-        sqlx::query("SELECT $1::int").bind(1).execute(&mut conn.inner).await.unwrap();
-        assert!(!conn.bare_tx_open().await.unwrap(), "after an extended-protocol query");
-        sqlx::raw_sql("BEGIN").execute(&mut conn.inner).await.unwrap();
-        assert!(conn.bare_tx_open().await.unwrap(), "inside BEGIN");
-        assert!(sqlx::raw_sql("SELECT 1/0").execute(&mut conn.inner).await.is_err());
-        assert!(conn.bare_tx_open().await.unwrap(), "an aborted transaction");
-        sqlx::raw_sql("ROLLBACK").execute(&mut conn.inner).await.unwrap();
-        assert!(!conn.bare_tx_open().await.unwrap(), "after ROLLBACK");
-    }
-
-    /// `conn.begin()` on the pool's guard resolves to [`PgConn::begin`]: sqlx tracks the
-    /// transaction, so it is no bare use, and a committed one leaves nothing to check.
-    #[tokio::test]
-    async fn an_sqlx_transaction_on_the_guard_is_not_a_bare_use() {
-        let manager = crate::PgManager::from_url(&crate::cluster::tests::database_url()).unwrap();
-        let pool = crate::PgPool::builder(manager).pool_size(1).build().unwrap();
-        let mut conn = pool.acquire().await.unwrap();
-        let tx = conn.begin().await.unwrap();
-        tx.commit().await.unwrap();
-        assert!(!conn.needs_reset(true), "committed: nothing to check on return");
-        let tx = conn.begin().await.unwrap();
-        drop(tx);
-        assert!(conn.needs_reset(true), "dropped: sqlx's queued ROLLBACK must go first");
-        drop(conn);
-        pool.close().await.unwrap();
-    }
-
-    #[test]
-    fn statements_that_change_the_session_are_recognised() {
-        let cases: &[(&str, bool)] = &[
-            ("SELECT 1", false),
-            ("select * from settings where name = $1", false),
-            ("INSERT INTO t VALUES ('SET x = 1')", false),
-            ("SET search_path TO tenant_7", true),
-            ("set role reporting", true),
-            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", true),
-            ("SET LOCAL statement_timeout = 100", false),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
-            ("SET CONSTRAINTS ALL DEFERRED", false),
-            ("BEGIN; SET statement_timeout = 5; COMMIT", true),
-            ("listen jobs", true),
-            ("UNLISTEN *", false),
-            ("PREPARE q AS SELECT 1", true),
-            ("PREPARE TRANSACTION 'x'", false),
-            ("DEALLOCATE ALL", true),
-            ("DISCARD TEMP", true),
-            ("CREATE TEMP TABLE scratch (x int)", true),
-            ("create temporary view v as select 1", true),
-            ("SELECT * INTO TEMP t2 FROM t", true),
-            ("SELECT pg_advisory_lock(42)", true),
-            ("SELECT pg_try_advisory_lock_shared(1, 2)", true),
-            ("SELECT pg_advisory_xact_lock(42)", false),
-            ("SELECT set_config('app.user', '7', false)", true),
-            ("-- SET x = 1\nSELECT 1", false),
-            ("SELECT 'a;b'; SET x = 1", true),
-        ];
-        for (sql, expected) in cases {
-            assert_eq!(super::changes_session(sql), *expected, "{sql}");
-        }
-    }
-
-    #[test]
-    fn transaction_statements_are_recognised() {
-        let cases: &[(&str, Option<bool>)] = &[
-            ("SELECT 1", None),
-            ("begin", Some(true)),
-            ("  BEGIN ISOLATION LEVEL SERIALIZABLE", Some(true)),
-            ("start transaction read only", Some(true)),
-            ("BEGIN; INSERT INTO t VALUES (1); COMMIT", Some(false)),
-            ("commit", Some(false)),
-            ("END", Some(false)),
-            ("rollback", Some(false)),
-            ("ABORT", Some(false)),
-            ("ROLLBACK TO SAVEPOINT a", None),
-            ("COMMIT AND CHAIN", Some(true)),
-            ("COMMIT AND NO CHAIN", Some(false)),
-            ("PREPARE TRANSACTION 'x'", Some(false)),
-            ("PREPARE q AS SELECT 1", None),
-            ("-- a comment\nBEGIN", Some(true)),
-            ("select begin_at from events", None),
-            ("", None),
-            // Strings, bodies and comments are read as PostgreSQL's lexer reads them.
-            ("BEGIN; INSERT INTO t VALUES ('a;b', E'it\\'s; x', \"c;d\"); COMMIT", Some(false)),
-            ("BEGIN; SELECT $1::text; COMMIT", Some(false)),
-            ("BEGIN; SELECT $tag$ ; END $tag$; COMMIT", Some(false)),
-            ("BEGIN; /* a /* nested; */ COMMIT; */ SELECT 1", Some(true)),
-            ("BEGIN; CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END", Some(true)),
-            (
-                "BEGIN; CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; END; COMMIT",
-                Some(false),
-            ),
-            // A line comment also ends at a carriage return.
-            ("COMMIT; -- done\rBEGIN", Some(true)),
-            // Non-ASCII dollar-quote tags, and `$` inside identifiers.
-            ("BEGIN; DO $é$ BEGIN PERFORM 1; END $é$", Some(true)),
-            ("SELECT 1 AS é$$; BEGIN; SELECT 1 AS ö$$", Some(true)),
-            ("SELECT 1 AS x$$$; BEGIN; SELECT 1 AS y$$$", Some(true)),
-            // An empty atomic body, and `begin atomic` that is not a body.
-            ("CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC END; BEGIN", Some(true)),
-            ("CREATE TABLE t (begin atomic); BEGIN", Some(true)),
-            // Prepared transactions are not this session's.
-            ("BEGIN; COMMIT PREPARED 'x'", Some(true)),
-            // Unterminated: nothing after the quote can be read, so nothing there ends one.
-            ("BEGIN; SELECT 'oops; COMMIT", Some(true)),
-            // A `;` inside a body, a string or a comment does not end the transaction.
-            ("BEGIN; DO $$ BEGIN IF true THEN PERFORM 1; END IF; END $$", Some(true)),
-            ("DO $$ BEGIN PERFORM 1; END $$", None),
-            ("SELECT 'a; commit'", None),
-            ("SELECT 1 -- x; COMMIT", None),
-            ("SELECT 1 /* ; END */", None),
-            (
-                "CREATE FUNCTION f() RETURNS int AS $$ BEGIN RETURN 1; END; $$ LANGUAGE plpgsql",
-                None,
-            ),
-            // A single statement is read whole, quotes and all.
-            ("COMMIT;", Some(false)),
-            ("-- done\nROLLBACK", Some(false)),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(transaction_effect(sql), *want, "{sql:?}");
-        }
-    }
-}
+mod tests;

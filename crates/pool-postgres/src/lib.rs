@@ -23,7 +23,7 @@ pub use crate::config::{
     DATABASE_POOL_OVERFLOW, DATABASE_POOL_RECYCLE, DATABASE_POOL_SIZE, DATABASE_POOL_TIMEOUT,
     config_from_env, config_from_vars,
 };
-pub use crate::connection::PgConn;
+pub use crate::connection::{PgConn, ResetOnReturn, ResetOnReturnError};
 pub use crate::error::{ClusterBuildError, EnvError, SessionError, TokenError, UrlError};
 pub use crate::manager::PgManager;
 pub use crate::stats::{ClusterStats, ReplicaStats};

@@ -7,7 +7,7 @@ use pool_core::Manager;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use crate::connection::PgConn;
+use crate::connection::{PgConn, ResetOnReturn};
 use crate::error::UrlError;
 
 /// Opens `sqlx::PgConnection`s for a [`ConnectionPool`](pool_core::ConnectionPool), and checks
@@ -15,9 +15,10 @@ use crate::error::UrlError;
 ///
 /// - check: a protocol-level `Sync` message answered by `ReadyForQuery` (sqlx's `ping`), the
 ///   cheapest real round trip to the server process; the pool bounds it with `connect_timeout`;
-/// - reset on return, only when the connection says it needs one (no IO otherwise): finish an
-///   interrupted query, then `ROLLBACK` an open transaction; a failed reset closes the
-///   connection;
+/// - reset on return: nothing after a ping or `SELECT`s of constants; after anything else,
+///   one round trip in the background that rolls back a transaction the server reports open
+///   and, by default, resets the session ([`ResetOnReturn`] names the exact statements); an
+///   interrupted query is drained first; a failed reset closes the connection;
 /// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error is closed
 ///   on return, never handed out again;
 /// - close: sqlx's graceful `Terminate`.
@@ -39,13 +40,13 @@ use crate::error::UrlError;
 #[derive(Clone)]
 pub struct PgManager {
     options: PgConnectOptions,
-    check_bare: bool,
+    reset: ResetOnReturn,
 }
 
 impl PgManager {
     /// A manager opening connections with `options`.
     pub fn new(options: PgConnectOptions) -> Self {
-        PgManager { options, check_bare: true }
+        PgManager { options, reset: ResetOnReturn::Session }
     }
 
     /// A manager opening connections to `url` (`postgres://user:password@host:port/database?...`,
@@ -72,37 +73,29 @@ impl PgManager {
         &self.options
     }
 
-    /// Whether to check, when a connection comes back, what its user may have left through the
-    /// bare `PgConnection` \[on\].
-    ///
-    /// Queries run through the pooled connection itself (`&mut *conn`) are watched without any
-    /// IO: a raw `BEGIN`, a query dropped mid-flight. Those run on the bare `PgConnection`
-    /// (`&mut **conn`, or a function taking `&mut PgConnection`) are not. With this on, a
-    /// connection whose bare `PgConnection` was borrowed mutably gets one round trip on return,
-    /// in the background: it drains a query its user dropped mid-response (a timeout around a
-    /// bare query), and asks the server whether a transaction is open, which is then rolled
-    /// back. Connections used only through `&mut *conn` pay nothing. Off, both go to the next
-    /// user: it waits for the abandoned query's reply, and may get its error or run inside the
-    /// transaction.
+    /// What the pool clears on a returned connection before anyone else gets it
+    /// \[[`ResetOnReturn::Session`]: the transaction and the session\].
     ///
     /// # Examples
     ///
     /// ```
-    /// use pool_postgres::PgManager;
+    /// use pool_postgres::{PgManager, ResetOnReturn};
     ///
     /// # fn f() -> Result<(), pool_postgres::UrlError> {
-    /// let manager = PgManager::from_url("postgres://app@db/app")?.check_bare_transactions(true);
+    /// // This application never changes the session: only roll back open transactions.
+    /// let manager =
+    ///     PgManager::from_url("postgres://app@db/app")?.reset_on_return(ResetOnReturn::Transaction);
     /// # Ok(()) }
     /// ```
     #[must_use]
-    pub fn check_bare_transactions(mut self, on: bool) -> Self {
-        self.check_bare = on;
+    pub fn reset_on_return(mut self, reset: ResetOnReturn) -> Self {
+        self.reset = reset;
         self
     }
 
-    /// Whether [`check_bare_transactions`](Self::check_bare_transactions) is on.
-    pub fn checks_bare_transactions(&self) -> bool {
-        self.check_bare
+    /// What [`reset_on_return`](Self::reset_on_return) is set to.
+    pub fn resets_on_return(&self) -> ResetOnReturn {
+        self.reset
     }
 }
 
@@ -114,7 +107,7 @@ impl fmt::Debug for PgManager {
             .field("port", &self.options.get_port())
             .field("username", &self.options.get_username())
             .field("database", &self.options.get_database())
-            .field("check_bare_transactions", &self.check_bare)
+            .field("reset_on_return", &self.reset)
             .finish_non_exhaustive()
     }
 }
@@ -133,11 +126,11 @@ impl Manager for PgManager {
     }
 
     fn needs_reset(&self, conn: &PgConn) -> bool {
-        conn.needs_reset(self.check_bare)
+        conn.needs_reset()
     }
 
     async fn reset(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
-        conn.reset(self.check_bare).await
+        conn.reset(self.reset).await
     }
 
     fn is_broken(&self, conn: &PgConn) -> bool {

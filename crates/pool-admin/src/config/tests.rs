@@ -311,7 +311,7 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
 fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
     let pg_keys = "url, replicas, pool_size, max_overflow, pool_timeout, pool_recycle, \
                    connect_timeout, pool_pre_ping, pre_ping_bypass, pool_use_lifo, \
-                   check_bare_transactions, min_idle, \
+                   reset_on_return, min_idle, \
                    health_check_interval, max_connecting, idle_timeout, leak_detection_threshold, \
                    max_replica_lag, replica_ban, replica_timeout, lag_probe_interval, \
                    connection_budget";

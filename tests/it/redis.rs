@@ -1,6 +1,7 @@
 //! `pool-redis` against real Redis: commands through the shared and exclusive paths,
 //! `WATCH`/`MULTI`/`EXEC`, `BLPOP` (held and abandoned), `CLIENT KILL`, a server restart under
-//! load, and named pools (warmed together).
+//! load, named pools (warmed together), and the session reset on return (state by state, sent
+//! through fred or by hand).
 //!
 //! Tests that stop, kill or count connections use a throwaway [`RedisInstance`]; the others use
 //! the shared Redis with keys under a unique prefix.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use pool_core::CloseReason;
 use pool_harness::{RedisInstance, redis_url};
 use pool_redis::fred::prelude::*;
+use pool_redis::fred::types::RespVersion;
 use pool_redis::fred::types::client::{ClientKillFilter, ClientKillType};
 use pool_redis::{BuildError, ConfigError, PoolSettings, RedisConfig, RedisPool, RedisPools};
 
@@ -98,6 +100,7 @@ async fn basic_commands_through_both_paths() -> TestResult {
     let b: Option<String> = conn.get(format!("{p}:a")).await?;
     assert_eq!(b.as_deref(), Some("1"));
     drop(conn);
+    reset_done(&pool).await;
 
     let key = format!("{p}:b");
     let b: Option<String> = pool
@@ -319,6 +322,16 @@ async fn health_is_not_hostage_to_exclusive_connections_in_long_use() -> TestRes
     Ok(())
 }
 
+/// Waits until every exclusive connection given back is through its reset on return (which
+/// runs in the background) and back in the pool, for up to 10 s.
+async fn reset_done(pool: &RedisPool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.engine().state().pool_held > 0 {
+        assert!(Instant::now() < deadline, "gave up after 10s waiting for the resets on return");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Checks out `n` exclusive connections at once.
 async fn futures_join(
     pool: &RedisPool,
@@ -434,8 +447,10 @@ async fn main_and_cache_keep_separate_stats_and_limits() -> TestResult {
     assert!(main.engine().try_acquire().await.is_err());
     assert!(cache.engine().try_acquire().await.is_err());
     drop(cache_held);
+    reset_done(cache).await;
     assert!(cache.engine().try_acquire().await.is_ok());
     assert!(main.engine().try_acquire().await.is_err());
+    reset_done(cache).await;
 
     let (m, c) = (main.stats(), cache.stats());
     assert_eq!((m.in_use, m.max_connections, m.shared_clients), (2, 2, 1), "{m:?}");
@@ -545,6 +560,303 @@ async fn shared_commands_fail_when_the_server_stops_answering_and_heal_after() -
             }
         }
     }
+    pool.close().await?;
+    Ok(())
+}
+
+/// A pool of one exclusive connection: the next checkout gets the connection the previous user
+/// left.
+fn one() -> PoolSettings {
+    PoolSettings::default().pool_size(1).max_connections(1)
+}
+
+/// What a `CLIENT INFO` line shows that a fresh connection of a pool on database `db`, as
+/// `user`, does not (`flags=N`: no `MULTI`, tracking, `MONITOR`, `NO-EVICT`...); empty when clean.
+fn dirt(info: &str, db: u8, user: &str) -> Vec<String> {
+    let db = db.to_string();
+    let want = [
+        ("db", db.as_str()),
+        ("name", ""),
+        ("sub", "0"),
+        ("psub", "0"),
+        ("ssub", "0"),
+        ("multi", "-1"),
+        ("flags", "N"),
+        ("resp", "2"),
+        ("user", user),
+    ];
+    want.iter()
+        .filter_map(|&(name, value)| {
+            let got = field(info.trim(), name);
+            (got.as_deref() != Some(value))
+                .then(|| format!("{name}={}", got.as_deref().unwrap_or("(missing)")))
+        })
+        .collect()
+}
+
+/// What the next user of `pool`'s only connection finds after `dirty` ran on it: whether it is
+/// the same connection (by `CLIENT ID`), and its `CLIENT INFO`.
+async fn next_user_after(
+    pool: &RedisPool,
+    dirty: impl AsyncFnOnce(&Client) -> Result<(), Error>,
+) -> Result<(bool, String), Box<dyn std::error::Error>> {
+    let conn = pool.exclusive().await?;
+    let id: i64 = conn.client_id().await?;
+    dirty(conn.client()).await?;
+    drop(conn);
+    let conn = pool.exclusive().await?;
+    let info: String = conn.client_info().await?;
+    Ok((field(info.trim(), "id") == Some(id.to_string()), info))
+}
+
+/// Asserts that the next user of `pool`'s only connection gets the same one with a clean
+/// session after `dirty` ran on it.
+async fn assert_reset(
+    pool: &RedisPool,
+    dirty: impl AsyncFnOnce(&Client) -> Result<(), Error>,
+) -> TestResult {
+    let (same, info) = next_user_after(pool, dirty).await?;
+    assert!(same, "the connection was replaced, not reset: {info}");
+    assert_eq!(dirt(&info, 0, "default"), Vec::<String>::new(), "{info}");
+    assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), 0);
+    Ok(())
+}
+
+/// Sends `args` as one custom command (the pool cannot see it).
+async fn custom(client: &Client, args: &[&str]) -> Result<Value, Error> {
+    client.custom(fred::cmd!(args[0]), args[1..].to_vec()).await
+}
+
+/// Issue 27, case 8: a transaction opened by hand (a custom `MULTI`, which the pool cannot see)
+/// and abandoned by an early `?` must not reach the next user of the connection: its `GET`
+/// answers the value, not `QUEUED`, and its `EXEC` does not commit the abandoned `SET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_sent_by_hand_and_abandoned_does_not_reach_the_next_user() -> TestResult {
+    let key = format!("{}:k", prefix("case8"));
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    pool.shared().set::<(), _, _>(&key, "original", None, None, false).await?;
+
+    let conn = pool.exclusive().await?;
+    let id: i64 = conn.client_id().await?;
+    conn.custom::<(), _>(fred::cmd!("MULTI"), Vec::<Value>::new()).await?;
+    let queued: String = conn.custom(fred::cmd!("SET"), vec![key.as_str(), "overwritten"]).await?;
+    assert_eq!(queued, "QUEUED");
+    drop(conn); // an early `?`
+
+    let conn = pool.exclusive().await?;
+    let got: Value = conn.get(&key).await?;
+    assert_eq!(got.as_str().as_deref(), Some("original"), "the next user's GET");
+    assert_eq!(conn.client_id::<i64>().await?, id, "a one-connection pool hands out the same one");
+    let exec = conn.custom::<Value, _>(fred::cmd!("EXEC"), Vec::<Value>::new()).await;
+    assert!(exec.is_err(), "EXEC found a transaction open: {exec:?}");
+    drop(conn);
+    assert_eq!(pool.shared().get::<String, _>(&key).await?, "original", "nothing committed");
+    pool.shared().del::<i64, _>(&key).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+/// A `WATCH` sent by hand (not through `RedisConnection::watch`) does not abort the next
+/// user's transaction when someone touches the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sent_by_hand_ends_on_return() -> TestResult {
+    let key = format!("{}:k", prefix("custom-watch"));
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    let conn = pool.exclusive().await?;
+    let id = conn.client_id::<i64>().await?;
+    custom(&conn, &["WATCH", &key]).await?;
+    assert!(!conn.is_watching(), "the pool did not see it");
+    drop(conn);
+    pool.shared().incr::<i64, _>(&key).await?;
+
+    let conn = pool.exclusive().await?;
+    assert_eq!(conn.client_id::<i64>().await?, id);
+    let trx = conn.multi();
+    trx.set::<(), _, _>(&*key, 100, None, None, false).await?;
+    let result: Value = trx.exec(true).await?;
+    assert!(!result.is_null(), "a WATCH sent by hand leaked to the next user: {result:?}");
+    drop(conn);
+    pool.shared().del::<i64, _>(&key).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_by_hand_or_through_fred_ends_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    assert_reset(&pool, async |c| custom(c, &["SELECT", "3"]).await.map(drop)).await?;
+    assert_reset(&pool, async |c| c.select(4).await).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_name_ends_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    assert_reset(&pool, async |c| custom(c, &["CLIENT", "SETNAME", "user-1"]).await.map(drop))
+        .await?;
+    pool.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tracking_ends_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    assert_reset(&pool, async |c| custom(c, &["CLIENT", "TRACKING", "on"]).await.map(drop)).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+/// Redis 7.0 and 7.1 keep `CLIENT NO-EVICT` across `RESET`: the pool turns it off itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_no_evict_ends_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    assert_reset(&pool, async |c| custom(c, &["CLIENT", "NO-EVICT", "on"]).await.map(drop)).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+/// fred's own subscribe commands leave fred in step: the connection is reset and reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_through_fred_end_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    let channel = prefix("channel");
+    assert_reset(&pool, async |c| {
+        c.subscribe(channel.as_str()).await?;
+        c.psubscribe(format!("{channel}:*")).await?;
+        c.ssubscribe(format!("{channel}:shard")).await
+    })
+    .await?;
+    pool.close().await?;
+    Ok(())
+}
+
+/// A `SUBSCRIBE` sent by hand gets no reply through fred (it drops subscription confirmations),
+/// which leaves its reply queue out of step: the reset sees that and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_by_hand_closes_the_connection() -> TestResult {
+    let settings = one().command_timeout(Some(Duration::from_secs(1)));
+    let pool = RedisPool::connect("main", &redis_url(), settings).await?;
+    let channel = prefix("channel");
+    let (same, info) = next_user_after(&pool, async |c| {
+        let quick = Options { timeout: Some(Duration::from_millis(200)), ..Options::default() };
+        let subscribe = custom(&c.with_options(&quick), &["SUBSCRIBE", &channel]).await;
+        assert_eq!(subscribe.map_err(|e| e.kind().clone()), Err(ErrorKind::Timeout));
+        Ok(())
+    })
+    .await?;
+    assert!(!same, "a connection out of step with fred was reused: {info}");
+    assert_eq!(dirt(&info, 0, "default"), Vec::<String>::new(), "{info}");
+    assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), 1);
+    pool.close().await?;
+    Ok(())
+}
+
+/// `HELLO 3` by hand (fred decodes RESP3 replies all the same) or through fred's `hello` (which
+/// switches fred's decoder): the next user speaks RESP2, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_3_by_hand_or_through_fred_ends_on_return() -> TestResult {
+    let pool = RedisPool::connect("main", &redis_url(), one()).await?;
+    assert_reset(&pool, async |c| custom(c, &["HELLO", "3"]).await.map(drop)).await?;
+    assert_reset(&pool, async |c| {
+        c.hello(RespVersion::RESP3, None, None).await?;
+        assert_eq!(c.protocol_version(), RespVersion::RESP3);
+        Ok(())
+    })
+    .await?;
+    let conn = pool.exclusive().await?;
+    assert_eq!(conn.protocol_version(), RespVersion::RESP2, "fred's decoder is switched back");
+    let missing: Option<String> = conn.get(prefix("missing")).await?;
+    assert_eq!(missing, None);
+    drop(conn);
+    pool.close().await?;
+    Ok(())
+}
+
+/// `CLIENT REPLY OFF` and `SKIP` by hand: the server stops answering, so fred waits for replies
+/// that never come, and the reset sees it out of step: the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reply_off_or_skip_closes_the_connection() -> TestResult {
+    let settings = one().command_timeout(Some(Duration::from_secs(1)));
+    let pool = RedisPool::connect("main", &redis_url(), settings).await?;
+    for (i, mode) in ["OFF", "SKIP"].into_iter().enumerate() {
+        let (same, info) = next_user_after(&pool, async |c| {
+            let quick = Options { timeout: Some(Duration::from_millis(200)), ..Options::default() };
+            let reply = custom(&c.with_options(&quick), &["CLIENT", "REPLY", mode]).await;
+            assert_eq!(reply.map_err(|e| e.kind().clone()), Err(ErrorKind::Timeout), "{mode}");
+            Ok(())
+        })
+        .await?;
+        assert!(!same, "CLIENT REPLY {mode}: a connection out of step was reused: {info}");
+        assert_eq!(dirt(&info, 0, "default"), Vec::<String>::new(), "{info}");
+        assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), i as u64 + 1);
+        let key = prefix("reply");
+        let conn = pool.exclusive().await?;
+        conn.set::<(), _, _>(&key, mode, None, None, false).await?;
+        assert_eq!(conn.get::<String, _>(&key).await?, mode, "the replacement answers");
+        conn.del::<i64, _>(&key).await?;
+    }
+    pool.close().await?;
+    Ok(())
+}
+
+/// `MONITOR` by hand: the next user is not a monitor (on the same connection if no monitored
+/// line came before the reset's replies, on a new one otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_ends_on_return() -> TestResult {
+    let settings = one().command_timeout(Some(Duration::from_secs(1)));
+    let pool = RedisPool::connect("main", &redis_url(), settings).await?;
+    let (_, info) =
+        next_user_after(&pool, async |c| custom(c, &["MONITOR"]).await.map(drop)).await?;
+    assert_eq!(dirt(&info, 0, "default"), Vec::<String>::new(), "{info}");
+    pool.close().await?;
+    Ok(())
+}
+
+/// A pool whose URL authenticates and selects a database: after `RESET` (which authenticates
+/// as `default` and selects 0) the connection is authenticated as the URL's user and on its
+/// database again, even after its user authenticated as someone else. The ACL user may not run
+/// `CLIENT NO-EVICT`, whose reply the reset does not check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_a_password_stays_authenticated_and_on_its_database() -> TestResult {
+    let config = "--requirepass default-pw \
+        --user app on >app-pw ~* &* +@all -client|no-evict \
+        --user other on >other-pw ~* &* +@all";
+    let redis = RedisInstance::start_with(&config.split_whitespace().collect::<Vec<_>>())?;
+    let address = redis.url().replace("redis://", "");
+    for (url, user) in [
+        (format!("redis://app:app-pw@{address}/2"), "app"),
+        (format!("redis://:default-pw@{address}/2"), "default"),
+    ] {
+        let pool = RedisPool::connect("main", &url, one()).await?;
+        let (same, info) = next_user_after(&pool, async |c| {
+            custom(c, &["AUTH", "other", "other-pw"]).await?;
+            custom(c, &["SELECT", "5"]).await?;
+            c.set::<(), _, _>("k", "on 5", None, None, false).await
+        })
+        .await?;
+        assert!(same, "{url}: replaced, not reset: {info}");
+        assert_eq!(dirt(&info, 2, user), Vec::<String>::new(), "{url}: {info}");
+        let conn = pool.exclusive().await?;
+        assert_eq!(conn.get::<Option<String>, _>("k").await?, None, "db 2 has no k");
+        drop(conn);
+        assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), 0);
+        pool.close().await?;
+    }
+    Ok(())
+}
+
+/// A server without `RESET` (renamed away here, as on Redis older than 6.2): every return closes
+/// the connection, and the pool goes on serving with new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reset_connections_are_closed_on_return() -> TestResult {
+    let redis = RedisInstance::start_with(&["--rename-command", "RESET", ""])?;
+    let pool = RedisPool::connect("main", &redis.url(), one()).await?;
+    let (same, info) =
+        next_user_after(&pool, async |c| custom(c, &["SELECT", "3"]).await.map(drop)).await?;
+    assert!(!same, "a connection that could not be reset was reused: {info}");
+    assert_eq!(dirt(&info, 0, "default"), Vec::<String>::new(), "{info}");
+    assert_eq!(pool.stats().engine.closed.get(CloseReason::FailedReset), 1);
     pool.close().await?;
     Ok(())
 }

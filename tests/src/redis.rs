@@ -35,6 +35,8 @@ const SERVER_PID: &str = "server.pid";
 pub struct RedisInstance {
     dir: PathBuf,
     port: u16,
+    /// Configuration given on the command line after the harness's own.
+    args: Vec<String>,
     child: Option<Child>,
     detached: bool,
 }
@@ -48,10 +50,25 @@ impl RedisInstance {
     /// install), if it exits or does not answer within 10 seconds, or if it could not
     /// bind a port after several fresh ones.
     pub fn start() -> anyhow::Result<Self> {
+        RedisInstance::start_with(&[])
+    }
+
+    /// Starts a server like [`start`](Self::start), with more configuration on its command
+    /// line, kept across restarts: e.g. `["--requirepass", "pw"]`, or an ACL user
+    /// `["--user", "app", "on", ">pw", "~*", "&*", "+@all"]`. A server that requires a password
+    /// counts as up when it answers `PING` with `-NOAUTH`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); a configuration the server rejects shows in the error, from
+    /// its log.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
+        let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let Some(dir) = claim_dir(&format!("redis-{port}"))? else { continue };
-            let mut redis = RedisInstance { dir, port, child: None, detached: false };
+            let mut redis =
+                RedisInstance { dir, port, args: args.clone(), child: None, detached: false };
             match redis.start_again() {
                 Ok(()) => return Ok(redis),
                 Err(_) if redis.log().contains("Address already in use") => continue,
@@ -76,7 +93,8 @@ impl RedisInstance {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Sends `PING` and reports whether the server answered `+PONG` within a second.
+    /// Sends `PING` and reports whether the server answered within a second: `+PONG`, or
+    /// `-NOAUTH` when it requires a password.
     pub fn ping(&self) -> bool {
         ping(self.port)
     }
@@ -111,6 +129,7 @@ impl RedisInstance {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -233,8 +252,17 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 
 fn ping(port: u16) -> bool {
     let Ok(mut stream) = connect(port) else { return false };
-    let mut reply = [0; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    // One line: `+PONG\r\n`, or `-NOAUTH Authentication required.\r\n`.
+    let mut reply = Vec::new();
+    let mut chunk = [0; 64];
+    while !reply.ends_with(b"\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+    }
+    reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH ")
 }

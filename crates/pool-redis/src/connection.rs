@@ -20,22 +20,46 @@ use crate::config::PoolSettings;
 /// An exclusive connection: one fred [`Client`] with one socket, used by one task at a time.
 ///
 /// Derefs to the fred client, so every fred command works on it (`conn.get(..)`,
-/// `conn.blpop(..)`, `conn.multi()`...).
+/// `conn.blpop(..)`, `conn.multi()`, `conn.custom(..)`...).
 ///
 /// # What the pool does on return
 ///
-/// - A connection on which a `WATCH` was sent through [`watch`](Self::watch) gets `UNWATCH`
-///   first (nothing is sent otherwise).
-/// - A connection with a command still in flight that holds the socket (a blocking command
-///   whose future was dropped, like a `BLPOP` cancelled by a `select!` or a timeout, or any
-///   command still queued in fred) is closed, not reused: the server would keep it blocked,
-///   and could hand the next pushed element to a caller that is gone. Closing the socket makes
-///   the server drop the blocked command at once.
-/// - A connection whose socket dropped (killed, a server restart) is closed and replaced: at
-///   return, at checkout, or by the pool's maintenance. It never reconnects by itself.
+/// The next user gets the session a fresh connection has, or a fresh connection. The pool
+/// cannot see what was sent through `Deref`, so on every return, in one round trip before the
+/// connection is handed out again, it sends:
 ///
-/// Do not keep clones of the client past the checkout: the pool closes the socket when it
-/// retires the connection.
+/// 1. `RESET` (Redis 6.2+), which discards a `MULTI`, unwatches, unsubscribes (`SUBSCRIBE`,
+///    `PSUBSCRIBE`, `SSUBSCRIBE`), ends `MONITOR`, `CLIENT TRACKING`, `CLIENT REPLY OFF` and
+///    `READONLY`, selects database 0, switches to RESP2, clears the `CLIENT SETNAME` name and
+///    authenticates as `default` (7.2+ also clears `CLIENT NO-EVICT` and `CLIENT NO-TOUCH`);
+/// 2. what the connect set up: `AUTH [user] password` when the URL has a password,
+///    `SELECT db` when it names a database other than 0;
+/// 3. `CLIENT NO-EVICT off` on Redis 7.0 and 7.1 (or an unknown version), whose `RESET` keeps
+///    it; its reply is not checked (a user the ACL denies it could not have set it, short of
+///    `AUTH` as another user);
+/// 4. `PING <nonce>`, whose reply proves that fred still matches each reply to its command.
+///
+/// Any other reply, or none within `command_timeout` (and `connect_timeout`), closes the
+/// connection instead. That is the fate of a connection left out of step with fred:
+/// `SUBSCRIBE` or `MONITOR` sent through `custom` (fred drops the confirmation, or takes a
+/// monitored line for a reply), `CLIENT REPLY OFF` or `SKIP`, a RESP3 push after `HELLO 3`;
+/// fred's own `subscribe`, `hello` and `multi` keep it in step. On a server older than 6.2,
+/// every return closes the connection (logged once as a warning).
+///
+/// Closed without a reset:
+///
+/// - a connection with a command still in flight that holds the socket (a blocking command
+///   whose future was dropped, like a `BLPOP` cancelled by a `select!` or a timeout, or any
+///   command still queued in fred): the server would keep it blocked, and could hand the next
+///   pushed element to a caller that is gone. Closing the socket makes the server drop the
+///   blocked command at once;
+/// - a connection whose socket dropped (killed, a server restart), at return, at checkout, or
+///   by the pool's maintenance. It never reconnects by itself.
+///
+/// Not reset: `CLIENT SETINFO` (7.2+; `RESET` keeps it by design), and what lives in the fred
+/// client rather than on the server (event listeners such as `on_message`, settings changed
+/// with `update_perf_config`). Do not keep clones of the client past the checkout: the pool
+/// closes the socket when it retires the connection.
 pub struct RedisConnection {
     owned: Owned,
     watching: AtomicBool,
@@ -51,9 +75,9 @@ impl RedisConnection {
         &self.owned.client
     }
 
-    /// Sends `WATCH keys` and remembers it, so the pool sends `UNWATCH` when the connection is
-    /// returned. Shadows fred's `KeysInterface::watch`: use this one (the method syntax
-    /// `conn.watch(..)` does), a `WATCH` sent another way is not tracked.
+    /// Sends `WATCH keys` and remembers it for [`is_watching`](Self::is_watching). Shadows fred's
+    /// `KeysInterface::watch` (the method syntax `conn.watch(..)` calls this one). A `WATCH`
+    /// sent any way ends on return all the same (`RESET`).
     ///
     /// # Errors
     ///
@@ -77,8 +101,8 @@ impl RedisConnection {
         Ok(())
     }
 
-    /// Whether a `WATCH` may be active (sent through [`watch`](Self::watch) and not cleared by
-    /// [`unwatch`](Self::unwatch)).
+    /// Whether a `WATCH` may be active (sent through [`watch`](Self::watch) since the checkout
+    /// and not cleared by [`unwatch`](Self::unwatch); an `EXEC` does not clear it).
     pub fn is_watching(&self) -> bool {
         self.watching.load(Relaxed)
     }
@@ -194,6 +218,17 @@ impl ClientFactory {
         shared.perf.default_command_timeout =
             settings.shared_command_timeout.unwrap_or(Duration::ZERO);
         shared
+    }
+
+    /// fred's configuration of every client this factory opens.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// fred's connection settings of every client this factory opens.
+    #[cfg(test)]
+    pub(crate) fn connection_config(&self) -> &ConnectionConfig {
+        &self.connection
     }
 
     pub(crate) fn new(mut config: Config, settings: &PoolSettings) -> Self {

@@ -6,6 +6,7 @@ mod connection;
 mod error;
 mod manager;
 mod pool;
+mod reset;
 mod shared;
 mod stats;
 

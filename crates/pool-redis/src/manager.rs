@@ -1,31 +1,45 @@
 //! [`RedisManager`]: how the engine opens, checks, resets and retires exclusive connections.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use fred::error::Error;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::ClientLike;
 
 use crate::connection::{ClientFactory, RedisConnection};
+use crate::reset::{Failure, SessionReset};
 
 /// Opens one fred client per exclusive connection, for [`pool_core::ConnectionPool`].
 ///
 /// - check: `PING` (the engine runs it before handing out a connection idle longer than
 ///   `health_check_interval`, and on idle connections in the background);
-/// - reset on return: `UNWATCH`, only when a `WATCH` was sent through
-///   [`RedisConnection::watch`];
+/// - reset on every return: `RESET`, then `AUTH [user] password` when the URL has a password,
+///   `SELECT db` when it names a database other than 0, `CLIENT NO-EVICT off` on Redis 7.0 and
+///   7.1, and `PING <nonce>`, in one round trip; any other reply closes the connection (see
+///   [`RedisConnection`]);
 /// - broken on return (closed and replaced, no IO to decide): not connected, or a command
 ///   still in flight (see [`RedisConnection`]);
 /// - close: `QUIT`, or closing the socket when a command still holds it.
 pub struct RedisManager {
     pool: String,
     factory: ClientFactory,
+    session: SessionReset,
     close_timeout: Duration,
+    /// Whether the warning that the server has no `RESET` was logged.
+    warned_no_reset: AtomicBool,
 }
 
 impl RedisManager {
     pub(crate) fn new(pool: &str, factory: ClientFactory, close_timeout: Duration) -> Self {
-        RedisManager { pool: pool.to_owned(), factory, close_timeout }
+        let session = SessionReset::new(factory.config());
+        RedisManager {
+            pool: pool.to_owned(),
+            factory,
+            session,
+            close_timeout,
+            warned_no_reset: AtomicBool::new(false),
+        }
     }
 }
 
@@ -48,14 +62,32 @@ impl pool_core::Manager for RedisManager {
         conn.client().ping::<()>(None).await
     }
 
-    fn needs_reset(&self, conn: &RedisConnection) -> bool {
-        conn.is_watching()
+    /// Every returned connection: commands sent through `Deref` (`custom`, `select`, `hello`...)
+    /// change the session unseen, and fred 10 counts no commands sent that could tell an unused
+    /// connection without IO (only its `metrics` feature does, at a cost on every command).
+    fn needs_reset(&self, _conn: &RedisConnection) -> bool {
+        true
     }
 
     async fn reset(&self, conn: &mut RedisConnection) -> Result<(), Error> {
-        KeysInterface::unwatch(conn.client()).await?;
-        conn.clear_watching();
-        Ok(())
+        match self.session.run(conn.client()).await {
+            Ok(()) => {
+                conn.clear_watching();
+                Ok(())
+            }
+            Err(Failure::NoReset(e)) => {
+                if !self.warned_no_reset.swap(true, Relaxed) {
+                    tracing::warn!(
+                        pool = %self.pool,
+                        version = ?conn.client().server_version(),
+                        "the server has no RESET (Redis 6.2 or newer has): exclusive connections \
+                         are closed on return instead of being reused"
+                    );
+                }
+                Err(e)
+            }
+            Err(Failure::Other(e)) => Err(e),
+        }
     }
 
     fn is_broken(&self, conn: &RedisConnection) -> bool {

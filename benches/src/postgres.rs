@@ -11,6 +11,17 @@
 //! Every pool runs the query with the simple query protocol (one round trip:
 //! `raw_sql` for sqlx connections, `simple_query` for tokio-postgres), so they do the same work
 //! per operation. The server is `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
+//!
+//! `--workload mix` replaces `SELECT 1` with what a service does on one checkout: a query that
+//! calls functions (`SELECT md5($1), now()`), then an sqlx transaction (`BEGIN`,
+//! `SET LOCAL statement_timeout`, a query, `COMMIT`): five round trips, every statement
+//! prepared once per connection and cached. It prices the pool's reset on return: ours with its
+//! default (`ResetOnReturn::Session`, one more round trip), with `ResetOnReturn::Transaction`,
+//! with no reset at all (`pool-postgres-noreset`, which nothing but a benchmark should run) and
+//! with `DISCARD ALL` on every return (`pool-postgres-discard`, which also empties sqlx's
+//! statement cache), beside sqlx's pool and deadpool-postgres (`Fast`: no reset;
+//! `deadpool-postgres-clean`: `RecyclingMethod::Clean` at every checkout). bb8-postgres has no
+//! statement cache, so it would do more work per operation, and sits this workload out.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -33,7 +44,31 @@ pub(crate) struct Args {
     /// ratios stay comparable.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     connections: u16,
+    /// What one operation does between checkout and return.
+    #[arg(long, value_enum, default_value_t = Workload::Select1)]
+    workload: Workload,
 }
+
+/// What one operation does between checkout and return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// `SELECT 1` in the simple protocol: one round trip.
+    Select1,
+    /// A function-calling query, then a transaction with `SET LOCAL`: five round trips.
+    Mix,
+}
+
+/// The pools of `--workload mix`, by default.
+const MIX_POOLS: [&str; 8] = [
+    "pool-postgres",
+    "pool-postgres-txreset",
+    "pool-postgres-noreset",
+    "pool-postgres-discard",
+    "sqlx",
+    "sqlx-nocheck",
+    "deadpool-postgres",
+    "deadpool-postgres-clean",
+];
 
 const POOLS: [&str; 9] = [
     "pool-postgres",
@@ -49,10 +84,55 @@ const POOLS: [&str; 9] = [
 
 type Bb8 = bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
 
+/// Our pool with a reset on return that the library does not offer: none at all, or
+/// `DISCARD ALL` (after emptying sqlx's statement cache, which it deallocates) on every return.
+/// A benchmark's yardsticks, not settings anyone should run.
+#[derive(Debug)]
+struct BenchReset {
+    inner: pool_postgres::PgManager,
+    discard_all: bool,
+}
+
+impl pool_core::Manager for BenchReset {
+    type Connection = pool_postgres::PgConn;
+    type Error = sqlx::Error;
+    const BACKEND: &'static str = "postgresql";
+
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, sqlx::Error>> + Send {
+        self.inner.connect()
+    }
+
+    fn check(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.inner.check(conn)
+    }
+
+    fn needs_reset(&self, _conn: &Self::Connection) -> bool {
+        self.discard_all
+    }
+
+    async fn reset(&self, conn: &mut Self::Connection) -> Result<(), sqlx::Error> {
+        let bare: &mut sqlx::PgConnection = conn;
+        bare.clear_cached_statements().await?;
+        sqlx::raw_sql("DISCARD ALL").execute(bare).await.map(drop)
+    }
+
+    fn is_broken(&self, conn: &Self::Connection) -> bool {
+        self.inner.is_broken(conn)
+    }
+
+    fn close(&self, conn: Self::Connection) -> impl Future<Output = ()> + Send {
+        self.inner.close(conn)
+    }
+}
+
 /// The pools under test, behind one interface.
 #[derive(Clone)]
 enum Subject {
     Ours(pool_postgres::PgPool),
+    OursBench(pool_core::ConnectionPool<BenchReset>),
     Sqlx(sqlx::PgPool),
     Deadpool(deadpool_postgres::Pool),
     Bb8(Bb8),
@@ -64,15 +144,30 @@ enum Subject {
 impl Subject {
     async fn build(name: &str, url: &str, args: &Args) -> anyhow::Result<Subject> {
         let check = !name.ends_with("-nocheck");
+        fn ours<M: pool_core::Manager>(
+            manager: M,
+            connections: u16,
+            check: bool,
+        ) -> Result<pool_core::ConnectionPool<M>, pool_core::BuildError> {
+            pool_core::ConnectionPool::builder(manager)
+                .name("bench")
+                .pool_size(usize::from(connections))
+                .max_overflow(0)
+                .pool_pre_ping(check)
+                .build()
+        }
+        let manager = || pool_postgres::PgManager::from_url(url);
         Ok(match name.trim_end_matches("-nocheck") {
-            "pool-postgres" => Subject::Ours(
-                pool_postgres::PgPool::builder(pool_postgres::PgManager::from_url(url)?)
-                    .name("bench")
-                    .pool_size(usize::from(args.connections))
-                    .max_overflow(0)
-                    .pool_pre_ping(check)
-                    .build()?,
-            ),
+            "pool-postgres" => Subject::Ours(ours(manager()?, args.connections, check)?),
+            "pool-postgres-txreset" => {
+                let reset = pool_postgres::ResetOnReturn::Transaction;
+                Subject::Ours(ours(manager()?.reset_on_return(reset), args.connections, check)?)
+            }
+            "pool-postgres-noreset" | "pool-postgres-discard" => {
+                let discard_all = name.ends_with("-discard");
+                let manager = BenchReset { inner: manager()?, discard_all };
+                Subject::OursBench(ours(manager, args.connections, check)?)
+            }
             "sqlx" => Subject::Sqlx(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(u32::from(args.connections))
@@ -82,14 +177,17 @@ impl Subject {
             ),
             // deadpool-postgres's default check is already `RecyclingMethod::Fast`, which sends
             // nothing (it only asks tokio-postgres whether the client is closed): both runs use it.
-            "deadpool-postgres" => {
+            "deadpool-postgres" | "deadpool-postgres-clean" => {
                 let config = tokio_postgres::Config::from_str(url)?;
+                let recycling_method = if name.ends_with("-clean") {
+                    deadpool_postgres::RecyclingMethod::Clean
+                } else {
+                    deadpool_postgres::RecyclingMethod::Fast
+                };
                 let manager = deadpool_postgres::Manager::from_config(
                     config,
                     tokio_postgres::NoTls,
-                    deadpool_postgres::ManagerConfig {
-                        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                    },
+                    deadpool_postgres::ManagerConfig { recycling_method },
                 );
                 Subject::Deadpool(
                     deadpool_postgres::Pool::builder(manager)
@@ -128,7 +226,11 @@ impl Subject {
                     Arc::new(tokio::sync::Semaphore::new(permits)),
                 )
             }
-            other => anyhow::bail!("unknown pool {other:?}; known: {}", POOLS.join(", ")),
+            other => anyhow::bail!(
+                "unknown pool {other:?}; known: {}, {}",
+                POOLS.join(", "),
+                MIX_POOLS[1..4].join(", ")
+            ),
         })
     }
 
@@ -136,6 +238,7 @@ impl Subject {
     async fn warm(&self, connections: usize) -> anyhow::Result<()> {
         match self {
             Subject::Ours(p) => report::hold_all(connections, || p.acquire()).await,
+            Subject::OursBench(p) => report::hold_all(connections, || p.acquire()).await,
             Subject::Sqlx(p) => report::hold_all(connections, || p.acquire()).await,
             Subject::Deadpool(p) => report::hold_all(connections, || p.get()).await,
             Subject::Bb8(p) => report::hold_all(connections, || p.get()).await,
@@ -143,10 +246,17 @@ impl Subject {
         }
     }
 
-    /// One checkout, `SELECT 1`, and return.
-    async fn op(&self) -> anyhow::Result<()> {
+    /// One checkout, the workload, and return.
+    async fn op(&self, workload: Workload) -> anyhow::Result<()> {
+        if workload == Workload::Mix {
+            return self.mix().await;
+        }
         match self {
             Subject::Ours(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::raw_sql("SELECT 1").execute(&mut *c).await?;
+            }
+            Subject::OursBench(p) => {
                 let mut c = p.acquire().await?;
                 sqlx::raw_sql("SELECT 1").execute(&mut *c).await?;
             }
@@ -172,9 +282,52 @@ impl Subject {
         Ok(())
     }
 
+    /// One checkout of `--workload mix`, and return.
+    async fn mix(&self) -> anyhow::Result<()> {
+        match self {
+            Subject::Ours(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
+                let mut tx = c.begin().await?;
+                mix_transaction(&mut tx).await?;
+                tx.commit().await?;
+            }
+            Subject::OursBench(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
+                let mut tx = c.begin().await?;
+                mix_transaction(&mut tx).await?;
+                tx.commit().await?;
+            }
+            Subject::Sqlx(p) => {
+                let mut c = p.acquire().await?;
+                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
+                let mut tx = c.begin().await?;
+                mix_transaction(&mut tx).await?;
+                tx.commit().await?;
+            }
+            Subject::Deadpool(p) => {
+                let mut c = p.get().await?;
+                let query = c.prepare_cached(MIX_QUERY).await?;
+                c.query_one(&query, &[&"x"]).await?;
+                let tx = c.transaction().await?;
+                let set = tx.prepare_cached(MIX_SET_LOCAL).await?;
+                tx.execute(&set, &[]).await?;
+                let select = tx.prepare_cached(MIX_IN_TRANSACTION).await?;
+                tx.query_one(&select, &[]).await?;
+                tx.commit().await?;
+            }
+            Subject::Bb8(_) | Subject::ConnectPerQuery(..) => {
+                anyhow::bail!("this pool does not run --workload mix (see `bench postgres --help`)")
+            }
+        }
+        Ok(())
+    }
+
     async fn close(self) {
         match self {
             Subject::Ours(p) => drop(p.close().await),
+            Subject::OursBench(p) => drop(p.close().await),
             Subject::Sqlx(p) => p.close().await,
             Subject::Deadpool(p) => p.close(),
             Subject::Bb8(_) | Subject::ConnectPerQuery(..) => {}
@@ -187,12 +340,21 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let run_for = args.common.run_for();
-    let selected: Vec<&str> =
-        POOLS.iter().copied().filter(|p| args.pools.iter().any(|a| a == p)).collect();
+    let known = POOLS.iter().chain(&MIX_POOLS[1..4]);
+    let selected: Vec<&str> = if args.workload == Workload::Mix && args.pools == POOLS {
+        MIX_POOLS.to_vec()
+    } else {
+        let mut known = known.copied().chain(["deadpool-postgres-clean"]);
+        args.pools
+            .iter()
+            .map(|p| known.find(|k| k == p).with_context(|| format!("unknown pool {p:?}")))
+            .collect::<anyhow::Result<_>>()?
+    };
     // The bare query's own cost, measured right after our pool's single-task run in each round,
     // so the overhead below compares the two at the same moment: (ours, bare) ops/s per round.
-    let overhead_wanted =
-        selected.contains(&"pool-postgres") && selected.contains(&"connect-per-query");
+    let overhead_wanted = args.workload == Workload::Select1
+        && selected.contains(&"pool-postgres")
+        && selected.contains(&"connect-per-query");
     let mut pairs: Vec<(f64, f64)> = Vec::new();
     let measured = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
         let row = rt.block_on(async {
@@ -202,9 +364,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             subject.warm(usize::from(args.connections)).await?;
             let op = {
                 let subject = subject.clone();
+                let workload = args.workload;
                 move || {
                     let subject = subject.clone();
-                    async move { subject.op().await }
+                    async move { subject.op(workload).await }
                 }
             };
             let row = report::timed_tasks(&args.common, scenario, tasks, name, op).await;
@@ -217,7 +380,16 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         Ok(row)
     })?;
     println!();
-    report::print_table(&measured, "pool-postgres");
+    report::print_table(&measured, selected[0]);
+    if args.workload == Workload::Mix {
+        println!(
+            "\nround trips per operation: 5 (query, BEGIN, SET LOCAL, query, COMMIT), plus: \
+             pool-postgres 1 on return (the session reset), -txreset 1 (the transaction check), \
+             -noreset 0, -discard 1 (DISCARD ALL) and 2 at the next use (both statements \
+             prepared again); sqlx 1 (its ping before each checkout), sqlx-nocheck 0; \
+             deadpool-postgres 0, deadpool-postgres-clean 1 (its Clean recycle before each checkout)"
+        );
+    }
     let cpq = measured
         .rows
         .iter()
@@ -245,8 +417,26 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (1.0 - pooled.max(0.0) / connecting) * 100.0
         );
     }
-    let path = report::write_json("postgres", &measured.rows)?;
+    let json = match args.workload {
+        Workload::Select1 => "postgres",
+        Workload::Mix => "postgres-mix",
+    };
+    let path = report::write_json(json, &measured.rows)?;
     println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// `--workload mix`'s query, which calls two functions.
+const MIX_QUERY: &str = "SELECT md5($1), now()";
+/// `--workload mix`'s transaction-scoped setting.
+const MIX_SET_LOCAL: &str = "SET LOCAL statement_timeout = 5000";
+/// `--workload mix`'s query inside its transaction.
+const MIX_IN_TRANSACTION: &str = "SELECT pg_backend_pid(), current_setting('statement_timeout')";
+
+/// The transaction of `--workload mix`, on sqlx's transaction.
+async fn mix_transaction(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query(MIX_SET_LOCAL).execute(&mut *tx).await?;
+    sqlx::query(MIX_IN_TRANSACTION).fetch_one(&mut *tx).await?;
     Ok(())
 }
 

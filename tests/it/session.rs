@@ -29,7 +29,8 @@ const CHECK: &str = "\
       (SELECT count(*) FROM pg_catalog.pg_cursors), \
       (SELECT count(*) FROM pg_catalog.pg_locks \
         WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
-      (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
+      (SELECT count(*) FROM pg_catalog.pg_prepared_statements \
+        WHERE from_sql AND name <> 'pool_postgres_reset_check'), \
       (SELECT count(*) FROM pg_catalog.pg_listening_channels())";
 
 /// What `conn`'s session carries that a clean one does not, one entry per kind; empty when

@@ -42,19 +42,23 @@ pub enum ResetOnReturn {
     ///
     /// ```sql
     /// CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;
-    /// DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all(), ...
+    /// DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all();
+    /// EXECUTE pool_postgres_reset_check(<statements sqlx cached>);
     /// ```
     ///
-    /// the last statement also checking `pg_prepared_statements` against sqlx's statement
-    /// cache. That is `DISCARD ALL` without its `DEALLOCATE ALL` and `DISCARD PLANS`, so sqlx's
-    /// prepared statements survive. A transaction left open (or aborted) gets `ROLLBACK` first;
-    /// statements prepared with SQL's `PREPARE` get `DEALLOCATE`; if the user deallocated
-    /// sqlx's own statements, sqlx's cache is emptied and `DEALLOCATE ALL` sent.
+    /// That is `DISCARD ALL` without its `DEALLOCATE ALL` and `DISCARD PLANS`, so sqlx's
+    /// prepared statements survive, plus a check of the server's prepared statements
+    /// (`pg_prepared_statement()`) against sqlx's statement cache, prepared once per
+    /// connection (a `PREPARE` of it leads the first reset). A transaction left open (or
+    /// aborted) gets `ROLLBACK` first; statements prepared with SQL's `PREPARE` get
+    /// `DEALLOCATE`; if the user deallocated sqlx's own statements, sqlx's cache is emptied
+    /// and `DEALLOCATE ALL` sent.
     ///
     /// So no connection carries from one user to the next: an open or aborted transaction,
     /// settings (`SET`, `set_config`, `SET SESSION CHARACTERISTICS`), a changed role or
     /// session authorization, temporary tables, views, functions and types, cursors
-    /// (`WITH HOLD`), session advisory locks, prepared statements, `LISTEN`, or sequence state
+    /// (`WITH HOLD`), session advisory locks, prepared statements (but sqlx's and the reset's
+    /// own `pool_postgres_reset_check`), `LISTEN`, or sequence state
     /// (`currval`, `lastval`), whether they were made by a statement, a function, a procedure,
     /// a `DO` block, inside an sqlx transaction or on the bare connection.
     ///
@@ -116,11 +120,13 @@ impl FromStr for ResetOnReturn {
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
+    /// Whether the session reset's check ([`CHECK`]) is prepared on the server.
+    check_prepared: bool,
 }
 
 impl PgConn {
     pub(crate) fn new(inner: PgConnection) -> Self {
-        PgConn { inner, flags: Arc::default() }
+        PgConn { inner, flags: Arc::default(), check_prepared: false }
     }
 
     /// Takes the bare sqlx connection out.
@@ -239,22 +245,39 @@ impl PgConn {
         let mut last = None;
         for _ in 0..CLEAN_ROUNDS {
             let sql = match mode {
-                ResetOnReturn::Session => session_reset(self.inner.cached_statements_size()),
+                ResetOnReturn::Session => {
+                    session_reset(self.inner.cached_statements_size(), !self.check_prepared)
+                }
                 ResetOnReturn::Transaction => "SELECT".to_owned(),
             };
             let failed = match Connection::begin_with(&mut self.inner, AssertSqlSafe(sql)).await {
                 Ok(open) => {
+                    // The reset ran inside the transaction (and prepared its check, which a
+                    // rollback does not undo).
+                    self.check_prepared |= mode == ResetOnReturn::Session;
                     open.rollback().await?;
                     continue;
                 }
                 Err(e) => e,
             };
+            let session = mode == ResetOnReturn::Session;
             match failed {
-                sqlx::Error::BeginFailed => return Ok(()),
+                sqlx::Error::BeginFailed => {
+                    self.check_prepared |= session;
+                    return Ok(());
+                }
+                // The check is prepared already (by an earlier reset that then failed), or the
+                // user deallocated it.
+                sqlx::Error::Database(e) if session && e.code().as_deref() == Some("42P05") => {
+                    self.check_prepared = true;
+                }
+                sqlx::Error::Database(e) if session && e.code().as_deref() == Some("26000") => {
+                    self.check_prepared = false;
+                }
                 sqlx::Error::Database(e) if e.code().as_deref() == Some("25P02") => {
                     sqlx::raw_sql("ROLLBACK").execute(&mut self.inner).await?;
                 }
-                sqlx::Error::Database(e) if e.message().contains(OUT_OF_STEP) => {
+                sqlx::Error::Database(e) if session && e.code().as_deref() == Some(OUT_OF_STEP) => {
                     match self.deallocate().await {
                         // The reset ran inside a transaction the user left open, and its
                         // error aborted it.
@@ -278,8 +301,9 @@ impl PgConn {
         }))
     }
 
-    /// Deallocates the statements prepared with SQL's `PREPARE`, keeping sqlx's, or all of
-    /// them (sqlx's cache emptied) when the server no longer has every statement sqlx cached.
+    /// Deallocates the statements prepared with SQL's `PREPARE`, keeping sqlx's and the
+    /// reset's own check, or all of them (sqlx's cache emptied) when the server no longer has
+    /// every statement sqlx cached.
     async fn deallocate(&mut self) -> Result<(), sqlx::Error> {
         let sql = "SELECT name, from_sql FROM pg_catalog.pg_prepared_statements";
         let statements: Vec<(String, bool)> =
@@ -288,10 +312,11 @@ impl PgConn {
         if sqlx_own != self.inner.cached_statements_size() {
             self.inner.clear_cached_statements().await?;
             sqlx::raw_sql("DEALLOCATE ALL").execute(&mut self.inner).await?;
+            self.check_prepared = false;
             return Ok(());
         }
         let mut sql = String::new();
-        for (name, _) in statements.iter().filter(|(_, from_sql)| *from_sql) {
+        for (name, _) in statements.iter().filter(|(name, from_sql)| *from_sql && name != CHECK) {
             sql.push_str(&format!("DEALLOCATE \"{}\";", name.replace('"', "\"\"")));
         }
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.inner).await?;
@@ -311,23 +336,34 @@ const DRAIN_ROUNDS: usize = 8;
 /// statements) before the pool gives up and closes the connection.
 const CLEAN_ROUNDS: usize = 4;
 
-/// The mark of the session reset's own error: the server's prepared statements are not what
-/// sqlx cached.
-const OUT_OF_STEP: &str = "pool_postgres: prepared statements out of step";
-
 /// [`ResetOnReturn::Session`]'s statements, for a connection whose sqlx statement cache holds
-/// `cached` statements. The last one fails, with [`OUT_OF_STEP`] in its message, when the
-/// server holds statements prepared with SQL's `PREPARE`, or not exactly sqlx's (the
-/// expression is not constant, so it is evaluated only when the `WHEN` holds).
-fn session_reset(cached: usize) -> String {
+/// `cached` statements; with `prepare`, the check they end with is prepared first.
+fn session_reset(cached: usize, prepare: bool) -> String {
+    let prepare = if prepare { CHECK_PREPARE } else { "" };
     format!(
-        "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; DISCARD TEMP; \
-         DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all(), \
-         CASE WHEN count(*) FILTER (WHERE from_sql) > 0 OR count(*) <> {cached} \
-         THEN CAST('{OUT_OF_STEP}: ' || count(*) AS pg_catalog.int4) END \
-         FROM pg_catalog.pg_prepared_statements"
+        "{prepare}CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
+         DISCARD TEMP; DISCARD SEQUENCES; SELECT pg_catalog.pg_advisory_unlock_all(); \
+         EXECUTE {CHECK}({cached})"
     )
 }
+
+/// The name of the session reset's own prepared statement, the one statement prepared with
+/// SQL's `PREPARE` that the reset keeps, as sqlx keeps its own: it checks the server's prepared
+/// statements against sqlx's statement cache. Prepared once per connection, it runs with a plan
+/// made once; planned afresh on every return it cost more than the rest of the reset.
+const CHECK: &str = "pool_postgres_reset_check";
+
+/// Prepares [`CHECK`]: it divides by zero ([`OUT_OF_STEP`]) when the server holds a statement
+/// prepared with SQL's `PREPARE` (other than itself), or not exactly `$1` of the protocol's, which
+/// are sqlx's.
+const CHECK_PREPARE: &str = "PREPARE pool_postgres_reset_check (pg_catalog.int8) AS \
+     SELECT 1 / (count(*) FILTER (WHERE NOT from_sql) = $1 \
+       AND count(*) FILTER (WHERE from_sql AND name <> 'pool_postgres_reset_check') = 0)::pg_catalog.int4 \
+     FROM pg_catalog.pg_prepared_statement(); ";
+
+/// The SQLSTATE of [`CHECK`]'s signal that prepared statements are out of step (division by
+/// zero, which nothing else in the reset can raise).
+const OUT_OF_STEP: &str = "22012";
 
 impl Deref for PgConn {
     type Target = PgConnection;

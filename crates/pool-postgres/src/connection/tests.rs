@@ -92,7 +92,7 @@ async fn what_counts_as_a_use() {
 #[tokio::test]
 async fn the_session_reset_runs_on_a_fresh_connection_and_inside_a_transaction() {
     let mut conn = connect().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(super::session_reset(0)))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(super::session_reset(0, true)))
         .execute(&mut conn.inner)
         .await
         .expect("the session reset on a fresh connection");

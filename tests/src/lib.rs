@@ -11,6 +11,7 @@ mod dirs;
 mod owner;
 mod ports;
 mod postgres;
+mod proxy;
 mod redis;
 mod services;
 
@@ -19,5 +20,6 @@ pub use dirs::target_dir;
 pub use owner::reap_abandoned;
 pub use ports::free_port;
 pub use postgres::PgInstance;
+pub use proxy::Proxy;
 pub use redis::RedisInstance;
 pub use services::{postgres_url, reachable, redis_url};

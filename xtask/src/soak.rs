@@ -6,7 +6,6 @@
 
 mod faults;
 mod load;
-mod proxy;
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 
 use self::faults::{Fault, FaultRun};
 use self::load::{Kind, Recorder};
-use self::proxy::Proxy;
+use pool_harness::Proxy;
 
 /// How long the end-of-run checks wait for the pools and the servers to agree.
 const SETTLE: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use pool_admin::Pools;
 
 use super::Servers;
 use super::load::{Kind, Recorder, cancelled_acquires};
-use super::proxy::Proxy;
+use pool_harness::Proxy;
 
 /// A fault the soak injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,10 @@
-//! [`Proxy`]: a loopback TCP proxy in front of one server, which the soak tells to delay
-//! traffic (a slow network) or to drop it (cut every connection and refuse new ones).
+//! [`Proxy`]: a loopback TCP proxy in front of one server, which a test or the soak tells to
+//! delay traffic (a slow network), to drop it (cut every connection and refuse new ones), or to
+//! lead new connections to another server (one address in front of several servers: a load
+//! balancer, a Kubernetes Service, a DNS name that moves).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -12,9 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// A proxy listening on `127.0.0.1:<port>` that forwards every connection to
-/// `127.0.0.1:<upstream>`; stops accepting when dropped.
+/// `127.0.0.1:<upstream>`; stops accepting, and cuts what it forwards, when dropped.
 #[derive(Debug)]
-pub(super) struct Proxy {
+pub struct Proxy {
     port: u16,
     state: Arc<State>,
     accept: tokio::task::JoinHandle<()>,
@@ -22,7 +24,8 @@ pub(super) struct Proxy {
 
 #[derive(Debug)]
 struct State {
-    upstream: u16,
+    /// Where new connections go.
+    upstream: AtomicU16,
     /// Latency added to every chunk, each way, in microseconds.
     delay_us: AtomicU64,
     /// While set, new connections are closed as soon as they are accepted.
@@ -35,11 +38,15 @@ struct State {
 
 impl Proxy {
     /// Binds a free loopback port and starts forwarding to `upstream` on 127.0.0.1.
-    pub(super) async fn start(upstream: u16) -> anyhow::Result<Proxy> {
+    ///
+    /// # Errors
+    ///
+    /// When no loopback port can be bound.
+    pub async fn start(upstream: u16) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(State {
-            upstream,
+            upstream: AtomicU16::new(upstream),
             delay_us: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             cut: watch::channel(0).0,
@@ -50,18 +57,18 @@ impl Proxy {
     }
 
     /// The port clients connect to.
-    pub(super) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
     }
 
     /// Delays every chunk by `delay` each way from now on (zero: no delay).
-    pub(super) fn set_delay(&self, delay: Duration) {
+    pub fn set_delay(&self, delay: Duration) {
         let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         self.state.delay_us.store(us, Relaxed);
     }
 
     /// Closes every open connection now and, while `refusing`, every new one as it arrives.
-    pub(super) fn drop_traffic(&self, refusing: bool) {
+    pub fn drop_traffic(&self, refusing: bool) {
         self.state.refusing.store(refusing, Relaxed);
         if refusing {
             self.state.cut.send_modify(|generation| *generation += 1);
@@ -69,8 +76,19 @@ impl Proxy {
     }
 
     /// Connections forwarded now.
-    pub(super) fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.state.open.load(Relaxed)
+    }
+
+    /// Leads new connections to `upstream` on 127.0.0.1 from now on; open ones stay where they
+    /// are (see [`cut`](Self::cut)).
+    pub fn retarget(&self, upstream: u16) {
+        self.state.upstream.store(upstream, Relaxed);
+    }
+
+    /// Closes every connection open now; new ones are accepted.
+    pub fn cut(&self) {
+        self.state.cut.send_modify(|generation| *generation += 1);
     }
 }
 
@@ -91,7 +109,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut cut = state.cut.subscribe();
-            let Ok(outbound) = TcpStream::connect(("127.0.0.1", state.upstream)).await else {
+            let upstream = state.upstream.load(Relaxed);
+            let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                 return;
             };
             let _ = inbound.set_nodelay(true);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_core::future::BoxFuture;
 use pool_core::{
     AcquireError, CloseError, ConnectionPool, Health as PoolHealth, Manager, ObserveError,
     Observer, Pool, PoolConfig, PoolStats, Registry, ResizeError, Routing, WarmError,
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use crate::connection::PgConn;
 use crate::error::{ClusterBuildError, SessionError};
 use crate::manager::PgManager;
+use crate::server::{self, Servers, Sighting};
 use crate::stats::{ClusterStats, ReplicaStats};
 use crate::token::{CausalToken, Lsn};
 use crate::{PgPool, PgPooledConnection};
@@ -62,6 +64,10 @@ struct Inner {
     fallbacks: AtomicU64,
     causal_primary_reads: AtomicU64,
     probe: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The primary's recent WAL positions, `(when, pg_current_wal_lsn())`, oldest first, as
+    /// the lag probe reads them: what dates a replay position, on whichever connection it was
+    /// read.
+    history: Mutex<VecDeque<(Instant, Lsn)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,10 +94,8 @@ struct Health {
     /// `Some` while banned: when the ban's cooldown ends.
     banned_until: Option<Instant>,
     bans: u64,
-    lagging: bool,
-    lag: Option<Duration>,
-    lag_bytes: Option<u64>,
-    replay_lsn: Option<Lsn>,
+    /// The servers behind the replica's address, each with its replay position and lag.
+    servers: Servers,
     last_error: Option<String>,
 }
 
@@ -237,6 +241,7 @@ impl ClusterBuilder {
             fallbacks: AtomicU64::new(0),
             causal_primary_reads: AtomicU64::new(0),
             probe: Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
         });
         if let Some(period) = settings.lag_probe_interval {
             let task = tokio::spawn(probe(Arc::downgrade(&inner), period));
@@ -309,9 +314,11 @@ impl PgCluster {
         }
     }
 
-    /// A read connection that sees every write before `token`: a usable replica known (from the
-    /// lag probe) or checked (one query of `pg_last_wal_replay_lsn()` on the connection) to have
-    /// replayed the token's position, else the primary.
+    /// A read connection that sees every write before `token`: a replica connection whose
+    /// server has replayed the token's position, else the primary. The proof is taken on the
+    /// connection that serves the read (one query of `pg_last_wal_replay_lsn()` on it, unless
+    /// that connection proved it for a later position already), never from the lag probe or
+    /// another connection, which may have reached another server behind the same address.
     ///
     /// # Errors
     ///
@@ -428,10 +435,11 @@ impl PgCluster {
                         .filter(|_| banned)
                         .map(|t| t.saturating_duration_since(now)),
                     bans: h.bans,
-                    lagging: h.lagging,
-                    lag: h.lag,
-                    lag_bytes: h.lag_bytes,
-                    replay_lsn: h.replay_lsn,
+                    lagging: h.servers.all_lagging(),
+                    lag: h.servers.worst().0,
+                    lag_bytes: h.servers.worst().1,
+                    replay_lsn: h.servers.replayed_by_all(),
+                    servers: h.servers.len(),
                     last_error: h.last_error.clone(),
                 }
             })
@@ -547,35 +555,23 @@ impl PgCluster {
             if inner.settings.lag_probe_interval.is_none() {
                 replica.health().banned_until = None;
             }
-            if let Some(token) = token {
-                let known = replica.health().replay_lsn;
-                if known.is_none_or(|lsn| lsn < token) {
-                    // Bounded like the acquire: a stalled replica sends the read to the primary
-                    // instead of holding it for as long as TCP takes to give up.
-                    let bound = inner.settings.replica_timeout;
-                    let replayed = match tokio::time::timeout(bound, replay_lsn(&mut conn)).await {
-                        Ok(replayed) => replayed.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!(
-                            "pg_last_wal_replay_lsn() took longer than replica_timeout ({bound:?})"
-                        )),
-                    };
-                    match replayed {
-                        Ok(Some(lsn)) => {
-                            let mut h = replica.health();
-                            h.replay_lsn = h.replay_lsn.max(Some(lsn));
-                            if lsn < token {
-                                // The freshest replica has not replayed the write: read from the primary.
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            // The connection may be mid-query or broken: never reuse it.
-                            conn.discard();
-                            inner.ban(i, e);
-                            continue;
-                        }
-                    }
+            // Proved on this connection, on the server it reached, never taken from another
+            // connection: behind one address there may be several servers.
+            let bound = inner.settings.replica_timeout;
+            match tokio::time::timeout(bound, inner.vet(i, &mut conn, token)).await {
+                Ok(Ok(true)) => {}
+                // Behind the token, or lagging: back to its pool, and on to the next replica.
+                Ok(Ok(false)) => continue,
+                Ok(Err(e)) => {
+                    // The connection may be mid-query or broken: never reuse it.
+                    conn.discard();
+                    inner.ban(i, e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    conn.discard();
+                    inner.ban(i, format!("checking its replay position took longer than replica_timeout ({bound:?})"));
+                    continue;
                 }
             }
             replica.reads.fetch_add(1, Relaxed);
@@ -605,10 +601,10 @@ impl Inner {
             }
             let behind = {
                 let h = r.health();
-                if h.banned(now, probing) || h.lagging {
+                if h.banned(now, probing) || (token.is_none() && h.servers.all_lagging()) {
                     continue;
                 }
-                token.is_some_and(|t| h.replay_lsn.is_none_or(|lsn| lsn < t))
+                token.is_some_and(|t| h.servers.replayed_by_all().is_none_or(|lsn| lsn < t))
             };
             // Replicas known to have the token first, then the least busy.
             let key = (behind, r.pool.state().in_use);
@@ -625,6 +621,68 @@ impl Inner {
             1 => Some(best[0]),
             n => Some(best[fastrand::usize(..n)]),
         }
+    }
+
+    /// Whether replica `i`'s connection `conn` may serve a read: for a causal read, its server
+    /// has replayed `token`; for another, with lag awareness on, its server is not lagging. What
+    /// this connection proved before (its server's position only grows) or what was measured
+    /// on its server within the last probe period stands; anything else is asked on the
+    /// connection itself, in one round trip.
+    async fn vet(
+        &self,
+        i: usize,
+        conn: &mut PgConn,
+        token: Option<Lsn>,
+    ) -> Result<bool, sqlx::Error> {
+        let lag_aware = self.settings.max_replica_lag.is_some();
+        let fresh = self.settings.lag_probe_interval.filter(|_| lag_aware);
+        match token {
+            Some(token) if conn.replayed().is_some_and(|lsn| lsn >= token) => return Ok(true),
+            Some(_) => {}
+            None => {
+                let Some(fresh) = fresh else { return Ok(true) };
+                if let Some(server) = conn.server() {
+                    let known =
+                        self.replicas[i].health().servers.usable(server, Instant::now(), fresh);
+                    if let Some(usable) = known {
+                        return Ok(usable);
+                    }
+                }
+            }
+        }
+        let seen = server::sight(conn).await?;
+        let lagging = self.record(i, &seen, Instant::now());
+        Ok(match token {
+            Some(token) => seen.replay.is_some_and(|lsn| lsn >= token),
+            None => !lagging,
+        })
+    }
+
+    /// Records what was seen of replica `i`'s server at `now`, with its lag against the
+    /// primary's recent positions; returns whether that server is lagging.
+    fn record(&self, i: usize, seen: &Sighting, now: Instant) -> bool {
+        let lag = {
+            let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            match (seen.replay, history.back()) {
+                (Some(replay), Some(&(_, current))) => {
+                    Some((lag_of(&history, replay, now, seen.ts_lag), current.bytes_since(replay)))
+                }
+                _ => None,
+            }
+        };
+        let replica = &self.replicas[i];
+        let mut h = replica.health();
+        let was = h.servers.all_lagging();
+        let lagging = h.servers.record(seen, lag, self.settings.max_replica_lag, now);
+        if let Some(period) = self.settings.lag_probe_interval {
+            // A server not seen for a while left the address (or restarted under a new
+            // identity); the probe's period sets what "a while" is.
+            h.servers.forget_older(now, period * FORGET_AFTER_PERIODS);
+        }
+        if h.servers.all_lagging() != was {
+            tracing::info!(cluster = %self.name, pool = %replica.pool.id(), lag = ?lag.map(|(l, _)| l), lagging = !was, "replica lag state changed");
+        }
+        lagging
     }
 
     fn ban(&self, i: usize, error: String) {
@@ -650,28 +708,24 @@ impl fmt::Debug for PgCluster {
     }
 }
 
-/// `pg_last_wal_replay_lsn()` on `conn`: `None` when the server is not a replica.
-async fn replay_lsn(conn: &mut PgConn) -> Result<Option<Lsn>, sqlx::Error> {
-    let (text,): (Option<String>,) =
-        conn.fetch_own("SELECT pg_catalog.pg_last_wal_replay_lsn()::text").await?;
-    text.map(|t| t.parse().map_err(|e: crate::TokenError| sqlx::Error::Decode(e.into())))
-        .transpose()
-}
-
-/// The lag probe's connections and the primary's recent WAL positions.
+/// The lag probe's own connections.
 struct Probe {
     primary: Option<PgConnection>,
     replicas: Vec<Option<PgConnection>>,
-    /// `(when, primary's pg_current_wal_lsn())`, oldest first.
-    history: VecDeque<(Instant, Lsn)>,
 }
+
+/// How many probe periods a server behind a replica's address may go unseen before the
+/// cluster forgets it.
+const FORGET_AFTER_PERIODS: u32 = 10;
 
 /// How many primary positions the probe remembers to date a replica's replay position.
 const HISTORY: usize = 600;
 
 /// The lag probe: every `period`, reads the primary's WAL position and each replica's replay
 /// position on connections of its own (outside the pools, so it never waits behind users), and
-/// updates bans and lag.
+/// updates bans and the lag of the server its connection reached. Reads measure the other
+/// servers behind a replica's address on their own connections (see `Inner::vet`), against the
+/// primary positions the probe keeps.
 ///
 /// A replica's lag is the age of the newest primary position it has replayed: zero when it has
 /// replayed the primary's current position, else the time since the primary was at the
@@ -680,65 +734,53 @@ const HISTORY: usize = 600;
 /// primary is idle; when the replica is behind every remembered position,
 /// `now() - pg_last_xact_replay_timestamp()` on the replica is the lower bound used.
 async fn probe(cluster: Weak<Inner>, period: Duration) {
-    let mut state = Probe { primary: None, replicas: Vec::new(), history: VecDeque::new() };
+    let mut state = Probe { primary: None, replicas: Vec::new() };
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = cluster.upgrade() else { return };
         state.replicas.resize_with(inner.replicas.len(), || None);
         let timeout = inner.settings.connect_timeout;
-        let primary_lsn = query_lsn(
-            &mut state.primary,
-            inner.primary.manager(),
-            timeout,
-            "SELECT pg_current_wal_lsn()::text, NULL::float8",
-        )
-        .await
-        .ok()
-        .and_then(|(lsn, _)| lsn);
+        let primary_lsn =
+            on_probe_connection(&mut state.primary, inner.primary.manager(), timeout, |c| {
+                Box::pin(async move {
+                    let (lsn,): (String,) =
+                        sqlx::query_as("SELECT pg_catalog.pg_current_wal_lsn()::text")
+                            .fetch_one(c)
+                            .await?;
+                    lsn.parse::<Lsn>().map_err(|e| sqlx::Error::Decode(e.into()))
+                })
+            })
+            .await
+            .ok();
         let now = Instant::now();
         if let Some(lsn) = primary_lsn {
-            if state.history.back().is_none_or(|(_, last)| *last != lsn) {
-                state.history.push_back((now, lsn));
-            } else if let Some(last) = state.history.back_mut() {
+            let mut history = inner.history.lock().unwrap_or_else(PoisonError::into_inner);
+            if history.back().is_none_or(|(_, last)| *last != lsn) {
+                history.push_back((now, lsn));
+            } else if let Some(last) = history.back_mut() {
                 // Same position as before: the primary was idle, so the newest time it held counts.
                 last.0 = now;
             }
-            while state.history.len() > HISTORY {
-                state.history.pop_front();
+            while history.len() > HISTORY {
+                history.pop_front();
             }
         }
         for (i, replica) in inner.replicas.iter().enumerate() {
             if replica.health().banned_until.is_some_and(|until| now < until) {
                 continue;
             }
-            let answer = query_lsn(
-                &mut state.replicas[i],
-                replica.pool.manager(),
-                timeout,
-                "SELECT pg_last_wal_replay_lsn()::text, \
-                 extract(epoch from now() - pg_last_xact_replay_timestamp())::float8",
-            )
-            .await;
+            let answer =
+                on_probe_connection(&mut state.replicas[i], replica.pool.manager(), timeout, |c| {
+                    Box::pin(server::sight_bare(c))
+                })
+                .await;
             match answer {
                 Err(e) => inner.ban(i, e),
-                Ok((replay, ts_lag)) => {
-                    let mut h = replica.health();
-                    if h.banned_until.take().is_some() {
+                Ok(seen) => {
+                    if replica.health().banned_until.take().is_some() {
                         tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), "replica back in rotation");
                     }
-                    h.replay_lsn = replay;
-                    let Some(replay) = replay else { continue };
-                    let Some(&(_, current)) = state.history.back() else { continue };
-                    let lag = lag_of(&state.history, replay, now, ts_lag);
-                    h.lag = Some(lag);
-                    h.lag_bytes = Some(current.bytes_since(replay));
-                    if let Some(max) = inner.settings.max_replica_lag {
-                        let was = h.lagging;
-                        h.lagging = if was { lag > max / 2 } else { lag > max };
-                        if h.lagging != was {
-                            tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), lag = ?lag, lagging = h.lagging, "replica lag state changed");
-                        }
-                    }
+                    inner.record(i, &seen, now);
                 }
             }
         }
@@ -780,39 +822,36 @@ fn lag_of(
     now.saturating_duration_since(reached)
 }
 
-/// Runs `sql` (returning an LSN as text and a float) on the probe's connection, opening it if
-/// needed. A failure on a connection kept from an earlier round is retried once on a new
-/// connection: the kept one may have died while nobody used it (a restart, a terminated
-/// backend), which says nothing about the server now.
-async fn query_lsn(
+/// Runs `query` on the probe's connection, opening it if needed. A failure on a connection
+/// kept from an earlier round is retried once on a new connection: the kept one may have died
+/// while nobody used it (a restart, a terminated backend), which says nothing about the server
+/// now.
+async fn on_probe_connection<T>(
     conn: &mut Option<PgConnection>,
     manager: &PgManager,
     timeout: Duration,
-    sql: &'static str,
-) -> Result<(Option<Lsn>, Option<f64>), String> {
+    query: impl for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+) -> Result<T, String> {
     let kept = conn.is_some();
-    match query_lsn_once(conn, manager, timeout, sql).await {
-        Err(_) if kept => query_lsn_once(conn, manager, timeout, sql).await,
+    match on_probe_connection_once(conn, manager, timeout, &query).await {
+        Err(_) if kept => on_probe_connection_once(conn, manager, timeout, &query).await,
         result => result,
     }
 }
 
-/// One attempt of [`query_lsn`]; a failure drops the connection.
-async fn query_lsn_once(
+/// One attempt of [`on_probe_connection`]; a failure drops the connection.
+async fn on_probe_connection_once<T>(
     conn: &mut Option<PgConnection>,
     manager: &PgManager,
     timeout: Duration,
-    sql: &'static str,
-) -> Result<(Option<Lsn>, Option<f64>), String> {
+    query: &impl for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+) -> Result<T, String> {
     let attempt = async {
         if conn.is_none() {
             *conn = Some(manager.connect().await.map_err(|e| e.to_string())?.into_inner());
         }
         let c = conn.as_mut().expect("opened above");
-        let (lsn, secs): (Option<String>, Option<f64>) =
-            sqlx::query_as(sql).fetch_one(c).await.map_err(|e| e.to_string())?;
-        let lsn = lsn.map(|t| t.parse::<Lsn>()).transpose().map_err(|e| e.to_string())?;
-        Ok((lsn, secs))
+        query(c).await.map_err(|e| e.to_string())
     };
     let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
@@ -845,8 +884,8 @@ impl Member {
                 Routing::Replica {
                     bans: h.bans,
                     banned: h.banned(Instant::now(), probing),
-                    lagging: h.lagging,
-                    lag: h.lag,
+                    lagging: h.servers.all_lagging(),
+                    lag: h.servers.worst().0,
                 }
             }
         })

@@ -21,6 +21,9 @@ use sqlx::{AssertSqlSafe, Connection, Either, Execute, Executor, FromRow, Postgr
 use sqlx_core::error::BoxDynError;
 use sqlx_core::transaction::TransactionManager;
 
+use crate::server::{ServerId, Sighting};
+use crate::token::Lsn;
+
 /// What the pool clears on a connection its user gave back, before anyone else gets it.
 ///
 /// Whatever the mode, a connection whose user ran only `SELECT`s of constants (`SELECT 1`)
@@ -120,13 +123,16 @@ impl FromStr for ResetOnReturn {
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
+    /// The server this connection reached and how far it had replayed, when the cluster asked
+    /// ([`crate::server::sight`]).
+    seen: Option<(ServerId, Option<Lsn>)>,
     /// Whether the session reset's check ([`CHECK`]) is prepared on the server.
     check_prepared: bool,
 }
 
 impl PgConn {
     pub(crate) fn new(inner: PgConnection) -> Self {
-        PgConn { inner, flags: Arc::default(), check_prepared: false }
+        PgConn { inner, flags: Arc::default(), seen: None, check_prepared: false }
     }
 
     /// Takes the bare sqlx connection out.
@@ -179,6 +185,22 @@ impl PgConn {
         let result = sqlx::query_as(sql).fetch_one(&mut self.inner).await;
         self.flags.finished(result.as_ref().err());
         result
+    }
+
+    /// Remembers what [`crate::server::sight`] found on this connection.
+    pub(crate) fn saw(&mut self, seen: &Sighting) {
+        self.seen = Some((seen.server.clone(), seen.replay));
+    }
+
+    /// The server this connection reached, once asked.
+    pub(crate) fn server(&self) -> Option<&ServerId> {
+        self.seen.as_ref().map(|(server, _)| server)
+    }
+
+    /// How far this connection's server had replayed when last asked: the position only grows
+    /// for as long as the connection lives, since the connection stays on its server.
+    pub(crate) fn replayed(&self) -> Option<Lsn> {
+        self.seen.as_ref().and_then(|(_, replay)| *replay)
     }
 
     /// Whether the pool must do anything before anyone else gets this connection: something

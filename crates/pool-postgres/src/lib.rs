@@ -7,6 +7,7 @@ mod config;
 mod connection;
 mod error;
 mod manager;
+mod server;
 mod stats;
 mod token;
 

@@ -33,14 +33,19 @@ pub struct ReplicaStats {
     pub ban_remaining: Option<Duration>,
     /// How many times it was banned.
     pub bans: u64,
-    /// Whether it is skipped for lag now.
+    /// Whether plain reads skip it for lag now: every server seen behind its address lags.
     pub lagging: bool,
-    /// Its replay lag at the last probe.
+    /// The largest replay lag among the servers behind its address, as last measured (by the
+    /// lag probe, or by a read on its own connection).
     pub lag: Option<Duration>,
-    /// WAL bytes between the primary's position and its replay position at the last probe.
+    /// The most WAL bytes between the primary's position and a server's replay position.
     pub lag_bytes: Option<u64>,
-    /// Its replay position (`pg_last_wal_replay_lsn()`) at the last probe or causal check.
+    /// The replay position (`pg_last_wal_replay_lsn()`) every server behind its address has
+    /// reached, as last measured.
     pub replay_lsn: Option<Lsn>,
+    /// How many servers were seen behind its address lately (more than one behind a load
+    /// balancer, a Kubernetes Service or a DNS name in front of several standbys).
+    pub servers: usize,
     /// The last error that banned it.
     pub last_error: Option<String>,
 }

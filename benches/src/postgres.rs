@@ -340,14 +340,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let run_for = args.common.run_for();
-    let known = POOLS.iter().chain(&MIX_POOLS[1..4]);
     let selected: Vec<&str> = if args.workload == Workload::Mix && args.pools == POOLS {
         MIX_POOLS.to_vec()
     } else {
-        let mut known = known.copied().chain(["deadpool-postgres-clean"]);
+        let known = || POOLS.iter().chain(&MIX_POOLS).copied();
         args.pools
             .iter()
-            .map(|p| known.find(|k| k == p).with_context(|| format!("unknown pool {p:?}")))
+            .map(|p| known().find(|k| k == p).with_context(|| format!("unknown pool {p:?}")))
             .collect::<anyhow::Result<_>>()?
     };
     // The bare query's own cost, measured right after our pool's single-task run in each round,

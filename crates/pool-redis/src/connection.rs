@@ -33,18 +33,15 @@ use crate::config::PoolSettings;
 ///    `READONLY`, selects database 0, switches to RESP2, clears the `CLIENT SETNAME` name and
 ///    authenticates as `default` (7.2+ also clears `CLIENT NO-EVICT` and `CLIENT NO-TOUCH`);
 /// 2. what the connect set up: `AUTH [user] password` when the URL has a password,
-///    `SELECT db` when it names a database other than 0;
-/// 3. `CLIENT NO-EVICT off` on Redis 7.0 and 7.1 (or an unknown version), whose `RESET` keeps
-///    it; its reply is not checked (a user the ACL denies it could not have set it, short of
-///    `AUTH` as another user);
-/// 4. `PING <nonce>`, whose reply proves that fred still matches each reply to its command.
+///    `SELECT db` when it names a database other than 0.
 ///
-/// Any other reply, or none within `command_timeout` (and `connect_timeout`), closes the
-/// connection instead. That is the fate of a connection left out of step with fred:
-/// `SUBSCRIBE` or `MONITOR` sent through `custom` (fred drops the confirmation, or takes a
-/// monitored line for a reply), `CLIENT REPLY OFF` or `SKIP`, a RESP3 push after `HELLO 3`;
-/// fred's own `subscribe`, `hello` and `multi` keep it in step. On a server older than 6.2,
-/// every return closes the connection (logged once as a warning).
+/// Each reply must be exactly its command's (`RESET`, `OK`): any other, or none within
+/// `command_timeout` (and `connect_timeout`), closes the connection instead. That is the fate
+/// of a connection left out of step with fred: `SUBSCRIBE` or `MONITOR` sent through `custom`
+/// (fred drops the confirmation, or takes a monitored line for a reply), `CLIENT REPLY OFF` or
+/// `SKIP`, a RESP3 push after `HELLO 3`; fred's own `subscribe`, `hello` and `multi` keep it in
+/// step. On a server older than 6.2, every return closes the connection (logged once as a
+/// warning).
 ///
 /// Closed without a reset:
 ///
@@ -56,7 +53,10 @@ use crate::config::PoolSettings;
 /// - a connection whose socket dropped (killed, a server restart), at return, at checkout, or
 ///   by the pool's maintenance. It never reconnects by itself.
 ///
-/// Not reset: `CLIENT SETINFO` (7.2+; `RESET` keeps it by design), and what lives in the fred
+/// Not reset: `CLIENT NO-EVICT` and `CLIENT NO-TOUCH` on Redis 7.0 and 7.1, whose `RESET`
+/// keeps them (turning them off on every return would cost every pool a command for a setting
+/// only an administrator's connection uses), `CLIENT SETINFO` (7.2+; `RESET` keeps it by
+/// design), and what lives in the fred
 /// client rather than on the server (event listeners such as `on_message`, settings changed
 /// with `update_perf_config`). Do not keep clones of the client past the checkout: the pool
 /// closes the socket when it retires the connection.

@@ -14,10 +14,9 @@ use crate::reset::{Failure, SessionReset};
 ///
 /// - check: `PING` (the engine runs it before handing out a connection idle longer than
 ///   `health_check_interval`, and on idle connections in the background);
-/// - reset on every return: `RESET`, then `AUTH [user] password` when the URL has a password,
-///   `SELECT db` when it names a database other than 0, `CLIENT NO-EVICT off` on Redis 7.0 and
-///   7.1, and `PING <nonce>`, in one round trip; any other reply closes the connection (see
-///   [`RedisConnection`]);
+/// - reset on every return: `RESET`, then `AUTH [user] password` when the URL has a password
+///   and `SELECT db` when it names a database other than 0, in one round trip; any other reply
+///   than each command's own closes the connection (see [`RedisConnection`]);
 /// - broken on return (closed and replaced, no IO to decide): not connected, or a command
 ///   still in flight (see [`RedisConnection`]);
 /// - close: `QUIT`, or closing the socket when a command still holds it.

@@ -339,6 +339,85 @@ impl<M: Manager> Builder<M> {
     }
 }
 
+/// Seconds as a setting's text writes them (an environment variable's, say): a decimal number,
+/// optionally signed, with an optional fraction and exponent (`30`, `0.5`, `-1`, `1e3`), blanks
+/// around it ignored. `inf`, `NaN`, units (`30s`), hexadecimal and `_` separators are refused.
+/// What zero or less means (never, off, or an error) is each setting's to say.
+///
+/// The toolkit's readers of environment variables (`pool-postgres`, `pool-redis`,
+/// `pool-admin`) all parse through this function and [`parse_count`], so that one text has one
+/// meaning everywhere.
+///
+/// # Errors
+///
+/// [`NumberError::Seconds`] for text of another form, [`NumberError::SecondsOutOfRange`] for a
+/// number too large for an `f64` (`1e400`) or a positive one too small for one (`1e-400`).
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{NumberError, parse_seconds};
+///
+/// assert_eq!(parse_seconds(" 1e3\n"), Ok(1000.0));
+/// assert_eq!(parse_seconds("-1"), Ok(-1.0));
+/// assert_eq!(parse_seconds("inf"), Err(NumberError::Seconds));
+/// ```
+pub fn parse_seconds(text: &str) -> Result<f64, NumberError> {
+    let text = text.trim();
+    // Rust's own parser, less the words it also takes (`inf`, `infinity`, `nan`).
+    let decimal =
+        text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'));
+    let secs: f64 = text.parse().ok().filter(|_| decimal).ok_or(NumberError::Seconds)?;
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let underflow = secs == 0.0 && mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    if secs.is_finite() && !underflow { Ok(secs) } else { Err(NumberError::SecondsOutOfRange) }
+}
+
+/// A count (of connections) as a setting's text writes it: a whole number, optionally with a
+/// `+` (`10`, `+10`, `010`), blanks around it ignored. A sign `-`, a fraction, an exponent and
+/// units are refused.
+///
+/// # Errors
+///
+/// [`NumberError::Count`] for text of another form, [`NumberError::CountOutOfRange`] for a
+/// number larger than `usize`.
+///
+/// # Examples
+///
+/// ```
+/// use pool_core::{NumberError, parse_count};
+///
+/// assert_eq!(parse_count(" 10\n"), Ok(10));
+/// assert_eq!(parse_count("1e3"), Err(NumberError::Count));
+/// ```
+pub fn parse_count(text: &str) -> Result<usize, NumberError> {
+    let text = text.trim();
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(NumberError::Count);
+    }
+    digits.parse().map_err(|_| NumberError::CountOutOfRange)
+}
+
+/// Why a setting's text is not a number of the form [`parse_seconds`] or [`parse_count`]
+/// reads; each message says which forms are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NumberError {
+    /// Not a decimal number.
+    #[error("expected seconds as a number such as 30, 0.5 or 1e3")]
+    Seconds,
+    /// A decimal number beyond what an `f64` holds.
+    #[error("is out of range: seconds run from 1e-9 (a nanosecond) to 3153600000 (100 years)")]
+    SecondsOutOfRange,
+    /// Not a whole number.
+    #[error("expected a whole number such as 10")]
+    Count,
+    /// A whole number larger than `usize`.
+    #[error("is out of range: expected a whole number such as 10")]
+    CountOutOfRange,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +494,45 @@ mod tests {
             assert!(err.contains(expected), "{from:?} to {pool_size}+{max_overflow}: {err}");
         }
         assert_eq!(sized(99_990, 10).validate_resize((10, 20)), Ok(()));
+    }
+
+    /// The forms every reader of the toolkit's variables takes, and those it refuses.
+    #[test]
+    fn numbers_are_read_in_one_form() {
+        let seconds: [(&str, Result<f64, NumberError>); 16] = [
+            ("30", Ok(30.0)),
+            (" 2.5\n", Ok(2.5)),
+            ("+30", Ok(30.0)),
+            (".5", Ok(0.5)),
+            ("1e3", Ok(1000.0)),
+            ("1.5E-1", Ok(0.15)),
+            ("-1", Ok(-1.0)),
+            ("0", Ok(0.0)),
+            ("inf", Err(NumberError::Seconds)),
+            ("-infinity", Err(NumberError::Seconds)),
+            ("NaN", Err(NumberError::Seconds)),
+            ("30s", Err(NumberError::Seconds)),
+            ("", Err(NumberError::Seconds)),
+            ("1_000", Err(NumberError::Seconds)),
+            ("1e400", Err(NumberError::SecondsOutOfRange)),
+            ("1e-400", Err(NumberError::SecondsOutOfRange)),
+        ];
+        for (text, expected) in seconds {
+            assert_eq!(parse_seconds(text), expected, "{text:?}");
+        }
+        let counts: [(&str, Result<usize, NumberError>); 9] = [
+            ("10", Ok(10)),
+            (" +10\n", Ok(10)),
+            ("010", Ok(10)),
+            ("-0", Err(NumberError::Count)),
+            ("1.0", Err(NumberError::Count)),
+            ("1e3", Err(NumberError::Count)),
+            ("+", Err(NumberError::Count)),
+            ("", Err(NumberError::Count)),
+            ("18446744073709551616", Err(NumberError::CountOutOfRange)),
+        ];
+        for (text, expected) in counts {
+            assert_eq!(parse_count(text), expected, "{text:?}");
+        }
     }
 }

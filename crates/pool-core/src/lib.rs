@@ -38,7 +38,9 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::config::{Builder, MAX_DURATION, PoolConfig};
+pub use crate::config::{
+    Builder, MAX_DURATION, NumberError, PoolConfig, parse_count, parse_seconds,
+};
 pub use crate::dyn_pool::{Health, Pool};
 pub use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, LookupError, ObserveError, RegisterError,

@@ -7,13 +7,13 @@ use pool_core::{BuildError, PoolConfig};
 
 use crate::error::EnvError;
 
-/// `pool_size`, a whole number.
+/// `pool_size`, a whole number ([`pool_core::parse_count`]'s forms: `10`, `+10`).
 pub const DATABASE_POOL_SIZE: &str = "DATABASE_POOL_SIZE";
 /// `max_overflow`, a whole number.
 pub const DATABASE_POOL_OVERFLOW: &str = "DATABASE_POOL_OVERFLOW";
-/// `pool_timeout`, in seconds (`30`, `2.5`).
+/// `pool_timeout`, in seconds ([`pool_core::parse_seconds`]'s forms: `30`, `2.5`, `1e3`).
 pub const DATABASE_POOL_TIMEOUT: &str = "DATABASE_POOL_TIMEOUT";
-/// `pool_recycle`, in seconds; `-1` means never, as in SQLAlchemy.
+/// `pool_recycle`, in seconds; 0 or less (`-1`, as in SQLAlchemy) means never.
 pub const DATABASE_POOL_RECYCLE: &str = "DATABASE_POOL_RECYCLE";
 
 /// `base` with the settings found in the process's environment variables
@@ -85,13 +85,22 @@ fn apply(
         set.push(("max_overflow", DATABASE_POOL_OVERFLOW, v));
     }
     if let Some(v) = lookup(DATABASE_POOL_TIMEOUT)? {
-        config.pool_timeout = seconds(DATABASE_POOL_TIMEOUT, &v)?;
+        let secs = seconds(DATABASE_POOL_TIMEOUT, &v, "it must be greater than zero")?;
+        if secs <= 0.0 {
+            return Err(EnvError {
+                variable: DATABASE_POOL_TIMEOUT,
+                value: v,
+                reason: "must be a number of seconds greater than zero".to_owned(),
+            });
+        }
+        config.pool_timeout = duration(DATABASE_POOL_TIMEOUT, &v, secs)?;
         set.push(("pool_timeout", DATABASE_POOL_TIMEOUT, v));
     }
     if let Some(v) = lookup(DATABASE_POOL_RECYCLE)? {
         // SQLAlchemy's `-1`, or any number up to 0, means never (as `pool-admin` reads it).
-        let never = v.trim().parse::<f64>().is_ok_and(|secs| secs <= 0.0);
-        config.pool_recycle = if never { None } else { Some(seconds(DATABASE_POOL_RECYCLE, &v)?) };
+        let secs = seconds(DATABASE_POOL_RECYCLE, &v, "0 or less means never")?;
+        config.pool_recycle =
+            if secs <= 0.0 { None } else { Some(duration(DATABASE_POOL_RECYCLE, &v, secs)?) };
         set.push(("pool_recycle", DATABASE_POOL_RECYCLE, v));
     }
     // A value that parses but that the pool would refuse is still the variable's fault.
@@ -113,22 +122,35 @@ fn apply(
     Ok(config)
 }
 
+/// `value` as a whole number, in the one form every reader of the toolkit's variables takes
+/// ([`pool_core::parse_count`]).
 fn count(variable: &'static str, value: &str) -> Result<usize, EnvError> {
-    value.trim().parse().map_err(|_| EnvError {
+    pool_core::parse_count(value).map_err(|e| EnvError {
         variable,
         value: value.to_owned(),
-        reason: "must be a whole number".to_owned(),
+        reason: e.to_string(),
     })
 }
 
-fn seconds(variable: &'static str, value: &str) -> Result<Duration, EnvError> {
-    let invalid = || EnvError {
+/// `value` as seconds, in the one form every reader of the toolkit's variables takes
+/// ([`pool_core::parse_seconds`]); a refusal says the forms and then `meaning`, what the
+/// variable makes of a number (`0 or less means never`).
+fn seconds(variable: &'static str, value: &str, meaning: &str) -> Result<f64, EnvError> {
+    pool_core::parse_seconds(value).map_err(|e| EnvError {
         variable,
         value: value.to_owned(),
-        reason: "must be a number of seconds greater than zero".to_owned(),
-    };
-    let secs: f64 = value.trim().parse().map_err(|_| invalid())?;
-    Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(invalid)
+        reason: format!("{e}; {meaning}"),
+    })
+}
+
+/// `secs`, greater than zero, as a duration: refused when it converts to none (under a
+/// nanosecond) or overflows one; the pool's own check refuses more than 100 years.
+fn duration(variable: &'static str, value: &str, secs: f64) -> Result<Duration, EnvError> {
+    Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(|| EnvError {
+        variable,
+        value: value.to_owned(),
+        reason: pool_core::NumberError::SecondsOutOfRange.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -155,7 +177,9 @@ mod tests {
         assert_eq!(c.max_overflow, 0);
         assert_eq!(c.pool_timeout, Duration::from_millis(2500));
         assert_eq!(c.pool_recycle, Some(Duration::from_secs(600)));
-        for never in ["-1", "0", " -5 ", "0.0"] {
+        let c = config_from_vars(PoolConfig::default(), [("DATABASE_POOL_TIMEOUT", "1e3")]);
+        assert_eq!(c.unwrap().pool_timeout, Duration::from_secs(1000), "as TOML reads 1e3");
+        for never in ["-1", "0", " -5 ", "0.0", "-1e3"] {
             let c = config_from_vars(PoolConfig::default(), [("DATABASE_POOL_RECYCLE", never)]);
             assert_eq!(c.unwrap().pool_recycle, None, "{never:?} means never");
         }
@@ -186,6 +210,10 @@ mod tests {
             ("DATABASE_POOL_TIMEOUT", "NaN"),
             ("DATABASE_POOL_TIMEOUT", "1e300"),
             ("DATABASE_POOL_RECYCLE", "an hour"),
+            // Words `f64` parses, which no reader of the variables takes.
+            ("DATABASE_POOL_TIMEOUT", "inf"),
+            ("DATABASE_POOL_RECYCLE", "-inf"),
+            ("DATABASE_POOL_RECYCLE", "NaN"),
             // Values that parse but that the pool refuses.
             ("DATABASE_POOL_SIZE", "200000"),
             ("DATABASE_POOL_TIMEOUT", "1e11"),

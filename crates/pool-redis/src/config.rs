@@ -153,15 +153,17 @@ impl RedisConfig {
     }
 }
 
+/// The variable `var` as a count of connections, in the one form every reader of the toolkit's
+/// variables takes ([`pool_core::parse_count`]); `None` when it is not set.
 fn env_usize(
     lookup: &impl Fn(&str) -> Option<String>,
     var: &str,
 ) -> Result<Option<usize>, ConfigError> {
     let Some(value) = lookup(var) else { return Ok(None) };
-    value.trim().parse().map(Some).map_err(|e: std::num::ParseIntError| ConfigError::Env {
+    pool_core::parse_count(&value).map(Some).map_err(|e| ConfigError::Env {
         var: var.to_owned(),
         value,
-        reason: format!("expected a whole number of connections ({e})"),
+        reason: e.to_string(),
     })
 }
 
@@ -399,11 +401,15 @@ mod tests {
             ("REDIS_POOL_SIZE", "ten"),
             ("REDIS_MAX_CONNECTIONS", "-1"),
             ("REDIS_CACHE_MAX_CONNECTIONS", "1e3"),
+            ("REDIS_POOL_SIZE", "-0"),
         ] {
             let err = RedisConfig::default().with_env_from(env(&[(var, value)])).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
+            assert!(msg.contains("expected a whole number such as 10"), "{msg}");
         }
+        let c = RedisConfig::default().with_env_from(env(&[("REDIS_POOL_SIZE", " +5\n")]));
+        assert_eq!(c.unwrap().pools["main"].pool_size, 5);
     }
 
     #[test]

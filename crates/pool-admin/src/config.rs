@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use pool_postgres::sqlx;
@@ -281,11 +281,13 @@ pub enum ConfigError {
         /// The key, dotted (`postgres.main.pool_size`).
         key: String,
         /// Where the value came from: `environment variable DATABASE_POOL_SIZE`,
-        /// `TOML file pool-admin.toml`, `defaults`.
+        /// `TOML file pool-admin.toml`, `the default`.
         source_name: String,
         /// The value as given (secrets redacted).
         value: String,
-        /// What is wrong with it.
+        /// What is wrong with it; a value it conflicts with that came from elsewhere is named
+        /// with its source (`must be at least pool_size (30); pool_size is from environment
+        /// variable REDIS_POOL_SIZE`).
         reason: String,
     },
     /// A key that no setting has: a typo, or a setting put in another section.
@@ -309,22 +311,112 @@ pub enum ConfigError {
     Other(String),
 }
 
-/// An environment variable and the key it sets. The unprefixed variables configure the pools
-/// named `main` (`postgres.main`, `redis.main`), as `docs/operations.md` documents; see
-/// [`AdminConfig::load`] for what happens when the file has no `main` pool.
-const ENV: &[(&str, &str)] = &[
-    ("POOL_ADMIN_LISTEN", "admin.listen"),
-    ("POOL_ADMIN_TOKEN", "admin.token"),
-    ("DATABASE_URL", "postgres.main.url"),
-    ("DATABASE_REPLICA_URLS", "postgres.main.replicas"),
-    ("DATABASE_POOL_SIZE", "postgres.main.pool_size"),
-    ("DATABASE_POOL_OVERFLOW", "postgres.main.max_overflow"),
-    ("DATABASE_POOL_TIMEOUT", "postgres.main.pool_timeout"),
-    ("DATABASE_POOL_RECYCLE", "postgres.main.pool_recycle"),
-    ("REDIS_URL", "redis_url"),
-    ("REDIS_POOL_SIZE", "redis.main.pool_size"),
-    ("REDIS_MAX_CONNECTIONS", "redis.main.max_connections"),
+impl ConfigError {
+    /// The error with every password it may echo hidden ([`redact_text`]): in a value shown
+    /// (a URL in a setting that is not one), a key (a pool named by a URL), a reason that
+    /// quotes the value (serde's `unknown variant`), or the TOML parser's words.
+    fn redacted(self) -> ConfigError {
+        match self {
+            ConfigError::Invalid { key, source_name, value, reason } => ConfigError::Invalid {
+                key: redact_text(&key),
+                source_name,
+                value: redact_text(&value),
+                reason: redact_text(&reason),
+            },
+            ConfigError::UnknownKey { key, source_name, suggestion, known } => {
+                ConfigError::UnknownKey {
+                    key: redact_text(&key),
+                    source_name,
+                    suggestion: suggestion.as_deref().map(redact_text),
+                    known: known.iter().map(|k| redact_text(k)).collect(),
+                }
+            }
+            ConfigError::Other(message) => ConfigError::Other(redact_text(&message)),
+        }
+    }
+}
+
+/// `text` with every password it may hold hidden, for errors that echo what a user wrote;
+/// hides too much rather than too little. On each line, from the first URL (`scheme://`) on,
+/// everything from the first `:` to the last `@` goes (so a password holding blanks, or a
+/// second URL's, goes too), as do the values of query parameters and `key=value` pairs naming
+/// a password, anywhere ([`pool_core::redact_url`]).
+fn redact_text(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| {
+            let Some(at) = line.find("://") else { return pool_core::redact_url(line) };
+            // The scheme: the letters, digits, `+`, `-` and `.` just before `://`.
+            let scheme = line[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+                .map_or(0, |i| i + 1);
+            let (before, url) = line.split_at(scheme);
+            // `x` makes any scheme (`1db`, none at all) one that `redact_url` reads as a URL.
+            let url = pool_core::redact_url(&format!("x{url}"));
+            // A leading blank keeps it from reading as a URL, so it hides `password=` pairs.
+            let url = pool_core::redact_url(&format!(" {}", &url[1..]));
+            format!("{}{}", pool_core::redact_url(before), &url[1..])
+        })
+        .collect()
+}
+
+/// Where a value came from when neither the file nor the environment set it.
+const DEFAULT_SOURCE: &str = "the default";
+
+/// An environment variable, the key it sets and how its text is read. The unprefixed variables
+/// configure the pools named `main` (`postgres.main`, `redis.main`), as `docs/operations.md`
+/// documents; see [`AdminConfig::load`] for what happens when the file has no `main` pool.
+const ENV: &[(&str, &str, Form)] = &[
+    ("POOL_ADMIN_LISTEN", "admin.listen", Form::Text),
+    ("POOL_ADMIN_TOKEN", "admin.token", Form::Text),
+    ("DATABASE_URL", "postgres.main.url", Form::Text),
+    ("DATABASE_REPLICA_URLS", "postgres.main.replicas", Form::List),
+    ("DATABASE_POOL_SIZE", "postgres.main.pool_size", Form::Count),
+    ("DATABASE_POOL_OVERFLOW", "postgres.main.max_overflow", Form::Count),
+    (
+        "DATABASE_POOL_TIMEOUT",
+        "postgres.main.pool_timeout",
+        Form::Seconds("it must be greater than zero"),
+    ),
+    ("DATABASE_POOL_RECYCLE", "postgres.main.pool_recycle", Form::Seconds("0 or less means never")),
+    ("REDIS_URL", "redis_url", Form::Text),
+    ("REDIS_POOL_SIZE", "redis.main.pool_size", Form::Count),
+    ("REDIS_MAX_CONNECTIONS", "redis.main.max_connections", Form::Count),
 ];
+
+/// How an environment variable's text is read: the numbers as pool-postgres and pool-redis
+/// read the same variables, through pool-core's [`pool_core::parse_count`] and
+/// [`pool_core::parse_seconds`], so that one text means the same to all three.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// The text as it is (a URL, a token, an address).
+    Text,
+    /// Comma-separated, blanks around each item trimmed, empty items dropped.
+    List,
+    /// A whole number.
+    Count,
+    /// Seconds; what a refusal adds about what the setting makes of a number.
+    Seconds(&'static str),
+}
+
+impl Form {
+    /// `text` as figment's value, or why it is not one of this form.
+    fn read(self, text: &str) -> Result<Value, String> {
+        match self {
+            Form::Text => Ok(Value::from(text.to_owned())),
+            Form::List => Ok(Value::from(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            )),
+            Form::Count => pool_core::parse_count(text).map(Value::from).map_err(|e| e.to_string()),
+            Form::Seconds(meaning) => pool_core::parse_seconds(text)
+                .map(Value::from)
+                .map_err(|e| format!("{e}; {meaning}")),
+        }
+    }
+}
 
 /// The config file, read once (so a pipe works as well as a file) and named by its path in
 /// errors.
@@ -360,15 +452,73 @@ impl Provider for TomlFile {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Toml::string(&self.text).data()
+        Toml::string(&self.text).data().map_err(|e| match &e.kind {
+            figment::error::Kind::Message(msg) => figment::Error::from(self.unshown(msg)),
+            _ => e,
+        })
     }
 }
 
-/// One environment variable as a figment provider, so errors can name it.
+impl TomlFile {
+    /// The TOML parser's `message` without its copy of the line it could not parse, which may
+    /// hold a password that, the line being broken, cannot be told from the rest: where it is
+    /// (line and column) and what is wrong stay, with the key whose value it is when the line
+    /// starts with one.
+    fn unshown(&self, message: &str) -> String {
+        // The copy: `  |`, `2 | url = "postgres://...`, `  |      ^`.
+        let snippet = |line: &str| {
+            let line = line.trim_start();
+            let number = line.trim_start_matches(|c: char| c.is_ascii_digit());
+            line.starts_with('|') || (number.len() < line.len() && number.starts_with(" |"))
+        };
+        let mut lines = message.lines().filter(|l| !snippet(l)).map(str::trim);
+        let Some(first) = lines.next() else { return String::new() };
+        let what: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+        let whose = self.key_of_value_at(first).map(|k| format!(", in the value of {k}"));
+        format!(
+            "{first}{}: {} (the line is not shown: it may hold a password)",
+            whose.unwrap_or_default(),
+            what.join("; ")
+        )
+    }
+
+    /// The key whose value `at` (the parser's `TOML parse error at line L, column C`) points
+    /// into, when that line starts with a plain key (`url = ...`) and the column is past its
+    /// `=`.
+    fn key_of_value_at(&self, at: &str) -> Option<&str> {
+        let rest = at.strip_prefix("TOML parse error at line ")?;
+        let (line, column) = rest.split_once(", column ")?;
+        let (line, column): (usize, usize) = (line.parse().ok()?, column.parse().ok()?);
+        let text = self.text.lines().nth(line.checked_sub(1)?)?;
+        let (key, _) = text.split_once('=')?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        let past_equals = column > key.chars().count() + 1;
+        let key = key.trim();
+        (!key.is_empty() && key.chars().all(plain) && past_equals).then_some(key)
+    }
+}
+
+/// The built-in defaults as a figment provider, named [`DEFAULT_SOURCE`] in errors.
+struct Defaults(Value);
+
+impl Provider for Defaults {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(DEFAULT_SOURCE)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        match &self.0 {
+            Value::Dict(_, dict) => Ok(Profile::Default.collect(dict.clone())),
+            _ => Err(figment::Error::from("the defaults are not a table".to_owned())),
+        }
+    }
+}
+
+/// One environment variable, read, as a figment provider, so errors can name it.
 struct EnvVar {
     var: &'static str,
     key: &'static str,
-    value: String,
+    value: Value,
 }
 
 impl Provider for EnvVar {
@@ -377,23 +527,7 @@ impl Provider for EnvVar {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let value = if self.var == "DATABASE_REPLICA_URLS" {
-            Value::from(
-                self.value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect::<Vec<_>>(),
-            )
-        } else if matches!(
-            self.var,
-            "DATABASE_URL" | "REDIS_URL" | "POOL_ADMIN_TOKEN" | "POOL_ADMIN_LISTEN"
-        ) {
-            Value::from(self.value.clone())
-        } else {
-            self.value.parse::<Value>().unwrap_or_else(|_| Value::from(self.value.clone()))
-        };
+        let value = self.value.clone();
         let mut dict = Dict::new();
         let mut parts: Vec<&str> = self.key.split('.').collect();
         let last = parts.pop().unwrap_or(self.key);
@@ -436,6 +570,14 @@ impl AdminConfig {
         file: Option<&Path>,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<AdminConfig, ConfigError> {
+        AdminConfig::load_unredacted(file, lookup).map_err(ConfigError::redacted)
+    }
+
+    /// [`load`](Self::load), with what its errors echo not yet redacted.
+    fn load_unredacted(
+        file: Option<&Path>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminConfig, ConfigError> {
         let mut defaults = AdminConfig::default();
         let file = file.map(TomlFile::read).transpose()?;
         if let Some(file) = &file {
@@ -448,12 +590,18 @@ impl AdminConfig {
                 defaults.redis.clear();
             }
         }
-        let mut figment = Figment::from(Serialized::defaults(defaults.for_merge()));
+        let mut figment = Figment::from(Defaults(defaults.for_merge()));
         if let Some(file) = file {
             figment = figment.merge(file);
         }
-        for (var, key) in ENV {
-            if let Some(value) = lookup(var) {
+        for &(var, key, form) in ENV {
+            if let Some(text) = lookup(var) {
+                let value = form.read(&text).map_err(|reason| ConfigError::Invalid {
+                    key: key.to_owned(),
+                    source_name: format!("environment variable {var}"),
+                    value: format!("string {text:?}"),
+                    reason,
+                })?;
                 figment = figment.merge(EnvVar { var, key, value });
             }
         }
@@ -482,9 +630,18 @@ impl AdminConfig {
             // `postgres.main.replicas[1]` came from wherever `postgres.main.replicas` did.
             let lookup =
                 key.strip_suffix(']').and_then(|k| k.rsplit_once('[')).map_or(&*key, |(k, _)| k);
-            let source_name =
-                figment.find_metadata(lookup).map_or_else(|| "defaults".to_owned(), source_of);
+            let source_name = source_in(figment, lookup);
             ConfigError::Invalid { key, source_name, value, reason: reason.to_owned() }
+        };
+        // What a refusal of `key` for its conflict with `other` (shown as `name`) adds: where
+        // `other`'s value came from, when that is not where `key`'s did.
+        let also = |key: &str, other: &str, name: &str| {
+            let from = source_in(figment, other);
+            if from == source_in(figment, key) {
+                String::new()
+            } else {
+                format!("; {name} is from {from}")
+            }
         };
         let duration = |key: String, v: f64| match duration_problem(v) {
             Some(reason) => Err(invalid(key, v.to_string(), reason)),
@@ -522,8 +679,9 @@ impl AdminConfig {
                     key("max_overflow"),
                     pg.max_overflow.to_string(),
                     &format!(
-                        "pool_size + max_overflow must not exceed {MAX_POOL_CONNECTIONS} (pool_size is {})",
-                        pg.pool_size
+                        "pool_size + max_overflow must not exceed {MAX_POOL_CONNECTIONS} (pool_size is {}){}",
+                        pg.pool_size,
+                        also(&key("max_overflow"), &key("pool_size"), "pool_size"),
                     ),
                 ));
             }
@@ -567,7 +725,11 @@ impl AdminConfig {
                 return Err(invalid(
                     key("min_idle"),
                     min_idle.to_string(),
-                    &format!("must be at most pool_size ({})", pg.pool_size),
+                    &format!(
+                        "must be at most pool_size ({}){}",
+                        pg.pool_size,
+                        also(&key("min_idle"), &key("pool_size"), "pool_size"),
+                    ),
                 ));
             }
             if let Some(reason) = postgres_url_problem(pg.url.expose()) {
@@ -619,7 +781,11 @@ impl AdminConfig {
                 return Err(invalid(
                     key("max_connections"),
                     r.max_connections.to_string(),
-                    "must be at least pool_size",
+                    &format!(
+                        "must be at least pool_size ({}){}",
+                        r.pool_size,
+                        also(&key("max_connections"), &key("pool_size"), "pool_size"),
+                    ),
                 ));
             }
             if r.max_connections > MAX_POOL_CONNECTIONS {
@@ -658,7 +824,14 @@ impl AdminConfig {
                 return Err(invalid(
                     key("retry_on_timeout"),
                     "true".into(),
-                    "needs a shared_command_timeout: with 0 no shared command times out",
+                    &format!(
+                        "needs a shared_command_timeout: with 0 no shared command times out{}",
+                        also(
+                            &key("retry_on_timeout"),
+                            &key("shared_command_timeout"),
+                            "shared_command_timeout"
+                        ),
+                    ),
                 ));
             }
         }
@@ -680,7 +853,11 @@ impl AdminConfig {
             return Err(invalid(
                 "admin.request_timeout".into(),
                 self.admin.request_timeout.to_string(),
-                "must be greater than admin.health_timeout, or health checks time out as requests",
+                &format!(
+                    "must be greater than admin.health_timeout ({}), or health checks time out as requests{}",
+                    self.admin.health_timeout,
+                    also("admin.request_timeout", "admin.health_timeout", "admin.health_timeout"),
+                ),
             ));
         }
         if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.admin.max_connections) {
@@ -777,25 +954,25 @@ fn redis_url_problem(url: &str) -> Option<String> {
     }
 }
 
-/// Where a value came from, for error messages.
+/// Where a value came from, for error messages: `TOML file <path>`, `environment variable
+/// <VAR>` or [`DEFAULT_SOURCE`].
 fn source_of(metadata: &Metadata) -> String {
     match &metadata.source {
         Some(figment::Source::File(path)) => format!("TOML file {}", path.display()),
-        _ if metadata.name == "Serialized" || metadata.name.contains("Serialized") => {
-            "defaults".to_owned()
-        }
         _ => metadata.name.to_string(),
     }
 }
 
+/// Where the value of `key` (dotted) in `figment` came from; a key no source set has its
+/// value from serde's defaults ([`DEFAULT_SOURCE`]).
+fn source_in(figment: &Figment, key: &str) -> String {
+    figment.find_metadata(key).map_or_else(|| DEFAULT_SOURCE.to_owned(), source_of)
+}
+
 fn describe(figment: &Figment, e: figment::Error) -> ConfigError {
     let key = e.path.join(".");
-    let source_name = e
-        .metadata
-        .as_ref()
-        .map(source_of)
-        .or_else(|| figment.find_metadata(&key).map(source_of))
-        .unwrap_or_else(|| "defaults".to_owned());
+    let source_name =
+        e.metadata.as_ref().map(source_of).unwrap_or_else(|| source_in(figment, &key));
     match &e.kind {
         figment::error::Kind::InvalidType(actual, expected) => ConfigError::Invalid {
             value: actual_value(&key, actual),

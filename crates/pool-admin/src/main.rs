@@ -14,7 +14,7 @@
 mod demo;
 mod monitor;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -78,13 +78,16 @@ enum ConfigCommand {
 }
 
 /// The configuration from `path` and the environment (read through `lookup`), or the exit
-/// status for a configuration error, after printing it.
+/// status for a configuration error, after printing it to `stderr` (the process's, but for
+/// tests).
 fn load(
     path: Option<&Path>,
     lookup: impl Fn(&str) -> Option<String>,
+    stderr: &mut dyn Write,
 ) -> Result<AdminConfig, ExitCode> {
     AdminConfig::load(path, lookup).map_err(|e| {
-        eprintln!("pool-admin: {e}");
+        // Nothing better to do when stderr is gone: the exit status still says it.
+        let _ = writeln!(stderr, "pool-admin: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -151,7 +154,7 @@ async fn serve(
     demo_load: bool,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> ExitCode {
-    let config = match load(config, lookup) {
+    let config = match load(config, lookup, &mut std::io::stderr()) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -214,7 +217,7 @@ async fn main() -> ExitCode {
         Command::Serve { config, demo_load } => serve(config.as_deref(), demo_load, env).await,
         Command::Monitor(args) => monitor::run(args).await,
         Command::Config { command: ConfigCommand::Check { config } } => {
-            match load(config.as_deref(), env) {
+            match load(config.as_deref(), env, &mut std::io::stderr()) {
                 Ok(config) => {
                     println!("{}", serde_json::to_string_pretty(&config).unwrap_or_default());
                     ExitCode::SUCCESS
@@ -253,6 +256,110 @@ mod tests {
         let addr = "0.0.0.0:9233".parse().unwrap();
         assert_eq!(exit_code(&ServeError::TokenRequired(addr)), ExitCode::from(2));
         assert_eq!(exit_code(&ServeError::Random("no entropy".into())), ExitCode::FAILURE);
+    }
+
+    /// What `config check` and `serve` print for a configuration error shows no password, from
+    /// any source: the TOML parser's view of a line it cannot parse, a value of the wrong type
+    /// or that no setting takes, an unknown key, an environment variable. It still names the
+    /// file, the line and what is wrong.
+    #[tokio::test]
+    async fn a_configuration_error_prints_no_password() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (
+                &[],
+                Some("[postgres.main]\nurl = \"postgres://app:hunter2@db.internal/app\n"),
+                &[
+                    "pool-admin: TOML file …: TOML parse error at line 2, column ",
+                    "url",
+                    "invalid basic string",
+                ],
+            ),
+            (
+                &[],
+                Some("[postgres.main]\nurl = \"host=db password=hunter2\n"),
+                &["TOML file …: TOML parse error at line 2, column "],
+            ),
+            (
+                &[],
+                Some("[admin]\ntoken = \"hunter2\nlisten = \"127.0.0.1:1\"\n"),
+                &["TOML file …: TOML parse error at line 2, column "],
+            ),
+            (
+                &[],
+                Some(
+                    "[postgres.main]\nreplicas = [\n  \"postgres://app:hunter2@r1/app\",\n  \"postgres://app:hunter2@r2/app\"\n",
+                ),
+                &["TOML file …: TOML parse error at line "],
+            ),
+            (
+                &[],
+                Some("[postgres.main]\npool_size = \"postgres://app:hunter2@db/app\"\n"),
+                &[
+                    "invalid value for postgres.main.pool_size = ",
+                    "from TOML file …: expected usize",
+                ],
+            ),
+            (
+                &[],
+                Some("[postgres.main]\nreset_on_return = \"postgres://app:hunter2@db/app\"\n"),
+                &["postgres.main.reset_on_return in TOML file …: unknown variant"],
+            ),
+            (
+                &[],
+                Some("[postgres.main]\n\"postgres://app:hunter2@db/app\" = 1\n"),
+                &["unknown key postgres.main.postgres://app:***@db/app in TOML file …"],
+            ),
+            (
+                &[],
+                Some("[postgres.\"postgres://app:hunter2@db/app\"]\npool_size = 0\n"),
+                &[
+                    "invalid value for postgres.postgres://app:***@db/app.pool_size = 0 from TOML file …",
+                ],
+            ),
+            (
+                &[("DATABASE_POOL_SIZE", "postgres://app:hunter2@db/app")],
+                None,
+                &[
+                    "invalid value for postgres.main.pool_size = ",
+                    "from environment variable DATABASE_POOL_SIZE",
+                ],
+            ),
+            (
+                &[("DATABASE_POOL_TIMEOUT", "host=db password=hunter2")],
+                None,
+                &[
+                    "invalid value for postgres.main.pool_timeout = ",
+                    "from environment variable DATABASE_POOL_TIMEOUT",
+                ],
+            ),
+        ];
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/admin-main-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (vars, toml, expected)) in cases.iter().enumerate() {
+            let path = dir.join(format!("{}-secret-{i}.toml", std::process::id()));
+            if let Some(toml) = toml {
+                std::fs::write(&path, toml).unwrap();
+            }
+            let file = toml.map(|_| path.as_path());
+            let mut printed = Vec::new();
+            let code = load(file, env(vars), &mut printed).map(|_| ()).unwrap_err();
+            let printed = String::from_utf8(printed).unwrap();
+            assert_eq!(code, ExitCode::from(2), "{printed}");
+            assert!(!printed.contains("hunter2"), "a password printed:\n{printed}");
+            for part in *expected {
+                let part = part.replace('…', &path.display().to_string());
+                assert!(
+                    printed.contains(&part),
+                    "{vars:?} {toml:?}: expected {part:?} in\n{printed}"
+                );
+            }
+            if i == 0 {
+                // `serve` goes through the same `load`, and stops there.
+                assert_eq!(serve(file, false, env(vars)).await, ExitCode::from(2));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     /// A generated token is printed in the `curl` line, ready to paste; a configured one never.

@@ -103,7 +103,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("DATABASE_POOL_SIZE", "ten")],
             None,
-            "invalid value for postgres.main.pool_size = string \"ten\" from environment variable DATABASE_POOL_SIZE: expected usize",
+            "invalid value for postgres.main.pool_size = string \"ten\" from environment variable DATABASE_POOL_SIZE: expected a whole number such as 10",
         ),
         (
             &[("DATABASE_POOL_SIZE", "0")],
@@ -113,7 +113,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("DATABASE_POOL_OVERFLOW", "-1")],
             None,
-            "invalid value for postgres.main.max_overflow = signed int `-1` from environment variable DATABASE_POOL_OVERFLOW: expected usize",
+            "invalid value for postgres.main.max_overflow = string \"-1\" from environment variable DATABASE_POOL_OVERFLOW: expected a whole number such as 10",
         ),
         (
             &[("DATABASE_POOL_TIMEOUT", "0")],
@@ -123,7 +123,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("DATABASE_POOL_RECYCLE", "soon")],
             None,
-            "invalid value for postgres.main.pool_recycle = string \"soon\" from environment variable DATABASE_POOL_RECYCLE: expected f64",
+            "invalid value for postgres.main.pool_recycle = string \"soon\" from environment variable DATABASE_POOL_RECYCLE: expected seconds as a number such as 30, 0.5 or 1e3; 0 or less means never",
         ),
         (
             &[("DATABASE_URL", "mysql://root:pw@db/app")],
@@ -133,7 +133,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("REDIS_POOL_SIZE", "many")],
             None,
-            "invalid value for redis.main.pool_size = string \"many\" from environment variable REDIS_POOL_SIZE: expected usize",
+            "invalid value for redis.main.pool_size = string \"many\" from environment variable REDIS_POOL_SIZE: expected a whole number such as 10",
         ),
         (
             &[("REDIS_MAX_CONNECTIONS", "2")],
@@ -661,6 +661,237 @@ async fn a_token_configured_with_a_trailing_newline_lets_the_unpadded_one_in() {
                 .unwrap();
             let got = app.clone().oneshot(req).await.unwrap().status();
             assert_eq!(got, status, "Bearer {sent} against {:?}", toml.map(|f| &f.0));
+        }
+    }
+}
+
+/// A check between two settings names where each value came from: the one it refuses, and the
+/// one it conflicts with when that came from elsewhere (the environment, the file, or the
+/// default), never figment's type names.
+#[test]
+fn a_conflict_names_each_values_source() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[("REDIS_POOL_SIZE", "30")],
+            None,
+            "invalid value for redis.main.max_connections = 20 from the default: must be at least pool_size (30); pool_size is from environment variable REDIS_POOL_SIZE",
+        ),
+        (
+            &[("REDIS_MAX_CONNECTIONS", "2")],
+            None,
+            "invalid value for redis.main.max_connections = 2 from environment variable REDIS_MAX_CONNECTIONS: must be at least pool_size (10); pool_size is from the default",
+        ),
+        (
+            &[("DATABASE_POOL_SIZE", "4")],
+            Some("[postgres.main]\nmin_idle = 5\n"),
+            "invalid value for postgres.main.min_idle = 5 from TOML file …: must be at most pool_size (4); pool_size is from environment variable DATABASE_POOL_SIZE",
+        ),
+        (
+            &[("DATABASE_POOL_SIZE", "99990")],
+            None,
+            "invalid value for postgres.main.max_overflow = 20 from the default: pool_size + max_overflow must not exceed 100000 (pool_size is 99990); pool_size is from environment variable DATABASE_POOL_SIZE",
+        ),
+        (
+            &[],
+            Some("[admin]\nhealth_timeout = 40\n"),
+            "invalid value for admin.request_timeout = 30 from the default: must be greater than admin.health_timeout (40), or health checks time out as requests; admin.health_timeout is from TOML file …",
+        ),
+        (
+            &[],
+            Some("[redis.main]\nretry_on_timeout = true\nshared_command_timeout = 0\n"),
+            "invalid value for redis.main.retry_on_timeout = true from TOML file …: needs a shared_command_timeout: with 0 no shared command times out",
+        ),
+    ];
+    for (vars, toml, expected) in cases {
+        let f = toml.map(file);
+        let err = AdminConfig::load(f.as_ref().map(|f| f.0.as_path()), env(vars))
+            .expect_err(expected)
+            .to_string();
+        let expected = match &f {
+            Some(f) => expected.replace('…', &f.0.display().to_string()),
+            None => (*expected).to_owned(),
+        };
+        assert_eq!(err, expected, "{vars:?} {toml:?}");
+    }
+}
+
+/// What a reader makes of one environment variable's text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Read {
+    /// A number of seconds, or a count.
+    Value(f64),
+    /// Never (a lifetime of 0 or less).
+    Never,
+    /// Refused.
+    Refused,
+}
+
+/// The forms an environment variable may take, read by pool-postgres's `config_from_vars`,
+/// pool-redis's `with_env_from` and pool-admin's `load` (which a later issue merges into one
+/// table): one table, so the readers cannot drift apart.
+#[test]
+fn every_reader_takes_the_same_forms_with_the_same_meaning() {
+    use Read::{Never, Refused, Value};
+    // `DATABASE_POOL_TIMEOUT` and `DATABASE_POOL_RECYCLE`.
+    let seconds: &[(&str, Read, Read)] = &[
+        ("30", Value(30.0), Value(30.0)),
+        ("2.5", Value(2.5), Value(2.5)),
+        (" 30\n", Value(30.0), Value(30.0)),
+        ("+30", Value(30.0), Value(30.0)),
+        (".5", Value(0.5), Value(0.5)),
+        ("5.", Value(5.0), Value(5.0)),
+        ("1e3", Value(1000.0), Value(1000.0)),
+        ("1E3", Value(1000.0), Value(1000.0)),
+        ("1.5e+2", Value(150.0), Value(150.0)),
+        ("3153600000", Value(3_153_600_000.0), Value(3_153_600_000.0)),
+        ("0", Refused, Never),
+        ("-1", Refused, Never),
+        ("-1e3", Refused, Never),
+        ("3153600001", Refused, Refused),
+        ("1e-12", Refused, Refused),
+        ("inf", Refused, Refused),
+        ("-inf", Refused, Refused),
+        ("Infinity", Refused, Refused),
+        ("NaN", Refused, Refused),
+        ("1e400", Refused, Refused),
+        ("30s", Refused, Refused),
+        ("", Refused, Refused),
+        ("0x10", Refused, Refused),
+        ("1_000", Refused, Refused),
+    ];
+    let postgres = |var: &str, text: &str| -> Read {
+        match pool_postgres::config_from_vars(pool_core::PoolConfig::default(), [(var, text)]) {
+            Err(_) => Refused,
+            Ok(c) if var == "DATABASE_POOL_TIMEOUT" => Value(c.pool_timeout.as_secs_f64()),
+            Ok(c) => c.pool_recycle.map_or(Never, |d| Value(d.as_secs_f64())),
+        }
+    };
+    let admin = |var: &str, text: &str| -> Read {
+        match AdminConfig::load(None, env(&[(var, text)])) {
+            Err(_) => Refused,
+            Ok(c) => {
+                let pg = &c.postgres["main"];
+                let v =
+                    if var == "DATABASE_POOL_TIMEOUT" { pg.pool_timeout } else { pg.pool_recycle };
+                secs(v).map_or(Never, |d| Value(d.as_secs_f64()))
+            }
+        }
+    };
+    let mut drift = Vec::new();
+    for &(text, timeout, recycle) in seconds {
+        for (var, expected) in
+            [("DATABASE_POOL_TIMEOUT", timeout), ("DATABASE_POOL_RECYCLE", recycle)]
+        {
+            let got = (postgres(var, text), admin(var, text));
+            if got != (expected, expected) {
+                drift.push(format!(
+                    "{var}={text:?}: postgres {:?}, admin {:?}, expected {expected:?}",
+                    got.0, got.1
+                ));
+            }
+        }
+    }
+    // The counts: `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`, `REDIS_POOL_SIZE` and
+    // `REDIS_MAX_CONNECTIONS` (within the defaults' other size, so that no reader's check of one
+    // size against the other decides).
+    let counts: &[(&str, Read)] = &[
+        ("5", Value(5.0)),
+        (" 5\n", Value(5.0)),
+        ("+5", Value(5.0)),
+        ("05", Value(5.0)),
+        ("-1", Refused),
+        ("-0", Refused),
+        ("1.5", Refused),
+        ("5.", Refused),
+        ("5.0", Refused),
+        ("1e1", Refused),
+        ("", Refused),
+        ("ten", Refused),
+        ("0x5", Refused),
+        ("18446744073709551616", Refused),
+    ];
+    let count_readers: [(&str, &str); 4] = [
+        ("DATABASE_POOL_SIZE", "pool_size"),
+        ("DATABASE_POOL_OVERFLOW", "max_overflow"),
+        ("REDIS_POOL_SIZE", "pool_size"),
+        ("REDIS_MAX_CONNECTIONS", "max_connections"),
+    ];
+    for &(text, expected) in counts {
+        for (var, field) in count_readers {
+            // REDIS_MAX_CONNECTIONS at 5 is below the default pool_size of 10, which every
+            // reader refuses; read it with a pool_size of 5.
+            let mut vars = vec![(var, text)];
+            if var == "REDIS_MAX_CONNECTIONS" {
+                vars.push(("REDIS_POOL_SIZE", "5"));
+            }
+            let library = if var.starts_with("DATABASE") {
+                match pool_postgres::config_from_vars(
+                    pool_core::PoolConfig::default(),
+                    vars.clone(),
+                ) {
+                    Ok(c) if field == "pool_size" => Value(c.pool_size as f64),
+                    Ok(c) => Value(c.max_overflow as f64),
+                    Err(_) => Refused,
+                }
+            } else {
+                let found =
+                    |k: &str| vars.iter().find(|(v, _)| *v == k).map(|(_, t)| (*t).to_owned());
+                match pool_redis::RedisConfig::default().with_env_from(found) {
+                    Ok(c) if field == "pool_size" => Value(c.pools["main"].pool_size as f64),
+                    Ok(c) => Value(c.pools["main"].max_connections as f64),
+                    Err(_) => Refused,
+                }
+            };
+            let admin = match AdminConfig::load(None, env(&vars)) {
+                Err(_) => Refused,
+                Ok(c) => Value(match (var, field) {
+                    ("DATABASE_POOL_SIZE", _) => c.postgres["main"].pool_size,
+                    ("DATABASE_POOL_OVERFLOW", _) => c.postgres["main"].max_overflow,
+                    (_, "pool_size") => c.redis["main"].pool_size,
+                    _ => c.redis["main"].max_connections,
+                } as f64),
+            };
+            if (library, admin) != (expected, expected) {
+                drift.push(format!(
+                    "{var}={text:?}: library {library:?}, admin {admin:?}, expected {expected:?}"
+                ));
+            }
+        }
+    }
+    assert!(drift.is_empty(), "the readers disagree:\n{}", drift.join("\n"));
+}
+
+/// A value no reader takes is refused saying which forms are allowed, by each reader.
+#[test]
+fn a_refused_number_says_which_forms_are_allowed() {
+    let seconds = "expected seconds as a number such as 30, 0.5 or 1e3";
+    let count = "expected a whole number such as 10";
+    for (var, text, forms) in [
+        ("DATABASE_POOL_TIMEOUT", "inf", seconds),
+        ("DATABASE_POOL_RECYCLE", "NaN", seconds),
+        ("DATABASE_POOL_RECYCLE", "an hour", seconds),
+        ("DATABASE_POOL_SIZE", "1e3", count),
+        ("DATABASE_POOL_OVERFLOW", "-1", count),
+    ] {
+        let pg = pool_postgres::config_from_vars(pool_core::PoolConfig::default(), [(var, text)])
+            .unwrap_err()
+            .to_string();
+        let admin = AdminConfig::load(None, env(&[(var, text)])).unwrap_err().to_string();
+        for err in [&pg, &admin] {
+            assert!(err.contains(var) && err.contains(forms), "{var}={text:?}: {err}");
+        }
+    }
+    let recycle =
+        AdminConfig::load(None, env(&[("DATABASE_POOL_RECYCLE", "soon")])).unwrap_err().to_string();
+    assert!(recycle.contains("0 or less means never"), "{recycle}");
+    for var in ["REDIS_POOL_SIZE", "REDIS_MAX_CONNECTIONS"] {
+        let found = |k: &str| (k == var).then(|| "many".to_owned());
+        let redis =
+            pool_redis::RedisConfig::default().with_env_from(found).unwrap_err().to_string();
+        let admin = AdminConfig::load(None, env(&[(var, "many")])).unwrap_err().to_string();
+        for err in [&redis, &admin] {
+            assert!(err.contains(var) && err.contains(count), "{err}");
         }
     }
 }

@@ -58,6 +58,10 @@ impl AdminState {
     /// Resizes `pool` unless that would break one of its connection budgets, checking and
     /// resizing under one lock: the admin API and the auto-tuner both go through here.
     ///
+    /// Each other pool of a budget counts at the larger of its `pool_size + max_overflow` and
+    /// the connections it has open: a shrink closes no connection under its user, so a pool
+    /// just shrunk still holds its busy connections until they come back and close.
+    ///
     /// # Errors
     ///
     /// What refused it: a budget (naming it and its numbers) or the pool's own checks.
@@ -70,17 +74,24 @@ impl AdminState {
         let _one_at_a_time = self.inner.resizing.lock().unwrap_or_else(PoisonError::into_inner);
         let id = pool_id(pool.as_ref());
         for b in self.inner.budgets.iter().filter(|b| b.pools.contains(&id)) {
-            let others: usize = b
-                .pools
-                .iter()
-                .filter(|p| **p != id)
-                .filter_map(|p| self.inner.registry.get(p))
-                .map(|p| p.config().max_size())
-                .sum();
+            let mut others = 0usize;
+            // The other pools holding more than their size, as `id: 8 open, size 2`.
+            let mut over = Vec::new();
+            for other in b.pools.iter().filter(|p| **p != id) {
+                let Some(other) = self.inner.registry.get(other) else { continue };
+                let size = other.config().max_size();
+                let open = other.stats().open_connections;
+                if open > size {
+                    over.push(format!("{}: {open} open, size {size}", pool_id(other.as_ref())));
+                }
+                others = others.saturating_add(size.max(open));
+            }
             let wanted = pool_size.saturating_add(max_overflow);
             if others.saturating_add(wanted) > b.available() {
+                let over =
+                    if over.is_empty() { String::new() } else { format!(" ({})", over.join(", ")) };
                 return Err(format!(
-                    "refused: pool_size {pool_size} + max_overflow {max_overflow} would exceed the connection budget of {} ({} allowed, other pools may open {others})",
+                    "refused: pool_size {pool_size} + max_overflow {max_overflow} would exceed the connection budget of {} ({} allowed, other pools may open {others}): each other pool counts at the larger of its pool_size + max_overflow and its open connections{over}",
                     b.name,
                     b.available()
                 ));

@@ -568,3 +568,62 @@ async fn redis_created_connections_is_the_librarys_number() {
     assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 1, "{stats:#}");
     pools.close().await.unwrap();
 }
+
+/// A budget counts each other pool at the larger of its configured size and its open
+/// connections: a shrink closes no connection under its user, so a shrunk pool still holds
+/// them until they come back and close, and another pool may not grow into them before.
+#[tokio::test]
+async fn a_budget_counts_the_connections_a_shrunk_pool_still_holds() {
+    let registry = Registry::new();
+    let pool = |name: &str, size: usize| {
+        ConnectionPool::builder(TestManager::new())
+            .name(name)
+            .pool_size(size)
+            .max_overflow(0)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (pool("a", 8), pool("b", 2));
+    registry.register(Arc::new(a.clone())).unwrap();
+    registry.register(Arc::new(b.clone())).unwrap();
+    let budget = Budget {
+        name: "db1".to_owned(),
+        max_connections: 10,
+        reserved: 0,
+        pools: vec!["test:a".to_owned(), "test:b".to_owned()],
+    };
+    let state =
+        AdminState::builder(registry, Secret(TOKEN.to_owned())).budgets(vec![budget]).build();
+    let app = router(state);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(a.acquire().await.unwrap());
+    }
+
+    let (status, body) =
+        post_json(&app, &format!("{PREFIX}/pools/a/resize"), json!({ "pool_size": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let grow_b = format!("{PREFIX}/pools/b/resize");
+    let (status, body) = post_json(&app, &grow_b, json!({ "pool_size": 8 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a still holds 8: {body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "pool_size 8 + max_overflow 0 would exceed the connection budget of db1 (10 allowed, other pools may open 8)"
+        ) && error.contains("open connections")
+            && error.contains("test:a: 8 open"),
+        "{error}"
+    );
+    assert_eq!(b.stats().pool_size, 2, "a refused resize changes nothing");
+
+    drop(held);
+    let closed = async {
+        while a.stats().open_connections > 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed).await.expect("a closes down to 2");
+    let (status, body) = post_json(&app, &grow_b, json!({ "pool_size": 8 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(b.stats().pool_size, 8);
+}

@@ -51,8 +51,8 @@ impl<M: Manager> PooledConnection<M> {
     /// `detached`) and may open a replacement; the caller owns and closes it.
     pub fn detach(mut self) -> M::Connection {
         let conn = self.conn.take().expect("a guard holds its connection until it is consumed");
-        self.shared.came_back(conn.id, self.acquired_at);
-        self.shared.forget(conn.id);
+        let now = self.shared.came_back(conn.id, self.acquired_at);
+        self.shared.forget(conn.id, now);
         conn.raw
     }
 
@@ -64,8 +64,8 @@ impl<M: Manager> PooledConnection<M> {
 
     pub(crate) fn discard_as(&mut self, reason: CloseReason) {
         if let Some(conn) = self.conn.take() {
-            self.shared.came_back(conn.id, self.acquired_at);
-            self.shared.retire(conn, reason, Held::User);
+            let now = self.shared.came_back(conn.id, self.acquired_at);
+            self.shared.retire(conn, reason, Held::User, now);
         }
     }
 }

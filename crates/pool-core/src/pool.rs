@@ -6,7 +6,10 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed},
+};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
@@ -188,7 +191,7 @@ struct State<M: Manager> {
     max_overflow: usize,
     min_idle: Option<usize>,
     idle: VecDeque<Conn<M::Connection>>,
-    in_use: usize,
+    in_use: InUse,
     /// Held by the pool's own checks (maintenance, health).
     busy: usize,
     connecting: usize,
@@ -209,9 +212,72 @@ struct State<M: Manager> {
     warming: usize,
 }
 
+/// Connections checked out by users, and the time they spent checked out: the integral of the
+/// count over time (two connections out for a second make two connection-seconds), which
+/// [`PoolStats::in_use_time`] reports.
+///
+/// The count changes only through [`up`](Self::up) and [`down`](Self::down), which take the
+/// time of the change, so no change escapes the integral. On the acquire, release, detach and
+/// connect paths that time is one the engine reads anyway; only the failure paths of a check or
+/// a reset read the clock for it. Keeping the integral costs a few integer operations under the
+/// lock the change is made under, and no clock read, atomic or lock of its own.
+#[derive(Debug)]
+struct InUse {
+    count: usize,
+    /// When `count` last changed, or the stats were reset.
+    since: Instant,
+    /// Connection-nanoseconds in use from the last stats reset to `since`.
+    nanos: u128,
+}
+
+impl InUse {
+    fn new(now: Instant) -> Self {
+        InUse { count: 0, since: now, nanos: 0 }
+    }
+
+    /// Adds the time since the last change at the current count. Callers read the time before
+    /// taking the lock, so `now` may be a little older than the last change: this change then
+    /// counts as made with that one, and no time is counted twice or subtracted.
+    #[inline]
+    fn advance(&mut self, now: Instant) {
+        if now > self.since {
+            self.nanos += self.count as u128 * now.duration_since(self.since).as_nanos();
+            self.since = now;
+        }
+    }
+
+    #[inline]
+    fn up(&mut self, now: Instant) {
+        self.advance(now);
+        self.count += 1;
+    }
+
+    #[inline]
+    fn down(&mut self, now: Instant) {
+        self.advance(now);
+        self.count -= 1;
+    }
+
+    /// Connection-time in use from the last stats reset to `now`, the connections out now
+    /// counted up to it.
+    fn time(&self, now: Instant) -> Duration {
+        let out = self.count as u128 * now.duration_since(self.since).as_nanos();
+        let nanos = self.nanos + out;
+        let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+        Duration::new(secs, (nanos % 1_000_000_000) as u32)
+    }
+
+    /// Starts the integral again from zero at `now` (a stats reset): connections out now count
+    /// from then on.
+    fn reset(&mut self, now: Instant) {
+        self.nanos = 0;
+        self.since = self.since.max(now);
+    }
+}
+
 impl<M: Manager> State<M> {
     fn open(&self) -> usize {
-        self.idle.len() + self.in_use + self.busy + self.connecting + self.closing
+        self.idle.len() + self.in_use.count + self.busy + self.connecting + self.closing
     }
 
     /// Open connections that are staying: all but those being closed.
@@ -230,7 +296,7 @@ impl<M: Manager> State<M> {
     /// Connections open and usable now: idle, in use, or held by the pool's own checks (not
     /// those still connecting or being closed).
     fn established(&self) -> usize {
-        self.idle.len() + self.in_use + self.busy
+        self.idle.len() + self.in_use.count + self.busy
     }
 
     /// Whether a failed connect should try again for `warmed`: someone waits there and the
@@ -241,7 +307,7 @@ impl<M: Manager> State<M> {
 
     fn state(&self) -> PoolState {
         PoolState {
-            in_use: self.in_use,
+            in_use: self.in_use.count,
             idle: self.idle.len(),
             waiting: self.waiters.len(),
             connecting: self.connecting,
@@ -265,16 +331,16 @@ impl<M: Manager> State<M> {
         }
     }
 
-    fn unhold(&mut self, held: Held) {
+    fn unhold(&mut self, held: Held, now: Instant) {
         match held {
-            Held::User => self.in_use -= 1,
+            Held::User => self.in_use.down(now),
             Held::Pool => self.busy -= 1,
         }
     }
 
     fn note_in_use(&self, stats: &Stats) {
-        if self.in_use > stats.peak_in_use.load(Relaxed) {
-            stats.peak_in_use.store(self.in_use, Relaxed);
+        if self.in_use.count > stats.peak_in_use.load(Relaxed) {
+            stats.peak_in_use.store(self.in_use.count, Relaxed);
         }
     }
 
@@ -342,7 +408,7 @@ impl<M: Manager> ConnectionPool<M> {
             max_overflow: config.max_overflow,
             min_idle: config.min_idle,
             idle: VecDeque::with_capacity(config.max_size().min(1024)),
-            in_use: 0,
+            in_use: InUse::new(clock::now()),
             busy: 0,
             connecting: 0,
             closing: 0,
@@ -693,14 +759,18 @@ impl<M: Manager> ConnectionPool<M> {
     /// A snapshot of the pool's gauges, counters and histograms (see [`PoolStats`] on how
     /// consistent it is).
     pub fn stats(&self) -> PoolStats {
+        let now = clock::now();
         let (gauges, config) = {
             let st = self.shared.lock();
             let g = Gauges {
-                in_use: st.in_use,
+                in_use: st.in_use.count,
                 idle: st.idle.len(),
                 waiting: st.waiters.len(),
                 connecting: st.connecting,
                 open: st.open(),
+                in_use_time: st.in_use.time(now),
+                // `reset_stats` resets under the lock: this count and `in_use_time` agree.
+                resets: self.shared.stats.resets.load(Acquire),
             };
             let config = PoolConfig {
                 pool_size: st.pool_size,
@@ -713,14 +783,15 @@ impl<M: Manager> ConnectionPool<M> {
         self.shared.stats.snapshot(&self.shared.name, M::BACKEND, &config, gauges)
     }
 
-    /// Zeroes counters, histograms and peaks (peaks restart from the current gauges); gauges
-    /// are untouched.
+    /// Zeroes counters, histograms and peaks (peaks restart from the current gauges, and
+    /// [`PoolStats::in_use_time`] from now); gauges are untouched.
     pub fn reset_stats(&self) {
-        let (in_use, waiting) = {
-            let st = self.shared.lock();
-            (st.in_use, st.waiters.len())
-        };
-        self.shared.stats.reset(in_use, waiting);
+        let now = clock::now();
+        let mut st = self.shared.lock();
+        st.in_use.reset(now);
+        // Under the lock, so that a snapshot reads `in_use_time` and the reset count together
+        // (a handful of stores, no wait).
+        self.shared.stats.reset(st.in_use.count, st.waiters.len());
     }
 
     /// Changes the pool's size at runtime.
@@ -775,7 +846,7 @@ impl<M: Manager> ConnectionPool<M> {
             // Connections in use beyond the new size are retired as they come back after a
             // shrink. A grow adds no debt (overflow in use stays until `idle_timeout`) and
             // keeps only what an earlier shrink still owes at the new size.
-            let over = (st.in_use + st.busy).saturating_sub(pool_size);
+            let over = (st.in_use.count + st.busy).saturating_sub(pool_size);
             st.shrink_debt = if shrinking { over } else { st.shrink_debt.min(over) };
             let n = st.connects_to_start(shared.config.max_connecting, true);
             (retired, n)
@@ -962,7 +1033,7 @@ impl<M: Manager> Shared<M> {
                 }
                 let idle = st.take_idle(self.config.pool_use_lifo);
                 if let Some(conn) = idle {
-                    st.in_use += 1;
+                    st.in_use.up(now);
                     st.note_in_use(&self.stats);
                     Step::Idle(conn)
                 } else if let Wait::Upto(_) = wait {
@@ -988,13 +1059,13 @@ impl<M: Manager> Shared<M> {
             match step {
                 Step::Idle(conn) => {
                     if conn.expired(now) {
-                        self.retire(conn, CloseReason::Recycled, Held::User);
+                        self.retire(conn, CloseReason::Recycled, Held::User, now);
                         continue;
                     }
                     // Broken while idle (the server closed it): known without IO, so never
                     // handed out, pre-ping or not.
                     if caught_now(|| self.manager.is_broken(&conn.raw)).unwrap_or(true) {
-                        self.retire(conn, CloseReason::Broken, Held::User);
+                        self.retire(conn, CloseReason::Broken, Held::User, now);
                         continue;
                     }
                     if self.config.pool_pre_ping
@@ -1128,7 +1199,7 @@ impl<M: Manager> Shared<M> {
             Err(_) => format!("check timed out after {bound:?}"),
         };
         tracing::debug!(pool = %self.id, conn = conn.id, %error, "connection failed its check");
-        self.retire(conn, CloseReason::FailedCheck, held);
+        self.retire(conn, CloseReason::FailedCheck, held, clock::now());
         Err(error)
     }
 
@@ -1194,10 +1265,10 @@ impl<M: Manager> Shared<M> {
         let now = self.came_back(conn.id, acquired_at);
         // A backend that panics saying whether the connection is fit for reuse says it is not.
         if caught_now(|| self.manager.is_broken(&conn.raw)).unwrap_or(true) {
-            return self.retire(conn, CloseReason::Broken, Held::User);
+            return self.retire(conn, CloseReason::Broken, Held::User, now);
         }
         let Ok(needs_reset) = caught_now(|| self.manager.needs_reset(&conn.raw)) else {
-            return self.retire(conn, CloseReason::FailedReset, Held::User);
+            return self.retire(conn, CloseReason::FailedReset, Held::User, now);
         };
         let mut conn = conn;
         conn.idle_since = now;
@@ -1207,25 +1278,26 @@ impl<M: Manager> Shared<M> {
             // counts on it rather than on a new connect.
             {
                 let mut st = self.lock();
-                st.in_use -= 1;
+                st.in_use.down(now);
                 st.busy += 1;
             }
             let shared = Arc::clone(self);
             self.task_runtime().spawn(async move {
                 let bound = shared.config.connect_timeout;
                 let reset = caught(async { shared.manager.reset(&mut conn.raw).await });
-                match tokio::time::timeout(bound, reset).await {
-                    Ok(Ok(Ok(()))) => shared.put_back(conn, Held::Pool),
+                let failed = match tokio::time::timeout(bound, reset).await {
+                    Ok(Ok(Ok(()))) => return shared.put_back(conn, Held::Pool),
                     Ok(Ok(Err(e))) => {
                         tracing::debug!(pool = %shared.id, conn = conn.id, error = %e, "reset on return failed");
-                        shared.retire(conn, CloseReason::FailedReset, Held::Pool);
+                        clock::now()
                     }
                     Ok(Err(panic)) => {
                         tracing::warn!(pool = %shared.id, conn = conn.id, "reset on return {panic}");
-                        shared.retire(conn, CloseReason::FailedReset, Held::Pool);
+                        clock::now()
                     }
-                    Err(_) => shared.retire(conn, CloseReason::FailedReset, Held::Pool),
-                }
+                    Err(_) => clock::now(),
+                };
+                shared.retire(conn, CloseReason::FailedReset, Held::Pool, failed);
             });
             return;
         }
@@ -1234,8 +1306,9 @@ impl<M: Manager> Shared<M> {
 
     /// Returns a live connection to the oldest waiter or the idle list, or retires it.
     fn put_back(self: &Arc<Self>, conn: Conn<M::Connection>, held: Held) {
-        if conn.expired(clock::now()) {
-            return self.retire(conn, CloseReason::Recycled, held);
+        let now = clock::now();
+        if conn.expired(now) {
+            return self.retire(conn, CloseReason::Recycled, held, now);
         }
         let mut st = self.lock();
         let reason = if st.closed {
@@ -1248,7 +1321,7 @@ impl<M: Manager> Shared<M> {
             None
         };
         if let Some(reason) = reason {
-            st.unhold(held);
+            st.unhold(held, now);
             st.closing += 1;
             drop(st);
             self.close_conn(conn, reason);
@@ -1256,12 +1329,12 @@ impl<M: Manager> Shared<M> {
         }
         if held == Held::Pool {
             st.busy -= 1;
-            st.in_use += 1;
+            st.in_use.up(now);
         }
         let Some(conn) = st.hand_off(conn) else { return };
         // Nobody waits: after a shrink, a connection above the new `pool_size` is retired.
         let excess = st.established() > st.pool_size;
-        st.in_use -= 1;
+        st.in_use.down(now);
         if st.shrink_debt > 0 {
             st.shrink_debt -= 1;
             if excess {
@@ -1274,16 +1347,18 @@ impl<M: Manager> Shared<M> {
         st.idle.push_back(conn);
     }
 
-    /// Closes a connection that `held` had, and starts what connects the pool now needs.
+    /// Closes a connection that `held` had until `now`, and starts what connects the pool now
+    /// needs.
     pub(crate) fn retire(
         self: &Arc<Self>,
         conn: Conn<M::Connection>,
         reason: CloseReason,
         held: Held,
+        now: Instant,
     ) {
         let n = {
             let mut st = self.lock();
-            st.unhold(held);
+            st.unhold(held, now);
             st.closing += 1;
             st.leaks.remove(&conn.id);
             st.connects_to_start(self.config.max_connecting, false)
@@ -1292,11 +1367,11 @@ impl<M: Manager> Shared<M> {
         self.spawn_connects(n);
     }
 
-    /// A user took a connection out of the pool (`detach`).
-    pub(crate) fn forget(self: &Arc<Self>, id: u64) {
+    /// A user took a connection out of the pool (`detach`) at `now`.
+    pub(crate) fn forget(self: &Arc<Self>, id: u64, now: Instant) {
         let n = {
             let mut st = self.lock();
-            st.in_use -= 1;
+            st.in_use.down(now);
             st.leaks.remove(&id);
             st.connects_to_start(self.config.max_connecting, false)
         };
@@ -1428,11 +1503,11 @@ impl<M: Manager> Shared<M> {
             drop(st);
             return self.close_conn(conn, CloseReason::Shrink);
         }
-        st.in_use += 1;
+        st.in_use.up(now);
         match st.hand_off(conn) {
             None => st.note_in_use(&self.stats),
             Some(conn) => {
-                st.in_use -= 1;
+                st.in_use.down(now);
                 st.idle.push_back(conn);
             }
         }

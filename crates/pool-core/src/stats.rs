@@ -239,7 +239,7 @@ pub(crate) struct Stats {
     pub(crate) resets: AtomicU64,
 }
 
-/// Gauges read under the pool's lock at snapshot time.
+/// Gauges read under the pool's lock at snapshot time, with what else is kept under it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gauges {
     pub(crate) in_use: usize,
@@ -247,6 +247,11 @@ pub(crate) struct Gauges {
     pub(crate) waiting: usize,
     pub(crate) connecting: usize,
     pub(crate) open: usize,
+    /// [`PoolStats::in_use_time`], kept under the lock where `in_use` changes.
+    pub(crate) in_use_time: Duration,
+    /// [`Stats::resets`] as read under the lock (a reset runs whole under it, so this count is
+    /// even and of the same reset as `in_use_time`).
+    pub(crate) resets: u64,
 }
 
 impl Stats {
@@ -289,7 +294,11 @@ impl Stats {
             let after = self.resets.load(Relaxed);
             attempts += 1;
             if (before == after && before.is_multiple_of(2)) || attempts == 4 {
-                return PoolStats { resets: after.div_ceil(2), ..stats };
+                // A reset since the gauges were read: `in_use_time` is from before it, and
+                // the time in use since it, a moment ago, is as good as none.
+                let in_use_time =
+                    if after == g.resets { stats.in_use_time } else { Duration::ZERO };
+                return PoolStats { resets: after.div_ceil(2), in_use_time, ..stats };
             }
         }
     }
@@ -331,6 +340,7 @@ impl Stats {
             average_wait_time: wait_time.mean(),
             wait_time,
             use_time: self.usage.snapshot(),
+            in_use_time: g.in_use_time,
             connect_time: self.connect.snapshot(),
             routing: None,
             resets: 0,
@@ -345,7 +355,8 @@ impl Stats {
 /// Each field is exact when read, but the set is read without stopping the pool: gauges are
 /// read together under the pool's lock, counters and histograms each with one atomic load, so
 /// counters may disagree with gauges by operations in flight (an acquire counted whose
-/// connection is not yet in use, say). Counters and peaks restart from zero on `reset_stats`;
+/// connection is not yet in use, say). `in_use_time` is read with the gauges and always belongs
+/// to the same reset as `resets`. Counters and peaks restart from zero on `reset_stats`;
 /// gauges do not.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
@@ -401,6 +412,12 @@ pub struct PoolStats {
     /// How long connections were held by their users, counted when the hold ends (returned,
     /// discarded or detached).
     pub use_time: HistogramSnapshot,
+    /// Connection-time in use since the last reset: the integral of `active_connections` over
+    /// time (two connections out for a second add two seconds), the connections out now counted
+    /// up to the snapshot. Its increase between two snapshots over the time between them is how
+    /// many connections were in use on average; unlike `use_time`, which counts a hold whole
+    /// when it ends, it counts the part of each hold that fell between them.
+    pub in_use_time: Duration,
     /// How long successful connects took.
     pub connect_time: HistogramSnapshot,
     /// The pool's part in a read/write router, when it sits in one (`None` from the engine

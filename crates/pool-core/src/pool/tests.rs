@@ -867,6 +867,62 @@ async fn reset_stats_zeroes_counters_and_peaks_but_not_gauges() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn in_use_time_integrates_connections_in_use_up_to_the_snapshot() {
+    let m = TestManager::new();
+    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let in_use = || pool.stats().in_use_time.as_secs_f64();
+    let ten = Duration::from_secs(10);
+    let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 20.0, "two out for 10 s, counted up to the snapshot");
+    // A caller waits; a's connection goes straight to it: still two in use.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.unwrap() }
+    });
+    tokio::task::yield_now().await;
+    drop(a);
+    let c = waiter.await.unwrap();
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 40.0);
+    // Every way a hold ends stops its time: given back, discarded, detached, broken, or
+    // given back for a reset (the pool's from then on).
+    c.discard();
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 50.0, "b alone");
+    let raw = b.detach();
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 50.0, "none");
+    drop(raw);
+    until("replaced", || pool.state().idle == 2).await;
+    let mut broken = pool.acquire().await.unwrap();
+    let mut dirty = pool.acquire().await.unwrap();
+    tokio::time::advance(ten).await;
+    broken.broken = true;
+    drop(broken);
+    // Its replacement opens before time moves on, so that nothing but `dirty` is out.
+    until("replaced", || pool.state().idle == 1).await;
+    tokio::time::advance(ten).await;
+    dirty.dirty = true;
+    drop(dirty);
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 80.0);
+    assert_eq!(m.counts().resets, 1, "the dirty one was reset");
+
+    // A reset starts it again from zero; a connection out across the reset counts from it.
+    let d = pool.acquire().await.unwrap();
+    tokio::time::advance(ten).await;
+    Pool::reset_stats(&pool);
+    let after = pool.stats();
+    assert_eq!((after.in_use_time, after.resets), (Duration::ZERO, 1));
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 10.0);
+    drop(d);
+    tokio::time::advance(ten).await;
+    assert_eq!(in_use(), 10.0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn pool_trait_and_registry_see_any_pool() {
     let m = TestManager::new();
     let registry = Registry::new();
@@ -993,6 +1049,7 @@ async fn stress_keeps_every_invariant() {
         .pool_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
+    let started = std::time::Instant::now();
     let (ok, failed, cancelled) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
@@ -1059,6 +1116,23 @@ async fn stress_keeps_every_invariant() {
     let s = pool.stats();
     assert_eq!((s.waiting, s.active_connections), (0, 0));
     assert_eq!(s.connections_created - s.connections_closed, s.open_connections as u64);
+    // Connection-time in use covers every hold the use-time histogram counted (and, from the
+    // moment a connection is counted in use, its pre-ping or hand-off too), never more than
+    // the most connections in use at once for the whole run.
+    let tolerance = Duration::from_millis(1);
+    assert!(
+        s.in_use_time + tolerance >= s.use_time.sum,
+        "{:?} < {:?}",
+        s.in_use_time,
+        s.use_time.sum
+    );
+    assert!(
+        s.in_use_time <= started.elapsed() * s.peak_connections as u32,
+        "{:?} over {:?} with at most {} in use",
+        s.in_use_time,
+        started.elapsed(),
+        s.peak_connections
+    );
     assert!(m.counts().max_live <= 16, "never more than the largest limit: {:?}", m.counts());
     assert!(s.open_connections <= 12);
     pool.close().await.unwrap();

@@ -19,7 +19,9 @@ use pool_redis::{PoolSettings, RedisPool};
 fn mask(text: &str) -> String {
     text.lines()
         .map(|l| {
-            let timing = l.contains("_bucket{") || l.contains("_sum{");
+            let timing = l.contains("_bucket{")
+                || l.contains("_sum{")
+                || l.contains("_used_time_seconds_total{");
             match l.rsplit_once(' ') {
                 Some((series, _)) if timing && !l.starts_with('#') => format!("{series} <t>"),
                 _ => l.to_owned(),
@@ -96,6 +98,11 @@ async fn both_exporters_report_real_postgres_and_redis_pools() {
     assert_eq!(value("db_client_connection_max", "cache", "redis"), 3.0);
     assert_eq!(value("db_client_connection_timeouts_total", "db", "postgresql"), 0.0);
     assert_eq!(value("db_client_connection_created_total", "cache", "redis"), 3.0);
+    // Connections were held: the time in use grew (its value is timing, masked above).
+    for (pool, system) in [("db", "postgresql"), ("cache", "redis")] {
+        let used = value("db_client_connection_used_time_seconds_total", pool, system);
+        assert!(used > 0.0, "{system} {pool}: {used}");
+    }
     let waits: Vec<_> = scrape
         .samples
         .iter()

@@ -76,7 +76,7 @@ macro_rules! metric {
 
 /// Every metric, in the order `docs/metrics.md` lists them: the semantic conventions' first,
 /// then ours.
-pub const METRICS: [Metric; 20] = [
+pub const METRICS: [Metric; 21] = [
     metric!(
         "db.client.connection.count",
         "db_client_connection_count",
@@ -206,6 +206,14 @@ pub const METRICS: [Metric; 20] = [
         "Connections held past leak_detection_threshold"
     ),
     metric!(
+        "db.client.connection.used.time",
+        "db_client_connection_used_time_seconds_total",
+        Counter,
+        "s",
+        [],
+        "Connection-time in use (the integral of used connections over time): its rate is how many connections were in use on average, each hold counted for its part in the interval"
+    ),
+    metric!(
         "db.client.connection.fallbacks",
         "db_client_connection_fallbacks_total",
         Counter,
@@ -243,7 +251,7 @@ pub const METRICS: [Metric; 20] = [
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Value<'a> {
     Int(u64),
-    /// A gauge in seconds (the catalog's gauges with unit `s`).
+    /// A gauge or counter in seconds (the catalog's gauges and counters with unit `s`).
     Seconds(f64),
     Histogram(&'a HistogramSnapshot),
 }
@@ -296,10 +304,15 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
     }));
     out.push(count(14, s.connect_errors));
     out.push(count(15, s.leaks_detected));
+    out.push(Sample {
+        metric: m(16),
+        label: None,
+        value: Value::Seconds(s.in_use_time.as_secs_f64()),
+    });
     match s.routing {
-        Some(Routing::Primary { fallbacks }) => out.push(count(16, fallbacks)),
+        Some(Routing::Primary { fallbacks }) => out.push(count(17, fallbacks)),
         Some(Routing::Replica { bans, banned, lagging, lag }) => {
-            out.push(count(17, bans));
+            out.push(count(18, bans));
             // A banned replica is banned whatever its lag; the states are exclusive.
             let now = if banned {
                 "banned"
@@ -309,13 +322,13 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
                 "usable"
             };
             out.extend(["usable", "banned", "lagging"].map(|state| Sample {
-                metric: m(18),
+                metric: m(19),
                 label: Some((attr::REPLICA_STATE, state)),
                 value: Value::Int(u64::from(state == now)),
             }));
             if let Some(lag) = lag {
                 out.push(Sample {
-                    metric: m(19),
+                    metric: m(20),
                     label: None,
                     value: Value::Seconds(lag.as_secs_f64()),
                 });
@@ -435,7 +448,7 @@ mod tests {
         let lag: Vec<_> = samples(&replica)
             .iter()
             .filter_map(|s| match s.value {
-                Value::Seconds(v) => Some((s.metric.name, v)),
+                Value::Seconds(v) if s.metric.kind == Kind::Gauge => Some((s.metric.name, v)),
                 _ => None,
             })
             .collect();
@@ -454,7 +467,7 @@ mod tests {
             assert_eq!(matches!(s.value, Value::Histogram(_)), s.metric.kind == Kind::Histogram);
             assert_eq!(
                 matches!(s.value, Value::Seconds(_)),
-                s.metric.kind == Kind::Gauge && s.metric.unit == "s"
+                s.metric.kind != Kind::Histogram && s.metric.unit == "s"
             );
         }
     }

@@ -79,6 +79,7 @@ pub struct OtelMetrics {
     _gauges: Vec<ObservableUpDownCounter<i64>>,
     _seconds: Vec<ObservableGauge<f64>>,
     _counters: Vec<ObservableCounter<u64>>,
+    _second_counters: Vec<ObservableCounter<f64>>,
     histograms: [Histogram<f64>; 3],
     observers: Arc<Observers>,
 }
@@ -143,38 +144,60 @@ fn observe_all(
 }
 
 /// Makes one counter's series monotonic across resets of the engine's counters (see
-/// [`OtelMetrics`], *Counters across `reset_stats`*).
+/// [`OtelMetrics`], *Counters across `reset_stats`*): counts in `u64`, seconds in `f64`.
 #[derive(Debug, Default)]
-struct Monotonic(Mutex<HashMap<SeriesKey, Carried>>);
+struct Monotonic<T>(Mutex<HashMap<SeriesKey, Carried<T>>>);
 
 /// One series: the last value read from the pool, the pool's reset count then, and what
 /// earlier resets took away.
 #[derive(Debug, Default, Clone, Copy)]
-struct Carried {
-    last: u64,
+struct Carried<T> {
+    last: T,
     resets: u64,
-    offset: u64,
+    offset: T,
 }
 
-impl Monotonic {
+/// What a counter counts in: adding never overflows (a count saturates).
+trait Total: Copy + Default + PartialOrd {
+    fn plus(self, other: Self) -> Self;
+}
+
+impl Total for u64 {
+    fn plus(self, other: u64) -> u64 {
+        self.saturating_add(other)
+    }
+}
+
+impl Total for f64 {
+    fn plus(self, other: f64) -> f64 {
+        self + other
+    }
+}
+
+impl<T> Monotonic<T> {
     /// Locks the series for one collection. Each metric reader collects on its own thread, so
     /// two collections can overlap: the lock is held from the first stats read to the last
     /// value exported, or a stale read stored after a fresh one would look like a reset.
-    fn lock(&self) -> MutexGuard<'_, HashMap<SeriesKey, Carried>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SeriesKey, Carried<T>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// The value to export for `series` when the pool's counter reads `value` and its stats have
 /// been reset `resets` times.
-fn carry(all: &mut HashMap<SeriesKey, Carried>, series: SeriesKey, value: u64, resets: u64) -> u64 {
+fn carry<T: Total>(
+    all: &mut HashMap<SeriesKey, Carried<T>>,
+    series: SeriesKey,
+    value: T,
+    resets: u64,
+) -> T {
     let carried = all.entry(series).or_default();
     if value < carried.last || resets != carried.resets {
-        carried.offset = carried.offset.saturating_add(carried.last);
+        carried.offset = carried.offset.plus(carried.last);
     }
     carried.last = value;
     carried.resets = resets;
-    carried.offset.saturating_add(value)
+    carried.offset.plus(value)
 }
 
 impl OtelMetrics {
@@ -190,6 +213,7 @@ impl OtelMetrics {
         let mut gauges = Vec::new();
         let mut seconds = Vec::new();
         let mut counters = Vec::new();
+        let mut second_counters = Vec::new();
         let mut histograms = Vec::new();
         let observers = Arc::new(Observers::default());
         for metric in &METRICS {
@@ -237,6 +261,28 @@ impl OtelMetrics {
                             .build(),
                     );
                 }
+                Kind::Counter if metric.unit == "s" => {
+                    let pools = pools.clone();
+                    let alive = Arc::downgrade(&alive);
+                    let monotonic = Monotonic::default();
+                    let zeroed = metric.zeroed_by_reset_stats();
+                    second_counters.push(
+                        meter
+                            .f64_observable_counter(metric.name)
+                            .with_unit(metric.unit)
+                            .with_description(metric.help)
+                            .with_callback(move |o: &dyn AsyncInstrument<f64>| {
+                                let mut carried = monotonic.lock();
+                                observe_all(&alive, &pools, metric, |v, a, series, resets| {
+                                    if let Value::Seconds(v) = v {
+                                        let resets = if zeroed { resets } else { 0 };
+                                        o.observe(carry(&mut carried, series, v, resets), a);
+                                    }
+                                });
+                            })
+                            .build(),
+                    );
+                }
                 Kind::Counter => {
                     let pools = pools.clone();
                     let alive = Arc::downgrade(&alive);
@@ -277,6 +323,7 @@ impl OtelMetrics {
             _gauges: gauges,
             _seconds: seconds,
             _counters: counters,
+            _second_counters: second_counters,
             histograms,
             observers,
         };
@@ -561,7 +608,7 @@ mod tests {
     /// per series.
     #[test]
     fn monotonic_carries_the_last_value_over_each_reset() {
-        let m = Monotonic::default();
+        let m = Monotonic::<u64>::default();
         let mut all = m.lock();
         let db = || ("db".to_owned(), "test", None);
         let idle = || ("db".to_owned(), "test", Some("idle"));

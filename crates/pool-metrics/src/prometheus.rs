@@ -134,9 +134,13 @@ impl Collector for PrometheusCollector {
                         c.set_value(v as f64);
                         metric.set_counter(c);
                     }
+                    (Kind::Counter, Value::Seconds(v)) => {
+                        let mut c = proto::Counter::default();
+                        c.set_value(v);
+                        metric.set_counter(c);
+                    }
                     (_, Value::Histogram(h)) => metric.set_histogram(histogram(h)),
-                    (Kind::Histogram, Value::Int(_))
-                    | (Kind::Counter | Kind::Histogram, Value::Seconds(_)) => continue,
+                    (Kind::Histogram, Value::Int(_) | Value::Seconds(_)) => continue,
                 }
                 families[idx].mut_metric().push(metric);
             }

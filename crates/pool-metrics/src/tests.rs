@@ -226,6 +226,9 @@ async fn otel_instruments_read_back_through_the_sdk() {
             (crate::Kind::Gauge, AggregatedMetrics::I64(MetricData::Sum(s))) => !s.is_monotonic(),
             (crate::Kind::Gauge, AggregatedMetrics::F64(MetricData::Gauge(_))) => m.unit == "s",
             (crate::Kind::Counter, AggregatedMetrics::U64(MetricData::Sum(s))) => s.is_monotonic(),
+            (crate::Kind::Counter, AggregatedMetrics::F64(MetricData::Sum(s))) => {
+                s.is_monotonic() && m.unit == "s"
+            }
             (crate::Kind::Histogram, AggregatedMetrics::F64(MetricData::Histogram(_))) => true,
             _ => false,
         };
@@ -284,6 +287,19 @@ async fn otel_instruments_read_back_through_the_sdk() {
     let db_use =
         usage.data_points().find(|p| attrs(p.attributes().collect()) == pool("db")).unwrap();
     assert_eq!((db_use.count(), db_use.sum()), (2, 0.26));
+    let AggregatedMetrics::F64(MetricData::Sum(used)) =
+        find("db.client.connection.used.time").data()
+    else {
+        panic!()
+    };
+    let mut points: Vec<_> =
+        used.data_points().map(|p| (attrs(p.attributes().collect()), p.value())).collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        points,
+        [(pool("cache"), 0.005), (pool("db"), 0.26), (pool("db-replica-1"), 0.0)],
+        "db: two connections in use 130 ms; cache: one 5 ms (the detached ones none)"
+    );
     let AggregatedMetrics::U64(MetricData::Sum(fallbacks)) =
         find("db.client.connection.fallbacks").data()
     else {
@@ -343,4 +359,13 @@ async fn otel_instruments_read_back_through_the_sdk() {
     };
     assert_eq!(counter("db.client.connection.fallbacks"), 7, "not 14: the router kept it");
     assert_eq!(counter("db.client.connection.timeouts"), 1, "carried over the reset");
+    let used = exported
+        .iter()
+        .flat_map(|r| r.scope_metrics())
+        .flat_map(|s| s.metrics())
+        .find(|x| x.name() == "db.client.connection.used.time")
+        .unwrap();
+    let AggregatedMetrics::F64(MetricData::Sum(used)) = used.data() else { panic!() };
+    let db = used.data_points().find(|p| attrs(p.attributes().collect()) == pool("db"));
+    assert_eq!(db.unwrap().value(), 0.26, "seconds carried over the reset too");
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::window::Window;
+use crate::window::{BusyBasis, Window};
 
 /// What the analysis aims for and how sure it must be before it speaks.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,8 +47,10 @@ impl Default for Settings {
 }
 
 /// Connections a database allows, shared by the pools on it (a primary and each replica have
-/// their own). No proposal makes the pools' `pool_size + max_overflow` add up to more than
-/// `max_connections − reserved`.
+/// their own). No proposal makes the pools' connections add up to more than
+/// `max_connections − reserved`, each pool counted at its `pool_size + max_overflow` or at the
+/// connections it has open, whichever is larger (a shrunk pool closes its connections in use
+/// only as they come back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     /// What the budget is for, as recommendations name it (`primary`, `replica-1`...).
@@ -107,7 +109,7 @@ pub struct Evidence {
     pub windows: usize,
     /// Checkouts per second, mean over the windows.
     pub checkouts_per_sec: f64,
-    /// Mean hold time.
+    /// Mean hold time over the holds that ended in the windows (one long hold weighs in whole).
     pub hold_mean: Duration,
     /// 90th percentile hold time (largest of the windows).
     pub hold_p90: Duration,
@@ -119,16 +121,19 @@ pub struct Evidence {
     pub timeouts: u64,
     /// Connect errors, in all.
     pub connect_errors: u64,
-    /// Connections busy on average in the busiest window (Little's law: checkouts/s × mean
-    /// hold).
+    /// Connections busy on average in the busiest window, read as `busy_basis` says.
     pub busy: f64,
+    /// What `busy` was read from: the busiest window's connection-time in use over its length,
+    /// or Little's law for a window without it.
+    pub busy_basis: BusyBasis,
     /// Connections the load needs: `busy + β·√busy`, rounded up.
     pub needed: usize,
     /// Smallest idle share of the windows (0 to 1).
     pub idle_share: f64,
     /// Share of the windows that ended with overflow connections open (0 to 1).
     pub overflow_share: f64,
-    /// Mean hold of the newer half of the windows over the older half.
+    /// Hold time per checkout ([`Window::hold`]) of the newer half of the windows over the
+    /// older half.
     pub hold_trend: f64,
     /// Checkouts per second of the newer half over the older half.
     pub load_trend: f64,
@@ -170,18 +175,23 @@ impl fmt::Display for Recommendation {
     }
 }
 
-/// `240/s × 69.2 ms = 23.8 busy, needed 33, wait p90 70.0 ms, timeouts 0, ...`: every number a
-/// decision rests on, in one line for logs.
+/// `busy 14.0 connections on average in the busiest window (140.0 connection-seconds in use in
+/// 10.0 s), needed 21; over 6 windows: 260 checkouts/s, mean hold 50.0 ms, wait p90 40.0 ms,
+/// ...`: every number a decision rests on, in one line for logs. The busy figure is shown with
+/// the operands it was computed from; the rates and holds after it are the windows' averages.
 impl fmt::Display for Evidence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:.0}/s × {:.1} ms = {:.1} busy, needed {}, wait p90 {:.1} ms, \
+            "busy {:.1} connections on average in the busiest window ({}), needed {}; \
+             over {} windows: {:.0} checkouts/s, mean hold {:.1} ms, wait p90 {:.1} ms, \
              timeouts {}, idle {:.0}%, overflow in {:.0}% of windows, hold ×{:.2}, load ×{:.2}, connect errors {}",
+            self.busy,
+            self.busy_basis,
+            self.needed,
+            self.windows,
             self.checkouts_per_sec,
             self.hold_mean.as_secs_f64() * 1e3,
-            self.busy,
-            self.needed,
             self.wait_p90.as_secs_f64() * 1e3,
             self.timeouts,
             self.idle_share * 100.0,
@@ -249,8 +259,18 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
         .unwrap_or(Duration::MAX)
     };
     // Size for the busiest window, not the average: a pool must carry its peaks, and a shrink
-    // must never go below what any recent window needed.
-    let busy = windows.iter().map(Window::busy).fold(0.0, f64::max);
+    // must never go below what any recent window needed. A window's busy connections count
+    // only the part of each hold inside it (where the window has its in-use time): a hold of
+    // 30 minutes adds at most one connection, not its whole length spread over the checkouts.
+    let busy_basis = windows
+        .iter()
+        .map(Window::busy_basis)
+        .fold(None, |max: Option<BusyBasis>, b| match max {
+            Some(m) if m.busy() >= b.busy() => Some(m),
+            _ => Some(b),
+        })
+        .unwrap_or_default();
+    let busy = busy_basis.busy();
     let (older, newer) = windows.split_at(windows.len() / 2);
     let ratio = |f: &dyn Fn(&Window) -> f64| {
         let (a, b) = (mean(older.iter().map(f)), mean(newer.iter().map(f)));
@@ -266,11 +286,12 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
         timeouts: windows.iter().map(|w| w.timeouts).sum(),
         connect_errors: windows.iter().map(|w| w.connect_errors).sum(),
         busy,
+        busy_basis,
         needed: needed(busy, beta),
         idle_share: windows.iter().map(Window::idle_share).fold(1.0, f64::min),
         overflow_share: windows.iter().filter(|w| w.overflow > 0).count() as f64
             / windows.len().max(1) as f64,
-        hold_trend: ratio(&|w| w.hold_mean.as_secs_f64()),
+        hold_trend: ratio(&|w| w.hold().as_secs_f64()),
         load_trend: ratio(&|w| w.rate()),
     }
 }
@@ -295,9 +316,11 @@ fn evidence(windows: &[Window], beta: f64) -> Evidence {
 ///    size: an idle night says nothing about what the morning needs.
 ///
 /// Every grow is capped by the budgets of the pool; hitting one adds a high-severity
-/// recommendation that names the budget. The other pools of a budget count at their current
-/// size or at the size proposed for them in this call, whichever is larger, so the proposals
-/// of one call fit the budget together: pools earlier in name order get the room first. A
+/// recommendation that names the budget. The other pools of a budget count at the largest of
+/// their current size, the size proposed for them in this call and the connections their
+/// newest window ended with open (a shrink closes connections in use only as they come
+/// back), so the proposals of one call fit the budget together and with what the server
+/// already has: pools earlier in name order get the room first. A
 /// capped grow never goes below the current `pool_size`: when a budget leaves no room to grow,
 /// the budget recommendation says the pool cannot grow and no resize is proposed (a budget
 /// already spent stops growth; it does not shrink a pool under load). Shrinks are never
@@ -404,7 +427,9 @@ pub fn analyze(
                     let w = windows.get(p).and_then(|w| w.last())?;
                     let size =
                         proposed.get(p.as_str()).map_or(w.pool_size, |&n| n.max(w.pool_size));
-                    Some(size + w.max_overflow)
+                    // A shrink closes connections in use only as they come back: until then
+                    // they are the server's as much as the configured ones.
+                    Some((size + w.max_overflow).max(w.open))
                 })
                 .sum();
             let cap = b.available().saturating_sub(others + current.max_overflow).max(1);
@@ -419,7 +444,7 @@ pub fn analyze(
         }
         if let Some((b, others)) = capped {
             let limit = format!(
-                "{} allows {} connections ({} max_connections, {} reserved) and its other pools may open {others}",
+                "{} allows {} connections ({} max_connections, {} reserved) and its other pools have or may open {others}",
                 b.name,
                 b.available(),
                 b.max_connections,

@@ -9,11 +9,14 @@
 //!   hysteresis, cooldowns, bounded steps and a check that each step up paid off; every
 //!   decision is logged with its inputs.
 //!
-//! The control law: busy connections on average `R = checkouts/s × mean hold` (Little's law),
-//! needed `≈ R + β·√R` (square-root staffing, β from the target probability of waiting), grow when
-//! waits rise with flat hold time, never grow when hold time rises while callers wait, whether or
-//! not load rose (the database is saturated), shrink when idle dominates but never below what the
-//! load needs (and not at all without traffic), freeze on connect errors and while no connection
+//! The control law: `R`, the connections busy on average in the busiest recent window (the
+//! connection-time in use inside it over its length, as the engine measures it, so a hold counts
+//! only for its part inside the window; Little's law `checkouts/s × mean hold` for windows built
+//! by hand), needs `≈ R + β·√R` connections (square-root staffing, β from the target probability
+//! of waiting); grow when waits rise with flat hold time, never grow when hold time rises while
+//! callers wait, whether or not load rose (the database is saturated), shrink when idle dominates
+//! but never below what the load needs (and not at all without traffic), freeze on connect errors
+//! and while no connection
 //! comes back to waiting callers. `docs/optimizer.md` explains it with a worked example.
 
 mod analysis;
@@ -26,4 +29,4 @@ pub use crate::analysis::{
 };
 pub use crate::sampler::Sampler;
 pub use crate::tuner::{Action, AutoTuner, Change, Decision, TunerSettings};
-pub use crate::window::Window;
+pub use crate::window::{BusyBasis, Window};

@@ -54,3 +54,63 @@ async fn windows_count_releases_and_are_numbered_skipping_stats_resets() {
     sampler.sample(at(60));
     assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1), (3, 1, 1), (4, 1, 1)]);
 }
+
+/// Issue 28: one 30-minute hold returned among steady 50 ms holds moves the advice by no more
+/// than the one connection it kept busy. Two pools under the same steady load (13 callers, each
+/// holding a connection 50 ms at a time: 260 checkouts/s, 13 connections busy), one of them
+/// with a connection also held from 30 minutes before the load to halfway through it.
+#[tokio::test(start_paused = true)]
+async fn one_long_hold_moves_the_advice_by_no_more_than_its_own_connection() {
+    let registry = Registry::new();
+    let pool = |name: &str| {
+        let pool = ConnectionPool::builder(TestManager::new())
+            .name(name)
+            .pool_size(40)
+            .max_overflow(0)
+            .build()
+            .unwrap();
+        registry.register(Arc::new(pool.clone())).unwrap();
+        pool
+    };
+    let (steady, outlier) = (pool("steady"), pool("outlier"));
+    let long = outlier.acquire().await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+        drop(long);
+    });
+    // The load runs for six 10 s windows, from 35 s before the long hold comes back.
+    tokio::time::sleep(Duration::from_secs(30 * 60 - 35)).await;
+    let load_ends = Instant::now() + Duration::from_secs(60);
+    for pool in [&steady, &outlier] {
+        for _ in 0..13 {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                while Instant::now() < load_ends {
+                    let conn = pool.acquire().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(conn);
+                }
+            });
+        }
+    }
+    let mut sampler = Sampler::new(registry, 10);
+    for _ in 0..7 {
+        sampler.sample(Instant::now());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let windows = sampler.windows();
+    let recs = crate::analyze(&windows, &crate::Settings::default(), &[]);
+    let proposed = |pool: &str| {
+        recs.iter()
+            .find(|r| r.pool == format!("test:{pool}"))
+            .and_then(|r| r.proposed)
+            .map(|s| s.pool_size)
+    };
+    let text: Vec<String> = recs.iter().map(ToString::to_string).collect();
+    let (steady, outlier) = (proposed("steady"), proposed("outlier"));
+    assert!(steady.is_some_and(|n| (19..=21).contains(&n)), "{text:#?}");
+    assert!(
+        outlier.zip(steady).is_some_and(|(o, s)| o.abs_diff(s) <= 1),
+        "the long hold bent the advice: {text:#?}"
+    );
+}

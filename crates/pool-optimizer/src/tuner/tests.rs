@@ -53,6 +53,8 @@ impl Queue {
     fn window(&mut self, len: Duration, size: usize) -> Window {
         let end = self.now + len.as_nanos() as u64;
         let (mut waits, mut holds, mut timeouts) = (Vec::new(), Vec::new(), 0u64);
+        // Connection-nanoseconds in use: the integral of busy connections over the window.
+        let mut in_use = 0u128;
         let start = |q: &mut Queue, arrived: u64, waits: &mut Vec<u64>, holds: &mut Vec<u64>| {
             let hold = q.exp(q.hold_mean);
             waits.push(q.now - arrived);
@@ -75,6 +77,7 @@ impl Queue {
             if next >= end {
                 break;
             }
+            in_use += self.busy.len() as u128 * u128::from(next - self.now);
             self.now = next;
             if done <= self.next_arrival {
                 self.busy.pop();
@@ -98,6 +101,7 @@ impl Queue {
                 }
             }
         }
+        in_use += self.busy.len() as u128 * u128::from(end - self.now);
         self.now = end;
         let before = self.queue.len();
         self.queue.retain(|&a| end - a <= self.timeout);
@@ -123,6 +127,7 @@ impl Queue {
             connect_errors: 0,
             overflow: 0,
             open: size,
+            in_use_time: Some(Duration::from_nanos(in_use as u64)),
             seq: 0,
         }
     }
@@ -467,4 +472,51 @@ fn every_resize_is_traced_with_its_reason_and_evidence() {
         );
         assert!(d.to_string().contains(&e.to_string()), "and in the decision's Display: {d}");
     }
+}
+
+#[test]
+fn no_grow_takes_the_room_of_connections_a_shrunk_neighbour_still_has_open() {
+    // Issue 28 through the tuner: `a` (8 connections, all in use) was shrunk to 2 and still
+    // has its 8 open; `b` (2) waits on a budget of 10 shared with `a`. No room for `b` until
+    // a's connections come back.
+    let budget = Budget {
+        name: "shared".to_owned(),
+        max_connections: 10,
+        reserved: 0,
+        pools: vec!["a".to_owned(), "b".to_owned()],
+    };
+    let mut tuner = AutoTuner::new(
+        TunerSettings { agree: 1, cooldown: 1, ..TunerSettings::default() },
+        Settings { min_windows: 1, ..Settings::default() },
+        vec![budget],
+    );
+    let a = |pool_size, open: usize| Window {
+        pool: "a".to_owned(),
+        pool_size,
+        open,
+        overflow: open.saturating_sub(pool_size),
+        wait_p90: Duration::ZERO,
+        ..window(pool_size, 800, 0)
+    };
+    let b = |size| Window { pool: "b".to_owned(), timeouts: 5, ..window(size, 500, 0) };
+    let mut history =
+        BTreeMap::from([("a".to_owned(), vec![a(8, 8); 5]), ("b".to_owned(), vec![b(2); 5])]);
+    let push = |history: &mut BTreeMap<String, Vec<Window>>, wa, wb| {
+        history.get_mut("a").unwrap().push(wa);
+        history.get_mut("b").unwrap().push(wb);
+    };
+    push(&mut history, a(2, 8), b(2));
+    assert_eq!(tuner.decide(&history), vec![], "{:#?}", tuner.log());
+    let last = tuner.log().last().unwrap().to_string();
+    assert!(last.contains("b Hold 2 -> 2: Connection budget exhausted"), "{last}");
+    push(&mut history, a(2, 8), b(2));
+    assert_eq!(tuner.decide(&history), vec![], "still no room: {:#?}", tuner.log());
+    // a's connections came back and closed: b grows into the room they left.
+    push(&mut history, a(2, 2), b(2));
+    assert_eq!(
+        tuner.decide(&history),
+        vec![Change { pool: "b".to_owned(), pool_size: 3, max_overflow: 0 }],
+        "{:#?}",
+        tuner.log()
+    );
 }

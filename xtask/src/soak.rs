@@ -221,8 +221,7 @@ impl std::fmt::Display for Counts {
 /// its own to each server, outside the pools).
 const PG_POOL_BACKENDS_WHERE: &str = "backend_type = 'client backend' \
      AND pid <> pg_backend_pid() \
-     AND query NOT LIKE 'SELECT pg_current_wal_lsn()::text, NULL::float8%' \
-     AND query NOT LIKE 'SELECT pg_last_wal_replay_lsn()::text, %'";
+     AND query NOT LIKE '/* pool-postgres lag probe */%'";
 
 async fn counts(servers: &Servers, pools: &Pools) -> anyhow::Result<Counts> {
     let cluster = pools.clusters.get("main").context("cluster main")?;

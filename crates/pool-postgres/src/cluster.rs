@@ -722,7 +722,8 @@ const FORGET_AFTER_PERIODS: u32 = 10;
 const HISTORY: usize = 600;
 
 /// The lag probe: every `period`, reads the primary's WAL position and each replica's replay
-/// position on connections of its own (outside the pools, so it never waits behind users), and
+/// position on connections of its own (outside the pools, so it never waits behind users; its
+/// queries start with `/* pool-postgres lag probe */`, as `pg_stat_activity` shows them), and
 /// updates bans and the lag of the server its connection reached. Reads measure the other
 /// servers behind a replica's address on their own connections (see `Inner::vet`), against the
 /// primary positions the probe keeps.
@@ -743,10 +744,9 @@ async fn probe(cluster: Weak<Inner>, period: Duration) {
         let primary_lsn =
             on_probe_connection(&mut state.primary, inner.primary.manager(), timeout, |c| {
                 Box::pin(async move {
-                    let (lsn,): (String,) =
-                        sqlx::query_as("SELECT pg_catalog.pg_current_wal_lsn()::text")
-                            .fetch_one(c)
-                            .await?;
+                    let sql = "/* pool-postgres lag probe */ SELECT pg_catalog.pg_current_wal_lsn()::text";
+                    debug_assert!(sql.starts_with(server::PROBE_MARK));
+                    let (lsn,): (String,) = sqlx::query_as(sql).fetch_one(c).await?;
                     lsn.parse::<Lsn>().map_err(|e| sqlx::Error::Decode(e.into()))
                 })
             })

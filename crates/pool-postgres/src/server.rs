@@ -27,10 +27,24 @@ pub(crate) struct Sighting {
     pub(crate) ts_lag: Option<f64>,
 }
 
+/// The text of [`QUERY`], for `concat!`.
+macro_rules! sight_sql {
+    () => {
+        "SELECT pg_catalog.inet_server_addr()::text, pg_catalog.inet_server_port(), \
+         pg_catalog.pg_postmaster_start_time()::text, pg_catalog.pg_last_wal_replay_lsn()::text, \
+         extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())::float8"
+    };
+}
+
 /// The server's identity and replay position, in one round trip.
-const QUERY: &str = "SELECT pg_catalog.inet_server_addr()::text, pg_catalog.inet_server_port(), \
-     pg_catalog.pg_postmaster_start_time()::text, pg_catalog.pg_last_wal_replay_lsn()::text, \
-     extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())::float8";
+const QUERY: &str = sight_sql!();
+
+/// What marks the lag probe's queries in `pg_stat_activity`, so an operator (or a test counting
+/// the pools' connections) can tell the probe's own connections apart.
+pub(crate) const PROBE_MARK: &str = "/* pool-postgres lag probe */";
+
+/// [`QUERY`] as the lag probe sends it.
+const PROBE_QUERY: &str = concat!("/* pool-postgres lag probe */ ", sight_sql!());
 
 type Row = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<f64>);
 
@@ -57,7 +71,7 @@ pub(crate) async fn sight(conn: &mut PgConn) -> Result<Sighting, sqlx::Error> {
 
 /// Runs [`QUERY`] on one of the lag probe's own connections.
 pub(crate) async fn sight_bare(conn: &mut PgConnection) -> Result<Sighting, sqlx::Error> {
-    sighting(sqlx::query_as::<_, Row>(QUERY).fetch_one(conn).await?)
+    sighting(sqlx::query_as::<_, Row>(PROBE_QUERY).fetch_one(conn).await?)
 }
 
 /// The servers seen behind one replica's address, with their lag.
@@ -150,6 +164,12 @@ impl Servers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probes_query_carries_its_mark() {
+        assert!(PROBE_QUERY.starts_with(PROBE_MARK));
+        assert!(PROBE_QUERY.ends_with(QUERY));
+    }
 
     fn seen(server: &str, replay: u64) -> Sighting {
         Sighting { server: ServerId(server.to_owned()), replay: Some(Lsn(replay)), ts_lag: None }

@@ -285,27 +285,10 @@ impl Subject {
     /// One checkout of `--workload mix`, and return.
     async fn mix(&self) -> anyhow::Result<()> {
         match self {
-            Subject::Ours(p) => {
-                let mut c = p.acquire().await?;
-                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
-                let mut tx = c.begin().await?;
-                mix_transaction(&mut tx).await?;
-                tx.commit().await?;
-            }
-            Subject::OursBench(p) => {
-                let mut c = p.acquire().await?;
-                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
-                let mut tx = c.begin().await?;
-                mix_transaction(&mut tx).await?;
-                tx.commit().await?;
-            }
-            Subject::Sqlx(p) => {
-                let mut c = p.acquire().await?;
-                sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
-                let mut tx = c.begin().await?;
-                mix_transaction(&mut tx).await?;
-                tx.commit().await?;
-            }
+            // The same code on three guard types, whose `begin` differ (ours is `PgConn::begin`).
+            Subject::Ours(p) => mix_on!(p.acquire().await?),
+            Subject::OursBench(p) => mix_on!(p.acquire().await?),
+            Subject::Sqlx(p) => mix_on!(p.acquire().await?),
             Subject::Deadpool(p) => {
                 let mut c = p.get().await?;
                 let query = c.prepare_cached(MIX_QUERY).await?;
@@ -431,6 +414,18 @@ const MIX_QUERY: &str = "SELECT md5($1), now()";
 const MIX_SET_LOCAL: &str = "SET LOCAL statement_timeout = 5000";
 /// `--workload mix`'s query inside its transaction.
 const MIX_IN_TRANSACTION: &str = "SELECT pg_backend_pid(), current_setting('statement_timeout')";
+
+/// `--workload mix` on a checked-out sqlx connection `$conn` (ours or sqlx's guard).
+macro_rules! mix_on {
+    ($conn:expr) => {{
+        let mut c = $conn;
+        sqlx::query(MIX_QUERY).bind("x").execute(&mut *c).await?;
+        let mut tx = c.begin().await?;
+        mix_transaction(&mut tx).await?;
+        tx.commit().await?;
+    }};
+}
+use mix_on;
 
 /// The transaction of `--workload mix`, on sqlx's transaction.
 async fn mix_transaction(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {

@@ -22,8 +22,7 @@ pub(crate) struct Args {
     /// Pools to run; all by default.
     #[arg(long, value_delimiter = ',', default_values_t = POOLS.map(String::from).to_vec())]
     pools: Vec<String>,
-    /// Connections of every pool (the figure is 10): the same for all, so their
-    /// ratios stay comparable.
+    /// Connections of every pool: the same for all, so their ratios stay comparable.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     connections: u16,
     /// Shared clients of our pool (`PoolSettings::shared_clients`); its default when unset.

@@ -627,7 +627,7 @@ async fn custom(client: &Client, args: &[&str]) -> Result<Value, Error> {
     client.custom(fred::cmd!(args[0]), args[1..].to_vec()).await
 }
 
-/// Issue 27, case 8: a transaction opened by hand (a custom `MULTI`, which the pool cannot see)
+/// A transaction opened by hand (a custom `MULTI`, which the pool cannot see)
 /// and abandoned by an early `?` must not reach the next user of the connection: its `GET`
 /// answers the value, not `QUEUED`, and its `EXEC` does not commit the abandoned `SET`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

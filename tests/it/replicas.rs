@@ -98,7 +98,7 @@ async fn sees(conn: &mut PgPooledConnection, n: i32) -> Result<bool> {
     Ok(count == 1)
 }
 
-/// Case 1 of issue 28: with the lag probe off, a causal read checked its replay position on
+/// With the lag probe off, a causal read checked its replay position on
 /// `a`; then the address moves to `b`. The same token must not be taken as proved for `b`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_causal_read_proves_its_token_on_the_server_that_serves_it() -> Result {
@@ -138,7 +138,7 @@ async fn a_causal_read_proves_its_token_on_the_server_that_serves_it() -> Result
     Ok(())
 }
 
-/// Case 2 of issue 28: the lag probe's own connection stays on `a` while the pool's
+/// The lag probe's own connection stays on `a` while the pool's
 /// connections reach the paused `b`. Causal reads must still see their writes, and plain reads
 /// must not go to `b` once it lags past `max_replica_lag`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,7 +380,8 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// One pool's stats in the seed's shape, plus the rest of the engine's.
+/// One pool's stats: the stats route's core fields (`active_connections`, `pool_size`,
+/// `overflow`...), then the rest of the engine's.
 pub(crate) fn pool_json(s: &PoolStats) -> Value {
     let closed: BTreeMap<&str, u64> = s.closed.iter().map(|(r, n)| (r.as_str(), n)).collect();
     json!({

@@ -1,5 +1,5 @@
 //! `pool-admin monitor`: polls a running server's stats and prints a usage line per pool and
-//! an alert for each high-severity recommendation (the seed's monitoring script).
+//! an alert for each high-severity recommendation.
 //!
 //! # Exit status
 //!

@@ -371,7 +371,7 @@ pub struct PoolStats {
     pub max_overflow: usize,
     /// Warm connections kept (effective setting).
     pub min_idle: usize,
-    /// Connections checked out now (the seed's `active_connections`).
+    /// Connections checked out now.
     pub active_connections: usize,
     /// Connections idle in the pool now.
     pub idle_connections: usize,
@@ -382,10 +382,10 @@ pub struct PoolStats {
     /// Connections open now, as the pool counts them against `pool_size + max_overflow`: in
     /// use, idle, being checked or reset by the pool, being opened, or being closed.
     pub open_connections: usize,
-    /// Open connections beyond `pool_size` (the seed's `overflow`), counted as
-    /// `open_connections` are: right after a shrink, those still closing count too.
+    /// Open connections beyond `pool_size`, counted as `open_connections` are: right after a
+    /// shrink, those still closing count too.
     pub overflow: usize,
-    /// Most connections in use at once since the last reset (the seed's `peak_connections`).
+    /// Most connections in use at once since the last reset.
     pub peak_connections: usize,
     /// Most callers waiting at once since the last reset.
     pub peak_waiting: usize,
@@ -395,17 +395,17 @@ pub struct PoolStats {
     pub waits: u64,
     /// Acquires that timed out.
     pub timeouts: u64,
-    /// Connections opened (the seed's `connections_created`).
+    /// Connections opened.
     pub connections_created: u64,
     /// Connect attempts that failed or timed out.
     pub connect_errors: u64,
-    /// Connections closed for any reason (the seed's `connections_closed`).
+    /// Connections closed for any reason.
     pub connections_closed: u64,
     /// Connections closed, by reason.
     pub closed: ClosedCounts,
     /// Connections held past `leak_detection_threshold`.
     pub leaks_detected: u64,
-    /// Mean wait of successful acquires (the seed's `average_wait_time`).
+    /// Mean wait of successful acquires.
     pub average_wait_time: Duration,
     /// How long acquires waited (zero when served from the idle list without waiting).
     pub wait_time: HistogramSnapshot,

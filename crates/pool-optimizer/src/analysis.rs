@@ -139,7 +139,7 @@ pub struct Evidence {
     pub load_trend: f64,
 }
 
-/// One recommendation for one pool, in the seed's shape.
+/// One recommendation for one pool: how urgent, what is wrong, what to change, and why.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Recommendation {

@@ -298,7 +298,7 @@ impl PgCluster {
     }
 
     /// [`session_read_only`](Self::session_read_only) when `read_only`, else
-    /// [`session`](Self::session) (the seed's `get_session(read_only)`).
+    /// [`session`](Self::session), for callers that decide at run time whether they only read.
     ///
     /// # Errors
     ///

@@ -66,7 +66,7 @@ pub enum ResetOnReturn {
     /// a `DO` block, inside an sqlx transaction or on the bare connection.
     ///
     /// Not reset (as with `DISCARD ALL`): libraries loaded with `LOAD`, connections that
-    /// extensions keep (`dblink`, `postgres_fdw`), the seed of `random()` (`setseed`), and
+    /// extensions keep (`dblink`, `postgres_fdw`), `random()`'s seed (`setseed`), and
     /// sqlx's client-side cache of custom type OIDs. Settings given at connect time (sqlx's
     /// connect options, such as `options=-c search_path=app`) are the session's starting
     /// point and stay. A `statement_timeout` so short that the reset itself times out closes

@@ -291,8 +291,8 @@ fn a_pool_without_traffic_keeps_its_size() {
 
 #[test]
 fn a_budget_counts_the_connections_a_shrunk_pool_still_has_open() {
-    // Issue 28: `a` (8 connections, all in use) was shrunk to 2; a shrink never closes a
-    // connection under its user, so the server still has 8 of a's. `b` (2, waiting) needs 9.
+    // `a` (8 connections, all in use) was shrunk to 2; a shrink never closes a connection
+    // under its user, so the server still has 8 of a's. `b` (2, waiting) needs 9.
     // A budget of 10 leaves `b` room for 10 − 8 = 2 connections, not 10 − 2 = 8.
     let shrunk = |open: usize| {
         let a = |pool_size| Window {
@@ -340,7 +340,7 @@ fn a_budget_counts_the_connections_a_shrunk_pool_still_has_open() {
     assert_eq!(proposed.map(|s| s.pool_size), Some(8), "{recs:#?}");
 }
 
-/// Issue 28: 10 s windows of a steady 260 checkouts/s held 50 ms (13 connections busy) on a
+/// Windows of 10 s under a steady 260 checkouts/s held 50 ms (13 connections busy) on a
 /// pool of 14 where callers wait, with the in-use time the sampler reads. With `outlier`, a
 /// connection held for 30 minutes also came back halfway through window `returned`: it was in
 /// use through every window before, and its 30 minutes are among the 2,600 holds that

@@ -55,7 +55,7 @@ async fn windows_count_releases_and_are_numbered_skipping_stats_resets() {
     assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1), (3, 1, 1), (4, 1, 1)]);
 }
 
-/// Issue 28: one 30-minute hold returned among steady 50 ms holds moves the advice by no more
+/// One 30-minute hold returned among steady 50 ms holds moves the advice by no more
 /// than the one connection it kept busy. Two pools under the same steady load (13 callers, each
 /// holding a connection 50 ms at a time: 260 checkouts/s, 13 connections busy), one of them
 /// with a connection also held from 30 minutes before the load to halfway through it.

@@ -476,7 +476,7 @@ fn every_resize_is_traced_with_its_reason_and_evidence() {
 
 #[test]
 fn no_grow_takes_the_room_of_connections_a_shrunk_neighbour_still_has_open() {
-    // Issue 28 through the tuner: `a` (8 connections, all in use) was shrunk to 2 and still
+    // A shrunk neighbour, through the tuner: `a` (8 connections, all in use) was shrunk to 2 and still
     // has its 8 open; `b` (2) waits on a budget of 10 shared with `a`. No room for `b` until
     // a's connections come back.
     let budget = Budget {

@@ -5,6 +5,7 @@ mod demo;
 mod services;
 mod soak;
 mod test;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -66,6 +67,10 @@ enum Task {
         #[arg(long, default_value_t = 1.0)]
         minutes: f64,
     },
+    /// Check what docs/ARCHITECTURE.md promises: the dependency table and invariants (with
+    /// `cargo tree`), that its code map names every source file, and that rustdoc and the
+    /// Markdown docs speak in the crates' own terms; builds nothing.
+    Tidy,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Task::Bench { name, args } => bench::run(name, &args),
         Task::Demo => demo::run(),
         Task::Soak { minutes } => soak::run(minutes),
+        Task::Tidy => tidy::run(),
     }
 }
 

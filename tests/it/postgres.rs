@@ -634,19 +634,33 @@ async fn replicas_serve_reads_and_are_banned_and_restored() -> Result {
     let changed: i32 = sqlx::query_scalar(pid).fetch_one(&mut *r).await?;
     sqlx::query("SET statement_timeout = 1234").execute(&mut *r).await?;
     drop(r);
-    // The reset runs in the background; once it is done, LIFO hands the same connection out.
-    while cluster.replicas()[0].state().pool_held > 0 {
+    // The reset runs in the background; once it is done, the changed connection is idle again.
+    let replica_pool = cluster.replicas()[0].clone();
+    while replica_pool.state().pool_held > 0 {
         tokio::task::yield_now().await;
     }
-    let mut r = cluster.session_read_only().await?;
-    assert_eq!(sqlx::query_scalar::<_, i32>(pid).fetch_one(&mut *r).await?, changed);
+    // Which idle connection LIFO hands out first depends on what else came back meanwhile (a
+    // connection the pool warmed in the background, say): take the replica pool's connections,
+    // holding each, until the changed backend comes out.
+    let limit = replica_pool.state().pool_size + replica_pool.state().max_overflow;
+    let mut others = Vec::new();
+    let mut r = loop {
+        let mut c = replica_pool.acquire().await?;
+        if sqlx::query_scalar::<_, i32>(pid).fetch_one(&mut *c).await? == changed {
+            break c;
+        }
+        others.push(c);
+        assert!(others.len() < limit, "the changed backend is not among the replica pool's");
+    };
+    drop(others);
+    assert!(in_recovery(&mut r).await, "the changed connection is not on the standby");
     let timeout: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
         .fetch_one(&mut *r)
         .await?;
     assert_eq!(timeout, "0", "reset on the replica");
     drop(r);
-    assert_eq!(cluster.replicas()[0].stats().closed.total(), 0, "reset, not closed");
-    assert_eq!(cluster.stats().replicas[0].reads, 7);
+    assert_eq!(replica_pool.stats().closed.total(), 0, "reset, not closed");
+    assert_eq!(cluster.stats().replicas[0].reads, 6);
     assert_eq!(cluster.stats().fallbacks, 0);
 
     // Stop the replica: reads fall back to the primary, and the replica is banned.

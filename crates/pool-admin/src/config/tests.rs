@@ -728,8 +728,8 @@ enum Read {
 }
 
 /// The forms an environment variable may take, read by pool-postgres's `config_from_vars`,
-/// pool-redis's `with_env_from` and pool-admin's `load` (which a later issue merges into one
-/// table): one table, so the readers cannot drift apart.
+/// pool-redis's `with_env_from` and pool-admin's `load`: one table, so the readers cannot drift
+/// apart.
 #[test]
 fn every_reader_takes_the_same_forms_with_the_same_meaning() {
     use Read::{Never, Refused, Value};

@@ -10,7 +10,18 @@ use crate::pool::ConnectionPool;
 ///
 /// Every field has a default (see [`PoolConfig::default`]); [`PoolConfig::validate`] rejects
 /// values that make no sense with an error naming the setting and the value.
+///
+/// With the `serde` feature it reads and writes the keys as named here, durations as numbers of
+/// seconds (`pool_core::seconds`), 0 or less for an optional one's `None` (never, or off); a key
+/// left out keeps its default. A backend's
+/// configuration embeds it flattened, so a file says `pool_size = 5` beside the backend's own
+/// keys.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct PoolConfig {
     /// Connections kept open \[10\].
@@ -18,12 +29,15 @@ pub struct PoolConfig {
     /// Extra connections opened under load and retired once idle for `idle_timeout` \[20\].
     pub max_overflow: usize,
     /// How long [`acquire`](ConnectionPool::acquire) may wait in all \[30 s\].
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::positive"))]
     pub pool_timeout: Duration,
     /// How long one connect attempt, one check, one reset or one close may take \[5 s\]; a close
     /// cut off there drops the connection.
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::positive"))]
     pub connect_timeout: Duration,
     /// Maximum lifetime of a connection \[1 h\]; `None` keeps connections forever.
     /// A connection in use is never closed under its user: it is retired on return.
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::zero_is_off"))]
     pub pool_recycle: Option<Duration>,
     /// Negative jitter applied to each connection's lifetime, as a fraction \[0.05\]: a connection
     /// lives between `pool_recycle × (1 − jitter)` and `pool_recycle`, so connections opened
@@ -33,6 +47,7 @@ pub struct PoolConfig {
     /// `pre_ping_bypass`. Never on release.
     pub pool_pre_ping: bool,
     /// A connection used within this window is handed out without a check \[500 ms\].
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::non_negative"))]
     pub pre_ping_bypass: Duration,
     /// Hand out the most recently returned idle connection \[true\]; `false` means FIFO.
     pub pool_use_lifo: bool,
@@ -42,15 +57,18 @@ pub struct PoolConfig {
     pub min_idle: Option<usize>,
     /// Idle connections beyond `min_idle` are retired after sitting idle this long \[60 s\],
     /// by the maintenance task, which runs at least every half `idle_timeout` while it is set.
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::zero_is_off"))]
     pub idle_timeout: Option<Duration>,
     /// Period of the maintenance task \[30 s\]: it checks connections idle for a whole period,
     /// retires expired and idle-timed-out ones, and tops up `min_idle`. `None` turns the checks
     /// off; the task still runs for `idle_timeout` and `leak_detection_threshold` (at half of
     /// either), and not at all when both are off too.
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::zero_is_off"))]
     pub health_check_interval: Option<Duration>,
     /// At most this many connects in flight at once \[2\].
     pub max_connecting: usize,
     /// Report a connection held longer than this \[off\].
+    #[cfg_attr(feature = "serde", serde(with = "crate::seconds::zero_is_off"))]
     pub leak_detection_threshold: Option<Duration>,
 }
 
@@ -175,7 +193,8 @@ impl PoolConfig {
         if let Some(min_idle) = self.min_idle
             && min_idle > self.pool_size
         {
-            return Err(invalid("min_idle", min_idle, "must not exceed pool_size"));
+            let reason = format!("must be at most pool_size ({})", self.pool_size);
+            return Err(invalid("min_idle", min_idle, reason));
         }
         if let Some(d) = self.idle_timeout {
             positive("idle_timeout", d)?;

@@ -34,6 +34,7 @@ mod observer;
 mod pool;
 mod redact;
 mod registry;
+mod settings;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -52,6 +53,9 @@ pub use crate::observer::Observer;
 pub use crate::pool::{ConnectionPool, PoolState};
 pub use crate::redact::{is_url, redact_url};
 pub use crate::registry::{Registry, pool_id};
+#[cfg(feature = "serde")]
+pub use crate::settings::seconds;
+pub use crate::settings::{EnvError, EnvForm, EnvValue, EnvVar, Seconds, Secret, apply_env};
 pub use crate::stats::{
     CloseReason, ClosedCounts, HISTOGRAM_BOUNDS, HistogramSnapshot, PoolStats, Routing,
 };

@@ -49,7 +49,7 @@ fn build_rejects_bad_settings_naming_them() {
         (builder(&m).connect_timeout(Duration::ZERO), "connect_timeout = 0ns"),
         (builder(&m).pool_recycle(Some(Duration::ZERO)), "pool_recycle = 0ns"),
         (builder(&m).recycle_jitter(0.9), "recycle_jitter = 0.9: must be between 0 and 0.5"),
-        (builder(&m).min_idle(Some(11)), "min_idle = 11: must not exceed pool_size"),
+        (builder(&m).min_idle(Some(11)), "min_idle = 11: must be at most pool_size (10)"),
         (builder(&m).idle_timeout(Some(Duration::ZERO)), "idle_timeout = 0ns"),
         (builder(&m).health_check_interval(Some(Duration::ZERO)), "health_check_interval = 0ns"),
         (builder(&m).max_connecting(0), "max_connecting = 0: must be at least 1"),

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use pool_admin::{AdminConfig, PREFIX, PostgresConfig, RedisPoolConfig, Secret, Server};
+use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server};
 use pool_harness::{PgInstance, redis_url};
 use pool_postgres::{ResetOnReturn, sqlx};
+use pool_redis::PoolSettings;
 use pool_redis::fred::interfaces::KeysInterface;
 use serde_json::{Value, json};
 
@@ -50,35 +51,28 @@ fn config(pg: &PgInstance) -> AdminConfig {
     config.admin.token = Some(Secret(TOKEN.to_owned()));
     config.admin.health_timeout = 2.0;
     config.postgres.clear();
-    config.postgres.insert(
-        "main".to_owned(),
-        PostgresConfig {
-            url: Secret(pg.url()),
-            pool_size: 2,
-            max_overflow: 2,
-            pool_timeout: 2.0,
-            connect_timeout: 1.0,
-            max_connecting: 3,
-            idle_timeout: 90.0,
-            leak_detection_threshold: 30.0,
-            min_idle: Some(1),
-            pool_use_lifo: false,
-            reset_on_return: ResetOnReturn::Transaction, // not the default: it must reach the pools
-            pre_ping_bypass: 0.25,
-            health_check_interval: 7.0,
-            ..PostgresConfig::default()
-        },
-    );
+    let mut main = PostgresConfig::default();
+    main.url = Secret(pg.url());
+    main.reset_on_return = ResetOnReturn::Transaction; // not the default: it must reach the pools
+    let p = &mut main.pool;
+    p.pool_size = 2;
+    p.max_overflow = 2;
+    p.pool_timeout = Duration::from_secs(2);
+    p.connect_timeout = Duration::from_secs(1);
+    p.max_connecting = 3;
+    p.idle_timeout = Some(Duration::from_secs(90));
+    p.leak_detection_threshold = Some(Duration::from_secs(30));
+    p.min_idle = Some(1);
+    p.pool_use_lifo = false;
+    p.pre_ping_bypass = Duration::from_millis(250);
+    p.health_check_interval = Some(Duration::from_secs(7));
+    config.postgres.insert("main".to_owned(), main);
     config.redis_url = Secret(redis_url());
     config.redis.clear();
-    config.redis.insert(
-        "main".to_owned(),
-        RedisPoolConfig { pool_size: 2, max_connections: 4, ..RedisPoolConfig::default() },
-    );
-    config.redis.insert(
-        "cache".to_owned(),
-        RedisPoolConfig { pool_size: 3, max_connections: 6, ..RedisPoolConfig::default() },
-    );
+    config.redis.insert("main".to_owned(), PoolSettings::default().pool_size(2).max_connections(4));
+    config
+        .redis
+        .insert("cache".to_owned(), PoolSettings::default().pool_size(3).max_connections(6));
     config
 }
 
@@ -233,7 +227,7 @@ async fn redis_resizes_stay_within_the_servers_maxclients() {
     for (name, size) in [("main", 2), ("cache", 3)] {
         config.redis.insert(
             name.to_owned(),
-            RedisPoolConfig { pool_size: size, max_connections: 2 * size, ..Default::default() },
+            PoolSettings::default().pool_size(size).max_connections(2 * size),
         );
     }
     let server = Server::bind(&config).await.expect("server starts");

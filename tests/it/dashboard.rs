@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pool_admin::{AdminConfig, PREFIX, PostgresConfig, RedisPoolConfig, Secret, Server};
+use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server};
 use pool_harness::{PgInstance, redis_url, target_dir};
 use pool_postgres::sqlx;
+use pool_redis::PoolSettings;
 use pool_redis::fred::interfaces::KeysInterface;
 use serde_json::{Value, json};
 
@@ -31,28 +32,20 @@ fn config(primary: &PgInstance, replica: &PgInstance) -> AdminConfig {
     // The test takes the optimizer's samples itself, so its recommendations hold still.
     config.admin.sample_interval = 3600.0;
     config.postgres.clear();
-    config.postgres.insert(
-        "main".to_owned(),
-        PostgresConfig {
-            url: Secret(primary.url()),
-            replicas: vec![Secret(replica.url())],
-            pool_size: 2,
-            max_overflow: 1,
-            pool_timeout: 10.0,
-            connection_budget: Some(40),
-            ..PostgresConfig::default()
-        },
-    );
+    let mut main = PostgresConfig::default();
+    main.url = Secret(primary.url());
+    main.replicas = vec![Secret(replica.url())];
+    main.pool.pool_size = 2;
+    main.pool.max_overflow = 1;
+    main.pool.pool_timeout = Duration::from_secs(10);
+    main.connection_budget = Some(40);
+    config.postgres.insert("main".to_owned(), main);
     config.redis_url = Secret(redis_url());
     config.redis.clear();
-    config.redis.insert(
-        "main".to_owned(),
-        RedisPoolConfig { pool_size: 2, max_connections: 4, ..RedisPoolConfig::default() },
-    );
-    config.redis.insert(
-        "cache".to_owned(),
-        RedisPoolConfig { pool_size: 6, max_connections: 8, ..RedisPoolConfig::default() },
-    );
+    config.redis.insert("main".to_owned(), PoolSettings::default().pool_size(2).max_connections(4));
+    config
+        .redis
+        .insert("cache".to_owned(), PoolSettings::default().pool_size(6).max_connections(8));
     config
 }
 

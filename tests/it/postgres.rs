@@ -591,7 +591,7 @@ async fn replicated_with(
     let builder = PgCluster::builder("main", manager(&primary.url(), app))
         .replica(manager(&replica.url(), app))
         .replica_timeout(Duration::from_millis(500))
-        .ban_duration(Duration::from_secs(1));
+        .replica_ban(Duration::from_secs(1));
     let builder = configure(&mut config, builder);
     let cluster = builder.config(config).build()?;
     Ok((primary, replica, cluster))

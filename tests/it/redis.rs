@@ -35,15 +35,16 @@ fn fastrand_suffix() -> u64 {
 
 /// Small pools that fail fast, for fault tests.
 fn small() -> PoolSettings {
-    PoolSettings::default()
+    let mut settings = PoolSettings::default()
         .pool_size(2)
         .max_connections(2)
         .shared_clients(2)
         .command_timeout(Some(Duration::from_secs(2)))
         .shared_command_timeout(Some(Duration::from_secs(2)))
-        .connect_timeout(Duration::from_secs(2))
-        .pool_timeout(Duration::from_secs(3))
-        .max_reconnect_delay(Duration::from_millis(200))
+        .max_reconnect_delay(Duration::from_millis(200));
+    settings.pool.connect_timeout = Duration::from_secs(2);
+    settings.pool.pool_timeout = Duration::from_secs(3);
+    settings
 }
 
 /// A plain fred client, outside any pool, to look at and poke the server.

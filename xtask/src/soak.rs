@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pool_admin::{AdminConfig, Pools, PostgresConfig, RedisPoolConfig, Secret};
+use pool_admin::{AdminConfig, Pools, PostgresConfig, Secret};
 use pool_harness::{PgInstance, RedisInstance, target_dir};
 use pool_postgres::sqlx::{self, Connection as _};
+use pool_redis::PoolSettings;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -127,28 +128,24 @@ fn config(servers: &Servers, pg_proxy: &Proxy, redis_proxy: &Proxy) -> AdminConf
     let mut config = AdminConfig::default();
     config.postgres.clear();
     config.redis.clear();
-    config.postgres.insert(
-        "main".to_owned(),
-        PostgresConfig {
-            url: Secret(format!("postgres://postgres@127.0.0.1:{}/postgres", pg_proxy.port())),
-            replicas: vec![Secret(servers.replica.url())],
-            pool_size: 6,
-            max_overflow: 6,
-            pool_timeout: load::PG_POOL_TIMEOUT.as_secs_f64(),
-            connect_timeout: 2.0,
-            // Well above twice the lag probe's 1 s period: the probe measures lag in steps of
-            // its period, and a replica is used again only under half of this.
-            max_replica_lag: 3.0,
-            replica_ban: REPLICA_BAN.as_secs_f64(),
-            ..PostgresConfig::default()
-        },
-    );
-    let redis_pool = |pool_size, max_connections| RedisPoolConfig {
-        pool_size,
-        max_connections,
-        pool_timeout: load::REDIS_POOL_TIMEOUT.as_secs_f64(),
-        health_check_interval: 5.0,
-        ..RedisPoolConfig::default()
+    let mut pg = PostgresConfig::default();
+    pg.url = Secret(format!("postgres://postgres@127.0.0.1:{}/postgres", pg_proxy.port()));
+    pg.replicas = vec![Secret(servers.replica.url())];
+    pg.pool.pool_size = 6;
+    pg.pool.max_overflow = 6;
+    pg.pool.pool_timeout = load::PG_POOL_TIMEOUT;
+    pg.pool.connect_timeout = Duration::from_secs(2);
+    // Well above twice the lag probe's 1 s period: the probe measures lag in steps of its
+    // period, and a replica is used again only under half of this.
+    pg.max_replica_lag = Some(Duration::from_secs(3));
+    pg.replica_ban = REPLICA_BAN;
+    config.postgres.insert("main".to_owned(), pg);
+    let redis_pool = |pool_size, max_connections| {
+        let mut settings =
+            PoolSettings::default().pool_size(pool_size).max_connections(max_connections);
+        settings.pool.pool_timeout = load::REDIS_POOL_TIMEOUT;
+        settings.pool.health_check_interval = Some(Duration::from_secs(5));
+        settings
     };
     config.redis.insert("main".to_owned(), redis_pool(3, 6));
     config.redis.insert("cache".to_owned(), redis_pool(4, 8));

@@ -81,8 +81,8 @@ fn layers() -> Vec<Layer> {
     vec![
         Layer {
             name: "pool-core",
-            may_use: all(&[RUNTIME, &["quanta", "tracing-subscriber"]]),
-            behind_features: &["tracing-subscriber"],
+            may_use: all(&[RUNTIME, &["quanta", "tracing-subscriber", "serde"]]),
+            behind_features: &["tracing-subscriber", "serde"],
             never: all(&[POSTGRES, REDIS, EXPORTERS, HTTP, upper]),
         },
         Layer {
@@ -96,8 +96,8 @@ fn layers() -> Vec<Layer> {
         },
         Layer {
             name: "pool-redis",
-            may_use: all(&[RUNTIME, &["pool-core", "fred"]]),
-            behind_features: &[],
+            may_use: all(&[RUNTIME, &["pool-core", "fred", "url", "serde"]]),
+            behind_features: &["serde"],
             never: all(&[POSTGRES, EXPORTERS, HTTP, upper]),
         },
         Layer {

@@ -623,8 +623,39 @@ async fn config(State(state): State<AdminState>) -> Json<Value> {
                 }),
             )
         })
+        .map(|(id, mut entry)| {
+            if let Some(own) = backend_settings(&state.inner.config, &id) {
+                entry["backend_settings"] = own;
+            }
+            (id, entry)
+        })
         .collect();
     Json(json!({ "pools": pools, "source": state.inner.config }))
+}
+
+/// The backend's own settings of the pool `id` in the configuration `source` (the server's,
+/// redacted): its PostgreSQL cluster's (a replica's pool is its cluster's) or its Redis pool's,
+/// less the engine's settings, which the pool reports live. `None` when `source` does not
+/// configure the pool (an embedded router given no configuration).
+fn backend_settings(source: &Value, id: &str) -> Option<Value> {
+    let (backend, name) = id.split_once(':')?;
+    let table = match backend {
+        "postgresql" => {
+            let clusters = source.get("postgres")?;
+            clusters.get(name).or_else(|| {
+                let (cluster, n) = name.rsplit_once("-replica-")?;
+                n.parse::<usize>().ok()?;
+                clusters.get(cluster)
+            })?
+        }
+        "redis" => source.get("redis")?.get(name)?,
+        _ => return None,
+    };
+    let mut own = table.as_object()?.clone();
+    for key in crate::config::engine_keys() {
+        own.remove(&key);
+    }
+    Some(Value::Object(own))
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,6 @@
 //! (figment), with errors that name the key, where its value came from and the value.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +9,9 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use pool_postgres::sqlx;
-use pool_postgres::{PgManager, ResetOnReturn};
+pub use pool_core::Secret;
+use pool_core::{EnvForm, EnvValue, PoolConfig};
+pub use pool_postgres::PostgresConfig;
 use pool_redis::{PoolSettings, RedisConfig};
 use serde::{Deserialize, Serialize};
 
@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 pub struct AdminConfig {
     /// The admin server.
     pub admin: ServerConfig,
-    /// PostgreSQL pools by name, each with its read replicas.
+    /// PostgreSQL clusters by name, each a primary with its read replicas: pool-postgres's
+    /// settings, the engine's keys (`pool_size`...) beside the cluster's own (`replicas`...).
     pub postgres: BTreeMap<String, PostgresConfig>,
-    /// Redis pools by name (`main`, `cache`...), all on `redis_url`.
-    pub redis: BTreeMap<String, RedisPoolConfig>,
+    /// Redis pools by name (`main`, `cache`...), all on `redis_url`: pool-redis's settings, the
+    /// engine's keys beside the shared clients' own.
+    pub redis: BTreeMap<String, PoolSettings>,
     /// The Redis server's URL \[`redis://127.0.0.1:6379`\] (`REDIS_URL`).
     pub redis_url: Secret,
 }
@@ -80,188 +82,15 @@ impl Default for ServerConfig {
 /// The most clients the admin server may serve at once (`admin.max_connections`).
 const MAX_ADMIN_CONNECTIONS: usize = 65_536;
 
-/// The most connections one pool may open, `pool_size + max_overflow` (PostgreSQL) or
-/// `max_connections` (Redis): pool-core's engine refuses more.
-const MAX_POOL_CONNECTIONS: usize = 100_000;
-
-/// One PostgreSQL pool (and its replicas' pools).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    /// The primary's URL (`DATABASE_URL` for `main`).
-    pub url: Secret,
-    /// Read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated, for `main`).
-    pub replicas: Vec<Secret>,
-    /// Connections kept \[10\] (`DATABASE_POOL_SIZE`).
-    pub pool_size: usize,
-    /// Extra connections under load \[20\] (`DATABASE_POOL_OVERFLOW`).
-    pub max_overflow: usize,
-    /// Seconds an acquire may wait \[30\] (`DATABASE_POOL_TIMEOUT`).
-    pub pool_timeout: f64,
-    /// Seconds a connection lives; 0 or less keeps them \[3600\] (`DATABASE_POOL_RECYCLE`).
-    pub pool_recycle: f64,
-    /// Seconds one connect may take \[5\].
-    pub connect_timeout: f64,
-    /// Check a connection idle over `pre_ping_bypass` before handing it out \[true\].
-    pub pool_pre_ping: bool,
-    /// Seconds a connection used that recently is handed out without a check \[0.5\].
-    pub pre_ping_bypass: f64,
-    /// Hand out the most recently returned idle connection; `false` means the oldest \[true\].
-    pub pool_use_lifo: bool,
-    /// What a returned connection is cleared of before the next user gets it: `"session"`
-    /// (the transaction and every session change) or `"transaction"` (only an open
-    /// transaction); see `pool_postgres::ResetOnReturn` \[`"session"`\].
-    pub reset_on_return: ResetOnReturn,
-    /// Connections opened at start and kept open while idle \[`pool_size`\].
-    pub min_idle: Option<usize>,
-    /// Seconds between the maintenance task's rounds (checks of idle connections, retiring
-    /// expired ones, topping up `min_idle`); 0 or less turns it off \[30\].
-    pub health_check_interval: f64,
-    /// Connects in flight at once per pool, so a restarted server is not stormed \[2\].
-    pub max_connecting: usize,
-    /// Seconds an overflow connection may sit idle before it is retired; 0 or less keeps them
-    /// \[60\].
-    pub idle_timeout: f64,
-    /// Seconds a connection may be held before a warning names the line that took it; 0 or
-    /// less turns leak detection off \[0\].
-    pub leak_detection_threshold: f64,
-    /// Seconds of replay lag past which a replica is skipped \[10\].
-    pub max_replica_lag: f64,
-    /// Seconds a replica that failed to connect or answer stays out of rotation before it is
-    /// tried again \[30\].
-    pub replica_ban: f64,
-    /// Seconds a read waits for a replica's connection (and a causal read for its replay
-    /// position) before it tries another replica or the primary \[2\].
-    pub replica_timeout: f64,
-    /// Seconds between the lag probe's rounds; 0 or less turns it off (no lag awareness) \[1\].
-    pub lag_probe_interval: f64,
-    /// Connections this application's pools may open on each server (primary and each
-    /// replica); the optimizer never proposes more, and resizes beyond it are refused. Unset:
-    /// read from each server at start (`max_connections` less reserved connections). Pools on
-    /// one server (same host and port), from this cluster or another, share one budget: the
-    /// smallest configured for any of them.
-    pub connection_budget: Option<usize>,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig {
-            url: Secret("postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
-            replicas: Vec::new(),
-            pool_size: 10,
-            max_overflow: 20,
-            pool_timeout: 30.0,
-            pool_recycle: 3600.0,
-            connect_timeout: 5.0,
-            pool_pre_ping: true,
-            pre_ping_bypass: 0.5,
-            pool_use_lifo: true,
-            reset_on_return: ResetOnReturn::Session,
-            min_idle: None,
-            health_check_interval: 30.0,
-            max_connecting: 2,
-            idle_timeout: 60.0,
-            leak_detection_threshold: 0.0,
-            max_replica_lag: 10.0,
-            replica_ban: 30.0,
-            replica_timeout: 2.0,
-            lag_probe_interval: 1.0,
-            connection_budget: None,
-        }
-    }
-}
-
-/// One Redis pool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisPoolConfig {
-    /// Exclusive connections kept \[10\] (`REDIS_POOL_SIZE` for `main`).
-    pub pool_size: usize,
-    /// Most exclusive connections \[20\] (`REDIS_MAX_CONNECTIONS` for `main`).
-    pub max_connections: usize,
-    /// Shared multiplexed clients \[1\].
-    pub shared_clients: usize,
-    /// TCP keepalive on every socket \[true\].
-    pub socket_keepalive: bool,
-    /// Retry idempotent commands that timed out, once \[false\]; needs a
-    /// `shared_command_timeout`.
-    pub retry_on_timeout: bool,
-    /// Seconds one command on an exclusive connection may take; 0 waits forever \[5\].
-    pub command_timeout: f64,
-    /// Seconds one command on a shared client may take; 0 waits forever, which is a few
-    /// percent faster (no timer per command) \[5\].
-    pub shared_command_timeout: f64,
-    /// Seconds between health checks; 0 turns them off \[30\].
-    pub health_check_interval: f64,
-    /// Seconds an exclusive checkout may wait \[30\].
-    pub pool_timeout: f64,
-}
-
-impl Default for RedisPoolConfig {
-    fn default() -> Self {
-        RedisPoolConfig {
-            pool_size: 10,
-            max_connections: 20,
-            shared_clients: 1,
-            socket_keepalive: true,
-            retry_on_timeout: false,
-            command_timeout: 5.0,
-            shared_command_timeout: 5.0,
-            health_check_interval: 30.0,
-            pool_timeout: 30.0,
-        }
-    }
-}
-
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             admin: ServerConfig::default(),
             postgres: BTreeMap::from([("main".to_owned(), PostgresConfig::default())]),
-            redis: BTreeMap::from([
-                ("main".to_owned(), RedisPoolConfig::default()),
-                (
-                    "cache".to_owned(),
-                    RedisPoolConfig {
-                        pool_size: 20,
-                        max_connections: 50,
-                        ..RedisPoolConfig::default()
-                    },
-                ),
-            ]),
-            redis_url: Secret("redis://127.0.0.1:6379".to_owned()),
+            // pool-redis's own defaults: `main` and `cache` on the local server.
+            redis: RedisConfig::default().pools,
+            redis_url: Secret(RedisConfig::default().url),
         }
-    }
-}
-
-/// A value that never leaves the server in clear: URLs show `***` for their password, tokens
-/// show `***` whole, in `Debug`, in logs and in every API response.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The value itself, for the code that connects or compares.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The value with any password replaced by `***`; a value that is not a URL is hidden
-    /// whole.
-    pub fn redacted(&self) -> String {
-        redact(&self.0)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.redacted())
     }
 }
 
@@ -362,59 +191,52 @@ fn redact_text(text: &str) -> String {
 /// Where a value came from when neither the file nor the environment set it.
 const DEFAULT_SOURCE: &str = "the default";
 
-/// An environment variable, the key it sets and how its text is read. The unprefixed variables
-/// configure the pools named `main` (`postgres.main`, `redis.main`), as `docs/operations.md`
-/// documents; see [`AdminConfig::load`] for what happens when the file has no `main` pool.
-const ENV: &[(&str, &str, Form)] = &[
-    ("POOL_ADMIN_LISTEN", "admin.listen", Form::Text),
-    ("POOL_ADMIN_TOKEN", "admin.token", Form::Text),
-    ("DATABASE_URL", "postgres.main.url", Form::Text),
-    ("DATABASE_REPLICA_URLS", "postgres.main.replicas", Form::List),
-    ("DATABASE_POOL_SIZE", "postgres.main.pool_size", Form::Count),
-    ("DATABASE_POOL_OVERFLOW", "postgres.main.max_overflow", Form::Count),
-    (
-        "DATABASE_POOL_TIMEOUT",
-        "postgres.main.pool_timeout",
-        Form::Seconds("it must be greater than zero"),
-    ),
-    ("DATABASE_POOL_RECYCLE", "postgres.main.pool_recycle", Form::Seconds("0 or less means never")),
-    ("REDIS_URL", "redis_url", Form::Text),
-    ("REDIS_POOL_SIZE", "redis.main.pool_size", Form::Count),
-    ("REDIS_MAX_CONNECTIONS", "redis.main.max_connections", Form::Count),
-];
+/// The server's own environment variables and the keys they set. The pools' variables are the
+/// backends' own lists ([`PostgresConfig::ENV`], [`RedisConfig::POOL_ENV`]), read by
+/// [`env_vars`] for the pools named `main` (and, for Redis, every pool by its prefix), as
+/// `docs/operations.md` documents; see [`AdminConfig::load`] for what happens when the file has
+/// no `main` pool.
+const SERVER_ENV: &[(&str, &str)] =
+    &[("POOL_ADMIN_LISTEN", "admin.listen"), ("POOL_ADMIN_TOKEN", "admin.token")];
 
-/// How an environment variable's text is read: the numbers as pool-postgres and pool-redis
-/// read the same variables, through pool-core's [`pool_core::parse_count`] and
-/// [`pool_core::parse_seconds`], so that one text means the same to all three.
-#[derive(Debug, Clone, Copy)]
-enum Form {
-    /// The text as it is (a URL, a token, an address).
-    Text,
-    /// Comma-separated, blanks around each item trimmed, empty items dropped.
-    List,
-    /// A whole number.
-    Count,
-    /// Seconds; what a refusal adds about what the setting makes of a number.
-    Seconds(&'static str),
+/// Every environment variable that may set a key, with the key (dotted) and the form of its
+/// text, in the order they apply (later wins): the server's, `REDIS_URL`, the PostgreSQL cluster
+/// `main`'s, then each Redis pool's, unprefixed for `main` before prefixed. `redis_pools` are
+/// the Redis pools the file and the defaults name.
+fn env_vars(redis_pools: &[String]) -> Vec<(String, String, EnvForm)> {
+    let mut vars: Vec<(String, String, EnvForm)> = SERVER_ENV
+        .iter()
+        .map(|&(var, key)| (var.to_owned(), key.to_owned(), EnvForm::Text))
+        .collect();
+    vars.push(("REDIS_URL".to_owned(), "redis_url".to_owned(), EnvForm::Text));
+    for v in PostgresConfig::ENV {
+        vars.push((v.name.to_owned(), format!("postgres.main.{}", v.key), v.form));
+    }
+    for v in RedisConfig::POOL_ENV {
+        vars.push((format!("REDIS_{}", v.name), format!("redis.main.{}", v.key), v.form));
+    }
+    let mut pools: Vec<&str> = redis_pools.iter().map(String::as_str).collect();
+    if !pools.contains(&"main") {
+        pools.push("main");
+    }
+    for pool in pools {
+        for v in RedisConfig::POOL_ENV {
+            let var = format!("{}{}", RedisConfig::env_prefix(pool), v.name);
+            vars.push((var, format!("redis.{pool}.{}", v.key), v.form));
+        }
+    }
+    vars
 }
 
-impl Form {
-    /// `text` as figment's value, or why it is not one of this form.
-    fn read(self, text: &str) -> Result<Value, String> {
-        match self {
-            Form::Text => Ok(Value::from(text.to_owned())),
-            Form::List => Ok(Value::from(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect::<Vec<_>>(),
-            )),
-            Form::Count => pool_core::parse_count(text).map(Value::from).map_err(|e| e.to_string()),
-            Form::Seconds(meaning) => pool_core::parse_seconds(text)
-                .map(Value::from)
-                .map_err(|e| format!("{e}; {meaning}")),
-        }
+/// An environment variable's value as figment's: numbers stay numbers, so the file's `30` and
+/// a variable's go through the same settings' readers.
+fn env_value(value: EnvValue) -> Value {
+    match value {
+        EnvValue::Text(text) => Value::from(text),
+        EnvValue::List(items) => Value::from(items),
+        EnvValue::Count(n) => Value::from(n),
+        EnvValue::Seconds(secs) => Value::from(secs),
+        _ => Value::from(Dict::new()),
     }
 }
 
@@ -516,8 +338,8 @@ impl Provider for Defaults {
 
 /// One environment variable, read, as a figment provider, so errors can name it.
 struct EnvVar {
-    var: &'static str,
-    key: &'static str,
+    var: String,
+    key: String,
     value: Value,
 }
 
@@ -530,7 +352,7 @@ impl Provider for EnvVar {
         let value = self.value.clone();
         let mut dict = Dict::new();
         let mut parts: Vec<&str> = self.key.split('.').collect();
-        let last = parts.pop().unwrap_or(self.key);
+        let last = parts.pop().unwrap_or(&self.key);
         let mut leaf = Dict::new();
         leaf.insert(last.to_owned(), value);
         let mut nested = Value::from(leaf);
@@ -594,18 +416,23 @@ impl AdminConfig {
         if let Some(file) = file {
             figment = figment.merge(file);
         }
-        for &(var, key, form) in ENV {
-            if let Some(text) = lookup(var) {
+        let redis_pools: Vec<String> = match figment.find_value("redis") {
+            Ok(Value::Dict(_, pools)) => pools.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        for (var, key, form) in env_vars(&redis_pools) {
+            if let Some(text) = lookup(&var) {
                 let value = form.read(&text).map_err(|reason| ConfigError::Invalid {
-                    key: key.to_owned(),
+                    key: key.clone(),
                     source_name: format!("environment variable {var}"),
                     value: format!("string {text:?}"),
                     reason,
                 })?;
-                figment = figment.merge(EnvVar { var, key, value });
+                figment = figment.merge(EnvVar { var, key, value: env_value(value) });
             }
         }
-        let mut config: AdminConfig = figment.extract().map_err(|e| describe(&figment, e))?;
+        let mut config: AdminConfig =
+            figment.extract().map_err(|e| describe(&figment, within_pool(&figment, e)))?;
         config.validate(&figment)?;
         // A secret file's trailing newline is no part of the token a client sends.
         if let Some(token) = &mut config.admin.token {
@@ -625,12 +452,22 @@ impl AdminConfig {
         serde_json::from_value::<Value>(v).unwrap_or_else(|_| Value::from(Dict::new()))
     }
 
+    /// Checks what the types could not: each cluster's and each Redis pool's settings, by the
+    /// backend that owns them, then what the server adds (pool names, its own settings).
     fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
         let invalid = |key: String, value: String, reason: &str| {
             // `postgres.main.replicas[1]` came from wherever `postgres.main.replicas` did.
             let lookup =
                 key.strip_suffix(']').and_then(|k| k.rsplit_once('[')).map_or(&*key, |(k, _)| k);
             let source_name = source_in(figment, lookup);
+            // The value as written, unless it may hold a password (the backend's is redacted).
+            let secret = ["url", "token", "replicas"].iter().any(|s| lookup.ends_with(s));
+            let value = match figment.find_value(&key) {
+                Ok(v @ (Value::Num(..) | Value::Bool(..) | Value::String(..))) if !secret => {
+                    shown(&v)
+                }
+                _ => value,
+            };
             ConfigError::Invalid { key, source_name, value, reason: reason.to_owned() }
         };
         // What a refusal of `key` for its conflict with `other` (shown as `name`) adds: where
@@ -643,12 +480,25 @@ impl AdminConfig {
                 format!("; {name} is from {from}")
             }
         };
-        let duration = |key: String, v: f64| match duration_problem(v) {
-            Some(reason) => Err(invalid(key, v.to_string(), reason)),
-            None => Ok(()),
+        // A backend's refusal of `setting` in the section `section`, with where the setting it
+        // conflicts with came from when that is elsewhere.
+        let refused = |section: &str, setting: &str, value: String, reason: &str| {
+            let key = format!("{section}.{setting}");
+            let partner = match setting {
+                "min_idle" | "max_overflow" | "max_connections" => Some("pool_size"),
+                "pool_size" => Some("max_overflow"),
+                "retry_on_timeout" => Some("shared_command_timeout"),
+                _ => None,
+            };
+            let reason = match partner {
+                Some(p) if reason.contains(p) => {
+                    format!("{reason}{}", also(&key, &format!("{section}.{p}"), p))
+                }
+                _ => reason.to_owned(),
+            };
+            invalid(key, value, &reason)
         };
         for (name, pg) in &self.postgres {
-            let key = |k: &str| format!("postgres.{name}.{k}");
             if name.is_empty() {
                 return Err(invalid(
                     "postgres".into(),
@@ -656,94 +506,17 @@ impl AdminConfig {
                     "a pool's name must not be empty",
                 ));
             }
-            for (k, v) in [
-                ("pool_timeout", pg.pool_timeout),
-                ("pool_recycle", pg.pool_recycle),
-                ("connect_timeout", pg.connect_timeout),
-                ("max_replica_lag", pg.max_replica_lag),
-                ("replica_ban", pg.replica_ban),
-                ("idle_timeout", pg.idle_timeout),
-                ("leak_detection_threshold", pg.leak_detection_threshold),
-                ("pre_ping_bypass", pg.pre_ping_bypass),
-                ("health_check_interval", pg.health_check_interval),
-                ("replica_timeout", pg.replica_timeout),
-                ("lag_probe_interval", pg.lag_probe_interval),
-            ] {
-                duration(key(k), v)?;
-            }
-            if pg.pool_size == 0 {
-                return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
-            }
-            if pg.pool_size.checked_add(pg.max_overflow).is_none_or(|n| n > MAX_POOL_CONNECTIONS) {
-                return Err(invalid(
-                    key("max_overflow"),
-                    pg.max_overflow.to_string(),
-                    &format!(
-                        "pool_size + max_overflow must not exceed {MAX_POOL_CONNECTIONS} (pool_size is {}){}",
-                        pg.pool_size,
-                        also(&key("max_overflow"), &key("pool_size"), "pool_size"),
-                    ),
-                ));
-            }
-            for (k, v) in [
-                ("pool_timeout", pg.pool_timeout),
-                ("connect_timeout", pg.connect_timeout),
-                ("max_replica_lag", pg.max_replica_lag),
-                ("replica_ban", pg.replica_ban),
-                ("replica_timeout", pg.replica_timeout),
-            ] {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(invalid(
-                        key(k),
-                        v.to_string(),
-                        "must be a number of seconds greater than zero",
-                    ));
-                }
-            }
-            for (k, v) in [
-                ("pool_recycle", pg.pool_recycle),
-                ("idle_timeout", pg.idle_timeout),
-                ("leak_detection_threshold", pg.leak_detection_threshold),
-                ("health_check_interval", pg.health_check_interval),
-                ("lag_probe_interval", pg.lag_probe_interval),
-            ] {
-                if !v.is_finite() {
-                    return Err(invalid(key(k), v.to_string(), "must be a number of seconds"));
-                }
-            }
-            if !(pg.pre_ping_bypass.is_finite() && pg.pre_ping_bypass >= 0.0) {
-                return Err(invalid(
-                    key("pre_ping_bypass"),
-                    pg.pre_ping_bypass.to_string(),
-                    "must be 0 (check every time) or a number of seconds",
-                ));
-            }
-            if pg.max_connecting == 0 {
-                return Err(invalid(key("max_connecting"), "0".into(), "must be at least 1"));
-            }
-            if let Some(min_idle) = pg.min_idle.filter(|&m| m > pg.pool_size) {
-                return Err(invalid(
-                    key("min_idle"),
-                    min_idle.to_string(),
-                    &format!(
-                        "must be at most pool_size ({}){}",
-                        pg.pool_size,
-                        also(&key("min_idle"), &key("pool_size"), "pool_size"),
-                    ),
-                ));
-            }
-            if let Some(reason) = postgres_url_problem(pg.url.expose()) {
-                return Err(invalid(key("url"), pg.url.redacted(), &reason));
+            if let Err(pool_postgres::ConfigError::Invalid { setting, value, reason }) =
+                pg.validate()
+            {
+                return Err(refused(&format!("postgres.{name}"), &setting, value, &reason));
             }
             for (i, r) in pg.replicas.iter().enumerate() {
-                if let Some(reason) = postgres_url_problem(r.expose()) {
-                    return Err(invalid(key(&format!("replicas[{i}]")), r.redacted(), &reason));
-                }
                 // The replicas' pools are registered as `<name>-replica-<n>`, beside the others.
                 let pool = format!("{name}-replica-{}", i + 1);
                 if self.postgres.contains_key(&pool) {
                     return Err(invalid(
-                        key(&format!("replicas[{i}]")),
+                        format!("postgres.{name}.replicas[{i}]"),
                         r.redacted(),
                         &format!(
                             "its pool is named {pool}, as is the pool of [postgres.{pool}]: rename that pool"
@@ -752,13 +525,13 @@ impl AdminConfig {
                 }
             }
         }
-        if !self.redis.is_empty()
-            && let Some(reason) = redis_url_problem(self.redis_url.expose())
-        {
-            return Err(invalid("redis_url".into(), self.redis_url.redacted(), &reason));
+        if !self.redis.is_empty() {
+            let url = RedisConfig::new(self.redis_url.expose());
+            if let Some(reason) = redis_url_problem(&url) {
+                return Err(invalid("redis_url".into(), self.redis_url.redacted(), &reason));
+            }
         }
         for (name, r) in &self.redis {
-            let key = |k: &str| format!("redis.{name}.{k}");
             if name.is_empty() {
                 return Err(invalid(
                     "redis".into(),
@@ -766,73 +539,10 @@ impl AdminConfig {
                     "a pool's name must not be empty",
                 ));
             }
-            for (k, v) in [
-                ("pool_timeout", r.pool_timeout),
-                ("health_check_interval", r.health_check_interval),
-                ("command_timeout", r.command_timeout),
-                ("shared_command_timeout", r.shared_command_timeout),
-            ] {
-                duration(key(k), v)?;
-            }
-            if r.pool_size == 0 {
-                return Err(invalid(key("pool_size"), "0".into(), "must be at least 1"));
-            }
-            if r.max_connections < r.pool_size {
-                return Err(invalid(
-                    key("max_connections"),
-                    r.max_connections.to_string(),
-                    &format!(
-                        "must be at least pool_size ({}){}",
-                        r.pool_size,
-                        also(&key("max_connections"), &key("pool_size"), "pool_size"),
-                    ),
-                ));
-            }
-            if r.max_connections > MAX_POOL_CONNECTIONS {
-                return Err(invalid(
-                    key("max_connections"),
-                    r.max_connections.to_string(),
-                    &format!("must be at most {MAX_POOL_CONNECTIONS}"),
-                ));
-            }
-            if r.shared_clients == 0 {
-                return Err(invalid(key("shared_clients"), "0".into(), "must be at least 1"));
-            }
-            for (k, v) in [("pool_timeout", r.pool_timeout)] {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(invalid(
-                        key(k),
-                        v.to_string(),
-                        "must be a number of seconds greater than zero",
-                    ));
-                }
-            }
-            for (k, v) in [
-                ("health_check_interval", r.health_check_interval),
-                ("command_timeout", r.command_timeout),
-                ("shared_command_timeout", r.shared_command_timeout),
-            ] {
-                if !(v.is_finite() && v >= 0.0) {
-                    return Err(invalid(
-                        key(k),
-                        v.to_string(),
-                        "must be 0 (off) or a number of seconds",
-                    ));
-                }
-            }
-            if r.retry_on_timeout && r.shared_command_timeout == 0.0 {
-                return Err(invalid(
-                    key("retry_on_timeout"),
-                    "true".into(),
-                    &format!(
-                        "needs a shared_command_timeout: with 0 no shared command times out{}",
-                        also(
-                            &key("retry_on_timeout"),
-                            &key("shared_command_timeout"),
-                            "shared_command_timeout"
-                        ),
-                    ),
-                ));
+            if let Err(pool_redis::ConfigError::Invalid { setting, value, reason, .. }) =
+                r.validate(name)
+            {
+                return Err(refused(&format!("redis.{name}"), &setting, value, &reason));
             }
         }
         for (k, v) in [
@@ -840,13 +550,8 @@ impl AdminConfig {
             ("admin.health_timeout", self.admin.health_timeout),
             ("admin.request_timeout", self.admin.request_timeout),
         ] {
-            duration(k.to_owned(), v)?;
-            if !(v.is_finite() && v > 0.0) {
-                return Err(invalid(
-                    k.to_owned(),
-                    v.to_string(),
-                    "must be a number of seconds greater than zero",
-                ));
+            if let Err(reason) = pool_core::Seconds::Positive.duration(v) {
+                return Err(invalid(k.to_owned(), v.to_string(), reason));
             }
         }
         if self.admin.request_timeout <= self.admin.health_timeout {
@@ -913,44 +618,74 @@ fn token_problem(token: &Secret) -> Option<(String, &'static str)> {
     Some((token.redacted(), reason))
 }
 
-/// Why `url` is not a PostgreSQL URL the pools can connect with (what
-/// [`PgManager::from_url`] finds, as `serve` does when it builds them); `None` when it is one.
-fn postgres_url_problem(url: &str) -> Option<String> {
-    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        return Some("must be a postgres:// URL".to_owned());
-    }
-    let e = PgManager::from_url(url).err()?;
-    Some(format!("not a valid PostgreSQL URL: {}", innermost(&e.source)))
-}
-
-/// What sqlx says is wrong, without its wrappers: sqlx wraps some configuration errors in
-/// another, which would print "error with configuration: error with configuration: …".
-fn innermost(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Configuration(inner) => match inner.downcast_ref::<sqlx::Error>() {
-            Some(e) => innermost(e),
-            None => inner.to_string(),
-        },
-        e => e.to_string(),
-    }
-}
-
-/// Why `url` is not a Redis URL the pools can connect with (what pool-redis's
-/// [`RedisConfig::validate`] finds, as `serve` does when it builds them); `None` when it is one.
-fn redis_url_problem(url: &str) -> Option<String> {
-    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+/// Why the URL of `config` is not a Redis URL the pools can connect with (pool-redis's
+/// [`RedisConfig::validate`], as `serve` finds when it builds them); `None` when it is one.
+fn redis_url_problem(config: &RedisConfig) -> Option<String> {
+    if !config.url.starts_with("redis://") && !config.url.starts_with("rediss://") {
         return Some("must be a redis:// URL".to_owned());
     }
-    // fred parses with the `url` crate but keeps only the kind of failure ("InvalidPort"): the
-    // same parser (reqwest's `Url`) first, for its own words ("invalid port number").
-    if let Err(e) = reqwest::Url::parse(url) {
-        return Some(format!("not a valid Redis URL: {e}"));
-    }
-    match RedisConfig::new(url).pool("main", PoolSettings::default()).validate() {
+    match config.clone().pool("main", PoolSettings::default()).validate() {
         Err(pool_redis::ConfigError::Url { source, .. }) => {
             Some(format!("not a valid Redis URL: {}", source.details()))
         }
         _ => None,
+    }
+}
+
+/// A value as the person who wrote it would: numbers, booleans and text plain.
+fn shown(value: &Value) -> String {
+    use figment::value::Num;
+    match value {
+        Value::Num(_, n) => match *n {
+            Num::F32(f) => f.to_string(),
+            Num::F64(f) => f.to_string(),
+            n => match (n.to_u128(), n.to_i128()) {
+                (Some(u), _) => u.to_string(),
+                (None, Some(i)) => i.to_string(),
+                (None, None) => format!("{n:?}"),
+            },
+        },
+        Value::Bool(_, b) => b.to_string(),
+        Value::String(_, text) => text.clone(),
+        other => other.to_actual().to_string(),
+    }
+}
+
+/// The pool's own settings, read alone: a value refused inside the engine's settings, which
+/// a backend's table embeds flattened, reaches figment as an error of the whole table
+/// (`postgres.main`), since serde reads flattened keys from a copy. Reading the engine's keys of
+/// that table alone finds the key (`postgres.main.pool_timeout`); any other error stays as it
+/// was.
+fn within_pool(figment: &Figment, e: figment::Error) -> figment::Error {
+    let in_pool_table = e.path.len() == 2
+        && matches!(e.path[0].as_str(), "postgres" | "redis")
+        && !matches!(e.kind, figment::error::Kind::UnknownField(..));
+    if !in_pool_table {
+        return e;
+    }
+    let table = e.path.join(".");
+    let Ok(Value::Dict(tag, keys)) = figment.find_value(&table) else { return e };
+    let engine = engine_keys();
+    let own: Dict = keys.into_iter().filter(|(k, _)| engine.contains(k)).collect();
+    match PoolConfig::deserialize(&Value::Dict(tag, own)) {
+        Err(mut inner) => {
+            inner.path.splice(0..0, e.path.iter().cloned());
+            inner
+        }
+        Ok(_) => e,
+    }
+}
+
+/// The keys of the engine's settings ([`PoolConfig`]), as a file writes them.
+pub(crate) fn engine_keys() -> Vec<String> {
+    keys_of(&PoolConfig::default())
+}
+
+/// The keys `value` serializes with.
+fn keys_of(value: &impl Serialize) -> Vec<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -969,8 +704,21 @@ fn source_in(figment: &Figment, key: &str) -> String {
     figment.find_metadata(key).map_or_else(|| DEFAULT_SOURCE.to_owned(), source_of)
 }
 
-fn describe(figment: &Figment, e: figment::Error) -> ConfigError {
-    let key = e.path.join(".");
+fn describe(figment: &Figment, mut e: figment::Error) -> ConfigError {
+    // serde reports a key unknown to a table with flattened settings in words, not as a kind.
+    if let figment::error::Kind::Message(msg) = &e.kind
+        && let Some(field) = msg.strip_prefix("unknown field `").and_then(|f| f.strip_suffix('`'))
+    {
+        e.kind = figment::error::Kind::UnknownField(field.to_owned(), &[]);
+    }
+    let mut key = e.path.join(".");
+    // A key unknown to a table that embeds the engine's settings is found once the whole table
+    // is read, so the error's path is the table's: the key is the field.
+    if let figment::error::Kind::UnknownField(field, _) = &e.kind
+        && e.path.last().is_none_or(|last| last != field)
+    {
+        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+    }
     let source_name =
         e.metadata.as_ref().map(source_of).unwrap_or_else(|| source_in(figment, &key));
     match &e.kind {
@@ -986,16 +734,30 @@ fn describe(figment: &Figment, e: figment::Error) -> ConfigError {
             source_name,
             reason: format!("expected {expected}"),
         },
-        figment::error::Kind::UnknownField(field, expected) => ConfigError::UnknownKey {
-            suggestion: closest(field, expected).map(str::to_owned),
-            known: expected.iter().map(|k| (*k).to_owned()).collect(),
-            key,
-            source_name,
-        },
+        figment::error::Kind::UnknownField(field, expected) => {
+            let known: Vec<String> = match (expected.is_empty(), e.path.first().map(String::as_str))
+            {
+                (true, Some("postgres")) => keys_of(&PostgresConfig::default()),
+                (true, Some("redis")) => keys_of(&PoolSettings::default()),
+                _ => expected.iter().map(|k| (*k).to_owned()).collect(),
+            };
+            let names: Vec<&str> = known.iter().map(String::as_str).collect();
+            ConfigError::UnknownKey {
+                suggestion: closest(field, &names).map(str::to_owned),
+                known,
+                key,
+                source_name,
+            }
+        }
         figment::error::Kind::Message(msg) if !key.is_empty() => {
-            let value = figment
-                .find_value(&key)
-                .map_or_else(|_| "(unknown)".to_owned(), |v| actual_value(&key, &v.to_actual()));
+            let secret = ["url", "token", "replicas"].iter().any(|s| key.ends_with(s));
+            let value = match figment.find_value(&key) {
+                Ok(_) if secret => "***".to_owned(),
+                // Text a setting could not read is shown as text (`string "soon"`).
+                Ok(v @ Value::String(..)) => v.to_actual().to_string(),
+                Ok(v) => shown(&v),
+                Err(_) => "(unknown)".to_owned(),
+            };
             ConfigError::Invalid { key, source_name, value, reason: msg.clone() }
         }
         // A file that is not TOML (the parser's message shows the line), or another complaint:
@@ -1021,22 +783,6 @@ fn actual_value(key: &str, actual: &figment::error::Actual) -> String {
 /// The longest duration a setting accepts, in seconds: 100 years, as pool-core's engine
 /// (longer ones would overflow its clock).
 const MAX_SECS: f64 = pool_core::MAX_DURATION.as_secs_f64();
-
-/// Why `v` seconds, if positive, is not a duration the pools accept: over [`MAX_SECS`] (or more
-/// than [`Duration::try_from_secs_f64`] converts), or under one nanosecond, which converts to
-/// zero and the pools refuse. Zero, negative and non-finite values pass here; the checks of
-/// each setting judge those.
-fn duration_problem(v: f64) -> Option<&'static str> {
-    if !(v > 0.0 && v.is_finite()) {
-        None
-    } else if v > MAX_SECS || Duration::try_from_secs_f64(v).is_err() {
-        Some("must be at most 100 years (3153600000 seconds)")
-    } else if Duration::from_secs_f64(v).is_zero() {
-        Some("is less than a nanosecond (1e-9 seconds), the shortest duration the pools take")
-    } else {
-        None
-    }
-}
 
 /// The known key closest to `typo`, if one is close enough to be what was meant: at most one
 /// edit per three characters (and at least one), as rustc suggests names.

@@ -26,9 +26,7 @@ mod pools;
 mod server;
 
 pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, router};
-pub use crate::config::{
-    AdminConfig, ConfigError, PostgresConfig, RedisPoolConfig, Secret, ServerConfig, redact,
-};
+pub use crate::config::{AdminConfig, ConfigError, PostgresConfig, Secret, ServerConfig, redact};
 pub use crate::pools::{Pools, StartError};
 pub use crate::server::{ServeError, Server};
 

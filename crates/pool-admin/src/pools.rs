@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pool_core::{PoolConfig, Registry};
+use pool_core::Registry;
 use pool_optimizer::Budget;
-use pool_postgres::{PgCluster, PgManager};
-use pool_redis::{PoolSettings, RedisConfig, RedisPools};
+use pool_postgres::PgCluster;
+use pool_redis::{RedisConfig, RedisPools};
 
-use crate::config::{AdminConfig, secs};
+use crate::config::AdminConfig;
 
 /// The running pools of a config.
 #[derive(Debug)]
@@ -156,40 +156,7 @@ impl Pools {
         let mut servers = Servers::default();
         for (name, pg) in &config.postgres {
             let err = |message: String| StartError::Postgres { pool: name.clone(), message };
-            let manager = PgManager::from_url(pg.url.expose())
-                .map_err(|e| err(e.to_string()))?
-                .reset_on_return(pg.reset_on_return);
-            let mut pool_config = PoolConfig::default();
-            pool_config.pool_size = pg.pool_size;
-            pool_config.max_overflow = pg.max_overflow;
-            pool_config.pool_timeout = secs(pg.pool_timeout).unwrap_or(Duration::from_secs(30));
-            pool_config.pool_recycle = secs(pg.pool_recycle);
-            pool_config.connect_timeout =
-                secs(pg.connect_timeout).unwrap_or(Duration::from_secs(5));
-            pool_config.pool_pre_ping = pg.pool_pre_ping;
-            pool_config.pre_ping_bypass = secs(pg.pre_ping_bypass).unwrap_or(Duration::ZERO);
-            pool_config.pool_use_lifo = pg.pool_use_lifo;
-            pool_config.min_idle = pg.min_idle;
-            pool_config.health_check_interval = secs(pg.health_check_interval);
-            pool_config.max_connecting = pg.max_connecting;
-            pool_config.idle_timeout = secs(pg.idle_timeout);
-            pool_config.leak_detection_threshold = secs(pg.leak_detection_threshold);
-            pool_config.validate().map_err(|e| err(e.to_string()))?;
-            let mut builder = PgCluster::builder(name.clone(), manager)
-                .config(pool_config.clone())
-                .replica_config(pool_config)
-                .max_replica_lag(secs(pg.max_replica_lag))
-                .ban_duration(secs(pg.replica_ban).unwrap_or(Duration::from_secs(30)))
-                .replica_timeout(secs(pg.replica_timeout).unwrap_or(Duration::from_secs(2)))
-                .lag_probe_interval(secs(pg.lag_probe_interval));
-            for url in &pg.replicas {
-                builder = builder.replica(
-                    PgManager::from_url(url.expose())
-                        .map_err(|e| err(e.to_string()))?
-                        .reset_on_return(pg.reset_on_return),
-                );
-            }
-            let cluster = builder.build().map_err(|e| err(e.to_string()))?;
+            let cluster = pg.build(name.clone()).map_err(|e| err(e.to_string()))?;
             cluster.register(&registry).map_err(|e| err(e.to_string()))?;
             servers.add(format!("{name} primary"), name, pg.url.expose(), pg.connection_budget);
             for (replica, url) in cluster.replicas().iter().zip(&pg.replicas) {
@@ -211,20 +178,8 @@ impl Pools {
             None
         } else {
             let mut rc = RedisConfig::new(config.redis_url.expose());
-            for (name, r) in &config.redis {
-                rc = rc.pool(
-                    name.clone(),
-                    PoolSettings::default()
-                        .pool_size(r.pool_size)
-                        .max_connections(r.max_connections)
-                        .shared_clients(r.shared_clients)
-                        .socket_keepalive(r.socket_keepalive)
-                        .retry_on_timeout(r.retry_on_timeout)
-                        .command_timeout(secs(r.command_timeout))
-                        .shared_command_timeout(secs(r.shared_command_timeout))
-                        .health_check_interval(secs(r.health_check_interval))
-                        .pool_timeout(secs(r.pool_timeout).unwrap_or(Duration::from_secs(30))),
-                );
+            for (name, settings) in &config.redis {
+                rc = rc.pool(name.clone(), settings.clone());
             }
             let pools =
                 RedisPools::connect(&rc).await.map_err(|e| StartError::Redis(e.to_string()))?;

@@ -36,7 +36,7 @@ pub(crate) mod tests;
 ///   as a fallback). A replica is usable unless banned or lagging.
 /// - A replica whose pool cannot connect (an acquire that times out while its connects fail, or
 ///   a read that finds its connects failing and nothing idle) or that fails the lag probe's
-///   query is banned for `ban_duration`; after that the lag probe tries it, and lifts the ban
+///   query is banned for `replica_ban`; after that the lag probe tries it, and lifts the ban
 ///   when it answers (without the probe, the ban runs out and the next read tries it). A ban
 ///   for failed connects also starts one connect in the background, which tells the pool when
 ///   the server is back: it is an acquire of the replica pool, so its stats count it (and its
@@ -74,7 +74,7 @@ struct Inner {
 struct Settings {
     /// The primary pool's `pool_timeout`: how long a session of the primary may wait.
     pool_timeout: Duration,
-    ban_duration: Duration,
+    replica_ban: Duration,
     replica_timeout: Duration,
     max_replica_lag: Option<Duration>,
     lag_probe_interval: Option<Duration>,
@@ -122,7 +122,7 @@ pub struct ClusterBuilder {
     replicas: Vec<PgManager>,
     config: PoolConfig,
     replica_config: Option<PoolConfig>,
-    ban_duration: Duration,
+    replica_ban: Duration,
     replica_timeout: Duration,
     max_replica_lag: Option<Duration>,
     lag_probe_interval: Option<Duration>,
@@ -135,8 +135,8 @@ impl ClusterBuilder {
         self
     }
 
-    /// The settings of every pool [`PoolConfig::default`], e.g. from
-    /// [`config_from_env`](crate::config_from_env).
+    /// The settings of every pool [`PoolConfig::default`]; [`PostgresConfig`](crate::PostgresConfig)
+    /// reads them, with the rest of a cluster's, from a file or the environment.
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
         self
@@ -149,8 +149,8 @@ impl ClusterBuilder {
     }
 
     /// How long a replica that failed stays out of rotation before it is tried again \[30 s\].
-    pub fn ban_duration(mut self, duration: Duration) -> Self {
-        self.ban_duration = duration;
+    pub fn replica_ban(mut self, duration: Duration) -> Self {
+        self.replica_ban = duration;
         self
     }
 
@@ -185,26 +185,13 @@ impl ClusterBuilder {
     /// outside a tokio runtime), [`ClusterBuildError::Invalid`] for a zero duration or one above
     /// [`pool_core::MAX_DURATION`].
     pub fn build(self) -> Result<PgCluster, ClusterBuildError> {
-        let invalid = |setting, value: Duration, reason| ClusterBuildError::Invalid {
-            setting,
-            value: format!("{value:?}"),
-            reason,
-        };
-        for (setting, value) in [
-            ("ban_duration", Some(self.ban_duration)),
-            ("replica_timeout", Some(self.replica_timeout)),
-            ("max_replica_lag", self.max_replica_lag),
-            ("lag_probe_interval", self.lag_probe_interval),
-        ] {
-            match value {
-                Some(v) if v.is_zero() => {
-                    return Err(invalid(setting, v, "must be greater than zero"));
-                }
-                Some(v) if v > pool_core::MAX_DURATION => {
-                    return Err(invalid(setting, v, "must be at most 100 years"));
-                }
-                _ => {}
-            }
+        if let Some((setting, value, reason)) = crate::config::routing_problem(
+            self.replica_ban,
+            self.replica_timeout,
+            self.max_replica_lag,
+            self.lag_probe_interval,
+        ) {
+            return Err(ClusterBuildError::Invalid { setting, value, reason });
         }
         let build = |name: String, manager: PgManager, config: &PoolConfig| {
             ConnectionPool::builder(manager)
@@ -227,7 +214,7 @@ impl ClusterBuilder {
         }
         let settings = Settings {
             pool_timeout: self.config.pool_timeout,
-            ban_duration: self.ban_duration,
+            replica_ban: self.replica_ban,
             replica_timeout: self.replica_timeout,
             max_replica_lag: self.max_replica_lag,
             lag_probe_interval: self.lag_probe_interval.filter(|_| !replicas.is_empty()),
@@ -254,16 +241,18 @@ impl ClusterBuilder {
 impl PgCluster {
     /// Starts building a cluster named `name` (its primary pool's name) over `primary`.
     pub fn builder(name: impl Into<String>, primary: PgManager) -> ClusterBuilder {
+        // The defaults are the configuration's, said once there.
+        let defaults = crate::PostgresConfig::default();
         ClusterBuilder {
             name: name.into(),
             primary,
             replicas: Vec::new(),
-            config: PoolConfig::default(),
+            config: defaults.pool,
             replica_config: None,
-            ban_duration: Duration::from_secs(30),
-            replica_timeout: Duration::from_secs(2),
-            max_replica_lag: Some(Duration::from_secs(10)),
-            lag_probe_interval: Some(Duration::from_secs(1)),
+            replica_ban: defaults.replica_ban,
+            replica_timeout: defaults.replica_timeout,
+            max_replica_lag: defaults.max_replica_lag,
+            lag_probe_interval: defaults.lag_probe_interval,
         }
     }
 
@@ -690,9 +679,9 @@ impl Inner {
         let mut h = replica.health();
         if h.banned_until.is_none() {
             h.bans += 1;
-            tracing::warn!(cluster = %self.name, pool = %replica.pool.id(), error = %error, ban = ?self.settings.ban_duration, "replica banned");
+            tracing::warn!(cluster = %self.name, pool = %replica.pool.id(), error = %error, ban = ?self.settings.replica_ban, "replica banned");
         }
-        h.banned_until = Some(Instant::now() + self.settings.ban_duration);
+        h.banned_until = Some(Instant::now() + self.settings.replica_ban);
         h.last_error = Some(error);
     }
 }

@@ -1,4 +1,4 @@
-//! Errors, one type per operation: [`UrlError`], [`EnvError`], [`SessionError`],
+//! Errors, one type per operation: [`UrlError`], [`ConfigError`], [`SessionError`],
 //! [`ClusterBuildError`], [`TokenError`].
 
 use pool_core::{AcquireError, BuildError, RegisterError};
@@ -15,17 +15,20 @@ pub struct UrlError {
     pub source: sqlx::Error,
 }
 
-/// An environment variable whose value is not a valid setting.
+/// A setting of a [`PostgresConfig`](crate::PostgresConfig) that makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("environment variable {variable}={value:?} is invalid: {reason}")]
 #[non_exhaustive]
-pub struct EnvError {
-    /// The variable's name (`DATABASE_POOL_SIZE`...).
-    pub variable: &'static str,
-    /// Its value (lossily decoded if it was not UTF-8).
-    pub value: String,
-    /// What the value must be.
-    pub reason: String,
+pub enum ConfigError {
+    /// The setting, its value and why it is refused.
+    #[error("invalid setting {setting} = {value}: {reason}")]
+    Invalid {
+        /// The setting, as a configuration file names it (`pool_size`, `replicas[1]`).
+        setting: String,
+        /// Its value, passwords hidden.
+        value: String,
+        /// What the value must be.
+        reason: String,
+    },
 }
 
 /// Why a cluster could not hand out a session.
@@ -63,6 +66,9 @@ pub enum ClusterBuildError {
         /// What the value must be.
         reason: &'static str,
     },
+    /// The configuration the cluster was built from refused a setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A pool of the cluster could not be registered.
     #[error(transparent)]
     Register(#[from] RegisterError),

@@ -20,12 +20,9 @@ pub use pool_core;
 
 pub use crate::budget::connection_budget;
 pub use crate::cluster::{ClusterBuilder, PgCluster};
-pub use crate::config::{
-    DATABASE_POOL_OVERFLOW, DATABASE_POOL_RECYCLE, DATABASE_POOL_SIZE, DATABASE_POOL_TIMEOUT,
-    config_from_env, config_from_vars,
-};
+pub use crate::config::PostgresConfig;
 pub use crate::connection::{PgConn, ResetOnReturn, ResetOnReturnError};
-pub use crate::error::{ClusterBuildError, EnvError, SessionError, TokenError, UrlError};
+pub use crate::error::{ClusterBuildError, ConfigError, SessionError, TokenError, UrlError};
 pub use crate::manager::PgManager;
 pub use crate::stats::{ClusterStats, ReplicaStats};
 pub use crate::token::{CausalToken, Lsn};

@@ -1,8 +1,10 @@
 //! [`RedisConfig`]: the server's URL and named pools, each with its [`PoolSettings`], read
-//! from code and from the environment (`REDIS_URL`, `REDIS_POOL_SIZE`, `REDIS_MAX_CONNECTIONS`).
+//! from code and from the environment (`REDIS_URL`, and each pool's [`RedisConfig::POOL_ENV`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use pool_core::{EnvError, EnvForm, EnvValue, EnvVar, PoolConfig};
 
 use crate::error::{ConfigError, redact};
 
@@ -11,7 +13,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 
 /// The server and the named pools opened on it, e.g. a general `main` pool and a larger `cache`.
 ///
-/// [`Default`] gives `redis://127.0.0.1:6379` with `main` (10 kept, at most 20) and `cache`
+/// [`Default`] gives `redis://127.0.0.1:6379` with `main` (10 kept, at most 30) and `cache`
 /// (20 kept, at most 50).
 ///
 /// # Examples
@@ -22,7 +24,7 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// let config = RedisConfig::new("redis://127.0.0.1:6379")
 ///     .pool("main", PoolSettings::default())
 ///     .pool("cache", PoolSettings::default().pool_size(32).max_connections(64));
-/// assert_eq!(config.pools["cache"].max_connections, 64);
+/// assert_eq!(config.pools["cache"].max_size(), 64);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -37,7 +39,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig::new(DEFAULT_URL)
             .pool("main", PoolSettings::default())
-            .pool("cache", PoolSettings::default().pool_size(20).max_connections(50))
+            .pool("cache", PoolSettings::default().pool_size(20).max_overflow(30))
     }
 }
 
@@ -54,13 +56,51 @@ impl RedisConfig {
         self
     }
 
+    /// The variables of one pool and the key each sets: the one list that
+    /// [`with_env_from`](Self::with_env_from) and pool-admin read, unprefixed for the pool
+    /// `main` (`REDIS_POOL_SIZE`) and prefixed with the pool's name for any pool
+    /// (`REDIS_CACHE_POOL_SIZE`: `REDIS_`, the name upper-cased with `-` as `_`, then `_`).
+    pub const POOL_ENV: &'static [EnvVar<PoolSettings>] = &[
+        EnvVar {
+            name: "POOL_SIZE",
+            key: "pool_size",
+            form: EnvForm::Count,
+            set: |s, v| {
+                s.pool.pool_size = count(v)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "MAX_OVERFLOW",
+            key: "max_overflow",
+            form: EnvForm::Count,
+            set: |s, v| {
+                s.pool.max_overflow = count(v)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "MAX_CONNECTIONS",
+            key: "max_connections",
+            form: EnvForm::Count,
+            set: |s, v| {
+                s.max_connections = Some(count(v)?);
+                Ok(())
+            },
+        },
+    ];
+
+    /// The prefix of the pool `name`'s variables: `REDIS_CACHE_` for `cache`.
+    pub fn env_prefix(name: &str) -> String {
+        format!("REDIS_{}_", name.to_uppercase().replace('-', "_"))
+    }
+
     /// The [default](Self::default) configuration with the process environment applied
     /// (see [`with_env_from`](Self::with_env_from)).
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Env`] naming a variable whose value does not parse, and any error of
-    /// [`validate`](Self::validate).
+    /// As for [`with_env_from`](Self::with_env_from).
     pub fn from_env() -> Result<Self, ConfigError> {
         RedisConfig::default().with_env_from(|var| std::env::var(var).ok())
     }
@@ -68,19 +108,18 @@ impl RedisConfig {
     /// Applies environment variables read through `lookup`, then validates:
     ///
     /// - `REDIS_URL`: the server's URL;
-    /// - `REDIS_POOL_SIZE`, `REDIS_MAX_CONNECTIONS`: the `main` pool's sizes (the pool is added
-    ///   if missing);
-    /// - `REDIS_<NAME>_POOL_SIZE`, `REDIS_<NAME>_MAX_CONNECTIONS`: the sizes of the pool `name`
-    ///   (upper-cased, `-` as `_`), e.g. `REDIS_CACHE_POOL_SIZE`; these win over the unprefixed
-    ///   ones for `main`.
+    /// - `REDIS_POOL_SIZE`, `REDIS_MAX_OVERFLOW`, `REDIS_MAX_CONNECTIONS`: the `main` pool's
+    ///   sizes (the pool is added if missing), as [`POOL_ENV`](Self::POOL_ENV) lists them;
+    /// - the same prefixed with a pool's name set that pool's, e.g. `REDIS_CACHE_POOL_SIZE`;
+    ///   for `main` they win over the unprefixed ones.
     ///
-    /// Setting only a pool size above the configured `max_connections` raises
-    /// `max_connections` to it.
+    /// `REDIS_POOL_SIZE` alone keeps `max_overflow`, so the pool may open that many more under
+    /// load; `REDIS_MAX_CONNECTIONS` is the total, `pool_size + max_overflow`.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Env`] naming the variable whose value does not parse, and any error of
-    /// [`validate`](Self::validate).
+    /// [`ConfigError::Env`] naming the variable whose value does not parse, or whose setting
+    /// is refused, and any other error of [`validate`](Self::validate).
     pub fn with_env_from(
         mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -88,25 +127,29 @@ impl RedisConfig {
         if let Some(url) = lookup("REDIS_URL") {
             self.url = url;
         }
-        let generic =
-            (env_usize(&lookup, "REDIS_POOL_SIZE")?, env_usize(&lookup, "REDIS_MAX_CONNECTIONS")?);
-        if generic != (None, None) && !self.pools.contains_key("main") {
+        let unprefixed =
+            Self::POOL_ENV.iter().any(|v| lookup(&format!("REDIS_{}", v.name)).is_some());
+        if unprefixed && !self.pools.contains_key("main") {
             self.pools.insert("main".to_owned(), PoolSettings::default());
         }
         for (name, settings) in &mut self.pools {
-            let prefix = format!("REDIS_{}_", name.to_uppercase().replace('-', "_"));
-            let size = env_usize(&lookup, &format!("{prefix}POOL_SIZE"))?;
-            let max = env_usize(&lookup, &format!("{prefix}MAX_CONNECTIONS"))?;
-            let (size, max) =
-                if name == "main" { (size.or(generic.0), max.or(generic.1)) } else { (size, max) };
-            if let Some(size) = size {
-                settings.pool_size = size;
-                if max.is_none() {
-                    settings.max_connections = settings.max_connections.max(size);
-                }
+            if name == "main" {
+                pool_core::apply_env(settings, Self::POOL_ENV, "REDIS_", &lookup)?;
             }
-            if let Some(max) = max {
-                settings.max_connections = max;
+            pool_core::apply_env(settings, Self::POOL_ENV, &Self::env_prefix(name), &lookup)?;
+            // A value that parses but that the pool refuses is still its variable's fault.
+            if let Err(ConfigError::Invalid { setting, reason, .. }) = settings.validate(name) {
+                let set_by = |prefix: &str| {
+                    let var = Self::POOL_ENV.iter().find(|v| v.key == setting)?;
+                    let name = format!("{prefix}{}", var.name);
+                    lookup(&name).map(|text| (name, text))
+                };
+                let prefixed = set_by(&Self::env_prefix(name));
+                let found =
+                    if name == "main" { prefixed.or_else(|| set_by("REDIS_")) } else { prefixed };
+                if let Some((var, text)) = found {
+                    return Err(EnvError::new(var, &text, reason).into());
+                }
             }
         }
         self.validate()?;
@@ -149,38 +192,51 @@ impl RedisConfig {
                 )));
             }
         }
+        // fred parses with the `url` crate but keeps only the kind of failure ("InvalidPort"):
+        // the same parser first, for its own words ("invalid port number").
+        if let Err(e) = url::Url::parse(&self.url) {
+            return Err(invalid(Error::new(ErrorKind::Url, e.to_string())));
+        }
         fred::types::config::Config::from_url(&self.url).map_err(invalid)
     }
 }
 
-/// The variable `var` as a count of connections, in the one form every reader of the toolkit's
-/// variables takes ([`pool_core::parse_count`]); `None` when it is not set.
-fn env_usize(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &str,
-) -> Result<Option<usize>, ConfigError> {
-    let Some(value) = lookup(var) else { return Ok(None) };
-    pool_core::parse_count(&value).map(Some).map_err(|e| ConfigError::Env {
-        var: var.to_owned(),
-        value,
-        reason: e.to_string(),
-    })
+/// A count setting from an environment variable's number.
+fn count(value: EnvValue) -> Result<usize, String> {
+    match value {
+        EnvValue::Count(n) => Ok(n),
+        _ => Err("expected a whole number".to_owned()),
+    }
 }
 
-/// The settings of one named pool, with redis-py's names where it has one.
+/// The settings of one named pool: the engine's [`PoolConfig`] for the exclusive connections,
+/// and the shared clients' own.
 ///
 /// Each pool has exclusive connections, checked out one user at a time through the engine
-/// (between `pool_size` and `max_connections` of them), and `shared_clients` multiplexed
-/// clients that serve any number of tasks at once. The pool opens at most
-/// `max_connections + shared_clients` sockets.
+/// (`pool.pool_size` kept, up to `pool_size + max_overflow` open), and `shared_clients`
+/// multiplexed clients that serve any number of tasks at once. The pool opens at most
+/// `pool_size + max_overflow + shared_clients` sockets. With the `serde` feature it reads and
+/// writes a configuration file's table, the engine's keys beside these, durations as seconds.
+///
+/// [`Default`] is [`PoolConfig::default`]'s sizes (10 kept, 20 more under load) and the defaults
+/// below.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct PoolSettings {
-    /// Exclusive connections kept open and warm \[10\] (`REDIS_POOL_SIZE`).
-    pub pool_size: usize,
-    /// Most exclusive connections open at once \[20\] (`REDIS_MAX_CONNECTIONS`); those above
-    /// `pool_size` close after `idle_timeout` idle.
-    pub max_connections: usize,
+    /// The engine's settings for the exclusive connections (`REDIS_POOL_SIZE`,
+    /// `REDIS_MAX_OVERFLOW`). `health_check_interval` is also the period of the shared clients'
+    /// heartbeat, and `connect_timeout` bounds every connect, shared clients' included.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub pool: PoolConfig,
+    /// The most exclusive connections open at once, as configurations written for `redis-py`
+    /// say it (`REDIS_MAX_CONNECTIONS`): when set, it is `pool_size + max_overflow` and sets
+    /// `max_overflow` to `max_connections - pool_size`; it must be at least `pool_size` \[unset\].
+    pub max_connections: Option<usize>,
     /// Multiplexed clients shared round-robin by [`shared`](crate::RedisPool::shared) \[1\].
     /// One fred client drives its socket from one task; on 2 cores one client is fastest
     /// (measured: 2 clients halve throughput at 64+ tasks), more pay off on many cores.
@@ -194,57 +250,43 @@ pub struct PoolSettings {
     /// which is for idempotent, non-blocking commands. Nothing else is ever retried: fred is
     /// told never to resend a command. Needs a `shared_command_timeout`.
     pub retry_on_timeout: bool,
-    /// Ping an exclusive connection before handing it out if it sat idle longer than this, ping
-    /// idle ones in the background, and ping the shared clients on this period \[30 s\].
-    /// `None` turns all three off.
-    ///
-    /// Each shared client's heartbeat `PING` may take `shared_command_timeout` (the client's own
-    /// command timeout; `command_timeout` when that is `None`), at most the period; a client
-    /// that does not answer in time is told to reconnect, since its socket may be half-open.
-    pub health_check_interval: Option<Duration>,
     /// How long one command on an exclusive connection may take before it fails with a
-    /// timeout \[5 s\]; `None` waits forever. A blocking command that may block longer must say
-    /// so (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    /// timeout \[5 s\]; `None` (0 in a file) waits forever. A blocking command that may block
+    /// longer must say so (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
     pub command_timeout: Option<Duration>,
     /// How long one command on a shared client may take before it fails with a timeout
-    /// \[5 s\]; `None` waits forever, as a bare fred client does.
+    /// \[5 s\]; `None` (0 in a file) waits forever, as a bare fred client does.
     ///
     /// This bound is what fails a command written to a server that stopped answering (a
     /// stopped process, a long script) or queued while its client reconnects. fred arms a
     /// tokio timer for each bounded command, which costs the shared path a few percent of its
     /// throughput (`cargo xtask bench redis -- --no-shared-command-timeout` shows how much on
     /// your machine); without it, commands still fail at once when their socket closes.
+    ///
+    /// Each shared client's heartbeat `PING` (every `health_check_interval`) may take this long
+    /// (`command_timeout` when this is `None`), at most the period; a client that does not
+    /// answer in time is told to reconnect, since its socket may be half-open.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
     pub shared_command_timeout: Option<Duration>,
-    /// How long one connect attempt (TCP, `HELLO`/`AUTH`, `SELECT`) may take \[5 s\].
-    pub connect_timeout: Duration,
-    /// How long an exclusive checkout may wait for a connection \[30 s\].
-    pub pool_timeout: Duration,
-    /// Exclusive connections above `pool_size` idle this long are closed \[60 s\].
-    pub idle_timeout: Option<Duration>,
-    /// Maximum lifetime of an exclusive connection, with a little negative jitter \[1 h\].
-    pub pool_recycle: Option<Duration>,
     /// The longest delay between two reconnect attempts of a shared client \[2 s\]; delays
     /// grow exponentially from 50 ms with up to 50 ms of jitter until they reach it (fred adds
     /// none there). Exclusive connections do not reconnect: the pool replaces them, with the
     /// engine's backoff.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::positive"))]
     pub max_reconnect_delay: Duration,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
-            pool_size: 10,
-            max_connections: 20,
+            pool: PoolConfig::default(),
+            max_connections: None,
             shared_clients: 1,
             socket_keepalive: true,
             retry_on_timeout: false,
-            health_check_interval: Some(Duration::from_secs(30)),
             command_timeout: Some(Duration::from_secs(5)),
             shared_command_timeout: Some(Duration::from_secs(5)),
-            connect_timeout: Duration::from_secs(5),
-            pool_timeout: Duration::from_secs(30),
-            idle_timeout: Some(Duration::from_secs(60)),
-            pool_recycle: Some(Duration::from_secs(3600)),
             max_reconnect_delay: Duration::from_secs(2),
         }
     }
@@ -263,42 +305,71 @@ macro_rules! setters {
 
 impl PoolSettings {
     setters! {
-        pool_size: usize,
-        max_connections: usize,
         shared_clients: usize,
         socket_keepalive: bool,
         retry_on_timeout: bool,
-        health_check_interval: Option<Duration>,
         command_timeout: Option<Duration>,
         shared_command_timeout: Option<Duration>,
-        connect_timeout: Duration,
-        pool_timeout: Duration,
-        idle_timeout: Option<Duration>,
-        pool_recycle: Option<Duration>,
         max_reconnect_delay: Duration,
+    }
+
+    /// Sets the engine's settings for the exclusive connections, [`pool`](Self::pool).
+    #[must_use]
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Sets `pool.pool_size`, the exclusive connections kept open and warm.
+    #[must_use]
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool.pool_size = pool_size;
+        self
+    }
+
+    /// Sets `pool.max_overflow`, the exclusive connections opened under load beyond
+    /// `pool_size` (and clears [`max_connections`](Self::max_connections)).
+    #[must_use]
+    pub fn max_overflow(mut self, max_overflow: usize) -> Self {
+        self.pool.max_overflow = max_overflow;
+        self.max_connections = None;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections), the most exclusive connections open
+    /// at once.
+    #[must_use]
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = Some(max_connections);
+        self
     }
 
     /// Checks the settings of the pool `pool`.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] naming the first setting that makes no sense.
+    /// [`ConfigError::Invalid`] naming the first setting that makes no sense: the engine's own
+    /// checks of [`pool`](Self::pool) (a zero `pool_size`...), then this type's.
     pub fn validate(&self, pool: &str) -> Result<(), ConfigError> {
-        let invalid = |setting, value: String, reason| ConfigError::Invalid {
+        let invalid = |setting: &str, value: String, reason: &str| ConfigError::Invalid {
             pool: pool.to_owned(),
-            setting,
+            setting: setting.to_owned(),
             value,
-            reason,
+            reason: reason.to_owned(),
         };
-        if self.pool_size == 0 {
-            return Err(invalid("pool_size", "0".into(), "must be at least 1"));
+        if let Some(max) = self.max_connections {
+            if max < self.pool.pool_size {
+                let reason = format!("must be at least pool_size ({})", self.pool.pool_size);
+                return Err(invalid("max_connections", max.to_string(), &reason));
+            }
+            if max > MAX_CONNECTIONS {
+                return Err(invalid("max_connections", max.to_string(), "must be at most 100000"));
+            }
         }
-        if self.max_connections < self.pool_size {
-            return Err(invalid(
-                "max_connections",
-                self.max_connections.to_string(),
-                "must be at least pool_size",
-            ));
+        if let Err(pool_core::BuildError::Invalid { setting, value, reason }) =
+            self.engine_config().validate()
+        {
+            return Err(invalid(setting, value, &reason));
         }
         if self.shared_clients == 0 {
             return Err(invalid("shared_clients", "0".into(), "must be at least 1"));
@@ -311,14 +382,9 @@ impl PoolSettings {
             ));
         }
         let positive = [
-            ("connect_timeout", Some(self.connect_timeout)),
-            ("pool_timeout", Some(self.pool_timeout)),
             ("max_reconnect_delay", Some(self.max_reconnect_delay)),
-            ("health_check_interval", self.health_check_interval),
             ("command_timeout", self.command_timeout),
             ("shared_command_timeout", self.shared_command_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("pool_recycle", self.pool_recycle),
         ];
         for (setting, value) in positive {
             if value.is_some_and(|d| d.is_zero()) {
@@ -340,28 +406,29 @@ impl PoolSettings {
     /// at most the period; `None` when health checks are off. The fallback keeps a half-open
     /// socket found as soon as before when the shared clients' own timeout is turned off.
     pub(crate) fn heartbeat(&self) -> Option<(Duration, Duration)> {
-        let period = self.health_check_interval?;
+        let period = self.pool.health_check_interval?;
         let bound = self.shared_command_timeout.or(self.command_timeout).unwrap_or(period);
         Some((period, bound.min(period)))
     }
 
-    /// The engine's settings for the exclusive connections.
-    pub(crate) fn engine_config(&self) -> pool_core::PoolConfig {
-        let mut c = pool_core::PoolConfig::default();
-        c.pool_size = self.pool_size;
-        c.max_overflow = self.max_connections - self.pool_size;
-        c.pool_timeout = self.pool_timeout;
-        c.connect_timeout = self.connect_timeout;
-        c.pool_recycle = self.pool_recycle;
-        c.idle_timeout = self.idle_timeout;
-        c.health_check_interval = self.health_check_interval;
-        c.pool_pre_ping = self.health_check_interval.is_some();
-        if let Some(interval) = self.health_check_interval {
-            c.pre_ping_bypass = interval;
+    /// The engine's settings for the exclusive connections: [`pool`](Self::pool), with
+    /// `max_overflow` from `max_connections` when that is set.
+    pub fn engine_config(&self) -> PoolConfig {
+        let mut c = self.pool.clone();
+        if let Some(max) = self.max_connections {
+            c.max_overflow = max.saturating_sub(c.pool_size);
         }
         c
     }
+
+    /// The most exclusive connections open at once: `pool_size + max_overflow`.
+    pub fn max_size(&self) -> usize {
+        self.engine_config().max_size()
+    }
 }
+
+/// The most exclusive connections a pool may open, pool-core's limit.
+const MAX_CONNECTIONS: usize = 100_000;
 
 #[cfg(test)]
 mod tests {
@@ -371,6 +438,11 @@ mod tests {
         let pairs: Vec<(String, String)> =
             pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         move |var| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone())
+    }
+
+    fn sizes(s: &PoolSettings) -> (usize, usize) {
+        let c = s.engine_config();
+        (c.pool_size, c.max_overflow)
     }
 
     #[test]
@@ -384,15 +456,36 @@ mod tests {
             ]))
             .unwrap();
         assert_eq!(c.url, "redis://10.0.0.1:6380/2");
-        assert_eq!((c.pools["main"].pool_size, c.pools["main"].max_connections), (4, 8));
-        assert_eq!((c.pools["cache"].pool_size, c.pools["cache"].max_connections), (64, 64));
+        assert_eq!(sizes(&c.pools["main"]), (4, 4));
+        assert_eq!(sizes(&c.pools["cache"]), (64, 30));
+        // A total below the size is the total's fault when both are set.
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_POOL_SIZE", "30"), ("REDIS_MAX_CONNECTIONS", "20")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REDIS_MAX_CONNECTIONS") && err.contains("at least pool_size"),
+            "{err}"
+        );
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_CACHE_MAX_CONNECTIONS", "100001")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_CACHE_MAX_CONNECTIONS"), "{err}");
+    }
+
+    /// `REDIS_POOL_SIZE` alone keeps the overflow, as `DATABASE_POOL_SIZE` does.
+    #[test]
+    fn a_pool_size_alone_keeps_the_overflow() {
+        let c = RedisConfig::default().with_env_from(env(&[("REDIS_POOL_SIZE", "64")])).unwrap();
+        assert_eq!(sizes(&c.pools["main"]), (64, 20));
     }
 
     #[test]
     fn env_adds_main_when_missing() {
         let c =
             RedisConfig::new(DEFAULT_URL).with_env_from(env(&[("REDIS_POOL_SIZE", "3")])).unwrap();
-        assert_eq!(c.pools["main"].pool_size, 3);
+        assert_eq!(c.pools["main"].pool.pool_size, 3);
     }
 
     #[test]
@@ -409,7 +502,9 @@ mod tests {
             assert!(msg.contains("expected a whole number such as 10"), "{msg}");
         }
         let c = RedisConfig::default().with_env_from(env(&[("REDIS_POOL_SIZE", " +5\n")]));
-        assert_eq!(c.unwrap().pools["main"].pool_size, 5);
+        assert_eq!(c.unwrap().pools["main"].pool.pool_size, 5);
+        let err = RedisConfig::default().with_env_from(env(&[("REDIS_POOL_SIZE", "0")]));
+        assert!(err.unwrap_err().to_string().contains("REDIS_POOL_SIZE"));
     }
 
     #[test]
@@ -426,7 +521,7 @@ mod tests {
     fn invalid_settings_name_pool_and_setting() {
         for (settings, setting) in [
             (PoolSettings::default().pool_size(0), "pool_size"),
-            (PoolSettings::default().pool_size(30), "max_connections"),
+            (PoolSettings::default().pool_size(30).max_connections(20), "max_connections"),
             (PoolSettings::default().shared_clients(0), "shared_clients"),
             (PoolSettings::default().command_timeout(Some(Duration::ZERO)), "command_timeout"),
             (
@@ -450,7 +545,8 @@ mod tests {
     #[test]
     fn heartbeat_is_bounded_by_the_shared_command_timeout_and_the_period() {
         let secs = |s| Some(Duration::from_secs(s));
-        let base = PoolSettings::default().health_check_interval(secs(30));
+        let mut base = PoolSettings::default();
+        base.pool.health_check_interval = secs(30);
         for (command, shared, bound) in [
             (secs(1), secs(7), 7),
             (secs(5), secs(5), 5),
@@ -463,13 +559,29 @@ mod tests {
             let expected = (Duration::from_secs(30), Duration::from_secs(bound));
             assert_eq!(s.heartbeat(), Some(expected), "{command:?} {shared:?}");
         }
-        assert_eq!(base.health_check_interval(None).heartbeat(), None);
+        base.pool.health_check_interval = None;
+        assert_eq!(base.heartbeat(), None);
     }
 
     #[test]
-    fn max_connections_maps_to_overflow() {
-        let c = PoolSettings::default().pool_size(4).max_connections(10).engine_config();
-        assert_eq!((c.pool_size, c.max_overflow), (4, 6));
-        assert!(c.validate().is_ok());
+    fn max_connections_is_the_sum_of_the_size_and_the_overflow() {
+        let s = PoolSettings::default().pool_size(4).max_connections(10);
+        assert_eq!(sizes(&s), (4, 6));
+        assert_eq!(s.max_size(), 10);
+        assert!(s.engine_config().validate().is_ok());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_table_reads_the_engines_keys_beside_the_pools_own() {
+        let s: PoolSettings = serde_json::from_str(
+            r#"{"pool_size": 4, "max_connections": 6, "shared_clients": 2, "command_timeout": 0}"#,
+        )
+        .unwrap();
+        assert_eq!((sizes(&s), s.shared_clients, s.command_timeout), ((4, 2), 2, None));
+        let back: PoolSettings = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let err = serde_json::from_str::<PoolSettings>(r#"{"sharedclients": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("sharedclients"), "{err}");
     }
 }

@@ -250,8 +250,8 @@ impl ClientFactory {
                 .with_interval(KEEPALIVE_INTERVAL)
         });
         let connection = ConnectionConfig {
-            connection_timeout: settings.connect_timeout,
-            internal_command_timeout: settings.connect_timeout,
+            connection_timeout: settings.pool.connect_timeout,
+            internal_command_timeout: settings.pool.connect_timeout,
             // A command in flight when a connection drops fails rather than being sent again:
             // only `RedisPool::idempotent` retries, and only idempotent commands.
             max_command_attempts: 1,

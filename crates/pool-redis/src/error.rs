@@ -10,16 +10,9 @@ pub type AcquireError = pool_core::AcquireError<fred::error::Error>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// An environment variable holds a value that does not parse.
-    #[error("environment variable {var}={value:?} is invalid: {reason}")]
-    Env {
-        /// The variable's name (`REDIS_POOL_SIZE`...).
-        var: String,
-        /// The value found.
-        value: String,
-        /// What the value must be.
-        reason: String,
-    },
+    /// An environment variable holds a value that does not parse, or that its setting refuses.
+    #[error(transparent)]
+    Env(#[from] pool_core::EnvError),
     /// The Redis URL does not parse (the password, if any, is masked).
     #[error("invalid Redis URL {url:?}: {source}")]
     Url {
@@ -35,11 +28,11 @@ pub enum ConfigError {
         /// The pool's name.
         pool: String,
         /// The setting (`pool_size`, `max_connections`...).
-        setting: &'static str,
+        setting: String,
         /// The rejected value.
         value: String,
         /// What the value must be.
-        reason: &'static str,
+        reason: String,
     },
     /// The configuration names no pool.
     #[error("the Redis configuration names no pool")]

@@ -80,7 +80,7 @@ impl RedisPool {
         let shared = SharedClients::open(
             &factory.for_shared(&settings),
             settings.shared_clients,
-            settings.connect_timeout,
+            settings.pool.connect_timeout,
         )
         .await
         .map_err(|e| match e {
@@ -88,10 +88,10 @@ impl RedisPool {
             None => BuildError::ConnectTimeout {
                 pool: name.to_owned(),
                 url: redact(url),
-                after: settings.connect_timeout,
+                after: settings.pool.connect_timeout,
             },
         })?;
-        let manager = RedisManager::new(name, factory, settings.connect_timeout);
+        let manager = RedisManager::new(name, factory, settings.pool.connect_timeout);
         let exclusive = ConnectionPool::builder(manager)
             .name(name)
             .config(settings.engine_config())
@@ -251,7 +251,7 @@ impl RedisPool {
     pub async fn close(&self) -> Result<(), CloseError> {
         self.inner.closed.store(true, Relaxed);
         let result = self.inner.exclusive.close().await;
-        self.inner.shared.close(self.inner.settings.connect_timeout).await;
+        self.inner.shared.close(self.inner.settings.pool.connect_timeout).await;
         result
     }
 }
@@ -311,7 +311,7 @@ impl pool_core::Pool for RedisPool {
     /// for the server, and a failing connect, if any, is reported.
     async fn health(&self) -> Health {
         let pool = self.inner.name.to_string();
-        let bound = self.inner.settings.connect_timeout;
+        let bound = self.inner.settings.pool.connect_timeout;
         let start = Instant::now();
         let shared = match tokio::time::timeout(bound, self.shared().ping::<()>(None)).await {
             Ok(Ok(())) => Ok(start.elapsed()),

@@ -45,10 +45,12 @@ fn defaults_are_the_seeds_pools() {
     let c = AdminConfig::load(None, env(&[])).unwrap();
     assert_eq!(c.postgres.keys().collect::<Vec<_>>(), ["main"]);
     assert_eq!(c.redis.keys().collect::<Vec<_>>(), ["cache", "main"]);
-    assert_eq!((c.postgres["main"].pool_size, c.postgres["main"].max_overflow), (10, 20));
-    assert_eq!(c.postgres["main"].pool_timeout, 30.0);
-    assert_eq!(c.postgres["main"].pool_recycle, 3600.0);
-    assert_eq!(c.redis["cache"].pool_size, 20);
+    let pg = &c.postgres["main"].pool;
+    assert_eq!((pg.pool_size, pg.max_overflow), (10, 20));
+    assert_eq!(pg.pool_timeout, Duration::from_secs(30));
+    assert_eq!(pg.pool_recycle, Some(Duration::from_secs(3600)));
+    assert_eq!(c.redis["cache"].pool.pool_size, 20);
+    assert_eq!(c.redis["cache"].max_size(), 50);
     assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9187");
 }
 
@@ -80,10 +82,11 @@ fn environment_wins_over_the_file_which_wins_over_defaults() {
     )
     .unwrap();
     let pg = &c.postgres["main"];
-    assert_eq!((pg.pool_size, pg.max_overflow, pg.pool_timeout), (15, 3, 2.5));
+    let sizes = (pg.pool.pool_size, pg.pool.max_overflow, pg.pool.pool_timeout);
+    assert_eq!(sizes, (15, 3, Duration::from_millis(2500)));
     assert_eq!(pg.url.expose(), "postgres://app:hunter2@db:5432/app");
     assert_eq!(pg.replicas.len(), 2);
-    assert_eq!((c.redis["main"].pool_size, c.redis["main"].max_connections), (4, 9));
+    assert_eq!((c.redis["main"].pool.pool_size, c.redis["main"].max_size()), (4, 9));
     assert_eq!(
         c.redis.keys().collect::<Vec<_>>(),
         ["main"],
@@ -177,8 +180,8 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         ),
         (
             &[],
-            Some("[redis.main]\nshared_command_timeout = -2\n"),
-            "invalid value for redis.main.shared_command_timeout = -2 from TOML file",
+            Some("[redis.main]\nshared_command_timeout = \"soon\"\n"),
+            "invalid value for redis.main.shared_command_timeout = string \"soon\" from TOML file",
         ),
         (
             &[],
@@ -275,7 +278,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
 #[test]
 fn durations_up_to_100_years_are_accepted_and_convert() {
     let c = AdminConfig::load(None, env(&[("DATABASE_POOL_RECYCLE", "3153600000")])).unwrap();
-    let recycle = secs(c.postgres["main"].pool_recycle).unwrap();
+    let recycle = c.postgres["main"].pool.pool_recycle.unwrap();
     assert_eq!(recycle, Duration::from_secs(3_153_600_000));
     assert_eq!(secs(1e20), Some(Duration::from_secs(3_153_600_000)));
     assert_eq!(secs(f64::INFINITY), Some(Duration::from_secs(3_153_600_000)));
@@ -302,19 +305,19 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
     assert_eq!(c.postgres.keys().collect::<Vec<_>>(), ["main", "reports"]);
     assert_eq!(c.postgres["main"].url.expose(), "postgres://app@db/main");
     assert_eq!(c.redis.keys().collect::<Vec<_>>(), ["cache", "main"]);
-    assert_eq!(c.redis["main"].pool_size, 3);
+    assert_eq!(c.redis["main"].pool.pool_size, 3);
 }
 
 /// An unknown key reads as the key without figment's profile (`default.`), the file named once,
 /// the closest known key when one is close, and the known keys, without nested backticks.
 #[test]
 fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
-    let pg_keys = "url, replicas, pool_size, max_overflow, pool_timeout, pool_recycle, \
-                   connect_timeout, pool_pre_ping, pre_ping_bypass, pool_use_lifo, \
-                   reset_on_return, min_idle, \
-                   health_check_interval, max_connecting, idle_timeout, leak_detection_threshold, \
-                   max_replica_lag, replica_ban, replica_timeout, lag_probe_interval, \
-                   connection_budget";
+    // A cluster's keys: the engine's and the cluster's own, in one list.
+    let pg_keys = "connect_timeout, connection_budget, health_check_interval, idle_timeout, \
+                   lag_probe_interval, leak_detection_threshold, max_connecting, max_overflow, \
+                   max_replica_lag, min_idle, pool_pre_ping, pool_recycle, pool_size, \
+                   pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, replica_ban, \
+                   replica_timeout, replicas, reset_on_return, url";
     let cases = [
         (
             "[postgres.main]\npool_sise = 3\n",
@@ -332,7 +335,7 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
         ),
         (
             "[redis.cache]\nsharedclients = 2\n",
-            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: pool_size, max_connections, shared_clients, socket_keepalive, retry_on_timeout, command_timeout, shared_command_timeout, health_check_interval, pool_timeout)".to_owned(),
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive)".to_owned(),
         ),
     ];
     for (toml, expected) in cases {
@@ -458,7 +461,7 @@ fn what_serve_refuses_load_refuses_naming_key_source_and_value() {
         (
             &[("DATABASE_POOL_OVERFLOW", "99991")],
             None,
-            "invalid value for postgres.main.max_overflow = 99991 from environment variable DATABASE_POOL_OVERFLOW: pool_size + max_overflow must not exceed 100000 (pool_size is 10)",
+            "invalid value for postgres.main.max_overflow = 99991 from environment variable DATABASE_POOL_OVERFLOW: must not exceed 99990, as pool_size (10) + max_overflow must not exceed 100000",
         ),
         (
             &[("DATABASE_POOL_TIMEOUT", "0.000000000001")],
@@ -674,8 +677,8 @@ fn a_conflict_names_each_values_source() {
     let cases: &[Case<'_>] = &[
         (
             &[("REDIS_POOL_SIZE", "30")],
-            None,
-            "invalid value for redis.main.max_connections = 20 from the default: must be at least pool_size (30); pool_size is from environment variable REDIS_POOL_SIZE",
+            Some("[redis.main]\nmax_connections = 20\n"),
+            "invalid value for redis.main.max_connections = 20 from TOML file …: must be at least pool_size (30); pool_size is from environment variable REDIS_POOL_SIZE",
         ),
         (
             &[("REDIS_MAX_CONNECTIONS", "2")],
@@ -690,7 +693,7 @@ fn a_conflict_names_each_values_source() {
         (
             &[("DATABASE_POOL_SIZE", "99990")],
             None,
-            "invalid value for postgres.main.max_overflow = 20 from the default: pool_size + max_overflow must not exceed 100000 (pool_size is 99990); pool_size is from environment variable DATABASE_POOL_SIZE",
+            "invalid value for postgres.main.pool_size = 99990 from environment variable DATABASE_POOL_SIZE: must not exceed 99980, as pool_size + max_overflow (20) must not exceed 100000; max_overflow is from the default",
         ),
         (
             &[],
@@ -700,7 +703,7 @@ fn a_conflict_names_each_values_source() {
         (
             &[],
             Some("[redis.main]\nretry_on_timeout = true\nshared_command_timeout = 0\n"),
-            "invalid value for redis.main.retry_on_timeout = true from TOML file …: needs a shared_command_timeout: with 0 no shared command times out",
+            "invalid value for redis.main.retry_on_timeout = true from TOML file …: needs a shared_command_timeout: without one no shared command times out",
         ),
     ];
     for (vars, toml, expected) in cases {
@@ -727,7 +730,7 @@ enum Read {
     Refused,
 }
 
-/// The forms an environment variable may take, read by pool-postgres's `config_from_vars`,
+/// The forms an environment variable may take, read by pool-postgres's `with_env_from`,
 /// pool-redis's `with_env_from` and pool-admin's `load`: one table, so the readers cannot drift
 /// apart.
 #[test]
@@ -761,20 +764,23 @@ fn every_reader_takes_the_same_forms_with_the_same_meaning() {
         ("1_000", Refused, Refused),
     ];
     let postgres = |var: &str, text: &str| -> Read {
-        match pool_postgres::config_from_vars(pool_core::PoolConfig::default(), [(var, text)]) {
+        match PostgresConfig::default().with_env_from(env(&[(var, text)])) {
             Err(_) => Refused,
-            Ok(c) if var == "DATABASE_POOL_TIMEOUT" => Value(c.pool_timeout.as_secs_f64()),
-            Ok(c) => c.pool_recycle.map_or(Never, |d| Value(d.as_secs_f64())),
+            Ok(c) if var == "DATABASE_POOL_TIMEOUT" => Value(c.pool.pool_timeout.as_secs_f64()),
+            Ok(c) => c.pool.pool_recycle.map_or(Never, |d| Value(d.as_secs_f64())),
         }
     };
     let admin = |var: &str, text: &str| -> Read {
         match AdminConfig::load(None, env(&[(var, text)])) {
             Err(_) => Refused,
             Ok(c) => {
-                let pg = &c.postgres["main"];
-                let v =
-                    if var == "DATABASE_POOL_TIMEOUT" { pg.pool_timeout } else { pg.pool_recycle };
-                secs(v).map_or(Never, |d| Value(d.as_secs_f64()))
+                let pg = &c.postgres["main"].pool;
+                let v = if var == "DATABASE_POOL_TIMEOUT" {
+                    Some(pg.pool_timeout)
+                } else {
+                    pg.pool_recycle
+                };
+                v.map_or(Never, |d| Value(d.as_secs_f64()))
             }
         }
     };
@@ -826,30 +832,27 @@ fn every_reader_takes_the_same_forms_with_the_same_meaning() {
                 vars.push(("REDIS_POOL_SIZE", "5"));
             }
             let library = if var.starts_with("DATABASE") {
-                match pool_postgres::config_from_vars(
-                    pool_core::PoolConfig::default(),
-                    vars.clone(),
-                ) {
-                    Ok(c) if field == "pool_size" => Value(c.pool_size as f64),
-                    Ok(c) => Value(c.max_overflow as f64),
+                match PostgresConfig::default().with_env_from(env(&vars)) {
+                    Ok(c) if field == "pool_size" => Value(c.pool.pool_size as f64),
+                    Ok(c) => Value(c.pool.max_overflow as f64),
                     Err(_) => Refused,
                 }
             } else {
                 let found =
                     |k: &str| vars.iter().find(|(v, _)| *v == k).map(|(_, t)| (*t).to_owned());
                 match pool_redis::RedisConfig::default().with_env_from(found) {
-                    Ok(c) if field == "pool_size" => Value(c.pools["main"].pool_size as f64),
-                    Ok(c) => Value(c.pools["main"].max_connections as f64),
+                    Ok(c) if field == "pool_size" => Value(c.pools["main"].pool.pool_size as f64),
+                    Ok(c) => Value(c.pools["main"].max_size() as f64),
                     Err(_) => Refused,
                 }
             };
             let admin = match AdminConfig::load(None, env(&vars)) {
                 Err(_) => Refused,
                 Ok(c) => Value(match (var, field) {
-                    ("DATABASE_POOL_SIZE", _) => c.postgres["main"].pool_size,
-                    ("DATABASE_POOL_OVERFLOW", _) => c.postgres["main"].max_overflow,
-                    (_, "pool_size") => c.redis["main"].pool_size,
-                    _ => c.redis["main"].max_connections,
+                    ("DATABASE_POOL_SIZE", _) => c.postgres["main"].pool.pool_size,
+                    ("DATABASE_POOL_OVERFLOW", _) => c.postgres["main"].pool.max_overflow,
+                    (_, "pool_size") => c.redis["main"].pool.pool_size,
+                    _ => c.redis["main"].max_size(),
                 } as f64),
             };
             if (library, admin) != (expected, expected) {
@@ -874,9 +877,8 @@ fn a_refused_number_says_which_forms_are_allowed() {
         ("DATABASE_POOL_SIZE", "1e3", count),
         ("DATABASE_POOL_OVERFLOW", "-1", count),
     ] {
-        let pg = pool_postgres::config_from_vars(pool_core::PoolConfig::default(), [(var, text)])
-            .unwrap_err()
-            .to_string();
+        let pg =
+            PostgresConfig::default().with_env_from(env(&[(var, text)])).unwrap_err().to_string();
         let admin = AdminConfig::load(None, env(&[(var, text)])).unwrap_err().to_string();
         for err in [&pg, &admin] {
             assert!(err.contains(var) && err.contains(forms), "{var}={text:?}: {err}");
@@ -894,4 +896,23 @@ fn a_refused_number_says_which_forms_are_allowed() {
             assert!(err.contains(var) && err.contains(count), "{err}");
         }
     }
+}
+
+/// A variable means the same to the library and to the server: `REDIS_POOL_SIZE` alone keeps
+/// the pool's overflow in both (it used to raise pool-redis's total and be refused by the
+/// server), and every optional duration reads 0 or less as off, in a file as in the library.
+#[test]
+fn the_library_and_the_server_read_a_variable_alike() {
+    let vars = [("REDIS_POOL_SIZE", "64")];
+    let admin = AdminConfig::load(None, env(&vars)).unwrap();
+    let library = pool_redis::RedisConfig::default().with_env_from(env(&vars)).unwrap();
+    assert_eq!(admin.redis["main"], library.pools["main"]);
+    assert_eq!((admin.redis["main"].pool.pool_size, admin.redis["main"].max_size()), (64, 84));
+    let f = file("[redis.main]\nshared_command_timeout = -2\n[postgres.main]\nidle_timeout = 0\n");
+    let c = AdminConfig::load(Some(&f.0), env(&[])).unwrap();
+    assert_eq!(c.redis["main"].shared_command_timeout, None);
+    assert_eq!(c.postgres["main"].pool.idle_timeout, None);
+    let vars = [("DATABASE_POOL_SIZE", "7"), ("DATABASE_POOL_RECYCLE", "-1")];
+    let library = PostgresConfig::default().with_env_from(env(&vars)).unwrap();
+    assert_eq!(AdminConfig::load(None, env(&vars)).unwrap().postgres["main"], library);
 }

@@ -17,7 +17,7 @@ use crate::{CausalToken, Lsn, PgManager, PgPooledConnection, SessionError};
 fn build_rejects_zero_and_endless_durations_naming_them() {
     let manager = || PgManager::from_url("postgres://app@127.0.0.1/db").unwrap();
     let cases = [
-        (PgCluster::builder("c", manager()).ban_duration(Duration::ZERO), "ban_duration = 0ns"),
+        (PgCluster::builder("c", manager()).replica_ban(Duration::ZERO), "replica_ban = 0ns"),
         (
             PgCluster::builder("c", manager()).replica_timeout(Duration::MAX),
             "replica_timeout = 18446744073709551615.999999999s: must be at most 100 years",

@@ -661,7 +661,36 @@ fn backend_settings(source: &Value, id: &str) -> Option<Value> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
+    /// Absent resets every pool; `null` is refused, as the document says the field is a string,
+    /// rather than read as "every pool".
+    #[serde(default, deserialize_with = "present")]
     pool: Option<String>,
+}
+
+/// A field that may be left out but, when given, is a `T`: `null` is refused.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A count as JSON writes it: an integer, or a number with no fraction (`347.0` is the integer
+/// 347 in JSON Schema, so a client that writes numbers as floats is understood).
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    use serde::de::Error as _;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map_err(|_| D::Error::custom(format!("{u} is too large")));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= 0.0 && f < usize::MAX as f64 => Ok(f as usize),
+        _ => Err(D::Error::custom(format!("expected a whole number of connections, got {n}"))),
+    }
+}
+
+/// [`whole`], for a field that may be left out (`null` refused).
+fn some_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    whole(d).map(Some)
 }
 
 async fn reset_stats(
@@ -719,7 +748,9 @@ async fn reset_stats(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResizeRequest {
+    #[serde(deserialize_with = "whole")]
     pool_size: usize,
+    #[serde(default, deserialize_with = "some_whole")]
     max_overflow: Option<usize>,
 }
 
@@ -738,8 +769,22 @@ async fn resize(
     Ok(Json(json!({ "pool": id, "pool_size": c.pool_size, "max_overflow": c.max_overflow })))
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+/// The document as this router serves it: `/metrics` needs no token when `metrics_open` is set,
+/// and the document says so.
+async fn openapi(State(state): State<AdminState>) -> Response {
+    let body = if state.inner.metrics_open {
+        let mut doc: Value = serde_json::from_str(crate::OPENAPI).unwrap_or(Value::Null);
+        if let Some(get) = doc.pointer_mut("/paths/~1metrics/get").and_then(Value::as_object_mut) {
+            get.insert("security".to_owned(), json!([]));
+            if let Some(responses) = get.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.remove("401");
+            }
+        }
+        doc.to_string()
+    } else {
+        crate::OPENAPI.to_owned()
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -627,3 +627,54 @@ async fn a_budget_counts_the_connections_a_shrunk_pool_still_holds() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(b.stats().pool_size, 8);
 }
+
+/// What a client of the document may send is what the server takes: `pool` is a string or left
+/// out (`null` used to reset every pool), and a count may be written as a float with no
+/// fraction (`347.0` is an integer in JSON Schema).
+#[tokio::test]
+async fn requests_are_read_as_the_document_says() {
+    let f = fixture(false).await;
+    drop(f.main.acquire().await.unwrap());
+    let pool = f.state.registry().get("main").unwrap();
+    let (status, body) =
+        post_json(&f.app, &format!("{PREFIX}/reset-stats"), json!({ "pool": null })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    conforms("Error", &body);
+    assert_eq!(pool.stats().acquires, 1, "a refused reset resets nothing");
+
+    let uri = format!("{PREFIX}/pools/main/resize");
+    let (status, body) =
+        post_json(&f.app, &uri, json!({ "pool_size": 3.0, "max_overflow": 2.0 })).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({ "pool": "test:main", "pool_size": 3, "max_overflow": 2 }))
+    );
+    for refused in [
+        json!({ "pool_size": 3.5 }),
+        json!({ "pool_size": -1.0 }),
+        json!({ "pool_size": 3, "max_overflow": null }),
+    ] {
+        let (status, body) = post_json(&f.app, &uri, refused.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}: {body}");
+    }
+}
+
+/// The served document says whether `/metrics` needs the token, as the router was built.
+#[tokio::test]
+async fn the_served_document_says_whether_metrics_needs_the_token() {
+    for open in [false, true] {
+        let f = fixture(open).await;
+        let (status, doc) = get(&f.app, "/api/v1/admin/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        let security = doc.pointer("/paths/~1metrics/get/security");
+        let needs_token = security.is_none_or(|s| s != &json!([]));
+        let (status, _) = call(&f.app, Method::GET, "/metrics", None, None).await;
+        assert_eq!(
+            needs_token,
+            status == StatusCode::UNAUTHORIZED,
+            "metrics_open = {open}: {security:?}"
+        );
+        let documents_401 = doc.pointer("/paths/~1metrics/get/responses/401").is_some();
+        assert_eq!(documents_401, !open);
+    }
+}

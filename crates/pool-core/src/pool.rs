@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::clock::{self, Instant};
+use crate::clock::{self, Clock, Instant};
 
 use crate::config::{Builder, PoolConfig};
 use crate::error::{
@@ -133,6 +133,8 @@ pub(crate) struct Shared<M: Manager> {
     /// The runtime the pool was built in: it runs the checks an acquire starts, and their
     /// timers, so an acquire polled outside any tokio runtime works too.
     runtime: tokio::runtime::Handle,
+    /// The clock the engine reads: the one that ships unless the builder asked for tokio's.
+    clock: Clock,
 }
 
 impl<M: Manager> Drop for Shared<M> {
@@ -402,13 +404,17 @@ impl<M: Manager> ConnectionPool<M> {
     }
 
     pub(crate) fn start(builder: Builder<M>, handle: &tokio::runtime::Handle) -> Self {
-        let Builder { manager, name, config } = builder;
+        #[cfg(feature = "testing")]
+        let clock = if builder.tokio_clock { Clock::tokio() } else { Clock::Tsc };
+        #[cfg(not(feature = "testing"))]
+        let clock = Clock::Tsc;
+        let Builder { manager, name, config, .. } = builder;
         let state = State {
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
             min_idle: config.min_idle,
             idle: VecDeque::with_capacity(config.max_size().min(1024)),
-            in_use: InUse::new(clock::now()),
+            in_use: InUse::new(clock.now()),
             busy: 0,
             connecting: 0,
             closing: 0,
@@ -435,6 +441,7 @@ impl<M: Manager> ConnectionPool<M> {
             reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
             runtime: handle.clone(),
+            clock,
         });
         handle.spawn(reap(Arc::downgrade(&shared), Arc::clone(&shared.reaper)));
         let n = shared.lock().connects_to_start(shared.config.max_connecting, true);
@@ -759,7 +766,7 @@ impl<M: Manager> ConnectionPool<M> {
     /// A snapshot of the pool's gauges, counters and histograms (see [`PoolStats`] on how
     /// consistent it is).
     pub fn stats(&self) -> PoolStats {
-        let now = clock::now();
+        let now = self.shared.now();
         let (gauges, config) = {
             let st = self.shared.lock();
             let g = Gauges {
@@ -786,7 +793,7 @@ impl<M: Manager> ConnectionPool<M> {
     /// Zeroes counters, histograms and peaks (peaks restart from the current gauges, and
     /// [`PoolStats::in_use_time`] from now); gauges are untouched.
     pub fn reset_stats(&self) {
-        let now = clock::now();
+        let now = self.shared.now();
         let mut st = self.shared.lock();
         st.in_use.reset(now);
         // Under the lock, so that a snapshot reads `in_use_time` and the reset count together
@@ -916,6 +923,13 @@ impl<M: Manager> ConnectionPool<M> {
             .map_err(|_| ObserveError::AlreadyAttached { pool: self.shared.name.clone() })
     }
 
+    /// Whether this pool reads tokio's clock (`Builder::tokio_clock`, tests only) rather than
+    /// the clock that ships: for a test suite to check that the pools it tests run as they ship.
+    #[doc(hidden)]
+    pub fn reads_tokio_clock(&self) -> bool {
+        self.shared.clock.is_tokio()
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
@@ -951,9 +965,9 @@ impl<M: Manager> ConnectionPool<M> {
         if let Some(conn) = idle {
             let shared = Arc::clone(&self.shared);
             let task = self.shared.runtime.spawn(async move {
-                let start = clock::now();
+                let start = shared.now();
                 let conn = shared.check(conn, Held::Pool).await?;
-                let took = start.elapsed();
+                let took = shared.now().duration_since(start);
                 shared.put_back(conn, Held::Pool);
                 Ok(took)
             });
@@ -961,14 +975,14 @@ impl<M: Manager> ConnectionPool<M> {
         }
         let bound = self.shared.config.connect_timeout;
         let mut conn = self.acquire_timeout(bound).await.map_err(|e| e.to_string())?;
-        let start = clock::now();
+        let start = self.shared.now();
         match tokio::time::timeout(
             bound,
             caught(async { self.shared.manager.check(&mut conn).await }),
         )
         .await
         {
-            Ok(Ok(Ok(()))) => Ok(start.elapsed()),
+            Ok(Ok(Ok(()))) => Ok(self.shared.now().duration_since(start)),
             Ok(Ok(Err(e))) => {
                 conn.discard_as(CloseReason::FailedCheck);
                 Err(format!("check failed: {e}"))
@@ -986,6 +1000,12 @@ impl<M: Manager> ConnectionPool<M> {
 }
 
 impl<M: Manager> Shared<M> {
+    /// Now, on the pool's clock.
+    #[inline]
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<M>> {
         // The lock is never held across a panic point of ours; recover from a poisoned lock
         // rather than propagate a panic from a user's code into every caller.
@@ -1025,7 +1045,7 @@ impl<M: Manager> Shared<M> {
             })
         };
         loop {
-            let now = clock::now();
+            let now = self.now();
             let step = {
                 let mut st = self.lock();
                 if st.closed {
@@ -1076,7 +1096,7 @@ impl<M: Manager> Shared<M> {
                             Checked::Alive(conn) => {
                                 return Ok(self.checked_out(
                                     conn,
-                                    clock::now(),
+                                    self.now(),
                                     Some(start),
                                     location,
                                 ));
@@ -1104,7 +1124,7 @@ impl<M: Manager> Shared<M> {
                     return match queued.wait().await {
                         Ok(conn) => {
                             self.stats.waits.fetch_add(1, Relaxed);
-                            Ok(self.checked_out(conn, clock::now(), Some(start), location))
+                            Ok(self.checked_out(conn, self.now(), Some(start), location))
                         }
                         Err(QueueEnd::Closed) => Err(AcquireFail::Closed),
                         Err(QueueEnd::TimedOut) => Err(self.timed_out(start)),
@@ -1118,7 +1138,7 @@ impl<M: Manager> Shared<M> {
         self.stats.timeouts.fetch_add(1, Relaxed);
         let st = self.lock();
         AcquireFail::Timeout {
-            waited: clock::now().duration_since(start),
+            waited: self.now().duration_since(start),
             state: st.state(),
             last_error: st.last_error.clone(),
         }
@@ -1163,7 +1183,7 @@ impl<M: Manager> Shared<M> {
         });
         let timer = {
             let _in_runtime = current.is_none().then(|| self.runtime.enter());
-            tokio::time::sleep(deadline.duration_since(clock::now()))
+            tokio::time::sleep(deadline.duration_since(self.now()))
         };
         let mut reply = CheckReply { shared: self, rx: Some(rx) };
         let Some(rx) = reply.rx.as_mut() else { return Checked::Failed };
@@ -1191,7 +1211,7 @@ impl<M: Manager> Shared<M> {
         let check = caught(async { self.manager.check(&mut conn.raw).await });
         let error = match tokio::time::timeout(bound, check).await {
             Ok(Ok(Ok(()))) => {
-                conn.alive_at = clock::now();
+                conn.alive_at = self.now();
                 return Ok(conn);
             }
             Ok(Ok(Err(e))) => format!("check failed: {e}"),
@@ -1199,7 +1219,7 @@ impl<M: Manager> Shared<M> {
             Err(_) => format!("check timed out after {bound:?}"),
         };
         tracing::debug!(pool = %self.id, conn = conn.id, %error, "connection failed its check");
-        self.retire(conn, CloseReason::FailedCheck, held, clock::now());
+        self.retire(conn, CloseReason::FailedCheck, held, self.now());
         Err(error)
     }
 
@@ -1236,7 +1256,7 @@ impl<M: Manager> Shared<M> {
     /// detached): the use-time histogram, the observer and the leak report see it. Returns
     /// the time.
     pub(crate) fn came_back(&self, id: u64, acquired_at: Instant) -> Instant {
-        let now = clock::now();
+        let now = self.now();
         let held = now.duration_since(acquired_at);
         self.stats.usage.record(held);
         if let Some(observer) = self.observer.get() {
@@ -1289,13 +1309,13 @@ impl<M: Manager> Shared<M> {
                     Ok(Ok(Ok(()))) => return shared.put_back(conn, Held::Pool),
                     Ok(Ok(Err(e))) => {
                         tracing::debug!(pool = %shared.id, conn = conn.id, error = %e, "reset on return failed");
-                        clock::now()
+                        shared.now()
                     }
                     Ok(Err(panic)) => {
                         tracing::warn!(pool = %shared.id, conn = conn.id, "reset on return {panic}");
-                        clock::now()
+                        shared.now()
                     }
-                    Err(_) => clock::now(),
+                    Err(_) => shared.now(),
                 };
                 shared.retire(conn, CloseReason::FailedReset, Held::Pool, failed);
             });
@@ -1306,7 +1326,7 @@ impl<M: Manager> Shared<M> {
 
     /// Returns a live connection to the oldest waiter or the idle list, or retires it.
     fn put_back(self: &Arc<Self>, conn: Conn<M::Connection>, held: Held) {
-        let now = clock::now();
+        let now = self.now();
         if conn.expired(now) {
             return self.retire(conn, CloseReason::Recycled, held, now);
         }
@@ -1434,7 +1454,7 @@ impl<M: Manager> Shared<M> {
     async fn connect(self: Arc<Self>) {
         let bound = self.config.connect_timeout;
         loop {
-            let start = clock::now();
+            let start = self.now();
             let result =
                 match tokio::time::timeout(bound, caught(async { self.manager.connect().await }))
                     .await
@@ -1474,7 +1494,7 @@ impl<M: Manager> Shared<M> {
     }
 
     fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant) {
-        let now = clock::now();
+        let now = self.now();
         self.stats.created.fetch_add(1, Relaxed);
         let took = now.duration_since(start);
         self.stats.connect.record(took);
@@ -1519,7 +1539,7 @@ impl<M: Manager> Shared<M> {
 
     /// One pass of the maintenance task.
     async fn maintain(self: &Arc<Self>) {
-        let now = clock::now();
+        let now = self.now();
         let c = &self.config;
         let mut retire = Vec::new();
         let mut ping = Vec::new();
@@ -1713,17 +1733,18 @@ fn backoff(failures: u32) -> Duration {
 /// deadline (or until woken by a waiter with an earlier one) and drops the expired waiters.
 async fn reap<M: Manager>(pool: Weak<Shared<M>>, wake: Arc<Notify>) {
     loop {
+        // How long until the earliest deadline, read on the pool's clock.
         let next = {
             let Some(shared) = pool.upgrade() else { return };
-            match shared.expire_waiters(clock::now()) {
-                Some(next) => next,
+            match shared.expire_waiters(shared.now()) {
+                Some(next) => next.map(|at| at.duration_since(shared.now())),
                 None => return,
             }
         };
         match next {
-            Some(at) => {
+            Some(wait) => {
                 tokio::select! {
-                    () = tokio::time::sleep(at.duration_since(clock::now())) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = wake.notified() => {}
                 }
             }

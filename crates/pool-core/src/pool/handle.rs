@@ -162,12 +162,12 @@ impl<M: Manager> ConnectionPool<M> {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Result<PooledConnection<M>, AcquireError<M::Error>>> + Send + '_ {
-        self.acquire_timeout_at(timeout, Location::caller())
+        self.acquire_for_caller(timeout, Location::caller())
     }
 
-    /// [`acquire_timeout`](Self::acquire_timeout) on behalf of the code at `location`: for a
-    /// wrapper that acquires inside its own `async` code (after routing, say), where
-    /// `#[track_caller]` cannot see its caller.
+    /// [`acquire_timeout`](Self::acquire_timeout) on behalf of the caller at `location`, the line
+    /// leak reports then name: for a wrapper that acquires inside its own `async` code (after
+    /// routing, say), where `#[track_caller]` cannot see its caller.
     ///
     /// [`acquire`](Self::acquire), [`acquire_timeout`](Self::acquire_timeout) and
     /// [`try_acquire`](Self::try_acquire) record the line that called them; leak detection
@@ -198,7 +198,7 @@ impl<M: Manager> ConnectionPool<M> {
     ///         let location = Location::caller();
     ///         async move {
     ///             // ... whatever the wrapper does before it acquires ...
-    ///             self.pool.acquire_timeout_at(Duration::from_secs(1), location).await
+    ///             self.pool.acquire_for_caller(Duration::from_secs(1), location).await
     ///         }
     ///     }
     /// }
@@ -212,7 +212,7 @@ impl<M: Manager> ConnectionPool<M> {
     /// # Errors
     ///
     /// As for [`acquire`](Self::acquire), with `timeout` in place of `pool_timeout`.
-    pub async fn acquire_timeout_at(
+    pub async fn acquire_for_caller(
         &self,
         timeout: Duration,
         location: &'static Location<'static>,

@@ -112,8 +112,9 @@ fn pool_guard_and_acquire_future_are_send() {
         send(&acquire);
         let try_acquire = pool.try_acquire();
         send(&try_acquire);
-        let at = pool.acquire_timeout_at(Duration::from_secs(1), std::panic::Location::caller());
-        send(&at);
+        let for_caller =
+            pool.acquire_for_caller(Duration::from_secs(1), std::panic::Location::caller());
+        send(&for_caller);
         let warmed = pool.warmed(Duration::from_secs(1));
         send(&warmed);
         let close = pool.close();
@@ -678,7 +679,7 @@ fn acquire_via_wrapper(
     let location = std::panic::Location::caller();
     async move {
         tokio::task::yield_now().await;
-        pool.acquire_timeout_at(Duration::from_secs(1), location).await.unwrap()
+        pool.acquire_for_caller(Duration::from_secs(1), location).await.unwrap()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The workspace's one integration test binary; each module tests one area against real servers.
 
 mod admin; // pool-admin over a real socket: stats, reset, resize, health flips, metrics
+mod clock; // every pool built here reads the clock that ships, whatever features cargo unified
 mod dashboard; // pool-admin's dashboard in headless Chromium: charts, numbers, resize, auth
 mod harness; // the throwaway PostgreSQL and Redis launchers themselves
 mod metrics; // pool-metrics over real postgres and redis pools, both exporters

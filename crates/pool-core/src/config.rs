@@ -276,6 +276,9 @@ pub struct Builder<M> {
     pub(crate) manager: M,
     pub(crate) name: String,
     pub(crate) config: PoolConfig,
+    /// Whether the pool reads tokio's clock ([`tokio_clock`](Self::tokio_clock)).
+    #[cfg(feature = "testing")]
+    pub(crate) tokio_clock: bool,
 }
 
 macro_rules! setters {
@@ -290,7 +293,13 @@ macro_rules! setters {
 
 impl<M: Manager> Builder<M> {
     pub(crate) fn new(manager: M) -> Self {
-        Builder { manager, name: "default".to_owned(), config: PoolConfig::default() }
+        Builder {
+            manager,
+            name: "default".to_owned(),
+            config: PoolConfig::default(),
+            #[cfg(feature = "testing")]
+            tokio_clock: false,
+        }
     }
 
     /// The pool's name in stats, metrics, logs and errors ["default"].
@@ -334,6 +343,33 @@ impl<M: Manager> Builder<M> {
         max_connecting: usize,
         /// See [`PoolConfig::leak_detection_threshold`].
         leak_detection_threshold: Option<Duration>,
+    }
+
+    /// Makes the pool read tokio's clock rather than the CPU's counter (feature `testing`): for
+    /// a test that pauses and advances tokio's clock, whose pool's idle times, lifetimes, waits,
+    /// connect and hold times then move with it. A pool built without it reads the clock that
+    /// ships, whatever features are on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pool_core::{ConnectionPool, testing::TestManager};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// tokio::time::pause();
+    /// let pool = ConnectionPool::builder(TestManager::new()).tokio_clock().build()?;
+    /// let conn = pool.acquire().await?;
+    /// tokio::time::advance(Duration::from_secs(60)).await;
+    /// drop(conn);
+    /// assert_eq!(pool.stats().in_use_time, Duration::from_secs(60));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "testing")]
+    pub fn tokio_clock(mut self) -> Self {
+        self.tokio_clock = true;
+        self
     }
 
     /// Validates the settings and starts the pool: its maintenance task and the warm-up of

@@ -4,7 +4,7 @@
 //! fair FIFO waiters with direct handoff, overflow, lifetimes with jitter, pre-ping with an idle
 //! bypass window, warm-up (in the background, or awaited with [`ConnectionPool::warmed`]), idle
 //! timeout, a maintenance task, bounded concurrent connects with backoff, leak detection that
-//! names the caller's line (wrappers pass theirs with [`ConnectionPool::acquire_timeout_at`]),
+//! names the caller's line (wrappers pass theirs with [`ConnectionPool::acquire_for_caller`]),
 //! runtime resize, close, and stats kept with atomics.
 //!
 //! Upper layers (metrics, optimizer, admin) hold pools as `Arc<dyn Pool>` in a [`Registry`], so

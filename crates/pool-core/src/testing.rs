@@ -1,5 +1,9 @@
 //! An in-memory [`Manager`] for tests (feature `testing`): connects, checks and resets can be
 //! made slow, failing or held on command, and it counts what the pool did with it.
+//!
+//! A test that pauses tokio's clock builds its pools with
+//! [`Builder::tokio_clock`](crate::Builder::tokio_clock), so that their waits, idle times,
+//! lifetimes and holds follow that clock; every other pool reads the clock that ships.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -564,7 +564,9 @@ mod tests {
             .with_reader(PeriodicReader::builder(delta.clone()).build())
             .build();
         let registry = Registry::new();
+        // The pool reads the paused clock too: each 1 ms timeout ends when that clock reaches it.
         let pool = ConnectionPool::builder(TestManager::new())
+            .tokio_clock()
             .name("db")
             .pool_size(1)
             .max_overflow(0)

@@ -1,5 +1,5 @@
 //! Both exporters over the same pools after a known sequence of operations, on tokio's paused
-//! clock so every duration is exact.
+//! clock (which the pools read, `Builder::tokio_clock`) so every duration is exact.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,15 +62,22 @@ async fn scripted(before: impl FnOnce(&Registry)) -> Registry {
     let registry = Registry::new();
     let m = TestManager::new();
     m.set_connect_delay(Duration::from_millis(2));
-    let db =
-        ConnectionPool::builder(m.clone()).name("db").pool_size(2).max_overflow(0).build().unwrap();
+    let db = ConnectionPool::builder(m.clone())
+        .tokio_clock()
+        .name("db")
+        .pool_size(2)
+        .max_overflow(0)
+        .build()
+        .unwrap();
     let cache = ConnectionPool::builder(m.clone())
+        .tokio_clock()
         .name("cache")
         .pool_size(1)
         .max_overflow(3)
         .build()
         .unwrap();
     let replica = ConnectionPool::builder(m.clone())
+        .tokio_clock()
         .name("db-replica-1")
         .pool_size(1)
         .max_overflow(0)

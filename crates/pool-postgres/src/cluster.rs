@@ -492,7 +492,7 @@ impl PgCluster {
         location: &'static Location<'static>,
     ) -> Result<PgPooledConnection, SessionError> {
         let inner = &*self.inner;
-        Ok(inner.primary.acquire_timeout_at(inner.settings.pool_timeout, location).await?)
+        Ok(inner.primary.acquire_for_caller(inner.settings.pool_timeout, location).await?)
     }
 
     /// A read session, acquired on behalf of the caller at `location`: every acquire it makes
@@ -529,7 +529,7 @@ impl PgCluster {
             if left.is_zero() {
                 break;
             }
-            let acquire = replica.pool.acquire_timeout_at(left, location);
+            let acquire = replica.pool.acquire_for_caller(left, location);
             let mut conn = match acquire.await {
                 Ok(conn) => conn,
                 Err(AcquireError::Timeout(t)) => {
@@ -572,7 +572,7 @@ impl PgCluster {
                 inner.causal_primary_reads.fetch_add(1, Relaxed);
             }
         }
-        Ok(inner.primary.acquire_timeout_at(inner.settings.pool_timeout, location).await?)
+        Ok(inner.primary.acquire_for_caller(inner.settings.pool_timeout, location).await?)
     }
 }
 

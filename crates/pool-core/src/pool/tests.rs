@@ -1,5 +1,6 @@
 //! Tests of the engine's contracts, with the in-memory test manager. Tests that depend on time
-//! run on tokio's paused clock, which the engine reads under the `testing` feature.
+//! pause tokio's clock and build their pools with `paused`, whose pools read that clock
+//! (`Builder::tokio_clock`); the others build with `builder` and run the clock that ships.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,13 @@ use crate::{
 
 fn builder(m: &TestManager) -> Builder<TestManager> {
     ConnectionPool::builder(m.clone()).name("t")
+}
+
+/// [`builder`] for a test that pauses tokio's clock: the pool reads that clock too, so its
+/// deadlines, idle times, lifetimes and holds move only as the test (or tokio's auto-advance)
+/// moves time, never with the machine's speed.
+fn paused(m: &TestManager) -> Builder<TestManager> {
+    builder(m).tokio_clock()
 }
 
 /// Lets other tasks run until `cond` holds; fails rather than spin forever.
@@ -104,8 +112,9 @@ fn pool_guard_and_acquire_future_are_send() {
         send(&acquire);
         let try_acquire = pool.try_acquire();
         send(&try_acquire);
-        let at = pool.acquire_timeout_at(Duration::from_secs(1), std::panic::Location::caller());
-        send(&at);
+        let for_caller =
+            pool.acquire_for_caller(Duration::from_secs(1), std::panic::Location::caller());
+        send(&for_caller);
         let warmed = pool.warmed(Duration::from_secs(1));
         send(&warmed);
         let close = pool.close();
@@ -117,7 +126,7 @@ fn pool_guard_and_acquire_future_are_send() {
 #[tokio::test(start_paused = true)]
 async fn waiters_are_served_first_come_first_served_without_barging() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).max_overflow(0), 1).await;
     let held = pool.acquire().await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -143,7 +152,7 @@ async fn waiters_are_served_first_come_first_served_without_barging() {
 #[tokio::test(start_paused = true)]
 async fn dropped_acquires_lose_nothing() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2).max_overflow(0), 2).await;
     let a = pool.acquire().await.unwrap();
     let b = pool.acquire().await.unwrap();
     // Ten queued callers; every other one goes away while waiting.
@@ -178,7 +187,7 @@ async fn dropped_acquires_lose_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_handed_to_a_dropped_waiter_goes_to_the_next() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).max_overflow(0), 1).await;
     let held = pool.acquire().await.unwrap();
     let first = tokio::spawn({
         let pool = pool.clone();
@@ -200,7 +209,7 @@ async fn a_connection_handed_to_a_dropped_waiter_goes_to_the_next() {
 async fn timeout_error_reports_the_wait_and_the_pool_state() {
     let m = TestManager::new();
     let pool =
-        warm_pool(builder(&m).pool_size(1).max_overflow(0).pool_timeout(Duration::from_secs(2)), 1)
+        warm_pool(paused(&m).pool_size(1).max_overflow(0).pool_timeout(Duration::from_secs(2)), 1)
             .await;
     let _held = pool.acquire().await.unwrap();
     let err = pool.acquire().await.unwrap_err();
@@ -222,7 +231,7 @@ async fn timeout_error_reports_the_wait_and_the_pool_state() {
 async fn timeout_error_carries_the_last_connect_error() {
     let m = TestManager::new();
     m.fail_connects(true);
-    let pool = builder(&m).min_idle(Some(0)).pool_timeout(Duration::from_secs(3)).build().unwrap();
+    let pool = paused(&m).min_idle(Some(0)).pool_timeout(Duration::from_secs(3)).build().unwrap();
     let err = pool.acquire().await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.ends_with("; last connect error: test manager: connection refused"), "{msg}");
@@ -239,7 +248,7 @@ async fn timeout_error_carries_the_last_connect_error() {
 async fn lifo_hands_out_the_most_recently_returned_and_fifo_the_oldest() {
     for (lifo, expected) in [(true, 3), (false, 1)] {
         let m = TestManager::new();
-        let pool = warm_pool(builder(&m).pool_size(3).pool_use_lifo(lifo), 3).await;
+        let pool = warm_pool(paused(&m).pool_size(3).pool_use_lifo(lifo), 3).await;
         let conns = [
             pool.acquire().await.unwrap(),
             pool.acquire().await.unwrap(),
@@ -257,7 +266,7 @@ async fn lifo_hands_out_the_most_recently_returned_and_fifo_the_oldest() {
 #[tokio::test(start_paused = true)]
 async fn overflow_is_opened_under_load_and_retired_once_idle() {
     let m = TestManager::new();
-    let b = builder(&m)
+    let b = paused(&m)
         .pool_size(2)
         .max_overflow(2)
         .pool_timeout(Duration::from_secs(1))
@@ -285,7 +294,7 @@ async fn overflow_is_opened_under_load_and_retired_once_idle() {
 #[tokio::test(start_paused = true)]
 async fn lifetimes_are_spread_by_jitter_and_never_cut_a_user_short() {
     let m = TestManager::new();
-    let b = builder(&m)
+    let b = paused(&m)
         .pool_size(20)
         .pool_recycle(Some(Duration::from_secs(100)))
         .recycle_jitter(0.2)
@@ -319,7 +328,7 @@ async fn lifetimes_are_spread_by_jitter_and_never_cut_a_user_short() {
 #[tokio::test(start_paused = true)]
 async fn pre_ping_skips_recent_connections_and_replaces_failed_ones() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).health_check_interval(None), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).health_check_interval(None), 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let first = pool.acquire().await.unwrap().id();
     assert_eq!(m.counts().checks, 1, "idle past the bypass window: checked");
@@ -339,10 +348,7 @@ async fn pre_ping_skips_recent_connections_and_replaces_failed_ones() {
 async fn try_acquire_whose_pre_ping_hangs_finds_none_idle_and_counts_no_timeout() {
     let m = TestManager::new();
     let pool = warm_pool(
-        builder(&m)
-            .pool_size(1)
-            .health_check_interval(None)
-            .connect_timeout(Duration::from_secs(1)),
+        paused(&m).pool_size(1).health_check_interval(None).connect_timeout(Duration::from_secs(1)),
         1,
     )
     .await;
@@ -403,7 +409,7 @@ fn an_acquire_polled_outside_any_runtime_runs_its_check_on_the_pools_runtime() {
 #[tokio::test(start_paused = true)]
 async fn an_acquire_timeout_too_long_to_add_to_now_waits_instead_of_panicking() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(0), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).max_overflow(0), 1).await;
     let held = pool.acquire().await.unwrap();
     let p = pool.clone();
     let waiter =
@@ -417,7 +423,7 @@ async fn an_acquire_timeout_too_long_to_add_to_now_waits_instead_of_panicking() 
 #[tokio::test(start_paused = true)]
 async fn a_connection_lifetime_of_a_century_is_kept_not_a_panic() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).pool_recycle(Some(crate::MAX_DURATION)), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).pool_recycle(Some(crate::MAX_DURATION)), 1).await;
     let id = pool.acquire().await.unwrap().id();
     assert_eq!(pool.acquire().await.unwrap().id(), id, "the same connection, not expired");
 }
@@ -425,12 +431,12 @@ async fn a_connection_lifetime_of_a_century_is_kept_not_a_panic() {
 #[tokio::test(start_paused = true)]
 async fn warm_up_opens_min_idle_connections() {
     let m = TestManager::new();
-    let pool = builder(&m).pool_size(5).min_idle(Some(3)).build().unwrap();
+    let pool = paused(&m).pool_size(5).min_idle(Some(3)).build().unwrap();
     m.wait_until(|c| c.connects == 3).await;
     until("warm connections idle", || pool.state().idle == 3).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(m.counts().connects, 3, "no more than min_idle");
-    let default = builder(&m).name("d").pool_size(4).build().unwrap();
+    let default = paused(&m).name("d").pool_size(4).build().unwrap();
     until("warm to pool_size by default", || default.state().idle == 4).await;
 }
 
@@ -438,7 +444,7 @@ async fn warm_up_opens_min_idle_connections() {
 async fn warmed_returns_once_min_idle_connections_are_open() {
     let m = TestManager::new();
     m.set_connect_delay(Duration::from_millis(100));
-    let pool = builder(&m).pool_size(5).min_idle(Some(3)).max_connecting(2).build().unwrap();
+    let pool = paused(&m).pool_size(5).min_idle(Some(3)).max_connecting(2).build().unwrap();
     let start = tokio::time::Instant::now();
     pool.warmed(Duration::from_secs(10)).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(200), "two rounds of two parallel connects");
@@ -454,7 +460,7 @@ async fn warmed_is_woken_by_each_connect_not_by_a_timer() {
     let m = TestManager::new();
     m.hold_connects();
     let start = tokio::time::Instant::now();
-    let pool = builder(&m).pool_size(2).build().unwrap();
+    let pool = paused(&m).pool_size(2).build().unwrap();
     let warmed = tokio::spawn({
         let pool = pool.clone();
         async move { pool.warmed(Duration::from_secs(3600)).await }
@@ -474,7 +480,7 @@ async fn warmed_retries_failed_connects_while_it_waits() {
     let m = TestManager::new();
     m.fail_next_connects(4);
     // The maintenance task's round (30 s) comes after the wait's end: only the waiting retries.
-    let pool = builder(&m).pool_size(2).build().unwrap();
+    let pool = paused(&m).pool_size(2).build().unwrap();
     pool.warmed(Duration::from_secs(5)).await.unwrap();
     assert_eq!(m.counts().failed_connects, 4);
     assert_eq!(pool.state().idle, 2);
@@ -484,7 +490,7 @@ async fn warmed_retries_failed_connects_while_it_waits() {
 async fn warmed_times_out_naming_the_pool_the_count_and_the_last_connect_error() {
     let m = TestManager::new();
     m.fail_connects(true);
-    let pool = builder(&m).pool_size(3).max_connecting(2).build().unwrap();
+    let pool = paused(&m).pool_size(3).max_connecting(2).build().unwrap();
     let err = pool.warmed(Duration::from_secs(2)).await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -502,7 +508,7 @@ async fn warmed_times_out_naming_the_pool_the_count_and_the_last_connect_error()
 #[tokio::test(start_paused = true)]
 async fn a_shrink_that_makes_the_pool_warm_wakes_warmed() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2), 2).await;
     m.hold_connects();
     pool.resize(4, 0).unwrap();
     let start = tokio::time::Instant::now();
@@ -529,9 +535,9 @@ async fn warmed_all_waits_for_the_pools_together_and_reports_the_first_cold_one(
     ma.fail_next_connects(4);
     mb.fail_connects(true);
     mc.fail_connects(true);
-    let a = builder(&ma).name("a").pool_size(2).build().unwrap();
-    let b = builder(&mb).name("b").pool_size(1).build().unwrap();
-    let c = builder(&mc).name("c").pool_size(1).build().unwrap();
+    let a = paused(&ma).name("a").pool_size(2).build().unwrap();
+    let b = paused(&mb).name("b").pool_size(1).build().unwrap();
+    let c = paused(&mc).name("c").pool_size(1).build().unwrap();
     let start = tokio::time::Instant::now();
     let err = ConnectionPool::warmed_all([&b, &a, &c], Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(5), "one timeout for all, not one each");
@@ -555,7 +561,7 @@ async fn warmed_all_waits_for_the_pools_together_and_reports_the_first_cold_one(
 async fn warmed_with_min_idle_zero_returns_at_once() {
     let m = TestManager::new();
     m.hold_connects();
-    let pool = builder(&m).min_idle(Some(0)).build().unwrap();
+    let pool = paused(&m).min_idle(Some(0)).build().unwrap();
     pool.warmed(Duration::ZERO).await.unwrap();
     assert_eq!(m.counts().in_flight, 0, "nothing to open");
 }
@@ -564,7 +570,7 @@ async fn warmed_with_min_idle_zero_returns_at_once() {
 async fn warmed_fails_when_the_pool_closes() {
     let m = TestManager::new();
     m.hold_connects();
-    let pool = builder(&m).pool_size(2).build().unwrap();
+    let pool = paused(&m).pool_size(2).build().unwrap();
     let warmed = tokio::spawn({
         let pool = pool.clone();
         async move { pool.warmed(Duration::from_secs(3600)).await }
@@ -584,7 +590,7 @@ async fn warmed_fails_when_the_pool_closes() {
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_never_goes_below_min_idle() {
     let m = TestManager::new();
-    let b = builder(&m)
+    let b = paused(&m)
         .pool_size(5)
         .min_idle(Some(2))
         .idle_timeout(Some(Duration::from_secs(10)))
@@ -619,7 +625,7 @@ async fn futures_join(
 async fn max_connecting_bounds_a_connect_storm() {
     let m = TestManager::new();
     m.hold_connects();
-    let pool = builder(&m).pool_size(50).min_idle(Some(0)).max_connecting(3).build().unwrap();
+    let pool = paused(&m).pool_size(50).min_idle(Some(0)).max_connecting(3).build().unwrap();
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let pool = pool.clone();
@@ -638,7 +644,7 @@ async fn max_connecting_bounds_a_connect_storm() {
 
 /// A warm one-connection pool that reports connections held over 5 s.
 async fn leak_detecting_pool(m: &TestManager) -> ConnectionPool<TestManager> {
-    let b = builder(m)
+    let b = paused(m)
         .pool_size(1)
         .health_check_interval(None)
         .leak_detection_threshold(Some(Duration::from_secs(5)));
@@ -673,7 +679,7 @@ fn acquire_via_wrapper(
     let location = std::panic::Location::caller();
     async move {
         tokio::task::yield_now().await;
-        pool.acquire_timeout_at(Duration::from_secs(1), location).await.unwrap()
+        pool.acquire_for_caller(Duration::from_secs(1), location).await.unwrap()
     }
 }
 
@@ -694,7 +700,7 @@ async fn a_leak_report_names_the_location_a_wrapper_passes() {
 #[tokio::test(start_paused = true)]
 async fn resize_grows_for_waiters_and_shrinks_without_cutting_users_short() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2).max_overflow(0), 2).await;
     let held = futures_join(&pool, 2).await;
     let mut waiters = Vec::new();
     for i in 0..3 {
@@ -730,7 +736,7 @@ async fn resize_grows_for_waiters_and_shrinks_without_cutting_users_short() {
 #[tokio::test(start_paused = true)]
 async fn a_shrink_caps_min_idle_and_growing_back_restores_it() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(4).min_idle(Some(3)), 3).await;
+    let pool = warm_pool(paused(&m).pool_size(4).min_idle(Some(3)), 3).await;
     pool.resize(2, 0).unwrap();
     assert_eq!(pool.config().min_idle, Some(2), "capped while the pool is smaller");
     assert_eq!(pool.stats().min_idle, 2);
@@ -742,7 +748,7 @@ async fn a_shrink_caps_min_idle_and_growing_back_restores_it() {
 #[tokio::test(start_paused = true)]
 async fn close_fails_waiters_and_new_acquires_and_closes_connections_as_they_return() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2).max_overflow(0), 2).await;
     let held = futures_join(&pool, 2).await;
     let waiter = tokio::spawn({
         let pool = pool.clone();
@@ -768,7 +774,7 @@ async fn close_fails_waiters_and_new_acquires_and_closes_connections_as_they_ret
 #[tokio::test(start_paused = true)]
 async fn close_gives_up_after_pool_timeout_and_says_what_is_still_out() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).pool_timeout(Duration::from_secs(1)), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).pool_timeout(Duration::from_secs(1)), 1).await;
     let held = pool.acquire().await.unwrap();
     let err = pool.close().await.unwrap_err();
     assert_eq!(err.in_use, 1);
@@ -780,7 +786,7 @@ async fn close_gives_up_after_pool_timeout_and_says_what_is_still_out() {
 #[tokio::test(start_paused = true)]
 async fn returned_connections_are_reset_or_closed_before_reuse() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1), 1).await;
     let mut conn = pool.acquire().await.unwrap();
     conn.dirty = true;
     drop(conn);
@@ -810,7 +816,7 @@ async fn returned_connections_are_reset_or_closed_before_reuse() {
 #[tokio::test(start_paused = true)]
 async fn a_caller_waits_for_a_connection_being_reset_rather_than_opening_another() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(1).max_overflow(5), 1).await;
+    let pool = warm_pool(paused(&m).pool_size(1).max_overflow(5), 1).await;
     m.set_reset_delay(Duration::from_millis(100));
     let mut conn = pool.acquire().await.unwrap();
     let id = conn.id();
@@ -836,7 +842,7 @@ async fn a_caller_waits_for_a_connection_being_reset_rather_than_opening_another
 #[tokio::test(start_paused = true)]
 async fn detach_takes_a_connection_out_and_the_pool_replaces_it() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2), 2).await;
     let raw = pool.acquire().await.unwrap().detach();
     until("replaced", || pool.state().idle == 2).await;
     assert_eq!(m.counts().live, 3, "the detached one is the caller's");
@@ -850,7 +856,7 @@ async fn detach_takes_a_connection_out_and_the_pool_replaces_it() {
 #[tokio::test(start_paused = true)]
 async fn reset_stats_zeroes_counters_and_peaks_but_not_gauges() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(3), 3).await;
+    let pool = warm_pool(paused(&m).pool_size(3), 3).await;
     let held = futures_join(&pool, 3).await;
     drop(held);
     let one = pool.acquire().await.unwrap();
@@ -869,7 +875,7 @@ async fn reset_stats_zeroes_counters_and_peaks_but_not_gauges() {
 #[tokio::test(start_paused = true)]
 async fn in_use_time_integrates_connections_in_use_up_to_the_snapshot() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2), 2).await;
     let in_use = || pool.stats().in_use_time.as_secs_f64();
     let ten = Duration::from_secs(10);
     let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
@@ -926,7 +932,7 @@ async fn in_use_time_integrates_connections_in_use_up_to_the_snapshot() {
 async fn pool_trait_and_registry_see_any_pool() {
     let m = TestManager::new();
     let registry = Registry::new();
-    let pool: Arc<dyn Pool> = Arc::new(warm_pool(builder(&m).name("main").pool_size(2), 2).await);
+    let pool: Arc<dyn Pool> = Arc::new(warm_pool(paused(&m).name("main").pool_size(2), 2).await);
     registry.register(pool.clone()).unwrap();
     let err = registry.register(pool.clone()).unwrap_err();
     assert_eq!(err.to_string(), "a pool with id \"test:main\" is already registered");
@@ -945,7 +951,9 @@ async fn pool_trait_and_registry_see_any_pool() {
         }
     }
     registry
-        .register(Arc::new(ConnectionPool::builder(Other).name("main").build().unwrap()))
+        .register(Arc::new(
+            ConnectionPool::builder(Other).name("main").tokio_clock().build().unwrap(),
+        ))
         .unwrap();
     let err = registry.resolve("main").unwrap_err().to_string();
     assert_eq!(err, "\"main\" names several pools (other:main, test:main); use one of those ids");
@@ -1019,7 +1027,7 @@ async fn health_check_with_none_idle_waits_for_a_connection() {
 async fn health_check_dropped_mid_check_gives_the_connection_back() {
     let m = TestManager::new();
     let pool =
-        warm_pool(builder(&m).pool_size(1).max_overflow(0).health_check_interval(None), 1).await;
+        warm_pool(paused(&m).pool_size(1).max_overflow(0).health_check_interval(None), 1).await;
     m.set_check_delay(Duration::from_secs(1));
     let health = tokio::spawn({
         let pool = pool.clone();
@@ -1168,7 +1176,7 @@ impl crate::Observer for Events {
 async fn an_observer_sees_every_timed_event_as_it_happens() {
     let m = TestManager::new();
     m.set_connect_delay(Duration::from_millis(30));
-    let pool = builder(&m).pool_size(1).min_idle(Some(0)).build().unwrap();
+    let pool = paused(&m).pool_size(1).min_idle(Some(0)).build().unwrap();
     let events = Arc::new(Events::default());
     pool.set_observer(events.clone()).unwrap();
     let err = pool.set_observer(events.clone()).unwrap_err();
@@ -1191,7 +1199,7 @@ async fn an_observer_sees_every_timed_event_as_it_happens() {
 async fn a_resize_over_the_size_limit_names_the_setting_it_changed() {
     let m = TestManager::new();
     // No warm connections, so growing opens nothing.
-    let pool = builder(&m).pool_size(2).max_overflow(4).min_idle(Some(0)).build().unwrap();
+    let pool = paused(&m).pool_size(2).max_overflow(4).min_idle(Some(0)).build().unwrap();
     let err = pool.resize(100_000, 4).unwrap_err().to_string();
     assert_eq!(
         err,
@@ -1236,7 +1244,7 @@ fn a_queued_acquire_outside_any_runtime_starts_its_connect_on_the_pools_runtime(
 #[tokio::test(start_paused = true)]
 async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
     let m = TestManager::new();
-    let b = builder(&m).pool_size(2).max_overflow(4).health_check_interval(None);
+    let b = paused(&m).pool_size(2).max_overflow(4).health_check_interval(None);
     let pool = warm_pool(b, 2).await;
     let held = futures_join(&pool, 5).await;
     pool.resize(2, 6).unwrap();
@@ -1259,7 +1267,7 @@ async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
 #[tokio::test(start_paused = true)]
 async fn without_health_checks_idle_overflow_still_times_out() {
     let m = TestManager::new();
-    let b = builder(&m)
+    let b = paused(&m)
         .pool_size(1)
         .max_overflow(2)
         .idle_timeout(Some(Duration::from_secs(10)))
@@ -1276,7 +1284,7 @@ async fn without_health_checks_idle_overflow_still_times_out() {
 #[tokio::test(start_paused = true)]
 async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
     let m = TestManager::new();
-    let b = builder(&m)
+    let b = paused(&m)
         .pool_size(2)
         .connect_timeout(Duration::from_secs(5))
         .pool_timeout(Duration::from_secs(30));
@@ -1294,7 +1302,7 @@ async fn a_close_that_hangs_is_bounded_and_frees_its_slot() {
 async fn a_pool_closed_while_a_connect_backs_off_does_not_try_again() {
     let m = TestManager::new();
     m.fail_connects(true);
-    let pool = builder(&m).pool_size(1).pool_timeout(Duration::from_secs(600)).build().unwrap();
+    let pool = paused(&m).pool_size(1).pool_timeout(Duration::from_secs(600)).build().unwrap();
     let waiter = tokio::spawn({
         let pool = pool.clone();
         async move { pool.acquire().await.map(drop) }
@@ -1312,7 +1320,7 @@ async fn a_pool_closed_while_a_connect_backs_off_does_not_try_again() {
 #[tokio::test(start_paused = true)]
 async fn after_a_shrink_connects_in_flight_do_not_push_out_established_connections() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2).max_overflow(0), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2).max_overflow(0), 2).await;
     let held = futures_join(&pool, 2).await;
     m.hold_connects();
     pool.resize(4, 0).unwrap();
@@ -1337,7 +1345,7 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
     let m = TestManager::new();
     m.panic_next(Op::Connect);
     m.panic_next(Op::Connect);
-    let pool = builder(&m).pool_size(2).health_check_interval(None).build().unwrap();
+    let pool = paused(&m).pool_size(2).health_check_interval(None).build().unwrap();
     until("warm-up over", || pool.state().connecting == 0).await;
     let err = pool.last_connect_error().expect("the panics are connect errors").to_string();
     assert!(err.contains("panicked on purpose"), "{err}");
@@ -1346,7 +1354,7 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
 
     // A pre-ping, a reset, `is_broken` and `needs_reset` on return, a close.
     let m = TestManager::new();
-    let b = builder(&m).pool_size(1).pre_ping_bypass(Duration::ZERO).health_check_interval(None);
+    let b = paused(&m).pool_size(1).pre_ping_bypass(Duration::ZERO).health_check_interval(None);
     let pool = warm_pool(b, 1).await;
     m.panic_next(Op::Check);
     tokio::time::sleep(Duration::from_millis(1)).await; // past the pre-ping bypass of 0
@@ -1377,7 +1385,7 @@ async fn a_panicking_backend_fails_one_operation_and_loses_no_slot() {
 #[tokio::test(start_paused = true)]
 async fn maintenance_checks_stale_connections_at_once_not_one_after_another() {
     let m = TestManager::new();
-    let b = builder(&m).pool_size(5).health_check_interval(Some(Duration::from_secs(30)));
+    let b = paused(&m).pool_size(5).health_check_interval(Some(Duration::from_secs(30)));
     let pool = warm_pool(b, 5).await;
     m.set_check_delay(Duration::from_secs(3));
     // The first pass after 30 s finds all five stale; each check takes 3 s.
@@ -1390,7 +1398,7 @@ async fn maintenance_checks_stale_connections_at_once_not_one_after_another() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_that_broke_is_never_handed_out() {
     let m = TestManager::new();
-    let b = builder(&m).pool_size(2).pool_pre_ping(false).health_check_interval(None);
+    let b = paused(&m).pool_size(2).pool_pre_ping(false).health_check_interval(None);
     let pool = warm_pool(b, 2).await;
     let before: Vec<u64> = futures_join(&pool, 2).await.iter().map(|c| c.id()).collect();
     m.break_open_connections();
@@ -1403,7 +1411,7 @@ async fn an_idle_connection_that_broke_is_never_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn discarded_and_detached_holds_count_as_use_time() {
     let m = TestManager::new();
-    let pool = warm_pool(builder(&m).pool_size(2), 2).await;
+    let pool = warm_pool(paused(&m).pool_size(2), 2).await;
     let conn = pool.acquire().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     conn.discard();
@@ -1417,7 +1425,7 @@ async fn discarded_and_detached_holds_count_as_use_time() {
 #[tokio::test(start_paused = true)]
 async fn maintenance_replaces_idle_connections_that_broke() {
     let m = TestManager::new();
-    let b = builder(&m).pool_size(2).health_check_interval(Some(Duration::from_secs(30)));
+    let b = paused(&m).pool_size(2).health_check_interval(Some(Duration::from_secs(30)));
     let pool = warm_pool(b, 2).await;
     m.break_open_connections();
     tokio::time::sleep(Duration::from_secs(31)).await;
@@ -1470,6 +1478,7 @@ impl crate::Manager for PanicsBeforeItsFuture {
 #[tokio::test(start_paused = true)]
 async fn a_panic_before_a_managers_future_exists_is_caught_too() {
     let pool = ConnectionPool::builder(PanicsBeforeItsFuture::default())
+        .tokio_clock()
         .pool_size(1)
         .max_connecting(1)
         .health_check_interval(None)
@@ -1484,7 +1493,7 @@ async fn a_panic_before_a_managers_future_exists_is_caught_too() {
 #[tokio::test(start_paused = true)]
 async fn connects_failing_means_room_to_connect_and_a_failed_last_connect() {
     let m = TestManager::new();
-    let b = builder(&m).pool_size(1).max_overflow(1).health_check_interval(None);
+    let b = paused(&m).pool_size(1).max_overflow(1).health_check_interval(None);
     let pool = warm_pool(b, 1).await;
     let held = pool.acquire().await.unwrap();
     assert!(!pool.state().connects_failing(), "busy, connects fine");
@@ -1496,4 +1505,24 @@ async fn connects_failing_means_room_to_connect_and_a_failed_last_connect() {
     let s = pool.state();
     assert!(s.connect_failures > 0 && !s.connects_failing(), "{s:?}");
     drop(held);
+}
+
+/// The `testing` feature, on for these tests, changes no pool that does not ask: only a pool
+/// built with `tokio_clock` reads tokio's clock, and it follows that clock exactly.
+#[tokio::test(start_paused = true)]
+async fn only_a_pool_that_asks_reads_tokios_clock() {
+    let m = TestManager::new();
+    let shipping = warm_pool(builder(&m).name("shipping").pool_size(1), 1).await;
+    let tokio = warm_pool(paused(&m).name("tokio").pool_size(1), 1).await;
+    assert!(!shipping.reads_tokio_clock());
+    assert!(tokio.reads_tokio_clock());
+    let held = (shipping.acquire().await.unwrap(), tokio.acquire().await.unwrap());
+    tokio::time::advance(Duration::from_secs(600)).await;
+    drop(held);
+    assert_eq!(tokio.stats().in_use_time, Duration::from_secs(600));
+    let real = shipping.stats().in_use_time;
+    assert!(
+        real < Duration::from_secs(600),
+        "the shipping clock skipped ahead with tokio's: {real:?}"
+    );
 }

@@ -72,8 +72,6 @@ struct Inner {
 
 #[derive(Debug, Clone, Copy)]
 struct Settings {
-    /// The primary pool's `pool_timeout`: how long a session of the primary may wait.
-    pool_timeout: Duration,
     replica_ban: Duration,
     replica_timeout: Duration,
     max_replica_lag: Option<Duration>,
@@ -213,7 +211,6 @@ impl ClusterBuilder {
             });
         }
         let settings = Settings {
-            pool_timeout: self.config.pool_timeout,
             replica_ban: self.replica_ban,
             replica_timeout: self.replica_timeout,
             max_replica_lag: self.max_replica_lag,
@@ -492,7 +489,7 @@ impl PgCluster {
         location: &'static Location<'static>,
     ) -> Result<PgPooledConnection, SessionError> {
         let inner = &*self.inner;
-        Ok(inner.primary.acquire_for_caller(inner.settings.pool_timeout, location).await?)
+        Ok(inner.primary.acquire_for_caller(inner.primary.pool_timeout(), location).await?)
     }
 
     /// A read session, acquired on behalf of the caller at `location`: every acquire it makes
@@ -572,7 +569,7 @@ impl PgCluster {
                 inner.causal_primary_reads.fetch_add(1, Relaxed);
             }
         }
-        Ok(inner.primary.acquire_for_caller(inner.settings.pool_timeout, location).await?)
+        Ok(inner.primary.acquire_for_caller(inner.primary.pool_timeout(), location).await?)
     }
 }
 

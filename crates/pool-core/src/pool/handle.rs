@@ -397,6 +397,13 @@ impl<M: Manager> ConnectionPool<M> {
         waits.into_iter().filter_map(|(_, done)| done).collect()
     }
 
+    /// How long [`acquire`](Self::acquire) waits at most, the pool's `pool_timeout`: for a
+    /// wrapper that acquires with [`acquire_for_caller`](Self::acquire_for_caller) and the
+    /// pool's own bound. Reads no lock, unlike [`config`](Self::config).
+    pub fn pool_timeout(&self) -> Duration {
+        self.shared.config.pool_timeout
+    }
+
     /// The current settings, sizes included.
     pub fn config(&self) -> PoolConfig {
         let st = self.shared.lock();

@@ -17,10 +17,10 @@ use anyhow::{Context as _, Result, bail};
 
 /// The directories whose `.rs` files the code map must name.
 const MAPPED: [&str; 6] =
-    ["crates/*/src", "tests/src", "tests/it", "benches/src", "soak/src", "xtask/src"];
+    ["crates/*/src", "harness/src", "tests/it", "benches/src", "soak/src", "xtask/src"];
 
 /// The top-level directories that hold the workspace's sources.
-const TOPS: [&str; 5] = ["crates", "tests", "benches", "soak", "xtask"];
+const TOPS: [&str; 6] = ["crates", "harness", "tests", "benches", "soak", "xtask"];
 
 /// pool-core's runtime crates, which every crate above it may use too.
 const RUNTIME: &[&str] = &["tokio", "thiserror", "tracing", "async-trait", "fastrand"];

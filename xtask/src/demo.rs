@@ -80,7 +80,7 @@ max_connections = 16
         "try:         curl -H 'Authorization: Bearer {token}' http://{listen}/api/v1/admin/connection-pools/stats"
     );
     println!(
-        "watch:       cargo run -q -p pool-admin -- monitor --url http://{listen} --token {token}"
+        "watch:       cargo run -q -p pool-admin-cli -- monitor --url http://{listen} --token {token}"
     );
     println!("stop:        Ctrl-C or SIGTERM (the throwaway servers stop with the demo)");
     // Ctrl-C in a terminal reaches the server too. A SIGTERM or SIGHUP may come to xtask alone
@@ -90,7 +90,7 @@ max_connections = 16
     ctrlc::set_handler(|| STOP.store(true, SeqCst))
         .context("installing the Ctrl-C and termination handler")?;
     let mut cmd = crate::cargo();
-    cmd.args(["run", "-q", "-p", "pool-admin", "--", "serve", "--demo-load", "--config"])
+    cmd.args(["run", "-q", "-p", "pool-admin-cli", "--", "serve", "--demo-load", "--config"])
         .arg(&config)
         .env("POOL_ADMIN_TOKEN", &token)
         .env("POOL_ADMIN_LISTEN", &listen)

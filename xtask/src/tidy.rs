@@ -3,7 +3,7 @@
 //!
 //! - Layers: each crate's dependencies follow ARCHITECTURE.md's "which crate may depend on
 //!   which" table and its invariants ([`layers`], [`PEERS`], [`HTTP_SERVER`],
-//!   [`NOT_IN_XTASK`]).
+//!   [`BINARY`], [`NOT_IN_XTASK`]).
 //! - Code map: every source file is named in ARCHITECTURE.md's code map, and every file the
 //!   code map names exists ([`code_map`]).
 //! - Words: rustdoc comments and the Markdown docs speak to a user of the crates, not of the
@@ -38,6 +38,9 @@ const HTTP_SERVER: &[&str] = &["axum", "hyper", "hyper-util"];
 /// What `xtask` never builds: the drivers and HTTP, which the tasks that need them (`soak`,
 /// `bench`, `demo`) run as other packages through cargo.
 const NOT_IN_XTASK: &[&str] = &["sqlx", "fred", "axum", "hyper", "reqwest"];
+/// What the `pool-admin` binary adds to the library: its command line, `monitor`'s HTTP client
+/// and the log formatter; a service that embeds the router builds none of them.
+const BINARY: &[&str] = &["clap", "reqwest", "tracing-subscriber"];
 /// The pools `pool-bench` measures ours against, and their drivers: nowhere else.
 const PEERS: &[&str] = &[
     "deadpool",
@@ -126,8 +129,18 @@ fn layers() -> Vec<Layer> {
                 RUNTIME,
                 &["pool-core", "pool-postgres", "pool-redis", "pool-metrics", "pool-optimizer"],
                 HTTP_SERVER,
-                &["figment", "clap", "reqwest", "subtle", "getrandom", "serde", "serde_json"],
-                &["tracing-subscriber"],
+                &["figment", "subtle", "getrandom", "serde", "serde_json", "url"],
+            ]),
+            behind_features: &[],
+            never: all(&[BINARY, &["pool-admin-cli"]]),
+        },
+        Layer {
+            name: "pool-admin-cli",
+            may_use: all(&[
+                RUNTIME,
+                &["pool-admin", "pool-postgres", "pool-redis"],
+                BINARY,
+                &["serde_json"],
             ]),
             behind_features: &[],
             never: Vec::new(),

@@ -942,8 +942,8 @@ fn redis_url_problem(url: &str) -> Option<String> {
         return Some("must be a redis:// URL".to_owned());
     }
     // fred parses with the `url` crate but keeps only the kind of failure ("InvalidPort"): the
-    // same parser (reqwest's `Url`) first, for its own words ("invalid port number").
-    if let Err(e) = reqwest::Url::parse(url) {
+    // same parser first, for its own words ("invalid port number").
+    if let Err(e) = ::url::Url::parse(url) {
         return Some(format!("not a valid Redis URL: {e}"));
     }
     match RedisConfig::new(url).pool("main", PoolSettings::default()).validate() {

@@ -59,9 +59,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The chaos and soak run: the admin server's pools on throwaway PostgreSQL (primary and
-    /// replica) and Redis under load and a schedule of faults, then checked invariants; writes
-    /// `target/soak/report.json` and fails when an invariant does not hold.
+    /// The chaos and soak run (`pool-soak`): the admin server's pools on throwaway PostgreSQL
+    /// (primary and replica) and Redis under load and a schedule of faults, then checked
+    /// invariants; writes `target/soak/report.json` and fails when an invariant does not hold.
     Soak {
         /// Minutes of load; the fault schedule is spread over them (one round per minute).
         #[arg(long, default_value_t = 1.0)]

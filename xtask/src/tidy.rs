@@ -2,7 +2,8 @@
 //! run by CI. It reads `cargo tree`, `cargo metadata` and the sources and builds nothing.
 //!
 //! - Layers: each crate's dependencies follow ARCHITECTURE.md's "which crate may depend on
-//!   which" table and its invariants ([`layers`], [`PEERS`], [`HTTP_SERVER`]).
+//!   which" table and its invariants ([`layers`], [`PEERS`], [`HTTP_SERVER`],
+//!   [`BINARY`], [`NOT_IN_XTASK`]).
 //! - Code map: every source file is named in ARCHITECTURE.md's code map, and every file the
 //!   code map names exists ([`code_map`]).
 //! - Words: rustdoc comments and the Markdown docs speak to a user of the crates, not of the
@@ -15,7 +16,11 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 
 /// The directories whose `.rs` files the code map must name.
-const MAPPED: [&str; 5] = ["crates/*/src", "tests/src", "tests/it", "benches/src", "xtask/src"];
+const MAPPED: [&str; 6] =
+    ["crates/*/src", "harness/src", "tests/it", "benches/src", "soak/src", "xtask/src"];
+
+/// The top-level directories that hold the workspace's sources.
+const TOPS: [&str; 6] = ["crates", "harness", "tests", "benches", "soak", "xtask"];
 
 /// pool-core's runtime crates, which every crate above it may use too.
 const RUNTIME: &[&str] = &["tokio", "thiserror", "tracing", "async-trait", "fastrand"];
@@ -30,6 +35,12 @@ const EXPORTERS: &[&str] = &["pool-metrics", "prometheus", "opentelemetry", "ope
 const HTTP: &[&str] = &["axum", "hyper", "hyper-util", "reqwest"];
 /// The HTTP server stack, which only pool-admin may name as a dependency.
 const HTTP_SERVER: &[&str] = &["axum", "hyper", "hyper-util"];
+/// What `xtask` never builds: the drivers and HTTP, which the tasks that need them (`soak`,
+/// `bench`, `demo`) run as other packages through cargo.
+const NOT_IN_XTASK: &[&str] = &["sqlx", "fred", "axum", "hyper", "reqwest"];
+/// What the `pool-admin` binary adds to the library: its command line, `monitor`'s HTTP client
+/// and the log formatter; a service that embeds the router builds none of them.
+const BINARY: &[&str] = &["clap", "reqwest", "tracing-subscriber"];
 /// The pools `pool-bench` measures ours against, and their drivers: nowhere else.
 const PEERS: &[&str] = &[
     "deadpool",
@@ -118,8 +129,18 @@ fn layers() -> Vec<Layer> {
                 RUNTIME,
                 &["pool-core", "pool-postgres", "pool-redis", "pool-metrics", "pool-optimizer"],
                 HTTP_SERVER,
-                &["figment", "clap", "reqwest", "subtle", "getrandom", "serde", "serde_json"],
-                &["tracing-subscriber"],
+                &["figment", "subtle", "getrandom", "serde", "serde_json"],
+            ]),
+            behind_features: &[],
+            never: all(&[BINARY, &["pool-admin-cli"]]),
+        },
+        Layer {
+            name: "pool-admin-cli",
+            may_use: all(&[
+                RUNTIME,
+                &["pool-admin", "pool-postgres", "pool-redis"],
+                BINARY,
+                &["serde_json"],
             ]),
             behind_features: &[],
             never: Vec::new(),
@@ -177,6 +198,14 @@ fn check_layers(architecture: &str) -> Result<Vec<String>> {
                 ));
             }
         }
+    }
+
+    let xtask = cargo_tree("xtask", &["-e", "normal,build", "--all-features"])?;
+    for (dep, chain) in reaching(&xtask, NOT_IN_XTASK) {
+        problems.push(format!(
+            "xtask reaches {dep} ({chain}); ARCHITECTURE.md keeps the task runner free of the \
+             drivers and HTTP"
+        ));
     }
 
     for (member, _) in &members {
@@ -273,11 +302,11 @@ fn table_crates(architecture: &str) -> BTreeSet<&str> {
     architecture.lines().filter_map(|line| line.strip_prefix("| `")?.split('`').next()).collect()
 }
 
-/// Every `.rs` file under the workspace's crates, `tests/`, `benches/` and `xtask/`, as a path
+/// Every `.rs` file under the [`TOPS`] directories, as a path
 /// from the workspace root with `/` separators, sorted.
 fn rust_files(root: &Path) -> Result<Vec<String>> {
     let mut files = Vec::new();
-    for top in ["crates", "tests", "benches", "xtask"] {
+    for top in TOPS {
         walk(root, &root.join(top), &mut |path| {
             if path.ends_with(".rs") {
                 files.push(path.to_owned());
@@ -460,7 +489,7 @@ fn history_in(line: &str) -> Vec<String> {
 /// under `docs/` for [`history_in`].
 fn history_words(root: &Path, sources: &[String]) -> Result<Vec<String>> {
     let mut docs: Vec<String> = Vec::new();
-    for top in ["crates", "tests", "benches", "xtask", "docs"] {
+    for top in TOPS.into_iter().chain(["docs"]) {
         walk(root, &root.join(top), &mut |path| {
             let markdown = path.ends_with(".md") && (top == "docs" || path.ends_with("README.md"));
             if markdown {

@@ -1,5 +1,7 @@
 //! `pool-admin`: the connection pools' admin API — an axum [`router`] a service mounts in its
-//! own app — and the `pool-admin` server binary that runs the pools of a config file.
+//! own app — and the [`Server`] that runs the pools of an [`AdminConfig`] behind it. The
+//! `pool-admin` binary (`serve`, `monitor`, `config check`) is the `pool-admin-cli` package,
+//! so that embedding the router builds no command line, HTTP client or log formatter.
 //!
 //! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`, `GET
 //! config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics` (Prometheus) and

@@ -84,6 +84,8 @@ fn mapped_directories_match_one_crate_component() {
     assert!(is_mapped("crates/pool-core/src/pool.rs"));
     assert!(is_mapped("tests/it/dashboard/webdriver.rs"));
     assert!(is_mapped("xtask/src/tidy.rs"));
+    assert!(is_mapped("harness/src/proxy.rs"));
+    assert!(is_mapped("soak/src/load.rs"));
     assert!(!is_mapped("crates/pool-core/examples/demo.rs"));
     assert!(!is_mapped("benches/benches/x.rs"));
 }

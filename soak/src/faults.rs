@@ -41,7 +41,7 @@ const SLOW: Duration = Duration::from_millis(150);
 
 impl Fault {
     /// In schedule order. The replica's faults come first: a replica that could not be
-    /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::soak::REPLICA_BAN)),
+    /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::REPLICA_BAN)),
     /// so its reads take that long to come back, while the later faults (primary and Redis) do
     /// not touch replica reads.
     const ALL: [Fault; 9] = [
@@ -194,10 +194,7 @@ async fn inject(
                 "down {:.1}s{}",
                 length.as_secs_f64(),
                 if banned {
-                    format!(
-                        ", replica banned (replica_ban {} s)",
-                        crate::soak::REPLICA_BAN.as_secs()
-                    )
+                    format!(", replica banned (replica_ban {} s)", crate::REPLICA_BAN.as_secs())
                 } else {
                     String::new()
                 }

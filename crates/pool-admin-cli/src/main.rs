@@ -1,5 +1,6 @@
-//! `pool-admin`: serve the pools of a config with the admin API, watch a running server, or
-//! check a config.
+//! `pool-admin` (the `pool-admin-cli` package): serve the pools of a config with the admin API,
+//! watch a running server, or check a config. The library it serves, `pool-admin`, is what a
+//! service embeds instead.
 //!
 //! ```text
 //! pool-admin serve [--config pool-admin.toml] [--demo-load]

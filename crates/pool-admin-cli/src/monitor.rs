@@ -388,30 +388,46 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "it did not wait for more polls");
     }
 
-    /// A server answering `statuses` in turn (200 once they run out) to the stats URL; returns
-    /// its base URL and the count of requests it has served.
+    /// A server answering `statuses` in turn (200 once they run out) to the stats URL, one
+    /// request per connection, and 404 to any other; returns its base URL and the count of
+    /// stats requests it has served.
     async fn server(statuses: &[u16]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use std::collections::VecDeque;
+        use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::{Arc, Mutex};
 
-        let queue = Arc::new(Mutex::new(statuses.iter().copied().collect::<VecDeque<u16>>()));
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let mut queue: std::collections::VecDeque<u16> = statuses.iter().copied().collect();
         let hits = Arc::new(AtomicUsize::new(0));
         let served = hits.clone();
-        let router = axum::Router::new().route(
-            &format!("{PREFIX}/stats"),
-            axum::routing::get(move || {
-                let status = queue.lock().unwrap().pop_front().unwrap_or(200);
-                served.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    let status = axum::http::StatusCode::from_u16(status).unwrap();
-                    (status, axum::Json(serde_json::json!({ "database_pools": {} })))
-                }
-            }),
-        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let stats = format!("GET {PREFIX}/stats HTTP/1.1\r\n");
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if request.starts_with(stats.as_bytes()) {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    queue.pop_front().unwrap_or(200)
+                } else {
+                    404
+                };
+                let body = r#"{"database_pools":{}}"#;
+                let response = format!(
+                    "HTTP/1.1 {status} -\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(response.as_bytes()).await;
+            }
+        });
         (base, hits)
     }
 

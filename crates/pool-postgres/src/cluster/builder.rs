@@ -1,0 +1,156 @@
+//! [`ClusterBuilder`]: a cluster's pools and routing settings, validated and started.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pool_core::{ConnectionPool, PoolConfig};
+
+use crate::error::ClusterBuildError;
+use crate::manager::PgManager;
+
+use super::*;
+
+/// Builds a [`PgCluster`]: `PgCluster::builder("main", primary).replica(r1).build()`.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterBuilder {
+    name: String,
+    primary: PgManager,
+    replicas: Vec<PgManager>,
+    config: PoolConfig,
+    replica_config: Option<PoolConfig>,
+    replica_ban: Duration,
+    replica_timeout: Duration,
+    max_replica_lag: Option<Duration>,
+    lag_probe_interval: Option<Duration>,
+}
+
+impl ClusterBuilder {
+    /// Adds a replica; replicas are numbered from 1 in the order they are added.
+    pub fn replica(mut self, replica: PgManager) -> Self {
+        self.replicas.push(replica);
+        self
+    }
+
+    /// The settings of every pool [`PoolConfig::default`]; [`PostgresConfig`](crate::PostgresConfig)
+    /// reads them, with the rest of a cluster's, from a file or the environment.
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Other settings for the replica pools [the same as the primary's].
+    pub fn replica_config(mut self, config: PoolConfig) -> Self {
+        self.replica_config = Some(config);
+        self
+    }
+
+    /// How long a replica that failed stays out of rotation before it is tried again \[30 s\].
+    pub fn replica_ban(mut self, duration: Duration) -> Self {
+        self.replica_ban = duration;
+        self
+    }
+
+    /// How long a read waits for replicas' connections, in all, before it goes to the primary
+    /// \[2 s\]: a replica that has none free within the time left is passed over for the next,
+    /// and none is tried once it is spent. Also how long a causal read's check of the replica's
+    /// replay position may take. A replica whose connects failed during that wait, or whose
+    /// check failed or took longer, is banned.
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// Replay lag beyond which a replica is skipped \[10 s\]; `None` never skips for lag.
+    pub fn max_replica_lag(mut self, lag: Option<Duration>) -> Self {
+        self.max_replica_lag = lag;
+        self
+    }
+
+    /// Period of the lag probe \[1 s\]; `None` turns it off (no lag awareness, and banned replicas
+    /// are retried by reads once their ban ends).
+    pub fn lag_probe_interval(mut self, interval: Option<Duration>) -> Self {
+        self.lag_probe_interval = interval;
+        self
+    }
+
+    /// Starts every pool and the lag probe.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterBuildError::Pool`] naming the pool whose settings were refused (or when called
+    /// outside a tokio runtime), [`ClusterBuildError::Invalid`] for a zero duration or one above
+    /// [`pool_core::MAX_DURATION`].
+    pub fn build(self) -> Result<PgCluster, ClusterBuildError> {
+        if let Some((setting, value, reason)) = crate::config::routing_problem(
+            self.replica_ban,
+            self.replica_timeout,
+            self.max_replica_lag,
+            self.lag_probe_interval,
+        ) {
+            return Err(ClusterBuildError::Invalid { setting, value, reason });
+        }
+        let build = |name: String, manager: PgManager, config: &PoolConfig| {
+            ConnectionPool::builder(manager)
+                .name(name.clone())
+                .config(config.clone())
+                .build()
+                .map_err(|source| ClusterBuildError::Pool { pool: name, source })
+        };
+        let primary = build(self.name.clone(), self.primary, &self.config)?;
+        let replica_config = self.replica_config.as_ref().unwrap_or(&self.config);
+        let mut replicas = Vec::with_capacity(self.replicas.len());
+        for (i, manager) in self.replicas.into_iter().enumerate() {
+            let pool = build(format!("{}-replica-{}", self.name, i + 1), manager, replica_config)?;
+            replicas.push(Replica {
+                pool,
+                health: Mutex::new(Health::default()),
+                reads: AtomicU64::new(0),
+                retrying: AtomicBool::new(false),
+            });
+        }
+        let settings = Settings {
+            replica_ban: self.replica_ban,
+            replica_timeout: self.replica_timeout,
+            max_replica_lag: self.max_replica_lag,
+            lag_probe_interval: self.lag_probe_interval.filter(|_| !replicas.is_empty()),
+            connect_timeout: replica_config.connect_timeout,
+        };
+        let inner = Arc::new(Inner {
+            name: self.name,
+            primary,
+            replicas,
+            settings,
+            fallbacks: AtomicU64::new(0),
+            causal_primary_reads: AtomicU64::new(0),
+            probe: Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
+        });
+        if let Some(period) = settings.lag_probe_interval {
+            let task = tokio::spawn(probe(Arc::downgrade(&inner), period));
+            *inner.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        Ok(PgCluster { inner })
+    }
+}
+
+impl PgCluster {
+    /// Starts building a cluster named `name` (its primary pool's name) over `primary`.
+    pub fn builder(name: impl Into<String>, primary: PgManager) -> ClusterBuilder {
+        // The defaults are the configuration's, said once there.
+        let defaults = crate::PostgresConfig::default();
+        ClusterBuilder {
+            name: name.into(),
+            primary,
+            replicas: Vec::new(),
+            config: defaults.pool,
+            replica_config: None,
+            replica_ban: defaults.replica_ban,
+            replica_timeout: defaults.replica_timeout,
+            max_replica_lag: defaults.max_replica_lag,
+            lag_probe_interval: defaults.lag_probe_interval,
+        }
+    }
+}

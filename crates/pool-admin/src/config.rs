@@ -192,7 +192,7 @@ fn redact_text(text: &str) -> String {
 const DEFAULT_SOURCE: &str = "the default";
 
 /// The server's own environment variables and the keys they set. The pools' variables are the
-/// backends' own lists ([`PostgresConfig::ENV`], [`RedisConfig::POOL_ENV`]), read by
+/// backends' own lists ([`PostgresConfig::env_vars`], [`RedisConfig::pool_env_vars`]), read by
 /// [`env_vars`] for the pools named `main` (and, for Redis, every pool by its prefix), as
 /// `docs/operations.md` documents; see [`AdminConfig::load`] for what happens when the file has
 /// no `main` pool.
@@ -209,20 +209,19 @@ fn env_vars(redis_pools: &[String]) -> Vec<(String, String, EnvForm)> {
         .map(|&(var, key)| (var.to_owned(), key.to_owned(), EnvForm::Text))
         .collect();
     vars.push(("REDIS_URL".to_owned(), "redis_url".to_owned(), EnvForm::Text));
-    for v in PostgresConfig::ENV {
-        vars.push((v.name.to_owned(), format!("postgres.main.{}", v.key), v.form));
+    for (var, key, form) in PostgresConfig::env_vars() {
+        vars.push((var, format!("postgres.main.{key}"), form));
     }
-    for v in RedisConfig::POOL_ENV {
-        vars.push((format!("REDIS_{}", v.name), format!("redis.main.{}", v.key), v.form));
+    for (var, key, form) in RedisConfig::pool_env_vars("REDIS_") {
+        vars.push((var, format!("redis.main.{key}"), form));
     }
     let mut pools: Vec<&str> = redis_pools.iter().map(String::as_str).collect();
     if !pools.contains(&"main") {
         pools.push("main");
     }
     for pool in pools {
-        for v in RedisConfig::POOL_ENV {
-            let var = format!("{}{}", RedisConfig::env_prefix(pool), v.name);
-            vars.push((var, format!("redis.{pool}.{}", v.key), v.form));
+        for (var, key, form) in RedisConfig::pool_env_vars(&RedisConfig::env_prefix(pool)) {
+            vars.push((var, format!("redis.{pool}.{key}"), form));
         }
     }
     vars

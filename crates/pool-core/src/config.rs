@@ -101,6 +101,50 @@ const MAX_CONNECTIONS: usize = 100_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl PoolConfig {
+    /// The engine's environment variables, named after the backend's prefix: `POOL_SIZE` is
+    /// `DATABASE_POOL_SIZE` for pool-postgres and `REDIS_POOL_SIZE` for pool-redis, so every
+    /// backend reads the same four the same way. Seconds are read as
+    /// [`Seconds`](crate::Seconds) says: `POOL_TIMEOUT` greater than zero, `POOL_RECYCLE` 0 or
+    /// less for never (SQLAlchemy's `-1`).
+    pub const ENV: &'static [crate::EnvVar<PoolConfig>] = &[
+        crate::EnvVar {
+            name: "POOL_SIZE",
+            key: "pool_size",
+            form: crate::EnvForm::Count,
+            set: |c, v| {
+                c.pool_size = v.count()?;
+                Ok(())
+            },
+        },
+        crate::EnvVar {
+            name: "POOL_OVERFLOW",
+            key: "max_overflow",
+            form: crate::EnvForm::Count,
+            set: |c, v| {
+                c.max_overflow = v.count()?;
+                Ok(())
+            },
+        },
+        crate::EnvVar {
+            name: "POOL_TIMEOUT",
+            key: "pool_timeout",
+            form: crate::EnvForm::Seconds(crate::Seconds::Positive),
+            set: |c, v| {
+                c.pool_timeout = v.duration(crate::Seconds::Positive)?.unwrap_or_default();
+                Ok(())
+            },
+        },
+        crate::EnvVar {
+            name: "POOL_RECYCLE",
+            key: "pool_recycle",
+            form: crate::EnvForm::Seconds(crate::Seconds::ZeroIsOff),
+            set: |c, v| {
+                c.pool_recycle = v.duration(crate::Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+    ];
+
     /// The most connections the pool may have open at once: `pool_size + max_overflow`.
     pub fn max_size(&self) -> usize {
         self.pool_size.saturating_add(self.max_overflow)

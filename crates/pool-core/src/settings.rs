@@ -106,6 +106,57 @@ pub enum EnvValue {
     Seconds(f64),
 }
 
+impl EnvValue {
+    /// The text of an [`EnvForm::Text`] variable.
+    ///
+    /// # Errors
+    ///
+    /// A value of another form: the table names the wrong form for its setting.
+    pub fn text(self) -> Result<String, String> {
+        match self {
+            EnvValue::Text(text) => Ok(text),
+            other => Err(format!("expected text, read {other:?}")),
+        }
+    }
+
+    /// The items of an [`EnvForm::List`] variable.
+    ///
+    /// # Errors
+    ///
+    /// A value of another form.
+    pub fn list(self) -> Result<Vec<String>, String> {
+        match self {
+            EnvValue::List(items) => Ok(items),
+            other => Err(format!("expected a list, read {other:?}")),
+        }
+    }
+
+    /// The number of an [`EnvForm::Count`] variable.
+    ///
+    /// # Errors
+    ///
+    /// A value of another form.
+    pub fn count(self) -> Result<usize, String> {
+        match self {
+            EnvValue::Count(n) => Ok(n),
+            other => Err(format!("expected a whole number, read {other:?}")),
+        }
+    }
+
+    /// The duration of an [`EnvForm::Seconds`] variable, as a setting of meaning `kind` reads
+    /// it ([`Seconds::duration`]): `None` for off.
+    ///
+    /// # Errors
+    ///
+    /// A number `kind` refuses, with its words, or a value of another form.
+    pub fn duration(self, kind: Seconds) -> Result<Option<Duration>, String> {
+        match self {
+            EnvValue::Seconds(secs) => kind.duration(secs).map_err(str::to_owned),
+            other => Err(format!("expected seconds, read {other:?}")),
+        }
+    }
+}
+
 impl EnvForm {
     /// `text` read in this form.
     ///

@@ -180,7 +180,7 @@ impl PgCluster {
     /// `min_idle` connections, for at most `timeout` in all: "start and wait until warm".
     ///
     /// The pools warm up in the background from [`build`](ClusterBuilder::build) on, all at
-    /// once; this waits for them together (see [`ConnectionPool::warmed`], which also serves to
+    /// once; this waits for them together (see [`ConnectionPool::warmed`](pool_core::ConnectionPool::warmed), which also serves to
     /// wait for the primary alone: `cluster.primary().warmed(timeout)`).
     ///
     /// # Cancel safety
@@ -231,7 +231,8 @@ impl PgCluster {
     /// [`ClusterBuildError::Register`] when a name is taken; pools of this cluster registered
     /// before the failure are removed again.
     ///
-    /// Each pool is registered as a [`Pool`] whose stats carry its [`Routing`]: the primary's
+    /// Each pool is registered as a [`Pool`](pool_core::Pool) whose stats carry its
+    /// [`Routing`](pool_core::Routing): the primary's
     /// fallbacks, each replica's bans and lag, so exporters see them like any other stat.
     pub fn register(&self, registry: &Registry) -> Result<(), ClusterBuildError> {
         let members = std::iter::once(Member {
@@ -297,7 +298,7 @@ impl PgCluster {
         }
     }
 
-    /// Stops the lag probe and closes every pool (see [`ConnectionPool::close`]).
+    /// Stops the lag probe and closes every pool (see [`ConnectionPool::close`](pool_core::ConnectionPool::close)).
     ///
     /// # Errors
     ///

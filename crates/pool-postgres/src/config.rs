@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pool_core::{EnvError, EnvForm, EnvValue, EnvVar, PoolConfig, Seconds, Secret};
+use pool_core::{EnvError, EnvForm, EnvVar, PoolConfig, Secret};
 
 use crate::cluster::PgCluster;
 use crate::connection::ResetOnReturn;
@@ -91,87 +91,44 @@ impl Default for PostgresConfig {
     }
 }
 
-/// A seconds setting's duration from an environment variable's number.
-fn seconds(value: EnvValue, kind: Seconds) -> Result<Option<Duration>, String> {
-    match value {
-        EnvValue::Seconds(secs) => kind.duration(secs).map_err(str::to_owned),
-        _ => Err("expected seconds".to_owned()),
-    }
-}
-
-/// A count setting from an environment variable's number.
-fn count(value: EnvValue) -> Result<usize, String> {
-    match value {
-        EnvValue::Count(n) => Ok(n),
-        _ => Err("expected a whole number".to_owned()),
-    }
-}
-
 impl PostgresConfig {
-    /// The environment variables of a cluster, and the key each sets: the one list that
-    /// [`with_env_from`](Self::with_env_from) and pool-admin (for its cluster `main`) read.
+    /// The prefix of a cluster's environment variables.
+    pub const ENV_PREFIX: &'static str = "DATABASE_";
+
+    /// The cluster's own environment variables, named after [`ENV_PREFIX`](Self::ENV_PREFIX)
+    /// (`URL` is `DATABASE_URL`); the engine's are [`PoolConfig::ENV`] under the same prefix.
+    /// [`env_vars`](Self::env_vars) lists both, as [`with_env_from`](Self::with_env_from) and
+    /// pool-admin read them.
     pub const ENV: &'static [EnvVar<PostgresConfig>] = &[
         EnvVar {
-            name: "DATABASE_URL",
+            name: "URL",
             key: "url",
             form: EnvForm::Text,
-            set: |c, v| match v {
-                EnvValue::Text(url) => {
-                    c.url = Secret(url);
-                    Ok(())
-                }
-                _ => Err("expected a URL".to_owned()),
+            set: |c, v| {
+                c.url = Secret(v.text()?);
+                Ok(())
             },
         },
         EnvVar {
-            name: "DATABASE_REPLICA_URLS",
+            name: "REPLICA_URLS",
             key: "replicas",
             form: EnvForm::List,
-            set: |c, v| match v {
-                EnvValue::List(urls) => {
-                    c.replicas = urls.into_iter().map(Secret).collect();
-                    Ok(())
-                }
-                _ => Err("expected comma-separated URLs".to_owned()),
-            },
-        },
-        EnvVar {
-            name: "DATABASE_POOL_SIZE",
-            key: "pool_size",
-            form: EnvForm::Count,
             set: |c, v| {
-                c.pool.pool_size = count(v)?;
-                Ok(())
-            },
-        },
-        EnvVar {
-            name: "DATABASE_POOL_OVERFLOW",
-            key: "max_overflow",
-            form: EnvForm::Count,
-            set: |c, v| {
-                c.pool.max_overflow = count(v)?;
-                Ok(())
-            },
-        },
-        EnvVar {
-            name: "DATABASE_POOL_TIMEOUT",
-            key: "pool_timeout",
-            form: EnvForm::Seconds(Seconds::Positive),
-            set: |c, v| {
-                c.pool.pool_timeout = seconds(v, Seconds::Positive)?.unwrap_or_default();
-                Ok(())
-            },
-        },
-        EnvVar {
-            name: "DATABASE_POOL_RECYCLE",
-            key: "pool_recycle",
-            form: EnvForm::Seconds(Seconds::ZeroIsOff),
-            set: |c, v| {
-                c.pool.pool_recycle = seconds(v, Seconds::ZeroIsOff)?;
+                c.replicas = v.list()?.into_iter().map(Secret).collect();
                 Ok(())
             },
         },
     ];
+
+    /// Every variable a cluster reads, `(variable, key, form)`: `DATABASE_URL`,
+    /// `DATABASE_REPLICA_URLS`, then the engine's `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`,
+    /// `DATABASE_POOL_TIMEOUT` and `DATABASE_POOL_RECYCLE`.
+    pub fn env_vars() -> impl Iterator<Item = (String, &'static str, EnvForm)> {
+        let own = Self::ENV.iter().map(|v| (v.name, v.key, v.form));
+        let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
+        own.chain(engine)
+            .map(|(name, key, form)| (format!("{}{name}", Self::ENV_PREFIX), key, form))
+    }
 
     /// The [default](Self::default) configuration with the process's environment variables
     /// applied ([`with_env_from`](Self::with_env_from)).
@@ -183,7 +140,7 @@ impl PostgresConfig {
         PostgresConfig::default().with_env_from(|var| std::env::var(var).ok())
     }
 
-    /// These settings with the variables of [`ENV`](Self::ENV) found through `lookup` applied,
+    /// These settings with the variables of [`env_vars`](Self::env_vars) found through `lookup` applied,
     /// then [validated](Self::validate); unset variables leave a setting as it is.
     ///
     /// # Errors
@@ -195,7 +152,8 @@ impl PostgresConfig {
         mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, EnvError> {
-        pool_core::apply_env(&mut self, Self::ENV, "", &lookup)?;
+        pool_core::apply_env(&mut self, Self::ENV, Self::ENV_PREFIX, &lookup)?;
+        pool_core::apply_env(&mut self.pool, PoolConfig::ENV, Self::ENV_PREFIX, &lookup)?;
         if let Err(ConfigError::Invalid { setting, value, reason }) = self.validate() {
             // The variable that set the refused setting, or the other half of a refused size.
             let key = setting.split('[').next().unwrap_or(&setting).to_owned();
@@ -205,10 +163,9 @@ impl PostgresConfig {
                 _ => None,
             };
             let set_by = |key: &str| {
-                Self::ENV
-                    .iter()
-                    .find(|v| v.key == key)
-                    .and_then(|v| Some((v.name, lookup(v.name)?)))
+                let (name, _, _) = Self::env_vars().find(|(_, k, _)| *k == key)?;
+                let text = lookup(&name)?;
+                Some((name, text))
             };
             return Err(match set_by(&key).or_else(|| partner.and_then(set_by)) {
                 Some((name, text)) => EnvError::new(name, &text, reason),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pool_core::{EnvError, EnvForm, EnvValue, EnvVar, PoolConfig};
+use pool_core::{EnvError, EnvForm, EnvVar, PoolConfig};
 
 use crate::error::{ConfigError, redact};
 
@@ -60,35 +60,35 @@ impl RedisConfig {
     /// [`with_env_from`](Self::with_env_from) and pool-admin read, unprefixed for the pool
     /// `main` (`REDIS_POOL_SIZE`) and prefixed with the pool's name for any pool
     /// (`REDIS_CACHE_POOL_SIZE`: `REDIS_`, the name upper-cased with `-` as `_`, then `_`).
-    pub const POOL_ENV: &'static [EnvVar<PoolSettings>] = &[
-        EnvVar {
-            name: "POOL_SIZE",
-            key: "pool_size",
-            form: EnvForm::Count,
-            set: |s, v| {
-                s.pool.pool_size = count(v)?;
-                Ok(())
-            },
+    pub const POOL_ENV: &'static [EnvVar<PoolSettings>] = &[EnvVar {
+        name: "MAX_CONNECTIONS",
+        key: "max_connections",
+        form: EnvForm::Count,
+        set: |s, v| {
+            s.max_connections = Some(v.count()?);
+            Ok(())
         },
-        EnvVar {
-            name: "MAX_OVERFLOW",
-            key: "max_overflow",
-            form: EnvForm::Count,
-            set: |s, v| {
-                s.pool.max_overflow = count(v)?;
-                Ok(())
-            },
-        },
-        EnvVar {
-            name: "MAX_CONNECTIONS",
-            key: "max_connections",
-            form: EnvForm::Count,
-            set: |s, v| {
-                s.max_connections = Some(count(v)?);
-                Ok(())
-            },
-        },
-    ];
+    }];
+
+    /// Every variable of a pool under `prefix` (`REDIS_` for `main`, or
+    /// [`env_prefix`](Self::env_prefix)), `(variable, key, form)`: the engine's
+    /// ([`PoolConfig::ENV`]: `POOL_SIZE`, `POOL_OVERFLOW`, `POOL_TIMEOUT`, `POOL_RECYCLE`), then
+    /// [`POOL_ENV`](Self::POOL_ENV)'s.
+    pub fn pool_env_vars(prefix: &str) -> impl Iterator<Item = (String, &'static str, EnvForm)> {
+        let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
+        let own = Self::POOL_ENV.iter().map(|v| (v.name, v.key, v.form));
+        engine.chain(own).map(move |(name, key, form)| (format!("{prefix}{name}"), key, form))
+    }
+
+    /// Applies the variables of one pool under `prefix` to `settings`.
+    fn apply_pool_env(
+        settings: &mut PoolSettings,
+        prefix: &str,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), EnvError> {
+        pool_core::apply_env(&mut settings.pool, PoolConfig::ENV, prefix, lookup)?;
+        pool_core::apply_env(settings, Self::POOL_ENV, prefix, lookup)
+    }
 
     /// The prefix of the pool `name`'s variables: `REDIS_CACHE_` for `cache`.
     pub fn env_prefix(name: &str) -> String {
@@ -108,8 +108,9 @@ impl RedisConfig {
     /// Applies environment variables read through `lookup`, then validates:
     ///
     /// - `REDIS_URL`: the server's URL;
-    /// - `REDIS_POOL_SIZE`, `REDIS_MAX_OVERFLOW`, `REDIS_MAX_CONNECTIONS`: the `main` pool's
-    ///   sizes (the pool is added if missing), as [`POOL_ENV`](Self::POOL_ENV) lists them;
+    /// - `REDIS_POOL_SIZE`, `REDIS_POOL_OVERFLOW`, `REDIS_POOL_TIMEOUT`, `REDIS_POOL_RECYCLE` and
+    ///   `REDIS_MAX_CONNECTIONS`: the `main` pool's (the pool is added if missing), as
+    ///   [`pool_env_vars`](Self::pool_env_vars) lists them;
     /// - the same prefixed with a pool's name set that pool's, e.g. `REDIS_CACHE_POOL_SIZE`;
     ///   for `main` they win over the unprefixed ones.
     ///
@@ -127,22 +128,21 @@ impl RedisConfig {
         if let Some(url) = lookup("REDIS_URL") {
             self.url = url;
         }
-        let unprefixed =
-            Self::POOL_ENV.iter().any(|v| lookup(&format!("REDIS_{}", v.name)).is_some());
+        let unprefixed = Self::pool_env_vars("REDIS_").any(|(var, _, _)| lookup(&var).is_some());
         if unprefixed && !self.pools.contains_key("main") {
             self.pools.insert("main".to_owned(), PoolSettings::default());
         }
         for (name, settings) in &mut self.pools {
             if name == "main" {
-                pool_core::apply_env(settings, Self::POOL_ENV, "REDIS_", &lookup)?;
+                Self::apply_pool_env(settings, "REDIS_", &lookup)?;
             }
-            pool_core::apply_env(settings, Self::POOL_ENV, &Self::env_prefix(name), &lookup)?;
+            Self::apply_pool_env(settings, &Self::env_prefix(name), &lookup)?;
             // A value that parses but that the pool refuses is still its variable's fault.
             if let Err(ConfigError::Invalid { setting, reason, .. }) = settings.validate(name) {
                 let set_by = |prefix: &str| {
-                    let var = Self::POOL_ENV.iter().find(|v| v.key == setting)?;
-                    let name = format!("{prefix}{}", var.name);
-                    lookup(&name).map(|text| (name, text))
+                    let (var, _, _) =
+                        Self::pool_env_vars(prefix).find(|(_, k, _)| *k == setting)?;
+                    lookup(&var).map(|text| (var, text))
                 };
                 let prefixed = set_by(&Self::env_prefix(name));
                 let found =
@@ -201,14 +201,6 @@ impl RedisConfig {
     }
 }
 
-/// A count setting from an environment variable's number.
-fn count(value: EnvValue) -> Result<usize, String> {
-    match value {
-        EnvValue::Count(n) => Ok(n),
-        _ => Err("expected a whole number".to_owned()),
-    }
-}
-
 /// The settings of one named pool: the engine's [`PoolConfig`] for the exclusive connections,
 /// and the shared clients' own.
 ///
@@ -229,7 +221,7 @@ fn count(value: EnvValue) -> Result<usize, String> {
 #[non_exhaustive]
 pub struct PoolSettings {
     /// The engine's settings for the exclusive connections (`REDIS_POOL_SIZE`,
-    /// `REDIS_MAX_OVERFLOW`). `health_check_interval` is also the period of the shared clients'
+    /// `REDIS_POOL_OVERFLOW`). `health_check_interval` is also the period of the shared clients'
     /// heartbeat, and `connect_timeout` bounds every connect, shared clients' included.
     #[cfg_attr(feature = "serde", serde(flatten))]
     pub pool: PoolConfig,
@@ -474,11 +466,30 @@ mod tests {
         assert!(err.contains("REDIS_CACHE_MAX_CONNECTIONS"), "{err}");
     }
 
-    /// `REDIS_POOL_SIZE` alone keeps the overflow, as `DATABASE_POOL_SIZE` does.
+    /// `REDIS_POOL_SIZE` alone keeps the overflow, as `DATABASE_POOL_SIZE` does; the engine's
+    /// variables are pool-core's, read under the pool's prefix.
     #[test]
     fn a_pool_size_alone_keeps_the_overflow() {
         let c = RedisConfig::default().with_env_from(env(&[("REDIS_POOL_SIZE", "64")])).unwrap();
         assert_eq!(sizes(&c.pools["main"]), (64, 20));
+        let c = RedisConfig::default()
+            .with_env_from(env(&[
+                ("REDIS_POOL_OVERFLOW", "2"),
+                ("REDIS_CACHE_POOL_TIMEOUT", "2.5"),
+                ("REDIS_CACHE_POOL_RECYCLE", "-1"),
+            ]))
+            .unwrap();
+        assert_eq!(sizes(&c.pools["main"]), (10, 2));
+        assert_eq!(c.pools["cache"].pool.pool_timeout, Duration::from_millis(2500));
+        assert_eq!(c.pools["cache"].pool.pool_recycle, None);
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_CACHE_POOL_TIMEOUT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REDIS_CACHE_POOL_TIMEOUT") && err.contains("greater than zero"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server};
+use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server, wire};
 use pool_harness::{PgInstance, redis_url};
 use pool_postgres::{ResetOnReturn, sqlx};
 use pool_redis::PoolSettings;
@@ -112,6 +112,9 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     assert!(stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
     assert_eq!(stats["redis_pools"]["cache"]["pool_size"], 3);
     assert_eq!(stats["database_pools"]["main"]["backend"], "postgresql");
+    // The body reads as the wire type the document is derived from.
+    let typed: wire::StatsResponse = serde_json::from_value(stats.clone()).expect("stats");
+    assert_eq!(typed.redis_pools.len(), 2, "{typed:#?}");
 
     let (status, body) =
         client.post(&format!("{PREFIX}/reset-stats"), json!({ "pool": "postgresql:main" })).await;
@@ -151,6 +154,9 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     assert_eq!(primary.pre_ping_bypass, Duration::from_millis(250));
     assert_eq!(primary.health_check_interval, Some(Duration::from_secs(7)));
     let (_, config) = client.get(&format!("{PREFIX}/config")).await;
+    serde_json::from_value::<wire::ConfigResponse>(config.clone()).expect("config");
+    let (_, optimize) = client.get(&format!("{PREFIX}/optimize")).await;
+    serde_json::from_value::<wire::OptimizeResponse>(optimize).expect("optimize");
     assert_eq!(config["pools"]["postgresql:main"]["pool_size"], 5);
     assert!(!config.to_string().contains(TOKEN), "the token never leaves the server");
 
@@ -173,6 +179,7 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     tokio::task::block_in_place(|| pg.stop()).expect("stop postgres");
     let (status, health) = client.get(&format!("{PREFIX}/health")).await;
     assert_eq!(status, 503, "{health:#}");
+    serde_json::from_value::<wire::HealthResponse>(health.clone()).expect("health");
     assert_eq!(health["pools"]["postgresql:main"]["healthy"], false, "{health:#}");
     tokio::task::block_in_place(|| pg.start_again()).expect("start postgres");
     let deadline = Instant::now() + Duration::from_secs(30);

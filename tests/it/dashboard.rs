@@ -283,6 +283,13 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     )
     .await;
     let stats = api.get("stats").await;
+    // With a replica and both backends, the body reads as the wire type the document is derived
+    // from.
+    let typed: pool_admin::wire::StatsResponse =
+        serde_json::from_value(stats.clone()).expect("stats as the document says");
+    let replicas: Vec<&str> =
+        typed.replication.0["main"].replicas.iter().map(|r| r.pool.as_str()).collect();
+    assert_eq!(replicas, ["main-replica-1"]);
     let expected_recommendations: Vec<Value> = stats["recommendations"]
         .as_array()
         .unwrap()

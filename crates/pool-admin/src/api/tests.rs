@@ -11,7 +11,11 @@ use pool_core::{ConnectionPool, Registry};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::auth::bearer_token;
 use super::*;
+use crate::Secret;
+use pool_optimizer::Budget;
+use std::time::Duration;
 
 const TOKEN: &str = "t0ken";
 
@@ -96,7 +100,7 @@ async fn post_json(app: &Router, uri: &str, body: Value) -> (StatusCode, Value) 
 
 /// Fails unless `value` matches the OpenAPI schema `name`.
 fn conforms(name: &str, value: &Value) {
-    let doc: Value = serde_json::from_str(crate::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(&crate::openapi().to_json().unwrap()).unwrap();
     let schema =
         json!({ "$ref": format!("#/components/schemas/{name}"), "components": doc["components"] });
     let validator = jsonschema::validator_for(&schema).unwrap();
@@ -562,7 +566,8 @@ async fn redis_created_connections_is_the_librarys_number() {
     let (status, stats) = get(&app, &format!("{PREFIX}/stats")).await;
     assert_eq!(status, StatusCode::OK);
     conforms("StatsResponse", &stats);
-    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 2, "{stats:#}");
+    let typed: wire::StatsResponse = serde_json::from_value(stats).unwrap();
+    assert_eq!(typed.redis_pools["cache"].created_connections, 2, "{typed:#?}");
 
     // Registered alone, the pool's shared clients are out of the API's sight.
     let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
@@ -679,4 +684,55 @@ async fn the_served_document_says_whether_metrics_needs_the_token() {
         let documents_401 = doc.pointer("/paths/~1metrics/get/responses/401").is_some();
         assert_eq!(documents_401, !open);
     }
+}
+
+/// Every operation of the served document is a route of the same router, behind the token
+/// exactly when the document says so; the dashboard's page is in the document exactly when the
+/// router serves it.
+#[tokio::test]
+async fn the_served_document_lists_what_the_router_serves() {
+    for (metrics_open, dashboard) in [(false, true), (true, false)] {
+        let registry = Registry::new();
+        let pool = ConnectionPool::builder(TestManager::new()).name("main").build().unwrap();
+        registry.register(Arc::new(pool)).unwrap();
+        let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
+            .metrics_open(metrics_open)
+            .dashboard(dashboard)
+            .build();
+        let app = router(state);
+        let (_, doc) = get(&app, "/api/v1/admin/openapi.json").await;
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.contains_key(crate::dashboard::PATH), dashboard);
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                operations += 1;
+                let uri = path.replace("{pool}", "test:main");
+                let method: Method = method.to_uppercase().parse().unwrap();
+                let (status, body) = call(&app, method.clone(), &uri, None, None).await;
+                let open = operation.get("security") == Some(&json!([]));
+                let what = format!("{method} {path} (metrics_open {metrics_open}): {body}");
+                if open {
+                    assert_eq!(status, StatusCode::OK, "{what}");
+                } else {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+                    assert!(operation["responses"].get("401").is_some(), "{what}");
+                }
+            }
+        }
+        assert_eq!(operations, if dashboard { 9 } else { 8 });
+        if !dashboard {
+            let (status, _) = call(&app, Method::GET, crate::dashboard::PATH, None, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+    }
+}
+
+/// The document the library exposes is the one the default router serves.
+#[tokio::test]
+async fn the_exposed_document_is_the_default_routers() {
+    let f = fixture(false).await;
+    let (_, served) = get(&f.app, "/api/v1/admin/openapi.json").await;
+    let exposed: Value = serde_json::from_str(&crate::openapi().to_json().unwrap()).unwrap();
+    assert_eq!(served, exposed);
 }

@@ -108,21 +108,32 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
 
     let (status, stats) = client.get(&format!("{PREFIX}/stats")).await;
     assert_eq!(status, 200, "{stats}");
-    assert!(stats["database_pools"]["main"]["acquires"].as_u64().unwrap() >= 20, "{stats:#}");
-    assert!(stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
-    assert_eq!(stats["redis_pools"]["cache"]["pool_size"], 3);
-    assert_eq!(stats["database_pools"]["main"]["backend"], "postgresql");
-    // The body reads as the wire type the document is derived from.
+    assert!(
+        stats["database_pools"]["postgresql:main"]["acquires"].as_u64().unwrap() >= 20,
+        "{stats:#}"
+    );
+    assert!(stats["redis_pools"]["redis:main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
+    assert_eq!(stats["redis_pools"]["redis:cache"]["pool_size"], 3);
+    assert_eq!(stats["database_pools"]["postgresql:main"]["backend"], "postgresql");
+    // The body reads as the wire type the document is derived from, and the Redis numbers add
+    // up as it says: in use + available <= created <= max, the shared clients apart.
     let typed: wire::StatsResponse = serde_json::from_value(stats.clone()).expect("stats");
-    assert_eq!(typed.redis_pools.len(), 2, "{typed:#?}");
+    for (id, redis) in &typed.redis_pools {
+        assert!(
+            redis.in_use_connections + redis.available_connections <= redis.created_connections
+                && redis.created_connections <= redis.max_connections,
+            "{id}: {redis:#?}"
+        );
+        assert_eq!(redis.shared_clients, Some(1), "{id}: the server hands its Redis pools over");
+    }
 
     let (status, body) =
         client.post(&format!("{PREFIX}/reset-stats"), json!({ "pool": "postgresql:main" })).await;
     assert_eq!((status, body), (200, json!({ "reset": ["postgresql:main"] })));
     let (_, stats) = client.get(&format!("{PREFIX}/stats")).await;
-    assert_eq!(stats["database_pools"]["main"]["acquires"], 0);
+    assert_eq!(stats["database_pools"]["postgresql:main"]["acquires"], 0);
     assert!(
-        stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10,
+        stats["redis_pools"]["redis:main"]["acquires"].as_u64().unwrap() >= 10,
         "other pools keep their counters"
     );
 
@@ -166,8 +177,8 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     // not checkouts.
     let acquires = |stats: &Value| {
         (
-            stats["database_pools"]["main"]["acquires"].clone(),
-            stats["redis_pools"]["main"]["acquires"].clone(),
+            stats["database_pools"]["postgresql:main"]["acquires"].clone(),
+            stats["redis_pools"]["redis:main"]["acquires"].clone(),
         )
     };
     let (_, before) = client.get(&format!("{PREFIX}/stats")).await;

@@ -102,10 +102,10 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs.max(MIN_INTERVAL_SECS)))
 }
 
-/// One pool's line: its name and backend, then its usage.
-fn line(name: &str, kind: &str, p: &PoolStats) -> String {
+/// One pool's line: its id (`postgresql:main`), then its usage.
+fn line(id: &str, p: &PoolStats) -> String {
     format!(
-        "{name:<20} {kind:<8} in use {:>3}/{:<3} (+{} overflow)  idle {:>3}  waiting {:>3}  avg wait {:>7.2} ms  timeouts {}",
+        "{id:<28} in use {:>3}/{:<3} (+{} overflow)  idle {:>3}  waiting {:>3}  avg wait {:>7.2} ms  timeouts {}",
         p.active_connections,
         p.pool_size,
         p.overflow,
@@ -190,12 +190,12 @@ async fn poll(client: &reqwest::Client, args: &Args, url: &str) -> Poll {
     Poll::Ok
 }
 
-/// What one poll prints: a line per pool, PostgreSQL's then Redis's, each in its names' order,
+/// What one poll prints: a line per pool, PostgreSQL's then Redis's, each in its ids' order,
 /// and an `ALERT` line per high-severity recommendation.
 fn report(stats: &StatsResponse) -> String {
-    let database = stats.database_pools.iter().map(|(name, p)| line(name, "postgres", p));
-    let redis = stats.redis_pools.iter().map(|(name, r)| line(name, "redis", &r.pool));
-    let mut out: String = database.chain(redis).map(|l| l + "\n").collect();
+    let pools =
+        stats.database_pools.iter().chain(stats.redis_pools.iter().map(|(id, r)| (id, &r.pool)));
+    let mut out: String = pools.map(|(id, p)| line(id, p) + "\n").collect();
     for r in stats.recommendations.iter().filter(|r| r.severity == Severity::High) {
         out.push_str(&format!("ALERT [high] {}: {}: {}\n", r.pool, r.issue, r.suggestion));
     }
@@ -339,10 +339,10 @@ mod tests {
         assert_eq!(ok.args.url, "http://127.0.0.1:9187");
     }
 
-    /// A poll prints a line per pool, PostgreSQL's first, and an alert for each high-severity
-    /// recommendation only.
+    /// A poll prints a line per pool under its id, PostgreSQL's first, and an alert for each
+    /// high-severity recommendation only.
     #[test]
-    fn a_report_has_a_line_per_pool_and_alerts_on_high_severity() {
+    fn a_report_names_each_pool_by_its_id_and_alerts_on_high_severity() {
         use serde_json::json;
 
         let pool = |active: u64, size: u64| {
@@ -358,8 +358,10 @@ mod tests {
         for (k, v) in [
             ("in_use_connections", 1),
             ("available_connections", 3),
-            ("created_connections", 5),
+            ("created_connections", 4),
             ("max_connections", 8),
+            ("shared_clients", 1),
+            ("shared_connected", 1),
         ] {
             redis[k] = json!(v);
         }
@@ -372,17 +374,17 @@ mod tests {
             })
         };
         let stats: StatsResponse = serde_json::from_value(json!({
-            "database_pools": { "main": pool(2, 10) },
-            "redis_pools": { "cache": redis },
+            "database_pools": { "postgresql:main": pool(2, 10) },
+            "redis_pools": { "redis:cache": redis },
             "replication": {},
             "recommendations": [recommendation("high", "High wait times"), recommendation("low", "Idle")],
         }))
         .unwrap();
         let lines: Vec<String> = report(&stats).lines().map(str::to_owned).collect();
         assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].starts_with("main                 postgres in use   2/10 "), "{lines:#?}");
+        assert!(lines[0].starts_with("postgresql:main              in use   2/10 "), "{lines:#?}");
         assert!(lines[0].contains("avg wait    1.50 ms"), "{lines:#?}");
-        assert!(lines[1].starts_with("cache                redis    in use   1/4 "), "{lines:#?}");
+        assert!(lines[1].starts_with("redis:cache                  in use   1/4 "), "{lines:#?}");
         assert_eq!(
             lines[2],
             "ALERT [high] postgresql:main: High wait times: Increase pool_size to 15"

@@ -31,30 +31,28 @@ use super::wire;
 pub(super) async fn stats(State(state): State<AdminState>) -> Json<wire::StatsResponse> {
     let mut out = wire::StatsResponse::default();
     for pool in state.inner.registry.pools() {
-        let name = pool.name().to_owned();
+        let id = pool_id(pool.as_ref());
         if pool.backend() != RedisManager::BACKEND {
-            out.database_pools.insert(name, pool_stats(&pool.stats()));
+            out.database_pools.insert(id, pool_stats(&pool.stats()));
             continue;
         }
-        // redis-py's numbers as pool-redis defines them, shared clients included, when the
-        // pool was handed over; else what the engine's stats alone say.
+        // The shared clients are known only when the Redis pools were handed over; their
+        // engine's stats are read with them then, so the numbers are one reading.
         let known = state.inner.redis.as_ref().and_then(|r| r.get(pool.name()));
-        let (s, created) = match known.map(pool_redis::RedisPool::stats) {
-            Some(r) => (r.engine, r.created),
-            None => {
-                let s = pool.stats();
-                let created = s.open_connections.saturating_sub(s.connecting);
-                (s, created)
-            }
+        let (s, shared) = match known.map(pool_redis::RedisPool::stats) {
+            Some(r) => (r.engine, Some((r.shared_clients, r.shared_connected))),
+            None => (pool.stats(), None),
         };
         let redis = wire::RedisPoolStats {
             in_use_connections: s.active_connections,
             available_connections: s.idle_connections,
-            created_connections: created,
+            created_connections: s.open_connections.saturating_sub(s.connecting),
             max_connections: s.pool_size.saturating_add(s.max_overflow),
+            shared_clients: shared.map(|(configured, _)| configured),
+            shared_connected: shared.map(|(_, connected)| connected),
             pool: pool_stats(&s),
         };
-        out.redis_pools.insert(name, redis);
+        out.redis_pools.insert(id, redis);
     }
     out.replication = replication(&state);
     out.recommendations = state.recommendations().iter().map(recommendation).collect();
@@ -253,7 +251,7 @@ pub(super) async fn resize(
     let max_overflow = req.max_overflow.unwrap_or_else(|| pool.config().max_overflow);
     state
         .resize_within_budgets(&pool, req.pool_size, max_overflow)
-        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message).about(&name))?;
+        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message).about(&id))?;
     let c = pool.config();
     Ok(Json(wire::ResizeResponse {
         pool: id,
@@ -400,7 +398,7 @@ fn replication(state: &AdminState) -> wire::Replication {
                 .replicas
                 .iter()
                 .map(|r| wire::Replica {
-                    pool: r.pool.clone(),
+                    pool: replica_id(&r.pool),
                     reads: r.reads,
                     banned: r.banned,
                     bans: r.bans,

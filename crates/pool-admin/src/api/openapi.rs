@@ -22,8 +22,10 @@ runtime resize. Every route needs `Authorization: Bearer <token>` (the scheme in
 its operation says `security: []`: `/metrics` may be configured open, and the dashboard's static \
 page (`/dashboard/`) holds no data and fetches everything from these routes with the token the \
 user gives it.\n\n\
-A request may name a pool by its id (`postgresql:main`, `redis:cache`) or by a name only one \
-backend uses. Durations are seconds.\n\n\
+Every pool is named by its id, `backend:name` (`postgresql:main`, `redis:cache`), in every \
+response: the keys of the stats, health, optimize and config maps, and the `pool` of \
+recommendations, decisions, replicas and resizes. A request may name a pool by its id or by a \
+name only one backend uses. Durations are seconds.\n\n\
 Every error is an `Error` body with its status. A path the server does not serve answers 404, \
 and a method a path does not serve answers 405 with an `Allow` header listing those it does.";
 

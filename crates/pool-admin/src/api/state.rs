@@ -175,10 +175,8 @@ impl AdminStateBuilder {
     }
 
     /// The Redis pools (also registered in the registry), so `GET stats` reports each one's
-    /// `created_connections` as [`RedisStats::created`](pool_redis::RedisStats::created): its
-    /// open exclusive connections plus its connected shared clients. A Redis pool that is only
-    /// registered shows its open exclusive connections alone (the `Pool` trait does not see
-    /// shared clients).
+    /// shared clients (`shared_clients`, `shared_connected`), which the `Pool` trait does not
+    /// see: for a Redis pool that is only registered, they are null.
     pub fn redis(mut self, pools: RedisPools) -> Self {
         self.redis = Some(pools);
         self

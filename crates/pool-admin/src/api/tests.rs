@@ -117,8 +117,8 @@ async fn every_route_answers_in_the_documented_shape() {
     let (status, stats) = get(&f.app, &format!("{PREFIX}/stats")).await;
     assert_eq!(status, StatusCode::OK);
     conforms("StatsResponse", &stats);
-    assert_eq!(stats["database_pools"]["main"]["pool_size"], 2);
-    assert_eq!(stats["database_pools"]["main"]["backend"], "test");
+    assert_eq!(stats["database_pools"]["test:main"]["pool_size"], 2);
+    assert_eq!(stats["database_pools"]["test:main"]["backend"], "test");
 
     let (status, health) = get(&f.app, &format!("{PREFIX}/health")).await;
     assert_eq!(status, StatusCode::OK, "{health}");
@@ -179,7 +179,7 @@ async fn resize_takes_effect_and_refuses_what_the_settings_or_budget_forbid() {
     let (status, body) = post_json(&f.app, &uri, json!({ "pool_size": 0 })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     conforms("Error", &body);
-    assert_eq!(body["pool"], "main");
+    assert_eq!(body["pool"], "test:main", "a pool that exists is named by its id");
     assert!(
         body["error"].as_str().unwrap().contains("pool_size = 0: must be at least 1"),
         "{body}"
@@ -544,10 +544,12 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     }
 }
 
-/// A Redis pool's `created_connections` is pool-redis's `RedisStats::created`: its open
-/// exclusive connection plus its connected shared client (against the shared real Redis).
+/// A Redis pool's numbers count what the schema says: `created_connections` its exclusive
+/// connections open, so that in use + available never exceeds it nor it `max_connections`;
+/// its shared clients apart, in `shared_clients` and `shared_connected`, which are null when
+/// the router sees the pool through the registry alone (against the shared real Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_created_connections_is_the_librarys_number() {
+async fn redis_numbers_count_exclusive_connections_and_shared_clients_apart() {
     use pool_redis::{PoolSettings, RedisConfig, RedisPools};
 
     let config = RedisConfig::new(pool_harness::redis_url())
@@ -556,23 +558,46 @@ async fn redis_created_connections_is_the_librarys_number() {
     let registry = Registry::new();
     pools.register(&registry).unwrap();
     let cache = pools.get("cache").unwrap();
-    // The one exclusive connection is open from here on, idle or in use.
+    // The one exclusive connection is open from here on: idle, in use, or being reset.
     drop(cache.exclusive().await.unwrap());
     let library = cache.stats();
-    assert_eq!((library.created, library.shared_connected), (2, 1), "{library:?}");
+    assert_eq!((library.shared_clients, library.shared_connected), (1, 1), "{library:?}");
 
+    let read = |stats: Value| -> wire::RedisPoolStats {
+        let stats: wire::StatsResponse = serde_json::from_value(stats).unwrap();
+        stats.redis_pools["redis:cache"].clone()
+    };
     let state = AdminState::builder(registry.clone(), Secret(TOKEN.to_owned()));
     let app = router(state.redis(pools.clone()).build());
     let (status, stats) = get(&app, &format!("{PREFIX}/stats")).await;
     assert_eq!(status, StatusCode::OK);
     conforms("StatsResponse", &stats);
-    let typed: wire::StatsResponse = serde_json::from_value(stats).unwrap();
-    assert_eq!(typed.redis_pools["cache"].created_connections, 2, "{typed:#?}");
+    let redis = read(stats);
+    assert_eq!(
+        (
+            redis.created_connections,
+            redis.max_connections,
+            redis.shared_clients,
+            redis.shared_connected
+        ),
+        (1, 1, Some(1), Some(1)),
+        "{redis:#?}"
+    );
+    assert!(redis.in_use_connections + redis.available_connections <= redis.created_connections);
+    assert_eq!(redis.in_use_connections, redis.pool.active_connections);
+    assert_eq!(redis.available_connections, redis.pool.idle_connections);
 
-    // Registered alone, the pool's shared clients are out of the API's sight.
+    // Registered alone, the pool's shared clients are out of the API's sight: null, and the
+    // exclusive connections counted as before.
     let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
     let (_, stats) = get(&app, &format!("{PREFIX}/stats")).await;
-    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 1, "{stats:#}");
+    conforms("StatsResponse", &stats);
+    let redis = read(stats);
+    assert_eq!(
+        (redis.created_connections, redis.shared_clients, redis.shared_connected),
+        (1, None, None),
+        "{redis:#?}"
+    );
     pools.close().await.unwrap();
 }
 

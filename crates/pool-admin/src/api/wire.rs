@@ -2,6 +2,9 @@
 //! The server sends these, the `pool-admin monitor` client reads them, and the OpenAPI document
 //! ([`openapi`](crate::openapi)) is derived from them, field descriptions included.
 //!
+//! Every pool is named by its id, `backend:name` (`postgresql:main`, `redis:cache`, as
+//! [`pool_core::pool_id`] gives it), wherever a response names one: the keys of the stats, health,
+//! optimize and config maps, and the `pool` of recommendations, decisions, replicas and resizes.
 //! Durations are seconds, as JSON numbers. Responses may gain fields; a client should ignore those
 //! it does not know (these types do).
 
@@ -22,8 +25,9 @@ use utoipa::ToSchema;
 pub struct Error {
     /// What was wrong, in words.
     pub error: String,
-    /// The pool the error is about, as the request named it; null when the error concerns no
-    /// pool.
+    /// The pool the error is about: its id when the request named a pool that exists (a refused
+    /// resize), else the name as the request gave it (an unknown or ambiguous name); null when the
+    /// error concerns no pool.
     #[schema(required = true)]
     pub pool: Option<String>,
 }
@@ -32,10 +36,10 @@ pub struct Error {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct StatsResponse {
-    /// Every pool that is not a Redis pool (PostgreSQL's primaries and replicas), by pool name
-    /// (`main`, `main-replica-1`).
+    /// Every pool that is not a Redis pool (PostgreSQL's primaries and replicas), by pool id
+    /// (`postgresql:main`, `postgresql:main-replica-1`).
     pub database_pools: BTreeMap<String, PoolStats>,
-    /// Every Redis pool, by pool name (`cache`).
+    /// Every Redis pool, by pool id (`redis:cache`).
     pub redis_pools: BTreeMap<String, RedisPoolStats>,
     /// Replica routing and health per PostgreSQL cluster.
     pub replication: Replication,
@@ -131,27 +135,48 @@ impl Default for Histogram {
 }
 
 /// A Redis pool's numbers: the engine's numbers of its exclusive connections (those checked
-/// out one caller at a time), then redis-py's names for four numbers.
+/// out one caller at a time), then redis-py's names for four of them, and its shared clients
+/// (multiplexed connections that every caller uses at once, never checked out, outside
+/// `pool_size` and `max_overflow`).
+///
+/// `in_use_connections + available_connections <= created_connections`: the rest of
+/// `created_connections` are connections the pool holds for a check, a reset or a close. And
+/// `created_connections <= max_connections`, but right after a shrink, until the connections
+/// beyond the new size come back and close. The shared clients are counted apart, in
+/// `shared_clients` and `shared_connected`: a Redis server sees `created_connections +
+/// shared_connected` clients from the pool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct RedisPoolStats {
     /// The engine's numbers of the exclusive connections.
     #[serde(flatten)]
     pub pool: PoolStats,
-    /// Exclusive connections checked out now (redis-py's `_in_use_connections`).
+    /// Exclusive connections checked out now (redis-py's `_in_use_connections`; the same as
+    /// `active_connections`).
     pub in_use_connections: usize,
-    /// Exclusive connections idle in the pool now (redis-py's `_available_connections`).
+    /// Exclusive connections idle in the pool now (redis-py's `_available_connections`; the
+    /// same as `idle_connections`).
     pub available_connections: usize,
-    /// Connections open now (redis-py's `_created_connections`): the exclusive connections
-    /// open, connects in flight left out, plus the shared clients connected when the router was
-    /// given the Redis pools (pool-redis's `RedisStats::created`).
+    /// Exclusive connections open now (redis-py's `_created_connections`: made and not yet
+    /// closed): in use, idle, or being checked, reset or closed by the pool; connects still in
+    /// flight are left out. Shared clients are not counted here.
     pub created_connections: usize,
-    /// The most exclusive connections the pool may open: `pool_size + max_overflow`.
+    /// The most exclusive connections the pool may open: `pool_size + max_overflow`
+    /// (redis-py's `max_connections`, as the pool's `max_connections` setting says).
     pub max_connections: usize,
+    /// Shared clients configured (`shared_clients`); null when the router was given the Redis
+    /// pool only through the registry, which does not show shared clients.
+    #[schema(required = true)]
+    pub shared_clients: Option<usize>,
+    /// Shared clients connected now (a reconnecting one has no socket); null as
+    /// `shared_clients` is.
+    #[schema(required = true)]
+    pub shared_connected: Option<usize>,
 }
 
-/// Replica routing and health per PostgreSQL cluster, by cluster name. Empty when the router
-/// was given no clusters.
+/// Replica routing and health per PostgreSQL cluster, by cluster name (`main`: the name of the
+/// cluster's configuration, whose primary is the pool `postgresql:main`). Empty when the
+/// router was given no clusters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
 pub struct Replication(pub BTreeMap<String, ClusterReplication>);
@@ -171,7 +196,7 @@ pub struct ClusterReplication {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct Replica {
-    /// The replica pool's name (`main-replica-1`).
+    /// The replica pool's id (`postgresql:main-replica-1`).
     pub pool: String,
     /// Reads routed to it. Not zeroed by `reset-stats`.
     pub reads: u64,

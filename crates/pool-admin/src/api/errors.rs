@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -58,42 +58,39 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are JSON errors with the right status (400, 413, 415, 422).
-#[derive(Debug)]
-pub(super) struct Body<T>(pub(super) T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rejection) => Err(match &rejection {
-                JsonRejection::BytesRejection(_)
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-                {
-                    ApiError::too_large()
-                }
-                _ => ApiError::new(rejection.status(), rejection.body_text()),
-            }),
-        }
-    }
+/// A request's JSON body as a `T`: 415 for another content type, 400 when it does not parse,
+/// 422 when it is JSON but not an object (serde would read an array as a struct's fields in
+/// order) or not a `T`, and 413 for a body over [`BODY_LIMIT`].
+pub(super) fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = read(body)?;
+    json_object(headers, &body)
 }
 
-/// A body that may be left out: no body (or only blanks) is `None`; a body is JSON, refused as
-/// [`Body`] refuses one: 415 for another content type, 400 when it does not parse, 422 when it
-/// is not a `T`.
-pub(super) fn optional_json<T: DeserializeOwned>(
+/// [`json_body`] for a body that may be left out: no body (or only blanks) is `None`.
+pub(super) fn optional_json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Option<T>, ApiError> {
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
-        status => ApiError::new(status, rejection.body_text()),
-    })?;
+    let body = read(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    json_object(headers, &body).map(Some)
+}
+
+/// The body's bytes, or why they could not be read (413 past [`BODY_LIMIT`]).
+fn read(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
+        status => ApiError::new(status, rejection.body_text()),
+    })
+}
+
+/// `body` as a `T`, given that it is a JSON object sent as JSON.
+fn json_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -106,11 +103,22 @@ pub(super) fn optional_json<T: DeserializeOwned>(
             "expected request with `Content-Type: application/json`",
         ));
     }
-    serde_json::from_slice(&body).map(Some).map_err(|e| {
-        let status =
-            if e.is_data() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_REQUEST };
-        ApiError::new(status, format!("invalid body: {e}"))
-    })
+    let rejected = |r: JsonRejection| ApiError::new(r.status(), r.body_text());
+    let Json(value) = Json::<serde_json::Value>::from_bytes(body).map_err(rejected)?;
+    if !value.is_object() {
+        let kind = match value {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid body: expected a JSON object, got {kind}"),
+        ));
+    }
+    Json::<T>::from_bytes(body).map(|Json(v)| v).map_err(rejected)
 }
 
 /// A path segment as a `String`, whose rejection (a segment that is not UTF-8 once

@@ -18,7 +18,7 @@ use pool_redis::RedisManager;
 use serde_json::Value;
 
 use super::AdminState;
-use super::errors::{ApiError, Body, PoolName, optional_json};
+use super::errors::{ApiError, PoolName, json_body, optional_json_body};
 use super::wire;
 
 /// Every pool's stats, by backend, with the optimizer's recommendations
@@ -207,7 +207,7 @@ pub(super) async fn reset_stats(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<wire::ResetResponse>, ApiError> {
-    let target = optional_json::<wire::ResetRequest>(&headers, body)?.and_then(|r| r.pool);
+    let target = optional_json_body::<wire::ResetRequest>(&headers, body)?.and_then(|r| r.pool);
     let pools: Vec<Arc<dyn Pool>> = match &target {
         Some(name) => {
             vec![state.inner.registry.resolve(name).map_err(|e| ApiError::lookup(e, name))?]
@@ -244,8 +244,10 @@ pub(super) async fn reset_stats(
 pub(super) async fn resize(
     State(state): State<AdminState>,
     PoolName(name): PoolName,
-    Body(req): Body<wire::ResizeRequest>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<wire::ResizeResponse>, ApiError> {
+    let req: wire::ResizeRequest = json_body(&headers, body)?;
     let pool = state.inner.registry.resolve(&name).map_err(|e| ApiError::lookup(e, &name))?;
     let id = pool_id(pool.as_ref());
     let max_overflow = req.max_overflow.unwrap_or_else(|| pool.config().max_overflow);

@@ -327,7 +327,40 @@ async fn errors_are_json_with_the_right_status() {
             Some(TOKEN),
             Some(("application/json", b"{not json".to_vec())),
             StatusCode::BAD_REQUEST,
-            "invalid body: key must be a string",
+            "Failed to parse the request body as JSON: key must be a string",
+        ),
+        // serde would read an array as a struct's fields in order: `[]` as "every pool".
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", b"[]".to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid body: expected a JSON object, got an array",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", b"[3]".to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid body: expected a JSON object, got an array",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", b"".to_vec())),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
         ),
         (
             Method::POST,
@@ -760,4 +793,21 @@ async fn the_exposed_document_is_the_default_routers() {
     let (_, served) = get(&f.app, "/api/v1/admin/openapi.json").await;
     let exposed: Value = serde_json::from_str(&crate::openapi().to_json().unwrap()).unwrap();
     assert_eq!(served, exposed);
+}
+
+/// The document's largest `pool_size` is the pool's own limit: one more is refused, naming it.
+#[tokio::test]
+async fn the_documented_largest_size_is_the_pools() {
+    let registry = Registry::new();
+    let pool = ConnectionPool::builder(TestManager::new()).name("main").build().unwrap();
+    registry.register(Arc::new(pool)).unwrap();
+    let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
+    let (_, doc) = get(&app, "/api/v1/admin/openapi.json").await;
+    let max = doc.pointer("/components/schemas/ResizeRequest/properties/pool_size/maximum");
+    let max = max.and_then(Value::as_u64).expect("a documented maximum");
+    let uri = format!("{PREFIX}/pools/main/resize");
+    let (status, body) =
+        post_json(&app, &uri, json!({ "pool_size": max + 1, "max_overflow": 0 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&format!("must not exceed {max}")), "{body}");
 }

@@ -472,15 +472,16 @@ pub struct ResetResponse {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
-    /// The new `pool_size`: connections kept open. The pool refuses 0 and sizes over its
-    /// limits, and the connection budget sizes it cannot hold (422).
+    /// The new `pool_size`: connections kept open. `pool_size + max_overflow` may be at most
+    /// 100000, and no more than the pool's connection budgets hold: the pool and its budgets
+    /// refuse other sizes (422).
     #[serde(deserialize_with = "whole")]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub pool_size: usize,
     /// The new `max_overflow`: extra connections under load. Left out, the pool's own is kept;
     /// `null` is refused (422).
     #[serde(default, deserialize_with = "some_whole", skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, maximum = 100_000)]
     pub max_overflow: Option<usize>,
 }
 

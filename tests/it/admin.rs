@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server};
+use pool_admin::{AdminConfig, PREFIX, PostgresConfig, Secret, Server, wire};
 use pool_harness::{PgInstance, redis_url};
 use pool_postgres::{ResetOnReturn, sqlx};
 use pool_redis::PoolSettings;
@@ -108,18 +108,32 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
 
     let (status, stats) = client.get(&format!("{PREFIX}/stats")).await;
     assert_eq!(status, 200, "{stats}");
-    assert!(stats["database_pools"]["main"]["acquires"].as_u64().unwrap() >= 20, "{stats:#}");
-    assert!(stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
-    assert_eq!(stats["redis_pools"]["cache"]["pool_size"], 3);
-    assert_eq!(stats["database_pools"]["main"]["backend"], "postgresql");
+    assert!(
+        stats["database_pools"]["postgresql:main"]["acquires"].as_u64().unwrap() >= 20,
+        "{stats:#}"
+    );
+    assert!(stats["redis_pools"]["redis:main"]["acquires"].as_u64().unwrap() >= 10, "{stats:#}");
+    assert_eq!(stats["redis_pools"]["redis:cache"]["pool_size"], 3);
+    assert_eq!(stats["database_pools"]["postgresql:main"]["backend"], "postgresql");
+    // The body reads as the wire type the document is derived from, and the Redis numbers add
+    // up as it says: in use + available <= created <= max, the shared clients apart.
+    let typed: wire::StatsResponse = serde_json::from_value(stats.clone()).expect("stats");
+    for (id, redis) in &typed.redis_pools {
+        assert!(
+            redis.in_use_connections + redis.available_connections <= redis.created_connections
+                && redis.created_connections <= redis.max_connections,
+            "{id}: {redis:#?}"
+        );
+        assert_eq!(redis.shared_clients, Some(1), "{id}: the server hands its Redis pools over");
+    }
 
     let (status, body) =
         client.post(&format!("{PREFIX}/reset-stats"), json!({ "pool": "postgresql:main" })).await;
     assert_eq!((status, body), (200, json!({ "reset": ["postgresql:main"] })));
     let (_, stats) = client.get(&format!("{PREFIX}/stats")).await;
-    assert_eq!(stats["database_pools"]["main"]["acquires"], 0);
+    assert_eq!(stats["database_pools"]["postgresql:main"]["acquires"], 0);
     assert!(
-        stats["redis_pools"]["main"]["acquires"].as_u64().unwrap() >= 10,
+        stats["redis_pools"]["redis:main"]["acquires"].as_u64().unwrap() >= 10,
         "other pools keep their counters"
     );
 
@@ -151,6 +165,9 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     assert_eq!(primary.pre_ping_bypass, Duration::from_millis(250));
     assert_eq!(primary.health_check_interval, Some(Duration::from_secs(7)));
     let (_, config) = client.get(&format!("{PREFIX}/config")).await;
+    serde_json::from_value::<wire::ConfigResponse>(config.clone()).expect("config");
+    let (_, optimize) = client.get(&format!("{PREFIX}/optimize")).await;
+    serde_json::from_value::<wire::OptimizeResponse>(optimize).expect("optimize");
     assert_eq!(config["pools"]["postgresql:main"]["pool_size"], 5);
     assert!(!config.to_string().contains(TOKEN), "the token never leaves the server");
 
@@ -160,8 +177,8 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     // not checkouts.
     let acquires = |stats: &Value| {
         (
-            stats["database_pools"]["main"]["acquires"].clone(),
-            stats["redis_pools"]["main"]["acquires"].clone(),
+            stats["database_pools"]["postgresql:main"]["acquires"].clone(),
+            stats["redis_pools"]["redis:main"]["acquires"].clone(),
         )
     };
     let (_, before) = client.get(&format!("{PREFIX}/stats")).await;
@@ -173,6 +190,7 @@ async fn a_real_server_reports_resets_resizes_and_follows_health() {
     tokio::task::block_in_place(|| pg.stop()).expect("stop postgres");
     let (status, health) = client.get(&format!("{PREFIX}/health")).await;
     assert_eq!(status, 503, "{health:#}");
+    serde_json::from_value::<wire::HealthResponse>(health.clone()).expect("health");
     assert_eq!(health["pools"]["postgresql:main"]["healthy"], false, "{health:#}");
     tokio::task::block_in_place(|| pg.start_again()).expect("start postgres");
     let deadline = Instant::now() + Duration::from_secs(30);

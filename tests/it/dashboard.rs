@@ -143,7 +143,7 @@ type Numbers = BTreeMap<String, BTreeMap<&'static str, String>>;
 fn api_numbers(stats: &Value) -> Numbers {
     let mut out = BTreeMap::new();
     for group in ["database_pools", "redis_pools"] {
-        for (name, s) in stats[group].as_object().expect("pools by name") {
+        for (id, s) in stats[group].as_object().expect("pools by id") {
             let value = |field: &str| match field {
                 "max_size" => (s["pool_size"].as_u64().unwrap()
                     + s["max_overflow"].as_u64().unwrap())
@@ -151,7 +151,7 @@ fn api_numbers(stats: &Value) -> Numbers {
                 _ => s[field].to_string(),
             };
             let fields = FIELDS.iter().map(|f| (*f, value(f))).collect();
-            out.insert(format!("{}:{name}", s["backend"].as_str().unwrap()), fields);
+            out.insert(id.clone(), fields);
         }
     }
     out
@@ -283,6 +283,13 @@ async fn the_dashboard_shows_the_pools_live_and_resizes_them() {
     )
     .await;
     let stats = api.get("stats").await;
+    // With a replica and both backends, the body reads as the wire type the document is derived
+    // from, replicas named by pool id.
+    let typed: pool_admin::wire::StatsResponse =
+        serde_json::from_value(stats.clone()).expect("stats as the document says");
+    let replicas: Vec<&str> =
+        typed.replication.0["main"].replicas.iter().map(|r| r.pool.as_str()).collect();
+    assert_eq!(replicas, ["postgresql:main-replica-1"]);
     let expected_recommendations: Vec<Value> = stats["recommendations"]
         .as_array()
         .unwrap()

@@ -129,7 +129,7 @@ fn layers() -> Vec<Layer> {
                 RUNTIME,
                 &["pool-core", "pool-postgres", "pool-redis", "pool-metrics", "pool-optimizer"],
                 HTTP_SERVER,
-                &["figment", "subtle", "getrandom", "serde", "serde_json"],
+                &["figment", "subtle", "getrandom", "serde", "serde_json", "utoipa"],
             ]),
             behind_features: &[],
             never: all(&[BINARY, &["pool-admin-cli"]]),

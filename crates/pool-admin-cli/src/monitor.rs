@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pool_admin::PREFIX;
-use serde_json::Value;
+use pool_admin::wire::{PoolStats, Severity, StatsResponse};
 
 /// Options of `monitor`.
 #[derive(Debug, clap::Args)]
@@ -102,17 +102,17 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs.max(MIN_INTERVAL_SECS)))
 }
 
-fn line(name: &str, kind: &str, p: &Value) -> String {
-    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+/// One pool's line: its id (`postgresql:main`), then its usage.
+fn line(id: &str, p: &PoolStats) -> String {
     format!(
-        "{name:<20} {kind:<8} in use {:>3}/{:<3} (+{} overflow)  idle {:>3}  waiting {:>3}  avg wait {:>7.2} ms  timeouts {}",
-        n("active_connections"),
-        n("pool_size"),
-        n("overflow"),
-        n("idle_connections"),
-        n("waiting"),
-        p["average_wait_time"].as_f64().unwrap_or(0.0) * 1e3,
-        n("timeouts"),
+        "{id:<28} in use {:>3}/{:<3} (+{} overflow)  idle {:>3}  waiting {:>3}  avg wait {:>7.2} ms  timeouts {}",
+        p.active_connections,
+        p.pool_size,
+        p.overflow,
+        p.idle_connections,
+        p.waiting,
+        p.average_wait_time * 1e3,
+        p.timeouts,
     )
 }
 
@@ -179,31 +179,27 @@ async fn poll(client: &reqwest::Client, args: &Args, url: &str) -> Poll {
             Poll::Failed
         };
     }
-    let stats = match resp.json::<Value>().await {
+    let stats = match resp.json::<StatsResponse>().await {
         Ok(stats) => stats,
         Err(e) => {
             eprintln!("monitor: {url}: unreadable stats: {}", chain(&e.without_url()));
             return Poll::Failed;
         }
     };
-    for (section, kind) in [("database_pools", "postgres"), ("redis_pools", "redis")] {
-        if let Some(pools) = stats[section].as_object() {
-            for (name, p) in pools {
-                println!("{}", line(name, kind, p));
-            }
-        }
-    }
-    for r in stats["recommendations"].as_array().into_iter().flatten() {
-        if r["severity"] == "high" {
-            println!(
-                "ALERT [high] {}: {}: {}",
-                r["pool"].as_str().unwrap_or("?"),
-                r["issue"].as_str().unwrap_or("?"),
-                r["suggestion"].as_str().unwrap_or("?")
-            );
-        }
-    }
+    print!("{}", report(&stats));
     Poll::Ok
+}
+
+/// What one poll prints: a line per pool, PostgreSQL's then Redis's, each in its ids' order,
+/// and an `ALERT` line per high-severity recommendation.
+fn report(stats: &StatsResponse) -> String {
+    let pools =
+        stats.database_pools.iter().chain(stats.redis_pools.iter().map(|(id, r)| (id, &r.pool)));
+    let mut out: String = pools.map(|(id, p)| line(id, p) + "\n").collect();
+    for r in stats.recommendations.iter().filter(|r| r.severity == Severity::High) {
+        out.push_str(&format!("ALERT [high] {}: {}: {}\n", r.pool, r.issue, r.suggestion));
+    }
+    out
 }
 
 pub(crate) async fn run(args: Args) -> ExitCode {
@@ -343,6 +339,58 @@ mod tests {
         assert_eq!(ok.args.url, "http://127.0.0.1:9187");
     }
 
+    /// A poll prints a line per pool under its id, PostgreSQL's first, and an alert for each
+    /// high-severity recommendation only.
+    #[test]
+    fn a_report_names_each_pool_by_its_id_and_alerts_on_high_severity() {
+        use serde_json::json;
+
+        let pool = |active: u64, size: u64| {
+            let mut p = serde_json::to_value(PoolStats::default()).unwrap();
+            p["backend"] = json!("postgresql");
+            p["active_connections"] = json!(active);
+            p["pool_size"] = json!(size);
+            p["average_wait_time"] = json!(0.0015);
+            p
+        };
+        let mut redis = pool(1, 4);
+        redis["backend"] = json!("redis");
+        for (k, v) in [
+            ("in_use_connections", 1),
+            ("available_connections", 3),
+            ("created_connections", 4),
+            ("max_connections", 8),
+            ("shared_clients", 1),
+            ("shared_connected", 1),
+        ] {
+            redis[k] = json!(v);
+        }
+        let recommendation = |severity: &str, issue: &str| {
+            json!({
+                "pool": "postgresql:main", "severity": severity, "issue": issue,
+                "suggestion": "Increase pool_size to 15",
+                "current": { "pool_size": 10, "max_overflow": 0 }, "proposed": null,
+                "evidence": serde_json::to_value(pool_admin::wire::Evidence::default()).unwrap(),
+            })
+        };
+        let stats: StatsResponse = serde_json::from_value(json!({
+            "database_pools": { "postgresql:main": pool(2, 10) },
+            "redis_pools": { "redis:cache": redis },
+            "replication": {},
+            "recommendations": [recommendation("high", "High wait times"), recommendation("low", "Idle")],
+        }))
+        .unwrap();
+        let lines: Vec<String> = report(&stats).lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("postgresql:main              in use   2/10 "), "{lines:#?}");
+        assert!(lines[0].contains("avg wait    1.50 ms"), "{lines:#?}");
+        assert!(lines[1].starts_with("redis:cache                  in use   1/4 "), "{lines:#?}");
+        assert_eq!(
+            lines[2],
+            "ALERT [high] postgresql:main: High wait times: Increase pool_size to 15"
+        );
+    }
+
     /// A local address nothing listens on.
     fn closed_port_url() -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -419,7 +467,7 @@ mod tests {
                 } else {
                     404
                 };
-                let body = r#"{"database_pools":{}}"#;
+                let body = serde_json::to_string(&StatsResponse::default()).unwrap();
                 let response = format!(
                     "HTTP/1.1 {status} -\r\ncontent-type: application/json\r\n\
                      content-length: {}\r\nconnection: close\r\n\r\n{body}",

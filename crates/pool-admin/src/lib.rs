@@ -6,7 +6,8 @@
 //! Routes, under `/api/v1/admin/connection-pools/`: `GET stats`, `GET health`, `GET optimize`, `GET
 //! config`, `POST reset-stats`, `POST pools/{pool}/resize`; plus `GET /metrics` (Prometheus) and
 //! `GET /api/v1/admin/openapi.json`. Every API route needs a bearer token, and so does `/metrics`
-//! unless `metrics_open` is set. `GET /dashboard/` serves a page of live charts and controls whose
+//! unless `metrics_open` is set. The bodies are the [`wire`] types, from which the OpenAPI
+//! document ([`openapi`]) is derived. `GET /dashboard/` serves a page of live charts and controls whose
 //! data comes from those routes, with the token the user gives it (the [`dashboard`] module says
 //! how).
 //!
@@ -27,10 +28,7 @@ pub mod dashboard;
 mod pools;
 mod server;
 
-pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, router};
+pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, openapi, router, wire};
 pub use crate::config::{AdminConfig, ConfigError, PostgresConfig, Secret, ServerConfig, redact};
 pub use crate::pools::{Pools, StartError};
 pub use crate::server::{ServeError, Server};
-
-/// The OpenAPI document of the admin API, as served at `/api/v1/admin/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");

@@ -22,7 +22,8 @@ pub struct RedisStats {
     /// Connections open now (redis-py's `_created_connections`, which counts connections made
     /// and not yet closed): the exclusive connections open (connects still in flight left out)
     /// plus the shared clients connected now (`shared_connected`, not `shared_clients`: a client
-    /// that is reconnecting has no socket). The admin API's `created_connections` is this number.
+    /// that is reconnecting has no socket). The admin API reports the two apart: the exclusive
+    /// part as `created_connections`, the shared clients as `shared_connected`.
     /// The engine's lifetime count of opened connections is `engine.connections_created`.
     pub created: usize,
     /// The most exclusive connections the pool may open (`max_connections`).

@@ -11,7 +11,11 @@ use pool_core::{ConnectionPool, Registry};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::auth::bearer_token;
 use super::*;
+use crate::Secret;
+use pool_optimizer::Budget;
+use std::time::Duration;
 
 const TOKEN: &str = "t0ken";
 
@@ -96,7 +100,7 @@ async fn post_json(app: &Router, uri: &str, body: Value) -> (StatusCode, Value) 
 
 /// Fails unless `value` matches the OpenAPI schema `name`.
 fn conforms(name: &str, value: &Value) {
-    let doc: Value = serde_json::from_str(crate::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(&crate::openapi().to_json().unwrap()).unwrap();
     let schema =
         json!({ "$ref": format!("#/components/schemas/{name}"), "components": doc["components"] });
     let validator = jsonschema::validator_for(&schema).unwrap();
@@ -113,8 +117,8 @@ async fn every_route_answers_in_the_documented_shape() {
     let (status, stats) = get(&f.app, &format!("{PREFIX}/stats")).await;
     assert_eq!(status, StatusCode::OK);
     conforms("StatsResponse", &stats);
-    assert_eq!(stats["database_pools"]["main"]["pool_size"], 2);
-    assert_eq!(stats["database_pools"]["main"]["backend"], "test");
+    assert_eq!(stats["database_pools"]["test:main"]["pool_size"], 2);
+    assert_eq!(stats["database_pools"]["test:main"]["backend"], "test");
 
     let (status, health) = get(&f.app, &format!("{PREFIX}/health")).await;
     assert_eq!(status, StatusCode::OK, "{health}");
@@ -175,7 +179,7 @@ async fn resize_takes_effect_and_refuses_what_the_settings_or_budget_forbid() {
     let (status, body) = post_json(&f.app, &uri, json!({ "pool_size": 0 })).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     conforms("Error", &body);
-    assert_eq!(body["pool"], "main");
+    assert_eq!(body["pool"], "test:main", "a pool that exists is named by its id");
     assert!(
         body["error"].as_str().unwrap().contains("pool_size = 0: must be at least 1"),
         "{body}"
@@ -323,7 +327,40 @@ async fn errors_are_json_with_the_right_status() {
             Some(TOKEN),
             Some(("application/json", b"{not json".to_vec())),
             StatusCode::BAD_REQUEST,
-            "invalid body: key must be a string",
+            "Failed to parse the request body as JSON: key must be a string",
+        ),
+        // serde would read an array as a struct's fields in order: `[]` as "every pool".
+        (
+            Method::POST,
+            format!("{PREFIX}/reset-stats"),
+            Some(TOKEN),
+            Some(("application/json", b"[]".to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid body: expected a JSON object, got an array",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", b"[3]".to_vec())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid body: expected a JSON object, got an array",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            Some(("application/json", b"".to_vec())),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse",
+        ),
+        (
+            Method::POST,
+            resize.clone(),
+            Some(TOKEN),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json",
         ),
         (
             Method::POST,
@@ -540,10 +577,12 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     }
 }
 
-/// A Redis pool's `created_connections` is pool-redis's `RedisStats::created`: its open
-/// exclusive connection plus its connected shared client (against the shared real Redis).
+/// A Redis pool's numbers count what the schema says: `created_connections` its exclusive
+/// connections open, so that in use + available never exceeds it nor it `max_connections`;
+/// its shared clients apart, in `shared_clients` and `shared_connected`, which are null when
+/// the router sees the pool through the registry alone (against the shared real Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_created_connections_is_the_librarys_number() {
+async fn redis_numbers_count_exclusive_connections_and_shared_clients_apart() {
     use pool_redis::{PoolSettings, RedisConfig, RedisPools};
 
     let config = RedisConfig::new(pool_harness::redis_url())
@@ -552,22 +591,46 @@ async fn redis_created_connections_is_the_librarys_number() {
     let registry = Registry::new();
     pools.register(&registry).unwrap();
     let cache = pools.get("cache").unwrap();
-    // The one exclusive connection is open from here on, idle or in use.
+    // The one exclusive connection is open from here on: idle, in use, or being reset.
     drop(cache.exclusive().await.unwrap());
     let library = cache.stats();
-    assert_eq!((library.created, library.shared_connected), (2, 1), "{library:?}");
+    assert_eq!((library.shared_clients, library.shared_connected), (1, 1), "{library:?}");
 
+    let read = |stats: Value| -> wire::RedisPoolStats {
+        let stats: wire::StatsResponse = serde_json::from_value(stats).unwrap();
+        stats.redis_pools["redis:cache"].clone()
+    };
     let state = AdminState::builder(registry.clone(), Secret(TOKEN.to_owned()));
     let app = router(state.redis(pools.clone()).build());
     let (status, stats) = get(&app, &format!("{PREFIX}/stats")).await;
     assert_eq!(status, StatusCode::OK);
     conforms("StatsResponse", &stats);
-    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 2, "{stats:#}");
+    let redis = read(stats);
+    assert_eq!(
+        (
+            redis.created_connections,
+            redis.max_connections,
+            redis.shared_clients,
+            redis.shared_connected
+        ),
+        (1, 1, Some(1), Some(1)),
+        "{redis:#?}"
+    );
+    assert!(redis.in_use_connections + redis.available_connections <= redis.created_connections);
+    assert_eq!(redis.in_use_connections, redis.pool.active_connections);
+    assert_eq!(redis.available_connections, redis.pool.idle_connections);
 
-    // Registered alone, the pool's shared clients are out of the API's sight.
+    // Registered alone, the pool's shared clients are out of the API's sight: null, and the
+    // exclusive connections counted as before.
     let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
     let (_, stats) = get(&app, &format!("{PREFIX}/stats")).await;
-    assert_eq!(stats["redis_pools"]["cache"]["created_connections"], 1, "{stats:#}");
+    conforms("StatsResponse", &stats);
+    let redis = read(stats);
+    assert_eq!(
+        (redis.created_connections, redis.shared_clients, redis.shared_connected),
+        (1, None, None),
+        "{redis:#?}"
+    );
     pools.close().await.unwrap();
 }
 
@@ -679,4 +742,72 @@ async fn the_served_document_says_whether_metrics_needs_the_token() {
         let documents_401 = doc.pointer("/paths/~1metrics/get/responses/401").is_some();
         assert_eq!(documents_401, !open);
     }
+}
+
+/// Every operation of the served document is a route of the same router, behind the token
+/// exactly when the document says so; the dashboard's page is in the document exactly when the
+/// router serves it.
+#[tokio::test]
+async fn the_served_document_lists_what_the_router_serves() {
+    for (metrics_open, dashboard) in [(false, true), (true, false)] {
+        let registry = Registry::new();
+        let pool = ConnectionPool::builder(TestManager::new()).name("main").build().unwrap();
+        registry.register(Arc::new(pool)).unwrap();
+        let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
+            .metrics_open(metrics_open)
+            .dashboard(dashboard)
+            .build();
+        let app = router(state);
+        let (_, doc) = get(&app, "/api/v1/admin/openapi.json").await;
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.contains_key(crate::dashboard::PATH), dashboard);
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                operations += 1;
+                let uri = path.replace("{pool}", "test:main");
+                let method: Method = method.to_uppercase().parse().unwrap();
+                let (status, body) = call(&app, method.clone(), &uri, None, None).await;
+                let open = operation.get("security") == Some(&json!([]));
+                let what = format!("{method} {path} (metrics_open {metrics_open}): {body}");
+                if open {
+                    assert_eq!(status, StatusCode::OK, "{what}");
+                } else {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
+                    assert!(operation["responses"].get("401").is_some(), "{what}");
+                }
+            }
+        }
+        assert_eq!(operations, if dashboard { 9 } else { 8 });
+        if !dashboard {
+            let (status, _) = call(&app, Method::GET, crate::dashboard::PATH, None, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+    }
+}
+
+/// The document the library exposes is the one the default router serves.
+#[tokio::test]
+async fn the_exposed_document_is_the_default_routers() {
+    let f = fixture(false).await;
+    let (_, served) = get(&f.app, "/api/v1/admin/openapi.json").await;
+    let exposed: Value = serde_json::from_str(&crate::openapi().to_json().unwrap()).unwrap();
+    assert_eq!(served, exposed);
+}
+
+/// The document's largest `pool_size` is the pool's own limit: one more is refused, naming it.
+#[tokio::test]
+async fn the_documented_largest_size_is_the_pools() {
+    let registry = Registry::new();
+    let pool = ConnectionPool::builder(TestManager::new()).name("main").build().unwrap();
+    registry.register(Arc::new(pool)).unwrap();
+    let app = router(AdminState::builder(registry, Secret(TOKEN.to_owned())).build());
+    let (_, doc) = get(&app, "/api/v1/admin/openapi.json").await;
+    let max = doc.pointer("/components/schemas/ResizeRequest/properties/pool_size/maximum");
+    let max = max.and_then(Value::as_u64).expect("a documented maximum");
+    let uri = format!("{PREFIX}/pools/main/resize");
+    let (status, body) =
+        post_json(&app, &uri, json!({ "pool_size": max + 1, "max_overflow": 0 })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&format!("must not exceed {max}")), "{body}");
 }

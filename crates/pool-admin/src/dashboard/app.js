@@ -101,9 +101,9 @@ async function pollStats() {
   if (status !== 200) throw new Error(body?.error ?? `stats answered ${status}`);
   const now = Date.now();
   const seen = new Set();
+  // Both maps are keyed by pool id (`postgresql:main`, `redis:cache`), as every route names pools.
   for (const pools of [body.database_pools, body.redis_pools]) {
-    for (const [name, s] of Object.entries(pools)) {
-      const id = `${s.backend}:${name}`;
+    for (const [id, s] of Object.entries(pools)) {
       seen.add(id);
       const pool = poolFor(id);
       record(pool, s, now);

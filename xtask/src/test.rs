@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the workspace's tests against running services, as CI runs them, with
-//! the headless browser that the dashboard's end-to-end test drives.
+//! the headless browser that the dashboard's end-to-end test drives; a full run (no arguments)
+//! first checks pool-admin's feature combinations with clippy.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -12,10 +13,23 @@ const BROWSER_PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
 /// Where those packages put the two binaries the test runs.
 const BROWSER_BINARIES: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromedriver"];
 
+/// The feature combinations `cargo clippy --all-targets` checks beside the workspace's own
+/// build (every default feature): pool-admin with no backend and with each one alone. Clippy
+/// builds no code, so each costs a check of pool-admin's tree, not a build.
+const FEATURE_CHECKS: [(&str, &str); 3] =
+    [("pool-admin", ""), ("pool-admin", "postgres"), ("pool-admin", "redis")];
+
 /// Installs the browser if needed, brings the services up and runs
 /// `cargo test --workspace -j2 <args>` with `DATABASE_URL` and `REDIS_URL` set; servers this
-/// call started itself are stopped afterwards.
+/// call started itself are stopped afterwards. With no `args` (the full run, as CI's), first
+/// checks [`FEATURE_CHECKS`] with clippy.
 pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    if args.is_empty() {
+        let code = check_features()?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
     if let Err(e) = ensure_browser() {
         // The other tests can still run; the browser test fails and says how to install it.
         eprintln!("xtask test: {e:#}");
@@ -24,6 +38,27 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut cmd = crate::cargo();
     cmd.args(["test", "--workspace", "-j2"]).args(args).envs(services.env());
     crate::exit_code_of(cmd)
+}
+
+/// `cargo clippy -j2 -p <package> --all-targets --no-default-features --features <features>
+/// -- -D warnings` for each of [`FEATURE_CHECKS`]; stops at the first that fails.
+fn check_features() -> anyhow::Result<ExitCode> {
+    for (package, features) in FEATURE_CHECKS {
+        let with = if features.is_empty() { "no feature" } else { features };
+        eprintln!("xtask test: clippy on {package} with {with}");
+        let mut cmd = crate::cargo();
+        cmd.args(["clippy", "-j2", "-p", package, "--all-targets", "--no-default-features"]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        cmd.args(["--", "-D", "warnings"]);
+        let code = crate::exit_code_of(cmd)?;
+        if code != ExitCode::SUCCESS {
+            eprintln!("xtask test: clippy on {package} with {with} failed");
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Installs Debian's `chromium` and `chromium-driver` with apt-get when either binary is

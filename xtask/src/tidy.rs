@@ -3,7 +3,8 @@
 //!
 //! - Layers: each crate's dependencies follow ARCHITECTURE.md's "which crate may depend on
 //!   which" table and its invariants ([`layers`], [`PEERS`], [`HTTP_SERVER`],
-//!   [`BINARY`], [`NOT_IN_XTASK`]).
+//!   [`BINARY`], [`NOT_IN_XTASK`]), and a build with some features only leaves out what they
+//!   leave out ([`subsets`]: pool-admin with one backend builds no driver of the other).
 //! - Code map: every source file is named in ARCHITECTURE.md's code map, and every file the
 //!   code map names exists ([`code_map`]).
 //! - Words: rustdoc comments and the Markdown docs speak to a user of the crates, not of the
@@ -131,7 +132,7 @@ fn layers() -> Vec<Layer> {
                 HTTP_SERVER,
                 &["figment", "subtle", "getrandom", "serde", "serde_json"],
             ]),
-            behind_features: &[],
+            behind_features: &["pool-postgres", "pool-redis"],
             never: all(&[BINARY, &["pool-admin-cli"]]),
         },
         Layer {
@@ -148,8 +149,30 @@ fn layers() -> Vec<Layer> {
     ]
 }
 
+/// A build of one package with some of its features only (`--no-default-features --features
+/// F`), and the packages its normal dependency tree must not reach.
+#[derive(Debug)]
+struct Subset {
+    package: &'static str,
+    /// The features on, comma-separated; empty for none.
+    features: &'static str,
+    never: Vec<&'static str>,
+}
+
+/// pool-admin's backend features: with one backend a service builds none of the other's
+/// driver, and never the binary's crates.
+fn subsets() -> Vec<Subset> {
+    let all = |lists: &[&[&'static str]]| lists.concat();
+    vec![
+        Subset { package: "pool-admin", features: "", never: all(&[POSTGRES, REDIS, BINARY]) },
+        Subset { package: "pool-admin", features: "postgres", never: all(&[REDIS, BINARY]) },
+        Subset { package: "pool-admin", features: "redis", never: all(&[POSTGRES, BINARY]) },
+    ]
+}
+
 /// Checks the dependency table's crates against `crates/`, each layer's tree against its row,
-/// and every workspace member against the invariants on peers and on HTTP servers.
+/// the builds with some features only ([`subsets`]), and every workspace member against the
+/// invariants on peers and on HTTP servers.
 fn check_layers(architecture: &str) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let members = members()?;
@@ -197,6 +220,21 @@ fn check_layers(architecture: &str) -> Result<Vec<String>> {
                     layer.name
                 ));
             }
+        }
+    }
+
+    for subset in subsets() {
+        let mut args = vec!["-e", "normal", "--no-default-features"];
+        if !subset.features.is_empty() {
+            args.extend(["--features", subset.features]);
+        }
+        let tree = cargo_tree(subset.package, &args)?;
+        let with = if subset.features.is_empty() { "no feature" } else { subset.features };
+        for (dep, chain) in reaching(&tree, &subset.never) {
+            problems.push(format!(
+                "{} with {with} on reaches {dep} ({chain}), which that build leaves out",
+                subset.package
+            ));
         }
     }
 

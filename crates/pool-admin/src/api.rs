@@ -15,7 +15,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use pool_core::{HISTOGRAM_BOUNDS, LookupError, Pool, PoolStats, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Evidence, Recommendation, Sampler, Settings, analyze};
+#[cfg(feature = "postgres")]
 use pool_postgres::PgCluster;
+#[cfg(feature = "redis")]
 use pool_redis::RedisPools;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,7 +40,9 @@ pub struct AdminState {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
+    #[cfg(feature = "postgres")]
     clusters: BTreeMap<String, PgCluster>,
+    #[cfg(feature = "redis")]
     redis: Option<RedisPools>,
     token: Secret,
     metrics_open: bool,
@@ -105,7 +109,9 @@ impl AdminState {
         AdminStateBuilder {
             registry,
             token,
+            #[cfg(feature = "postgres")]
             clusters: BTreeMap::new(),
+            #[cfg(feature = "redis")]
             redis: None,
             metrics_open: false,
             dashboard: true,
@@ -171,7 +177,9 @@ impl AdminState {
 pub struct AdminStateBuilder {
     registry: Registry,
     token: Secret,
+    #[cfg(feature = "postgres")]
     clusters: BTreeMap<String, PgCluster>,
+    #[cfg(feature = "redis")]
     redis: Option<RedisPools>,
     metrics_open: bool,
     dashboard: bool,
@@ -181,7 +189,9 @@ pub struct AdminStateBuilder {
 }
 
 impl AdminStateBuilder {
-    /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`.
+    /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`. Feature
+    /// `postgres`.
+    #[cfg(feature = "postgres")]
     pub fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
         self.clusters = clusters;
         self
@@ -191,7 +201,8 @@ impl AdminStateBuilder {
     /// `created_connections` as [`RedisStats::created`](pool_redis::RedisStats::created): its
     /// open exclusive connections plus its connected shared clients. A Redis pool that is only
     /// registered shows its open exclusive connections alone (the `Pool` trait does not see
-    /// shared clients).
+    /// shared clients). Feature `redis`.
+    #[cfg(feature = "redis")]
     pub fn redis(mut self, pools: RedisPools) -> Self {
         self.redis = Some(pools);
         self
@@ -236,7 +247,9 @@ impl AdminStateBuilder {
             inner: Arc::new(Inner {
                 sampler: Mutex::new(Sampler::new(self.registry.clone(), 30)),
                 registry: self.registry,
+                #[cfg(feature = "postgres")]
                 clusters: self.clusters,
+                #[cfg(feature = "redis")]
                 redis: self.redis,
                 token: self.token,
                 metrics_open: self.metrics_open,
@@ -445,7 +458,11 @@ fn evidence_json(e: &Evidence) -> Value {
     })
 }
 
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
 fn replicas_json(state: &AdminState) -> Value {
+    #[cfg(not(feature = "postgres"))]
+    let clusters = serde_json::Map::new();
+    #[cfg(feature = "postgres")]
     let clusters: BTreeMap<&String, Value> = state
         .inner
         .clusters
@@ -482,9 +499,14 @@ async fn stats(State(state): State<AdminState>) -> Json<Value> {
         if s.backend == "redis" {
             // redis-py's numbers as pool-redis defines them, shared clients included, when the
             // pool was handed over; else what the engine's stats alone say.
+            #[cfg(feature = "redis")]
             let known = state.inner.redis.as_ref().and_then(|r| r.get(&s.name));
-            let (s, created) = match known.map(pool_redis::RedisPool::stats) {
-                Some(r) => (r.engine, r.created),
+            #[cfg(feature = "redis")]
+            let known = known.map(pool_redis::RedisPool::stats).map(|r| (r.engine, r.created));
+            #[cfg(not(feature = "redis"))]
+            let known: Option<(PoolStats, usize)> = None;
+            let (s, created) = match known {
+                Some(known) => known,
                 None => {
                     let created = s.open_connections.saturating_sub(s.connecting);
                     (s, created)
@@ -544,6 +566,7 @@ async fn health(State(state): State<AdminState>) -> Response {
         all_healthy &= healthy;
         out.insert(name, json!({ "healthy": healthy, "latency_seconds": latency, "error": error }));
     }
+    #[cfg(feature = "postgres")]
     for cluster in state.inner.clusters.values() {
         for r in cluster.stats().replicas {
             if r.banned || r.lagging {

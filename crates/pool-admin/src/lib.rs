@@ -10,6 +10,18 @@
 //! data comes from those routes, with the token the user gives it (the [`dashboard`] module says
 //! how).
 //!
+//! # Features
+//!
+//! - `postgres` (default): PostgreSQL clusters through pool-postgres (sqlx): the config's
+//!   `[postgres.*]` tables (`PostgresConfig`), replica bans and lag in the routes, and the
+//!   servers' connection budgets.
+//! - `redis` (default): Redis pools through pool-redis (fred): the config's `[redis.*]` tables and
+//!   `redis_url`, redis-py's numbers in the stats route, and the Redis server's client budget.
+//!
+//! Without a backend's feature none of its driver is built, and [`AdminConfig::load`] refuses a
+//! file that sets its keys with [`ConfigError::NotBuilt`]. The routes, the optimizer and the
+//! server work the same over whatever pools the registry holds.
+//!
 //! # Examples
 //!
 //! ```
@@ -28,7 +40,9 @@ mod pools;
 mod server;
 
 pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, router};
-pub use crate::config::{AdminConfig, ConfigError, PostgresConfig, Secret, ServerConfig, redact};
+#[cfg(feature = "postgres")]
+pub use crate::config::PostgresConfig;
+pub use crate::config::{AdminConfig, ConfigError, Secret, ServerConfig, redact};
 pub use crate::pools::{Pools, StartError};
 pub use crate::server::{ServeError, Server};
 

@@ -110,16 +110,19 @@ impl Server {
             .map_err(|source| ServeError::Io { addr: listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| ServeError::Io { addr: listen, source })?;
-        let mut state = AdminState::builder(pools.registry.clone(), token.clone())
-            .clusters(pools.clusters.clone())
+        let state = AdminState::builder(pools.registry.clone(), token.clone())
             .metrics_open(config.admin.metrics_open)
             .dashboard(config.admin.dashboard)
             .health_timeout(secs(config.admin.health_timeout).unwrap_or(Duration::from_secs(2)))
             .budgets(pools.budgets.clone())
             .config(serde_json::to_value(config).unwrap_or_default());
-        if let Some(redis) = &pools.redis {
-            state = state.redis(redis.clone());
-        }
+        #[cfg(feature = "postgres")]
+        let state = state.clusters(pools.clusters.clone());
+        #[cfg(feature = "redis")]
+        let state = match &pools.redis {
+            Some(redis) => state.redis(redis.clone()),
+            None => state,
+        };
         let state = state.build();
         let interval = secs(config.admin.sample_interval).unwrap_or(Duration::from_secs(10));
         let optimizer = tokio::spawn(optimize(state.clone(), interval, config.admin.auto_tune));

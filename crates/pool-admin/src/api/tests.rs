@@ -542,6 +542,7 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
 
 /// A Redis pool's `created_connections` is pool-redis's `RedisStats::created`: its open
 /// exclusive connection plus its connected shared client (against the shared real Redis).
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_created_connections_is_the_librarys_number() {
     use pool_redis::{PoolSettings, RedisConfig, RedisPools};

@@ -44,7 +44,7 @@ pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, router};
 pub use crate::config::PostgresConfig;
 pub use crate::config::{AdminConfig, ConfigError, Secret, ServerConfig, redact};
 pub use crate::pools::{Pools, StartError};
-pub use crate::server::{ServeError, Server};
+pub use crate::server::{Admin, ServeError, Server, ServerBuilder};
 
 /// The OpenAPI document of the admin API, as served at `/api/v1/admin/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");

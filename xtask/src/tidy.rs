@@ -17,11 +17,19 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 
 /// The directories whose `.rs` files the code map must name.
-const MAPPED: [&str; 6] =
-    ["crates/*/src", "harness/src", "tests/it", "benches/src", "soak/src", "xtask/src"];
+const MAPPED: [&str; 8] = [
+    "crates/*/src",
+    "harness/src",
+    "tests/it",
+    "benches/src",
+    "soak/src",
+    "examples/src",
+    "examples/examples",
+    "xtask/src",
+];
 
 /// The top-level directories that hold the workspace's sources.
-const TOPS: [&str; 6] = ["crates", "harness", "tests", "benches", "soak", "xtask"];
+const TOPS: [&str; 7] = ["crates", "harness", "tests", "benches", "soak", "examples", "xtask"];
 
 /// pool-core's runtime crates, which every crate above it may use too.
 const RUNTIME: &[&str] = &["tokio", "thiserror", "tracing", "async-trait", "fastrand"];
@@ -160,13 +168,14 @@ struct Subset {
 }
 
 /// pool-admin's backend features: with one backend a service builds none of the other's
-/// driver, and never the binary's crates.
+/// driver, and never the binary's crates; nor does the Redis-only example's build.
 fn subsets() -> Vec<Subset> {
     let all = |lists: &[&[&'static str]]| lists.concat();
     vec![
         Subset { package: "pool-admin", features: "", never: all(&[POSTGRES, REDIS, BINARY]) },
         Subset { package: "pool-admin", features: "postgres", never: all(&[REDIS, BINARY]) },
         Subset { package: "pool-admin", features: "redis", never: all(&[POSTGRES, BINARY]) },
+        Subset { package: "pool-examples", features: "redis", never: all(&[POSTGRES, BINARY]) },
     ]
 }
 

@@ -33,6 +33,9 @@
 //! # drop(app);
 //! ```
 
+/// The axum the [`router`] is built with: a service mounts it in an app of this version.
+pub use axum;
+
 mod api;
 mod config;
 pub mod dashboard;

@@ -3,11 +3,14 @@
 //!
 //! - Layers: each crate's dependencies follow ARCHITECTURE.md's "which crate may depend on
 //!   which" table and its invariants ([`layers`], [`PEERS`], [`HTTP_SERVER`],
-//!   [`BINARY`], [`NOT_IN_XTASK`]).
+//!   [`BINARY`], [`NOT_IN_XTASK`]), and a build with some features only leaves out what they
+//!   leave out ([`subsets`]: pool-admin with one backend builds no driver of the other).
 //! - Code map: every source file is named in ARCHITECTURE.md's code map, and every file the
 //!   code map names exists ([`code_map`]).
 //! - Words: rustdoc comments and the Markdown docs speak to a user of the crates, not of the
 //!   project's history: its original brief or its issues ([`history_words`]).
+//! - Publishing: the crates that may be published carry what a registry shows and needs, and
+//!   the others may not be published ([`publishing`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,11 +19,19 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 
 /// The directories whose `.rs` files the code map must name.
-const MAPPED: [&str; 6] =
-    ["crates/*/src", "harness/src", "tests/it", "benches/src", "soak/src", "xtask/src"];
+const MAPPED: [&str; 8] = [
+    "crates/*/src",
+    "harness/src",
+    "tests/it",
+    "benches/src",
+    "soak/src",
+    "examples/src",
+    "examples/examples",
+    "xtask/src",
+];
 
 /// The top-level directories that hold the workspace's sources.
-const TOPS: [&str; 6] = ["crates", "harness", "tests", "benches", "soak", "xtask"];
+const TOPS: [&str; 7] = ["crates", "harness", "tests", "benches", "soak", "examples", "xtask"];
 
 /// pool-core's runtime crates, which every crate above it may use too.
 const RUNTIME: &[&str] = &["tokio", "thiserror", "tracing", "async-trait", "fastrand"];
@@ -58,12 +69,16 @@ pub(crate) fn run() -> Result<ExitCode> {
     let root = crate::workspace_root();
     let architecture = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md"))
         .context("reading docs/ARCHITECTURE.md")?;
-    let mut problems = check_layers(&architecture)?;
+    let metadata = metadata()?;
+    let mut problems = check_layers(&architecture, &members(&metadata)?)?;
+    problems.extend(publishing(&metadata));
     let sources = rust_files(root)?;
     problems.extend(code_map(&architecture, &sources));
     problems.extend(history_words(root, &sources)?);
     if problems.is_empty() {
-        println!("tidy: the layers, the code map and the docs' words are in order");
+        println!(
+            "tidy: the layers, the code map, the docs' words and the manifests' publishing fields are in order"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &problems {
@@ -131,7 +146,7 @@ fn layers() -> Vec<Layer> {
                 HTTP_SERVER,
                 &["figment", "subtle", "getrandom", "serde", "serde_json", "utoipa"],
             ]),
-            behind_features: &[],
+            behind_features: &["pool-postgres", "pool-redis"],
             never: all(&[BINARY, &["pool-admin-cli"]]),
         },
         Layer {
@@ -148,11 +163,33 @@ fn layers() -> Vec<Layer> {
     ]
 }
 
+/// A build of one package with some of its features only (`--no-default-features --features
+/// F`), and the packages its normal dependency tree must not reach.
+#[derive(Debug)]
+struct Subset {
+    package: &'static str,
+    /// The features on, comma-separated; empty for none.
+    features: &'static str,
+    never: Vec<&'static str>,
+}
+
+/// pool-admin's backend features: with one backend a service builds none of the other's
+/// driver, and never the binary's crates; nor does the Redis-only example's build.
+fn subsets() -> Vec<Subset> {
+    let all = |lists: &[&[&'static str]]| lists.concat();
+    vec![
+        Subset { package: "pool-admin", features: "", never: all(&[POSTGRES, REDIS, BINARY]) },
+        Subset { package: "pool-admin", features: "postgres", never: all(&[REDIS, BINARY]) },
+        Subset { package: "pool-admin", features: "redis", never: all(&[POSTGRES, BINARY]) },
+        Subset { package: "pool-examples", features: "redis", never: all(&[POSTGRES, BINARY]) },
+    ]
+}
+
 /// Checks the dependency table's crates against `crates/`, each layer's tree against its row,
-/// and every workspace member against the invariants on peers and on HTTP servers.
-fn check_layers(architecture: &str) -> Result<Vec<String>> {
+/// the builds with some features only ([`subsets`]), and every workspace member against the
+/// invariants on peers and on HTTP servers.
+fn check_layers(architecture: &str, members: &[(String, String)]) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    let members = members()?;
     let rules = layers();
     let in_crates: BTreeSet<&str> = members
         .iter()
@@ -200,6 +237,21 @@ fn check_layers(architecture: &str) -> Result<Vec<String>> {
         }
     }
 
+    for subset in subsets() {
+        let mut args = vec!["-e", "normal", "--no-default-features"];
+        if !subset.features.is_empty() {
+            args.extend(["--features", subset.features]);
+        }
+        let tree = cargo_tree(subset.package, &args)?;
+        let with = if subset.features.is_empty() { "no feature" } else { subset.features };
+        for (dep, chain) in reaching(&tree, &subset.never) {
+            problems.push(format!(
+                "{} with {with} on reaches {dep} ({chain}), which that build leaves out",
+                subset.package
+            ));
+        }
+    }
+
     let xtask = cargo_tree("xtask", &["-e", "normal,build", "--all-features"])?;
     for (dep, chain) in reaching(&xtask, NOT_IN_XTASK) {
         problems.push(format!(
@@ -208,7 +260,7 @@ fn check_layers(architecture: &str) -> Result<Vec<String>> {
         ));
     }
 
-    for (member, _) in &members {
+    for (member, _) in members {
         let tree = cargo_tree(member, &["-e", "normal,build,dev", "--all-features"])?;
         if member != "pool-bench" {
             for (dep, chain) in reaching(&tree, PEERS) {
@@ -228,8 +280,8 @@ fn check_layers(architecture: &str) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-/// The workspace's members: package name and directory relative to the workspace root.
-fn members() -> Result<Vec<(String, String)>> {
+/// `cargo metadata --no-deps`: the workspace's packages as their manifests say.
+fn metadata() -> Result<serde_json::Value> {
     let out = crate::cargo()
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .output()
@@ -237,7 +289,11 @@ fn members() -> Result<Vec<(String, String)>> {
     if !out.status.success() {
         bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The workspace's members: package name and directory relative to the workspace root.
+fn members(metadata: &serde_json::Value) -> Result<Vec<(String, String)>> {
     let root = crate::workspace_root();
     let packages = metadata["packages"].as_array().context("cargo metadata: no packages")?;
     packages
@@ -294,6 +350,82 @@ fn reaching<'t>(tree: &'t [(usize, String)], names: &[&str]) -> Vec<(&'t str, St
         }
     }
     found
+}
+
+/// The members that are never published: the harness, the tests, the benchmarks, the soak
+/// run, the examples and the task runner.
+const UNPUBLISHED: &[&str] =
+    &["pool-harness", "pool-tests", "pool-bench", "pool-soak", "pool-examples", "xtask"];
+
+/// What `cargo publish` and a registry's page need, checked from `cargo metadata`: the
+/// [`UNPUBLISHED`] members say `publish = false`; every other member may be published and has a
+/// description, a license, a repository, a readme, keywords and categories (and a
+/// documentation link, unless it has no library), and every path dependency it is published
+/// with has a version requirement. A dev-dependency on an unpublished member has no version, so
+/// that packaging leaves it out.
+fn publishing(metadata: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let packages = metadata["packages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for p in packages {
+        let name = p["name"].as_str().unwrap_or("(unnamed)");
+        // `null`: any registry; `[]`: `publish = false`.
+        let publishable = p["publish"].is_null();
+        if UNPUBLISHED.contains(&name) {
+            if publishable {
+                problems.push(format!("{name} may be published; set `publish = false`"));
+            }
+            continue;
+        }
+        if !publishable {
+            problems.push(format!(
+                "{name} is a library or the binary and may not be published; set `publish = true` \
+                 (or add it to tidy's UNPUBLISHED)"
+            ));
+            continue;
+        }
+        let has_lib = p["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib")));
+        let mut needed = vec!["description", "license", "repository", "readme"];
+        if has_lib {
+            needed.push("documentation");
+        }
+        for field in needed {
+            if p[field].as_str().is_none_or(str::is_empty) {
+                problems.push(format!("{name} has no `{field}` in its manifest"));
+            }
+        }
+        for field in ["keywords", "categories"] {
+            if p[field].as_array().is_none_or(Vec::is_empty) {
+                problems.push(format!("{name} has no `{field}` in its manifest"));
+            }
+        }
+        if let (Some(readme), Some(manifest)) = (p["readme"].as_str(), p["manifest_path"].as_str())
+            && !Path::new(manifest).with_file_name(readme).exists()
+        {
+            problems.push(format!("{name}'s readme {readme} is no file"));
+        }
+        for dep in p["dependencies"].as_array().into_iter().flatten() {
+            if dep["path"].is_null() {
+                continue;
+            }
+            let dep_name = dep["name"].as_str().unwrap_or("(unnamed)");
+            let versioned = dep["req"].as_str().is_some_and(|r| r != "*");
+            match (dep["kind"].as_str(), versioned) {
+                (Some("dev"), true) if UNPUBLISHED.contains(&dep_name) => problems.push(format!(
+                    "{name}'s dev-dependency {dep_name} is never published: name it by path \
+                     alone, so that packaging leaves it out"
+                )),
+                (Some("dev"), _) | (_, true) => {}
+                (_, false) => problems.push(format!(
+                    "{name} depends on {dep_name} by path alone: give it a version requirement"
+                )),
+            }
+        }
+    }
+    problems
 }
 
 /// The crates in the first column of ARCHITECTURE.md's dependency table (rows that open with

@@ -1,6 +1,11 @@
 //! The server's configuration: built-in defaults, then a TOML file, then environment variables
 //! (figment), with errors that name the key, where its value came from and the value.
+//!
+//! Each backend's part (`[postgres.*]`; `[redis.*]` and `redis_url`) is read only in a build with
+//! its feature (`postgres`, `redis`); a build without it refuses a file that sets it, naming the
+//! key and the feature, and reads none of its environment variables.
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,9 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 pub use pool_core::Secret;
 use pool_core::{EnvForm, EnvValue, PoolConfig};
+#[cfg(feature = "postgres")]
 pub use pool_postgres::PostgresConfig;
+#[cfg(feature = "redis")]
 use pool_redis::{PoolSettings, RedisConfig};
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +30,15 @@ pub struct AdminConfig {
     pub admin: ServerConfig,
     /// PostgreSQL clusters by name, each a primary with its read replicas: pool-postgres's
     /// settings, the engine's keys (`pool_size`...) beside the cluster's own (`replicas`...).
+    /// Feature `postgres`.
+    #[cfg(feature = "postgres")]
     pub postgres: BTreeMap<String, PostgresConfig>,
     /// Redis pools by name (`main`, `cache`...), all on `redis_url`: pool-redis's settings, the
-    /// engine's keys beside the shared clients' own.
+    /// engine's keys beside the shared clients' own. Feature `redis`.
+    #[cfg(feature = "redis")]
     pub redis: BTreeMap<String, PoolSettings>,
-    /// The Redis server's URL \[`redis://127.0.0.1:6379`\] (`REDIS_URL`).
+    /// The Redis server's URL \[`redis://127.0.0.1:6379`\] (`REDIS_URL`). Feature `redis`.
+    #[cfg(feature = "redis")]
     pub redis_url: Secret,
 }
 
@@ -82,13 +93,18 @@ impl Default for ServerConfig {
 /// The most clients the admin server may serve at once (`admin.max_connections`).
 const MAX_ADMIN_CONNECTIONS: usize = 65_536;
 
+// Derivable only with no backend, whose default pools it names.
+#[allow(clippy::derivable_impls)]
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             admin: ServerConfig::default(),
+            #[cfg(feature = "postgres")]
             postgres: BTreeMap::from([("main".to_owned(), PostgresConfig::default())]),
             // pool-redis's own defaults: `main` and `cache` on the local server.
+            #[cfg(feature = "redis")]
             redis: RedisConfig::default().pools,
+            #[cfg(feature = "redis")]
             redis_url: Secret(RedisConfig::default().url),
         }
     }
@@ -135,6 +151,21 @@ pub enum ConfigError {
         /// The keys its section knows.
         known: Vec<String>,
     },
+    /// A key of a backend this build of pool-admin leaves out: the file sets `[redis.*]` in a
+    /// build without the `redis` feature, or `[postgres.*]` without `postgres`.
+    #[error(
+        "{key} in {source_name} configures {backend}, which this build of pool-admin leaves out: build pool-admin with its `{feature}` feature, or remove the key"
+    )]
+    NotBuilt {
+        /// The key, dotted (`redis.cache`, `redis_url`).
+        key: String,
+        /// Where it was found (`TOML file pool-admin.toml`).
+        source_name: String,
+        /// The backend it configures (`Redis`, `PostgreSQL`).
+        backend: &'static str,
+        /// The feature that reads it (`redis`, `postgres`).
+        feature: &'static str,
+    },
     /// The file is missing, a directory or unreadable, or does not parse.
     #[error("{0}")]
     Other(String),
@@ -159,6 +190,9 @@ impl ConfigError {
                     suggestion: suggestion.as_deref().map(redact_text),
                     known: known.iter().map(|k| redact_text(k)).collect(),
                 }
+            }
+            ConfigError::NotBuilt { key, source_name, backend, feature } => {
+                ConfigError::NotBuilt { key: redact_text(&key), source_name, backend, feature }
             }
             ConfigError::Other(message) => ConfigError::Other(redact_text(&message)),
         }
@@ -191,6 +225,55 @@ fn redact_text(text: &str) -> String {
 /// Where a value came from when neither the file nor the environment set it.
 const DEFAULT_SOURCE: &str = "the default";
 
+/// A backend's top-level keys in the file, as [`not_built`] checks them: the key, the backend's
+/// name, the feature that reads it, and whether this build has that feature.
+#[derive(Debug, Clone, Copy)]
+struct Backend {
+    key: &'static str,
+    name: &'static str,
+    feature: &'static str,
+    built: bool,
+}
+
+/// The keys each backend's feature reads, and whether this build reads them.
+const BACKENDS: [Backend; 3] = [
+    Backend {
+        key: "postgres",
+        name: "PostgreSQL",
+        feature: "postgres",
+        built: cfg!(feature = "postgres"),
+    },
+    Backend { key: "redis", name: "Redis", feature: "redis", built: cfg!(feature = "redis") },
+    Backend { key: "redis_url", name: "Redis", feature: "redis", built: cfg!(feature = "redis") },
+];
+
+/// Refuses a file (`own`, the file alone) that sets a key of a backend this build leaves out,
+/// naming the key (a table's first pool: `redis.cache`), and the feature that would read it;
+/// without this check it would read as an unknown key, with a typo's suggestion.
+///
+/// # Errors
+///
+/// [`ConfigError::NotBuilt`] for the first such key.
+fn not_built(own: &Figment, backends: &[Backend]) -> Result<(), ConfigError> {
+    for backend in backends.iter().filter(|b| !b.built) {
+        let Ok(value) = own.find_value(backend.key) else { continue };
+        let key = match &value {
+            Value::Dict(_, pools) => pools
+                .keys()
+                .next()
+                .map_or_else(|| backend.key.to_owned(), |pool| format!("{}.{pool}", backend.key)),
+            _ => backend.key.to_owned(),
+        };
+        return Err(ConfigError::NotBuilt {
+            source_name: source_in(own, backend.key),
+            key,
+            backend: backend.name,
+            feature: backend.feature,
+        });
+    }
+    Ok(())
+}
+
 /// The server's own environment variables and the keys they set. The pools' variables are the
 /// backends' own lists ([`PostgresConfig::env_vars`], [`RedisConfig::pool_env_vars`]), read by
 /// [`env_vars`] for the pools named `main` (and, for Redis, every pool by its prefix), as
@@ -202,16 +285,29 @@ const SERVER_ENV: &[(&str, &str)] =
 /// Every environment variable that may set a key, with the key (dotted) and the form of its
 /// text, in the order they apply (later wins): the server's, `REDIS_URL`, the PostgreSQL cluster
 /// `main`'s, then each Redis pool's, unprefixed for `main` before prefixed. `redis_pools` are
-/// the Redis pools the file and the defaults name.
+/// the Redis pools the file and the defaults name. A backend left out of the build has none.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
 fn env_vars(redis_pools: &[String]) -> Vec<(String, String, EnvForm)> {
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_mut))]
     let mut vars: Vec<(String, String, EnvForm)> = SERVER_ENV
         .iter()
         .map(|&(var, key)| (var.to_owned(), key.to_owned(), EnvForm::Text))
         .collect();
+    #[cfg(feature = "redis")]
     vars.push(("REDIS_URL".to_owned(), "redis_url".to_owned(), EnvForm::Text));
+    #[cfg(feature = "postgres")]
     for (var, key, form) in PostgresConfig::env_vars() {
         vars.push((var, format!("postgres.main.{key}"), form));
     }
+    #[cfg(feature = "redis")]
+    vars.extend(redis_env_vars(redis_pools));
+    vars
+}
+
+/// The Redis pools' environment variables, as [`env_vars`] orders them.
+#[cfg(feature = "redis")]
+fn redis_env_vars(redis_pools: &[String]) -> Vec<(String, String, EnvForm)> {
+    let mut vars = Vec::new();
     for (var, key, form) in RedisConfig::pool_env_vars("REDIS_") {
         vars.push((var, format!("redis.main.{key}"), form));
     }
@@ -399,14 +495,18 @@ impl AdminConfig {
         file: Option<&Path>,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<AdminConfig, ConfigError> {
+        #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_mut))]
         let mut defaults = AdminConfig::default();
         let file = file.map(TomlFile::read).transpose()?;
         if let Some(file) = &file {
-            // A file that lists its own pools replaces the default pools of that backend.
             let own = Figment::from(file);
+            not_built(&own, &BACKENDS)?;
+            // A file that lists its own pools replaces the default pools of that backend.
+            #[cfg(feature = "postgres")]
             if own.find_value("postgres").is_ok() {
                 defaults.postgres.clear();
             }
+            #[cfg(feature = "redis")]
             if own.find_value("redis").is_ok() {
                 defaults.redis.clear();
             }
@@ -443,8 +543,13 @@ impl AdminConfig {
     /// These settings as figment sees them (secrets in clear, so they round-trip).
     fn for_merge(&self) -> Value {
         let d = self;
+        #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_mut))]
         let mut v = serde_json::to_value(d).unwrap_or_default();
-        v["redis_url"] = serde_json::Value::String(d.redis_url.0.clone());
+        #[cfg(feature = "redis")]
+        {
+            v["redis_url"] = serde_json::Value::String(d.redis_url.0.clone());
+        }
+        #[cfg(feature = "postgres")]
         for (name, pg) in &d.postgres {
             v["postgres"][name]["url"] = serde_json::Value::String(pg.url.0.clone());
         }
@@ -481,6 +586,7 @@ impl AdminConfig {
         };
         // A backend's refusal of `setting` in the section `section`, with where the setting it
         // conflicts with came from when that is elsewhere.
+        #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(unused_variables))]
         let refused = |section: &str, setting: &str, value: String, reason: &str| {
             let key = format!("{section}.{setting}");
             let partner = match setting {
@@ -497,6 +603,7 @@ impl AdminConfig {
             };
             invalid(key, value, &reason)
         };
+        #[cfg(feature = "postgres")]
         for (name, pg) in &self.postgres {
             if name.is_empty() {
                 return Err(invalid(
@@ -524,12 +631,14 @@ impl AdminConfig {
                 }
             }
         }
+        #[cfg(feature = "redis")]
         if !self.redis.is_empty() {
             let url = RedisConfig::new(self.redis_url.expose());
             if let Some(reason) = redis_url_problem(&url) {
                 return Err(invalid("redis_url".into(), self.redis_url.redacted(), &reason));
             }
         }
+        #[cfg(feature = "redis")]
         for (name, r) in &self.redis {
             if name.is_empty() {
                 return Err(invalid(
@@ -619,6 +728,7 @@ fn token_problem(token: &Secret) -> Option<(String, &'static str)> {
 
 /// Why the URL of `config` is not a Redis URL the pools can connect with (pool-redis's
 /// [`RedisConfig::validate`], as `serve` finds when it builds them); `None` when it is one.
+#[cfg(feature = "redis")]
 fn redis_url_problem(config: &RedisConfig) -> Option<String> {
     if !config.url.starts_with("redis://") && !config.url.starts_with("rediss://") {
         return Some("must be a redis:// URL".to_owned());
@@ -736,7 +846,9 @@ fn describe(figment: &Figment, mut e: figment::Error) -> ConfigError {
         figment::error::Kind::UnknownField(field, expected) => {
             let known: Vec<String> = match (expected.is_empty(), e.path.first().map(String::as_str))
             {
+                #[cfg(feature = "postgres")]
                 (true, Some("postgres")) => keys_of(&PostgresConfig::default()),
+                #[cfg(feature = "redis")]
                 (true, Some("redis")) => keys_of(&PoolSettings::default()),
                 _ => expected.iter().map(|k| (*k).to_owned()).collect(),
             };
@@ -827,5 +939,117 @@ pub(crate) fn secs(v: f64) -> Option<Duration> {
     (v > 0.0).then(|| Duration::from_secs_f64(v.min(MAX_SECS)))
 }
 
-#[cfg(test)]
+// Every backend's settings: the tests need both.
+#[cfg(all(test, feature = "postgres", feature = "redis"))]
 mod tests;
+
+/// What a build leaves out of the configuration with a backend's feature.
+#[cfg(test)]
+mod features {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A config file under `target/`, removed on drop.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(text: &str) -> File {
+            let dir =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/admin-config-tests");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}-{}.toml", std::process::id(), fastrand::u64(..)));
+            std::fs::write(&path, text).unwrap();
+            File(path)
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Every backend's key refused as a build without it refuses it: naming the key (a table's
+    /// first pool) and the feature, not as an unknown key.
+    #[test]
+    fn a_backend_left_out_is_named_with_its_feature() {
+        let left_out = BACKENDS.map(|b| Backend { built: false, ..b });
+        for (text, message) in [
+            (
+                "[redis.cache]\npool_size = 2\n",
+                "redis.cache in TOML file … configures Redis, which this build of pool-admin leaves out: build pool-admin with its `redis` feature, or remove the key",
+            ),
+            (
+                "redis_url = \"redis://:pw@cache:6379\"\n",
+                "redis_url in TOML file … configures Redis, which this build of pool-admin leaves out: build pool-admin with its `redis` feature, or remove the key",
+            ),
+            (
+                "[admin]\nauto_tune = true\n[postgres.main]\npool_size = 2\n",
+                "postgres.main in TOML file … configures PostgreSQL, which this build of pool-admin leaves out: build pool-admin with its `postgres` feature, or remove the key",
+            ),
+            (
+                "redis = {}\n",
+                "redis in TOML file … configures Redis, which this build of pool-admin leaves out: build pool-admin with its `redis` feature, or remove the key",
+            ),
+        ] {
+            let f = File::new(text);
+            let own = Figment::from(TomlFile::read(&f.0).unwrap());
+            let e = not_built(&own, &left_out).unwrap_err();
+            let path = f.0.display().to_string();
+            assert_eq!(e.to_string().replace(&path, "…"), message, "{text}");
+            assert!(matches!(e, ConfigError::NotBuilt { .. }), "{e:?}");
+        }
+        let f = File::new("[admin]\nauto_tune = true\n");
+        let own = Figment::from(TomlFile::read(&f.0).unwrap());
+        not_built(&own, &left_out).expect("a file of no backend's keys");
+    }
+
+    /// The build's own list says which backends it reads, and `load` refuses the others' keys.
+    #[test]
+    fn load_refuses_the_keys_of_a_backend_this_build_leaves_out() {
+        for backend in BACKENDS {
+            assert_eq!(
+                backend.built,
+                cfg!(feature = "postgres") && backend.feature == "postgres"
+                    || cfg!(feature = "redis") && backend.feature == "redis",
+                "{backend:?}"
+            );
+        }
+        let f = File::new("[redis.cache]\npool_size = 2\n[postgres.main]\npool_size = 2\n");
+        let loaded = AdminConfig::load(Some(&f.0), |_| None);
+        match (cfg!(feature = "postgres"), cfg!(feature = "redis")) {
+            (true, true) => assert!(loaded.is_ok(), "{loaded:?}"),
+            // The first backend left out, in the order of `BACKENDS`.
+            (false, _) => assert!(
+                matches!(&loaded, Err(ConfigError::NotBuilt { key, feature: "postgres", .. }) if key == "postgres.main"),
+                "{loaded:?}"
+            ),
+            (true, false) => assert!(
+                matches!(&loaded, Err(ConfigError::NotBuilt { key, feature: "redis", .. }) if key == "redis.cache"),
+                "{loaded:?}"
+            ),
+        }
+    }
+
+    /// A build without a backend reads none of its environment variables: `REDIS_URL` may be
+    /// there for another program.
+    #[test]
+    fn a_backend_left_out_reads_none_of_its_variables() {
+        let vars: Vec<String> = env_vars(&[]).into_iter().map(|(var, ..)| var).collect();
+        assert_eq!(vars.contains(&"REDIS_URL".to_owned()), cfg!(feature = "redis"), "{vars:?}");
+        assert_eq!(
+            vars.contains(&"DATABASE_URL".to_owned()),
+            cfg!(feature = "postgres"),
+            "{vars:?}"
+        );
+        let loaded = AdminConfig::load(None, |var| {
+            (var.starts_with("REDIS_") || var.starts_with("DATABASE_")).then(|| "x".to_owned())
+        });
+        if !cfg!(feature = "postgres") && !cfg!(feature = "redis") {
+            assert!(loaded.is_ok(), "{loaded:?}");
+        } else {
+            assert!(loaded.is_err(), "a backend built reads its variables");
+        }
+    }
+}

@@ -11,6 +11,18 @@
 //! data comes from those routes, with the token the user gives it (the [`dashboard`] module says
 //! how).
 //!
+//! # Features
+//!
+//! - `postgres` (default): PostgreSQL clusters through pool-postgres (sqlx): the config's
+//!   `[postgres.*]` tables (`PostgresConfig`), replica bans and lag in the routes, and the
+//!   servers' connection budgets.
+//! - `redis` (default): Redis pools through pool-redis (fred): the config's `[redis.*]` tables and
+//!   `redis_url`, redis-py's numbers in the stats route, and the Redis server's client budget.
+//!
+//! Without a backend's feature none of its driver is built, and [`AdminConfig::load`] refuses a
+//! file that sets its keys with [`ConfigError::NotBuilt`]. The routes, the optimizer and the
+//! server work the same over whatever pools the registry holds.
+//!
 //! # Examples
 //!
 //! ```
@@ -22,6 +34,9 @@
 //! # drop(app);
 //! ```
 
+/// The axum the [`router`] is built with: a service mounts it in an app of this version.
+pub use axum;
+
 mod api;
 mod config;
 pub mod dashboard;
@@ -29,6 +44,8 @@ mod pools;
 mod server;
 
 pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, openapi, router, wire};
-pub use crate::config::{AdminConfig, ConfigError, PostgresConfig, Secret, ServerConfig, redact};
+#[cfg(feature = "postgres")]
+pub use crate::config::PostgresConfig;
+pub use crate::config::{AdminConfig, ConfigError, Secret, ServerConfig, redact};
 pub use crate::pools::{Pools, StartError};
-pub use crate::server::{ServeError, Server};
+pub use crate::server::{Admin, ServeError, Server, ServerBuilder};

@@ -1,5 +1,8 @@
-//! [`Server`]: the pools of a config, the admin API on a socket, the optimizer's sampling loop
-//! (and the auto-tuner when enabled), and a graceful shutdown that closes the pools.
+//! [`Server`] and [`Admin`]: the admin API's state with the optimizer's loop running behind it
+//! (its samples, and the auto-tuner when enabled), built from a config ([`Server::bind`], what
+//! `pool-admin serve` runs) or from pools a service built in code ([`Server::builder`]). A
+//! [`Server`] adds the socket, its accept loop and a graceful shutdown; an [`Admin`] is for a
+//! router the service serves itself.
 //!
 //! The server takes its clients through its own accept loop rather than `axum::serve`, which
 //! bounds neither the time a client may take to send its headers nor the number of clients: a
@@ -20,9 +23,15 @@ use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use pool_optimizer::{AutoTuner, TunerSettings};
+use pool_core::Registry;
+use pool_optimizer::{AutoTuner, Budget, TunerSettings};
+#[cfg(feature = "postgres")]
+use pool_postgres::PgCluster;
+#[cfg(feature = "redis")]
+use pool_redis::RedisPools;
+use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{AdminState, ApiError, router};
@@ -44,6 +53,17 @@ pub enum ServeError {
     /// No token was configured and the operating system gave no randomness to make one.
     #[error("cannot generate an admin token: {0}; set POOL_ADMIN_TOKEN or admin.token")]
     Random(String),
+    /// A setting of the [`ServerBuilder`] (or of the [`AdminConfig`], for one built in code) that
+    /// the server cannot run with.
+    #[error("admin server setting {setting} = {value}: {reason}")]
+    Invalid {
+        /// The setting, as the builder's method names it (`sample_interval`).
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The address could not be bound, or serving failed.
     #[error("admin server on {addr}: {source}")]
     Io {
@@ -63,16 +83,22 @@ fn generate_token() -> Result<Secret, ServeError> {
     Ok(Secret(bytes.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
-/// A bound admin server with its pools, ready to [`run`](Server::run).
+/// The most clients the server may serve at once ([`ServerBuilder::max_connections`]).
+const MAX_CONNECTIONS: usize = 65_536;
+
+/// A bound admin server with its pools, ready to [`run`](Server::run) (the admin routes alone)
+/// or to [`serve`](Server::serve) a service's own app with the admin routes merged in.
+///
+/// Built from a config with [`Server::bind`], or from pools built in code with
+/// [`Server::builder`]. Either way the optimizer's loop runs from the start, as
+/// [`Admin`] describes, and stops when serving ends.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     addr: SocketAddr,
-    state: AdminState,
+    admin: Admin,
     pools: Arc<Pools>,
-    token: Secret,
-    generated_token: bool,
-    optimizer: JoinHandle<()>,
+    close_pools: bool,
     limits: Limits,
 }
 
@@ -89,45 +115,66 @@ pub(crate) struct Limits {
 impl Server {
     /// Starts the pools of `config`, binds the admin address and starts the optimizer's loop.
     /// Without a configured token the server makes one up (printed by `serve`), and refuses a
-    /// non-loopback address.
+    /// non-loopback address. [`run`](Server::run) closes the pools when it ends.
     ///
     /// # Errors
     ///
     /// [`ServeError`] naming what failed.
     pub async fn bind(config: &AdminConfig) -> Result<Server, ServeError> {
         let listen = config.admin.listen;
-        let (token, generated_token) = match &config.admin.token {
-            Some(t) => (t.clone(), false),
-            None if listen.ip().is_loopback() => (generate_token()?, true),
-            None => return Err(ServeError::TokenRequired(listen)),
-        };
-        if !listen.ip().is_loopback() {
-            tracing::warn!(%listen, "the admin API speaks plain HTTP: beyond loopback its bearer token crosses the network in the clear; put a TLS proxy in front of it");
+        if config.admin.token.is_none() && !listen.ip().is_loopback() {
+            return Err(ServeError::TokenRequired(listen));
         }
-        let pools = Arc::new(Pools::start(config).await?);
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServeError::Io { addr: listen, source })?;
-        let addr =
-            listener.local_addr().map_err(|source| ServeError::Io { addr: listen, source })?;
-        let mut state = AdminState::builder(pools.registry.clone(), token.clone())
-            .clusters(pools.clusters.clone())
-            .metrics_open(config.admin.metrics_open)
-            .dashboard(config.admin.dashboard)
-            .health_timeout(secs(config.admin.health_timeout).unwrap_or(Duration::from_secs(2)))
-            .budgets(pools.budgets.clone())
-            .config(serde_json::to_value(config).unwrap_or_default());
-        if let Some(redis) = &pools.redis {
-            state = state.redis(redis.clone());
-        }
-        let state = state.build();
-        let interval = secs(config.admin.sample_interval).unwrap_or(Duration::from_secs(10));
-        let optimizer = tokio::spawn(optimize(state.clone(), interval, config.admin.auto_tune));
-        let limits = Limits {
-            request_timeout: secs(config.admin.request_timeout).unwrap_or(Duration::from_secs(30)),
-            max_connections: config.admin.max_connections.max(1),
-        };
-        Ok(Server { listener, addr, state, pools, token, generated_token, optimizer, limits })
+        let pools = Pools::start(config).await?;
+        let admin = &config.admin;
+        let mut builder = ServerBuilder::new(pools)
+            .listen(listen)
+            .read_budgets(false) // `Pools::start` read them, with the config's own.
+            .close_pools(true)
+            .metrics_open(admin.metrics_open)
+            .dashboard(admin.dashboard)
+            .auto_tune(admin.auto_tune)
+            .sample_interval(secs(admin.sample_interval).unwrap_or(Duration::from_secs(10)))
+            .health_timeout(secs(admin.health_timeout).unwrap_or(Duration::from_secs(2)))
+            .request_timeout(secs(admin.request_timeout).unwrap_or(Duration::from_secs(30)))
+            .max_connections(admin.max_connections);
+        builder.token = admin.token.clone();
+        builder.config = serde_json::to_value(config).unwrap_or_default();
+        builder.bind().await
+    }
+
+    /// A server over `registry`, the pools a service built and registered itself, set up step
+    /// by step and started with [`ServerBuilder::bind`] (a socket of its own) or
+    /// [`ServerBuilder::start`] (no socket: the router goes into the service's own app).
+    ///
+    /// Hand it the service's PostgreSQL clusters ([`ServerBuilder::cluster`]) and Redis pools
+    /// ([`ServerBuilder::redis`]) too, registered in `registry`, and it gets what `pool-admin
+    /// serve` gets from a config: replica health in the routes, redis-py's numbers, and the
+    /// servers' connection budgets.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(
+    /// #     registry: pool_core::Registry,
+    /// #     ctrl_c: impl std::future::Future<Output = ()> + Send + 'static,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// use pool_admin::{Secret, Server};
+    ///
+    /// let server = Server::builder(registry)
+    ///     .token(Secret("s3cret".to_owned()))
+    ///     .listen("127.0.0.1:9187".parse()?)
+    ///     .auto_tune(true)
+    ///     .bind()
+    ///     .await?;
+    /// let app = axum::Router::new()
+    ///     .route("/hello", axum::routing::get(|| async { "hello" }))
+    ///     .merge(server.router());
+    /// server.serve(app, ctrl_c).await?; // serves until `ctrl_c` completes
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(registry: Registry) -> ServerBuilder {
+        ServerBuilder::new(Pools::empty(registry))
     }
 
     /// The address the server listens on.
@@ -137,26 +184,50 @@ impl Server {
 
     /// The bearer token the admin routes require.
     pub fn token(&self) -> &Secret {
-        &self.token
+        self.admin.token()
     }
 
     /// Whether the token was made up at start (no token configured).
     pub fn token_was_generated(&self) -> bool {
-        self.generated_token
+        self.admin.token_was_generated()
     }
 
     /// The API's state (the pools, the optimizer).
     pub fn state(&self) -> &AdminState {
-        &self.state
+        self.admin.state()
     }
 
-    /// The running pools.
+    /// The pools: a config's, started by [`bind`](Server::bind), or those handed to the
+    /// [`ServerBuilder`], with the budgets in force.
     pub fn pools(&self) -> &Arc<Pools> {
         &self.pools
     }
 
-    /// Serves until `shutdown` completes, then stops taking requests, finishes those in flight
-    /// (for up to `request_timeout`) and closes every pool.
+    /// The admin router over this server's state, for [`serve`](Server::serve) to serve merged
+    /// into a service's own app.
+    pub fn router(&self) -> Router {
+        self.admin.router()
+    }
+
+    /// Serves the admin routes until `shutdown` completes: [`serve`](Server::serve) with
+    /// [`router`](Server::router).
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Server::serve).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let app = self.router();
+        self.serve(app, shutdown).await
+    }
+
+    /// Serves `app` (a service's own routes with [`router`](Server::router) merged in, or any
+    /// other) until `shutdown` completes, then stops taking requests, finishes those in flight
+    /// (for up to `request_timeout`), stops the optimizer's loop and waits for it to end, and
+    /// closes the pools when the server owns them ([`bind`](Server::bind), or
+    /// [`ServerBuilder::close_pools`]).
     ///
     /// At most `max_connections` clients are served at once. A client has `request_timeout` to
     /// send a request's headers, and a kept-alive connection that sends nothing for that long
@@ -166,19 +237,380 @@ impl Server {
     ///
     /// None today: accept errors (a client gone, file descriptors exhausted) are logged and
     /// retried, as `axum::serve` does. The `Result` leaves room for a failure that ends serving.
-    pub async fn run(
+    pub async fn serve(
         self,
+        app: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        serve(self.listener, router(self.state.clone()), self.limits, shutdown).await;
-        self.optimizer.abort();
-        self.pools.close().await;
+        accept_loop(self.listener, app, self.limits, shutdown).await;
+        self.admin.shutdown().await;
+        if self.close_pools {
+            self.pools.close().await;
+        }
         Ok(())
     }
 }
 
-/// The accept loop behind [`Server::run`]: `app` with the [`Limits`], until `shutdown`.
-pub(crate) async fn serve(
+/// The admin API's state with the optimizer's loop running behind it, for a router a service
+/// serves itself ([`ServerBuilder::start`]): merge [`router`](Admin::router) into its app.
+///
+/// What runs in the background: one tokio task that, every `sample_interval`, takes a stats
+/// sample of every pool in the registry (the windows behind the recommendations of `GET
+/// optimize` and `GET stats`) and, with `auto_tune`, lets the auto-tuner resize pools within
+/// their connection budgets, keeping its last 100 decisions for `GET optimize`. Nothing else:
+/// the routes answer from the requests themselves.
+///
+/// How it stops: [`shutdown`](Admin::shutdown) stops the task and returns once it has ended;
+/// dropping the `Admin` aborts it. The router keeps answering after either (recommendations
+/// from the samples taken until then), and the pools are never closed: they are the service's.
+#[derive(Debug)]
+pub struct Admin {
+    state: AdminState,
+    token: Secret,
+    generated_token: bool,
+    optimizer: Optimizer,
+}
+
+impl Admin {
+    /// The admin router (the API, `/metrics`, the dashboard unless turned off) over this state.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// The API's state: the registry, the optimizer's windows and recommendations.
+    pub fn state(&self) -> &AdminState {
+        &self.state
+    }
+
+    /// The bearer token the admin routes require.
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// Whether the token was made up at start (none given).
+    pub fn token_was_generated(&self) -> bool {
+        self.generated_token
+    }
+
+    /// Stops the optimizer's loop (sampling and the auto-tuner) and waits for its task to end;
+    /// a sample or resize under way finishes first.
+    pub async fn shutdown(self) {
+        self.optimizer.stop().await;
+    }
+}
+
+/// The optimizer's loop, running: its task and what stops it.
+#[derive(Debug)]
+struct Optimizer {
+    /// Dropped to stop the task at its next wake-up.
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Optimizer {
+    /// Spawns [`optimize`] over `state`.
+    fn start(state: AdminState, interval: Duration, auto_tune: bool) -> Optimizer {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(optimize(state, interval, auto_tune, stopped));
+        Optimizer { stop: Some(stop), task }
+    }
+
+    /// Tells the task to stop and waits until it has.
+    async fn stop(mut self) {
+        drop(self.stop.take());
+        // A task that panicked has ended too.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Optimizer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Builds an admin [`Server`] or [`Admin`] over pools built in code: [`Server::builder`].
+///
+/// The defaults are `pool-admin serve`'s: listen on `127.0.0.1:9187`, a token made up at start,
+/// a sample every 10 s, no auto-tuner, health checks of 2 s, requests of 30 s, 128 clients at
+/// once, `/metrics` behind the token, the dashboard served; and, unlike `serve`, the pools are
+/// left open when serving ends (they are the service's).
+#[derive(Debug)]
+#[must_use]
+pub struct ServerBuilder {
+    pools: Pools,
+    token: Option<Secret>,
+    listen: SocketAddr,
+    read_budgets: bool,
+    close_pools: bool,
+    sample_interval: Duration,
+    auto_tune: bool,
+    health_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
+    metrics_open: bool,
+    dashboard: bool,
+    /// What `GET config` shows besides the pools' live settings: a config's, redacted.
+    config: Value,
+}
+
+impl ServerBuilder {
+    fn new(pools: Pools) -> ServerBuilder {
+        ServerBuilder {
+            pools,
+            token: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            read_budgets: true,
+            close_pools: false,
+            sample_interval: Duration::from_secs(10),
+            auto_tune: false,
+            health_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 128,
+            metrics_open: false,
+            dashboard: true,
+            config: Value::Null,
+        }
+    }
+
+    /// The bearer token every admin route requires. Without one, a token is made up at start
+    /// from the operating system's randomness (read it with `token()`), and
+    /// [`bind`](Self::bind) refuses a non-loopback address.
+    pub fn token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Where [`bind`](Self::bind) listens \[`127.0.0.1:9187`\]; port 0 takes a free one
+    /// ([`Server::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// A PostgreSQL cluster whose pools are in the registry ([`PgCluster::register`]): its
+    /// replicas' bans and lag show in `GET health` and `GET stats`, and its servers' connection
+    /// budgets are read at start ([`read_budgets`](Self::read_budgets)). Known by its primary
+    /// pool's name. Feature `postgres`.
+    #[cfg(feature = "postgres")]
+    pub fn cluster(mut self, cluster: PgCluster) -> Self {
+        self.pools.clusters.insert(cluster.primary().name().to_owned(), cluster);
+        self
+    }
+
+    /// The Redis pools, registered in the registry ([`RedisPools::register`]): `GET stats`
+    /// reports redis-py's numbers for them, shared clients included, and the Redis server's
+    /// client budget is read at start ([`read_budgets`](Self::read_budgets)). Feature `redis`.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, pools: RedisPools) -> Self {
+        self.pools.redis = Some(pools);
+        self
+    }
+
+    /// A connection budget of the service's own: the optimizer never proposes more, and resizes
+    /// that would break it are refused. The server reads none for a server one of whose pools
+    /// is in such a budget.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.pools.budgets.push(budget);
+        self
+    }
+
+    /// Whether start-up asks the servers behind the clusters and Redis pools for their
+    /// connection budgets \[true\]: each PostgreSQL server its `max_connections` less the
+    /// reserved ones, shared by every pool on it; the Redis server its `maxclients` less the
+    /// shared clients. A server that does not answer within 5 s gets no budget (with a
+    /// warning), and start-up goes on.
+    pub fn read_budgets(mut self, read: bool) -> Self {
+        self.read_budgets = read;
+        self
+    }
+
+    /// Whether [`Server::serve`] closes the clusters and Redis pools handed to the builder when
+    /// it ends \[false\]: they are the service's.
+    pub fn close_pools(mut self, close: bool) -> Self {
+        self.close_pools = close;
+        self
+    }
+
+    /// Time between the optimizer's samples \[10 s\].
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.sample_interval = interval;
+        self
+    }
+
+    /// Whether the auto-tuner resizes pools within their budgets \[false\].
+    pub fn auto_tune(mut self, on: bool) -> Self {
+        self.auto_tune = on;
+        self
+    }
+
+    /// How long one pool's active health check may take \[2 s\].
+    pub fn health_timeout(mut self, timeout: Duration) -> Self {
+        self.health_timeout = timeout;
+        self
+    }
+
+    /// Time a client of [`Server::serve`] has to send a request's headers, and a request to be
+    /// answered \[30 s\]; also the grace period of the shutdown. Greater than the health
+    /// timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Clients [`Server::serve`] serves at once, 1 to 65536 \[128\]; more wait to be accepted.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Serve `/metrics` without the token \[false\].
+    pub fn metrics_open(mut self, open: bool) -> Self {
+        self.metrics_open = open;
+        self
+    }
+
+    /// Serve the dashboard's page at `/dashboard/` \[true\].
+    pub fn dashboard(mut self, serve: bool) -> Self {
+        self.dashboard = serve;
+        self
+    }
+
+    /// Binds the address and starts as [`start`](Self::start) does: a [`Server`] to
+    /// [`run`](Server::run) or [`serve`](Server::serve).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); [`ServeError::TokenRequired`] for a non-loopback address
+    /// without a token, [`ServeError::Io`] when the address cannot be bound.
+    pub async fn bind(self) -> Result<Server, ServeError> {
+        self.check()?;
+        let listen = self.listen;
+        let (token, generated) = match &self.token {
+            Some(t) => (t.clone(), false),
+            None if listen.ip().is_loopback() => (generate_token()?, true),
+            None => return Err(ServeError::TokenRequired(listen)),
+        };
+        if !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "the admin API speaks plain HTTP: beyond loopback its bearer token crosses the network in the clear; put a TLS proxy in front of it");
+        }
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServeError::Io { addr: listen, source })?;
+        let addr =
+            listener.local_addr().map_err(|source| ServeError::Io { addr: listen, source })?;
+        let limits =
+            Limits { request_timeout: self.request_timeout, max_connections: self.max_connections };
+        let close_pools = self.close_pools;
+        let (admin, pools) = self.started(token, generated).await;
+        Ok(Server { listener, addr, admin, pools: Arc::new(pools), close_pools, limits })
+    }
+
+    /// Reads the budgets ([`read_budgets`](Self::read_budgets)) and starts the optimizer's loop:
+    /// an [`Admin`] whose [`router`](Admin::router) a service serves in its own app. Needs a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Invalid`] for a setting it cannot run with (a zero duration, a request
+    /// timeout not above the health timeout, `max_connections` out of range) or a cluster or
+    /// Redis pool missing from the registry; [`ServeError::Random`] when no token was given and
+    /// none can be made.
+    pub async fn start(self) -> Result<Admin, ServeError> {
+        self.check()?;
+        let (token, generated) = match &self.token {
+            Some(t) => (t.clone(), false),
+            None => (generate_token()?, true),
+        };
+        Ok(self.started(token, generated).await.0)
+    }
+
+    /// What neither [`start`](Self::start) nor [`bind`](Self::bind) can run with.
+    fn check(&self) -> Result<(), ServeError> {
+        let invalid = |setting, value: String, reason: &str| {
+            Err(ServeError::Invalid { setting, value, reason: reason.to_owned() })
+        };
+        for (setting, d) in [
+            ("sample_interval", self.sample_interval),
+            ("health_timeout", self.health_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(setting, format!("{d:?}"), "must be more than zero");
+            }
+            if d > pool_core::MAX_DURATION {
+                return invalid(setting, format!("{d:?}"), "must be at most 100 years");
+            }
+        }
+        if self.request_timeout <= self.health_timeout {
+            return invalid(
+                "request_timeout",
+                format!("{:?}", self.request_timeout),
+                &format!(
+                    "must be greater than health_timeout ({:?}), or health checks time out as requests",
+                    self.health_timeout
+                ),
+            );
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return invalid(
+                "max_connections",
+                self.max_connections.to_string(),
+                "must be from 1 to 65536 (with 0 no client is ever served)",
+            );
+        }
+        let registry = &self.pools.registry;
+        #[cfg(feature = "postgres")]
+        for name in self.pools.clusters.keys() {
+            if registry.get(&format!("postgresql:{name}")).is_none() {
+                return invalid(
+                    "cluster",
+                    name.clone(),
+                    "its pools are not in the registry: register them first (PgCluster::register)",
+                );
+            }
+        }
+        #[cfg(feature = "redis")]
+        for pool in self.pools.redis.iter().flat_map(RedisPools::iter) {
+            if registry.get(&format!("redis:{}", pool.name())).is_none() {
+                return invalid(
+                    "redis",
+                    pool.name().to_owned(),
+                    "the pool is not in the registry: register the pools first (RedisPools::register)",
+                );
+            }
+        }
+        #[cfg(not(any(feature = "postgres", feature = "redis")))]
+        let _ = registry;
+        Ok(())
+    }
+
+    /// The budgets read, the state built and the optimizer's loop started.
+    async fn started(mut self, token: Secret, generated_token: bool) -> (Admin, Pools) {
+        if self.read_budgets {
+            self.pools.read_budgets(&Default::default()).await;
+        }
+        let state = AdminState::builder(self.pools.registry.clone(), token.clone())
+            .metrics_open(self.metrics_open)
+            .dashboard(self.dashboard)
+            .health_timeout(self.health_timeout)
+            .budgets(self.pools.budgets.clone())
+            .config(self.config);
+        #[cfg(feature = "postgres")]
+        let state = state.clusters(self.pools.clusters.clone());
+        #[cfg(feature = "redis")]
+        let state = match &self.pools.redis {
+            Some(redis) => state.redis(redis.clone()),
+            None => state,
+        };
+        let state = state.build();
+        let optimizer = Optimizer::start(state.clone(), self.sample_interval, self.auto_tune);
+        (Admin { state, token, generated_token, optimizer }, self.pools)
+    }
+}
+
+/// The accept loop behind [`Server::serve`]: `app` with the [`Limits`], until `shutdown`.
+pub(crate) async fn accept_loop(
     mut listener: TcpListener,
     app: Router,
     limits: Limits,
@@ -239,15 +671,25 @@ async fn answer_within(limit: Duration, req: Request, next: Next) -> Response {
     }
 }
 
-/// Samples every `interval`; with `auto_tune`, also decides and resizes.
-async fn optimize(state: AdminState, interval: Duration, auto_tune: bool) {
+/// Samples every `interval`; with `auto_tune`, also decides and resizes. Ends when `stop` is
+/// sent or dropped.
+async fn optimize(
+    state: AdminState,
+    interval: Duration,
+    auto_tune: bool,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut tuner = auto_tune.then(|| {
         AutoTuner::new(TunerSettings::default(), Default::default(), state.budgets().to_vec())
     });
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
         state.sample();
         let Some(tuner) = tuner.as_mut() else { continue };
         let mark = tuner.decided();
@@ -275,7 +717,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{Limits, serve};
+    use pool_core::testing::TestManager;
+
+    use super::{Limits, Secret, Server, accept_loop as serve};
 
     /// Bounds a step that must end, so a broken server fails the test instead of hanging it.
     async fn ends<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -384,6 +828,190 @@ mod tests {
         stop.send(()).unwrap();
         ends("the end of serving", task).await.unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    }
+
+    /// A registry of one in-memory pool, `test:app`, of 3 connections and no overflow.
+    fn app_pool() -> (pool_core::Registry, pool_core::ConnectionPool<TestManager>) {
+        let registry = pool_core::Registry::new();
+        let pool = pool_core::ConnectionPool::builder(TestManager::new())
+            .name("app")
+            .pool_size(3)
+            .max_overflow(0)
+            .build()
+            .unwrap();
+        registry.register(std::sync::Arc::new(pool.clone())).unwrap();
+        (registry, pool)
+    }
+
+    /// `GET <uri>` with the token, through `app` in process: the status and the JSON body.
+    async fn get_json(app: &Router, uri: &str) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri(uri)
+            .header("authorization", "Bearer t0ken")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(req).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// A router mounted in a service's own app, over the service's own registry, gets the
+    /// optimizer's samples and recommendations from the background task; `shutdown` ends that
+    /// task, after which no sample is taken. The clock is tokio's, paused: a second of sleep is
+    /// a second of the task's timer.
+    #[tokio::test(start_paused = true)]
+    async fn an_embedded_router_gets_samples_and_recommendations_until_shutdown() {
+        let (registry, pool) = app_pool();
+        let admin = Server::builder(registry)
+            .token(Secret("t0ken".to_owned()))
+            .sample_interval(Duration::from_secs(1))
+            .start()
+            .await
+            .unwrap();
+        assert!(!admin.token_was_generated());
+        let app = Router::new().route("/hello", get(|| async { "hello" })).merge(admin.router());
+        for _ in 0..6 {
+            // Light traffic: the optimizer shrinks only pools that have some.
+            drop(pool.acquire().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        let (status, body) = get_json(&app, &format!("{}/optimize", crate::PREFIX)).await;
+        assert_eq!(status, 200, "{body:#}");
+        let windows = body["windows"]["test:app"].as_u64().unwrap();
+        assert!(windows >= 5, "a window a second: {body:#}");
+        let recs = body["recommendations"].as_array().unwrap();
+        assert!(
+            recs.iter()
+                .any(|r| r["pool"] == "test:app" && r["issue"] == "Too many idle connections"),
+            "{body:#}"
+        );
+        assert_eq!(body["auto_tuner_decisions"], serde_json::json!([]), "no tuner unless asked");
+
+        let state = admin.state().clone();
+        let task = admin.optimizer.task.abort_handle();
+        admin.shutdown().await;
+        assert!(task.is_finished(), "shutdown returns once the task has ended");
+        let taken = state.windows()["test:app"].len();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(state.windows()["test:app"].len(), taken, "no sample after shutdown");
+        // The router still answers, from the samples taken until then.
+        let (status, body) = get_json(&app, &format!("{}/optimize", crate::PREFIX)).await;
+        assert_eq!((status, body["windows"]["test:app"].as_u64()), (200, Some(windows)));
+        pool.acquire().await.expect("the service's pool stays open");
+    }
+
+    /// With `auto_tune`, the background task resizes the service's pools as the recommendations
+    /// say, and `GET optimize` lists its decisions.
+    #[tokio::test(start_paused = true)]
+    async fn the_auto_tuner_resizes_the_services_pool() {
+        let (registry, pool) = app_pool();
+        let admin = Server::builder(registry)
+            .token(Secret("t0ken".to_owned()))
+            .sample_interval(Duration::from_secs(1))
+            .auto_tune(true)
+            .start()
+            .await
+            .unwrap();
+        for _ in 0..8 {
+            drop(pool.acquire().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        let (_, body) = get_json(&admin.router(), &format!("{}/optimize", crate::PREFIX)).await;
+        let decisions = body["auto_tuner_decisions"].as_array().unwrap();
+        let shrink = decisions.iter().find(|d| d["pool"] == "test:app" && d["action"] == "shrink");
+        let shrink = shrink.unwrap_or_else(|| panic!("a shrink of test:app: {body:#}"));
+        assert_eq!(pool.config().pool_size, shrink["to"].as_u64().unwrap() as usize, "{body:#}");
+        assert!(pool.config().pool_size < 3, "{body:#}");
+        admin.shutdown().await;
+    }
+
+    /// Dropping the `Admin` ends the background task too, without waiting for it.
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_admin_stops_its_samples() {
+        let (registry, _pool) = app_pool();
+        let admin = Server::builder(registry)
+            .sample_interval(Duration::from_secs(1))
+            .start()
+            .await
+            .unwrap();
+        assert!(admin.token_was_generated());
+        let state = admin.state().clone();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let taken = state.windows()["test:app"].len();
+        assert!(taken >= 2, "{taken}");
+        drop(admin);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(state.windows()["test:app"].len(), taken, "no sample after the drop");
+    }
+
+    /// A server built in code serves the service's own app, admin routes merged in, with the
+    /// accept loop's limits, and when serving ends leaves the service's pools open.
+    #[tokio::test]
+    async fn a_server_built_in_code_serves_the_services_app_and_stops() {
+        let (registry, pool) = app_pool();
+        let server = Server::builder(registry)
+            .token(Secret("t0ken".to_owned()))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .request_timeout(Duration::from_secs(5))
+            .bind()
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let app = Router::new().route("/hello", get(|| async { "hello" })).merge(server.router());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(app, async move {
+            let _ = stopped.await;
+        }));
+        for (request, expected) in [
+            ("GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "hello"),
+            (
+                "GET /api/v1/admin/connection-pools/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nConnection: close\r\n\r\n",
+                "\"database_pools\":{\"test:app\"",
+            ),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let got = ends("the answer", read_to_close(&mut client)).await;
+            assert!(got.starts_with("HTTP/1.1 200 OK") && got.contains(expected), "{got}");
+        }
+        stop.send(()).unwrap();
+        ends("the end of serving", serving).await.unwrap().unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+        pool.acquire().await.expect("the service's pool stays open");
+    }
+
+    #[tokio::test]
+    async fn the_builder_refuses_what_it_cannot_run_with() {
+        let (registry, _pool) = app_pool();
+        let refused = |builder: super::ServerBuilder| async move {
+            builder.start().await.map(drop).unwrap_err().to_string()
+        };
+        let builder = || Server::builder(registry.clone());
+        assert_eq!(
+            refused(builder().sample_interval(Duration::ZERO)).await,
+            "admin server setting sample_interval = 0ns: must be more than zero"
+        );
+        assert_eq!(
+            refused(
+                builder()
+                    .health_timeout(Duration::from_secs(5))
+                    .request_timeout(Duration::from_secs(5))
+            )
+            .await,
+            "admin server setting request_timeout = 5s: must be greater than health_timeout (5s), or health checks time out as requests"
+        );
+        assert_eq!(
+            refused(builder().max_connections(0)).await,
+            "admin server setting max_connections = 0: must be from 1 to 65536 (with 0 no client is ever served)"
+        );
+        let public = builder().listen("0.0.0.0:0".parse().unwrap()).bind().await;
+        assert!(
+            matches!(public, Err(super::ServeError::TokenRequired(_))),
+            "a public address needs a token: {public:?}"
+        );
     }
 
     #[test]

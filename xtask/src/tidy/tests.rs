@@ -129,3 +129,46 @@ fn history_words_are_found_as_words() {
         assert_eq!(history_in(line), expected, "{line}");
     }
 }
+
+#[test]
+fn publishing_needs_the_registrys_fields_and_versions_on_path_dependencies() {
+    let complete = serde_json::json!({
+        "name": "pool-core", "publish": null, "description": "d", "license": "MIT",
+        "repository": "r", "readme": "Cargo.toml", "documentation": "https://docs.rs/pool-core",
+        "keywords": ["pool"], "categories": ["database"],
+        "manifest_path": concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        "targets": [{ "kind": ["lib"] }],
+        "dependencies": [
+            { "name": "pool-x", "req": "^0.1.0", "kind": null, "path": "/x" },
+            { "name": "pool-core", "req": "*", "kind": "dev", "path": "." },
+            { "name": "tokio", "req": "^1", "kind": null },
+        ],
+    });
+    let metadata = serde_json::json!({ "packages": [
+        complete,
+        {
+            "name": "pool-admin", "publish": null, "description": "", "license": "MIT",
+            "repository": "r", "readme": "NOPE.md", "documentation": null, "keywords": [],
+            "categories": ["database"], "manifest_path": "/w/crates/pool-admin/Cargo.toml",
+            "targets": [{ "kind": ["lib"] }],
+            "dependencies": [
+                { "name": "pool-core", "req": "*", "kind": null, "path": "/c" },
+                { "name": "pool-harness", "req": "^0.1.0", "kind": "dev", "path": "/h" },
+            ],
+        },
+        { "name": "pool-examples", "publish": null, "targets": [], "dependencies": [] },
+        { "name": "xtask", "publish": [], "targets": [], "dependencies": [] },
+    ]});
+    assert_eq!(
+        publishing(&metadata),
+        [
+            "pool-admin has no `description` in its manifest",
+            "pool-admin has no `documentation` in its manifest",
+            "pool-admin has no `keywords` in its manifest",
+            "pool-admin's readme NOPE.md is no file",
+            "pool-admin depends on pool-core by path alone: give it a version requirement",
+            "pool-admin's dev-dependency pool-harness is never published: name it by path alone, so that packaging leaves it out",
+            "pool-examples may be published; set `publish = false`",
+        ]
+    );
+}

@@ -11,10 +11,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pool_core::{HISTOGRAM_BOUNDS, Manager, Pool, PoolStats, pool_id};
+use pool_core::{HISTOGRAM_BOUNDS, Pool, PoolStats, pool_id};
 use pool_optimizer::{Action, Decision, Evidence, Recommendation, Severity};
-use pool_postgres::PgManager;
-use pool_redis::RedisManager;
 use serde_json::Value;
 
 use super::AdminState;
@@ -32,17 +30,22 @@ pub(super) async fn stats(State(state): State<AdminState>) -> Json<wire::StatsRe
     let mut out = wire::StatsResponse::default();
     for pool in state.inner.registry.pools() {
         let id = pool_id(pool.as_ref());
-        if pool.backend() != RedisManager::BACKEND {
+        if pool.backend() != REDIS {
             out.database_pools.insert(id, pool_stats(&pool.stats()));
             continue;
         }
         // The shared clients are known only when the Redis pools were handed over; their
         // engine's stats are read with them then, so the numbers are one reading.
-        let known = state.inner.redis.as_ref().and_then(|r| r.get(pool.name()));
-        let (s, shared) = match known.map(pool_redis::RedisPool::stats) {
-            Some(r) => (r.engine, Some((r.shared_clients, r.shared_connected))),
+        #[cfg(feature = "redis")]
+        let (s, shared) = match state.inner.redis.as_ref().and_then(|r| r.get(pool.name())) {
+            Some(r) => {
+                let r = r.stats();
+                (r.engine, Some((r.shared_clients, r.shared_connected)))
+            }
             None => (pool.stats(), None),
         };
+        #[cfg(not(feature = "redis"))]
+        let (s, shared): (PoolStats, Option<(usize, usize)>) = (pool.stats(), None);
         let redis = wire::RedisPoolStats {
             in_use_connections: s.active_connections,
             available_connections: s.idle_connections,
@@ -112,7 +115,9 @@ pub(super) async fn health(State(state): State<AdminState>) -> Response {
         });
         pools.insert(id, check);
     }
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut all_healthy = pools.values().all(|p| p.healthy);
+    #[cfg(feature = "postgres")]
     for cluster in state.inner.clusters.values() {
         for r in cluster.stats().replicas {
             if r.banned || r.lagging {
@@ -383,12 +388,26 @@ fn evidence(e: &Evidence) -> wire::Evidence {
     }
 }
 
+/// The backend names of the pools' ids (`postgresql:main`, `redis:cache`), as the backends'
+/// managers name themselves; said here so that a build without a backend still reads its pools'
+/// ids (a test checks they agree).
+const POSTGRES: &str = "postgresql";
+const REDIS: &str = "redis";
+
 /// The id of the replica pool named `name` by its cluster's stats.
+#[cfg(feature = "postgres")]
 fn replica_id(name: &str) -> String {
-    format!("{}:{name}", PgManager::BACKEND)
+    format!("{POSTGRES}:{name}")
+}
+
+/// Every cluster's replica routing and health: none without the `postgres` feature.
+#[cfg(not(feature = "postgres"))]
+fn replication(_: &AdminState) -> wire::Replication {
+    wire::Replication(BTreeMap::new())
 }
 
 /// Every cluster's replica routing and health.
+#[cfg(feature = "postgres")]
 fn replication(state: &AdminState) -> wire::Replication {
     let clusters = state
         .inner
@@ -446,7 +465,7 @@ fn pool_settings(backend: &str, c: &pool_core::PoolConfig) -> wire::PoolSettings
 fn backend_settings(source: &Value, id: &str) -> Option<serde_json::Map<String, Value>> {
     let (backend, name) = id.split_once(':')?;
     let table = match backend {
-        PgManager::BACKEND => {
+        POSTGRES => {
             let clusters = source.get("postgres")?;
             clusters.get(name).or_else(|| {
                 let (cluster, n) = name.rsplit_once("-replica-")?;
@@ -454,7 +473,7 @@ fn backend_settings(source: &Value, id: &str) -> Option<serde_json::Map<String, 
                 clusters.get(cluster)
             })?
         }
-        RedisManager::BACKEND => source.get("redis")?.get(name)?,
+        REDIS => source.get("redis")?.get(name)?,
         _ => return None,
     };
     let mut own = table.as_object()?.clone();
@@ -467,4 +486,15 @@ fn backend_settings(source: &Value, id: &str) -> Option<serde_json::Map<String, 
 /// A duration as the wire writes it: seconds.
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+#[cfg(all(test, feature = "postgres", feature = "redis"))]
+mod backend_names {
+    use pool_core::Manager;
+
+    #[test]
+    fn the_ids_backend_names_are_the_managers() {
+        assert_eq!(super::POSTGRES, pool_postgres::PgManager::BACKEND);
+        assert_eq!(super::REDIS, pool_redis::RedisManager::BACKEND);
+    }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use pool_core::{Pool, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
+#[cfg(feature = "postgres")]
 use pool_postgres::PgCluster;
+#[cfg(feature = "redis")]
 use pool_redis::RedisPools;
 use serde_json::Value;
 
@@ -23,7 +25,9 @@ pub struct AdminState {
 #[derive(Debug)]
 pub(super) struct Inner {
     pub(super) registry: Registry,
+    #[cfg(feature = "postgres")]
     pub(super) clusters: BTreeMap<String, PgCluster>,
+    #[cfg(feature = "redis")]
     pub(super) redis: Option<RedisPools>,
     pub(super) token: Secret,
     pub(super) metrics_open: bool,
@@ -92,7 +96,9 @@ impl AdminState {
         AdminStateBuilder {
             registry,
             token,
+            #[cfg(feature = "postgres")]
             clusters: BTreeMap::new(),
+            #[cfg(feature = "redis")]
             redis: None,
             metrics_open: false,
             dashboard: true,
@@ -158,7 +164,9 @@ impl AdminState {
 pub struct AdminStateBuilder {
     registry: Registry,
     token: Secret,
+    #[cfg(feature = "postgres")]
     clusters: BTreeMap<String, PgCluster>,
+    #[cfg(feature = "redis")]
     redis: Option<RedisPools>,
     metrics_open: bool,
     dashboard: bool,
@@ -168,7 +176,9 @@ pub struct AdminStateBuilder {
 }
 
 impl AdminStateBuilder {
-    /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`.
+    /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`. Feature
+    /// `postgres`.
+    #[cfg(feature = "postgres")]
     pub fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
         self.clusters = clusters;
         self
@@ -176,7 +186,8 @@ impl AdminStateBuilder {
 
     /// The Redis pools (also registered in the registry), so `GET stats` reports each one's
     /// shared clients (`shared_clients`, `shared_connected`), which the `Pool` trait does not
-    /// see: for a Redis pool that is only registered, they are null.
+    /// see: for a Redis pool that is only registered, they are null. Feature `redis`.
+    #[cfg(feature = "redis")]
     pub fn redis(mut self, pools: RedisPools) -> Self {
         self.redis = Some(pools);
         self
@@ -221,7 +232,9 @@ impl AdminStateBuilder {
             inner: Arc::new(Inner {
                 sampler: Mutex::new(Sampler::new(self.registry.clone(), 30)),
                 registry: self.registry,
+                #[cfg(feature = "postgres")]
                 clusters: self.clusters,
+                #[cfg(feature = "redis")]
                 redis: self.redis,
                 token: self.token,
                 metrics_open: self.metrics_open,

@@ -581,6 +581,7 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
 /// connections open, so that in use + available never exceeds it nor it `max_connections`;
 /// its shared clients apart, in `shared_clients` and `shared_connected`, which are null when
 /// the router sees the pool through the registry alone (against the shared real Redis).
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_numbers_count_exclusive_connections_and_shared_clients_apart() {
     use pool_redis::{PoolSettings, RedisConfig, RedisPools};

@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{AdminState, ApiError, router};
-use crate::config::{AdminConfig, Secret, secs};
+use crate::config::{AdminConfig, Secret, ServerConfig, secs};
 use crate::pools::{Pools, StartError};
 
 /// Why the server could not start or run.
@@ -134,9 +134,11 @@ impl Server {
             .metrics_open(admin.metrics_open)
             .dashboard(admin.dashboard)
             .auto_tune(admin.auto_tune)
-            .sample_interval(secs(admin.sample_interval).unwrap_or(Duration::from_secs(10)))
-            .health_timeout(secs(admin.health_timeout).unwrap_or(Duration::from_secs(2)))
-            .request_timeout(secs(admin.request_timeout).unwrap_or(Duration::from_secs(30)))
+            // A zero (or a value that is not seconds) is refused by the builder's check, naming
+            // the setting.
+            .sample_interval(secs(admin.sample_interval).unwrap_or_default())
+            .health_timeout(secs(admin.health_timeout).unwrap_or_default())
+            .request_timeout(secs(admin.request_timeout).unwrap_or_default())
             .max_connections(admin.max_connections);
         builder.token = admin.token.clone();
         builder.config = serde_json::to_value(config).unwrap_or_default();
@@ -356,19 +358,21 @@ pub struct ServerBuilder {
 
 impl ServerBuilder {
     fn new(pools: Pools) -> ServerBuilder {
+        // The server's defaults, said once in its configuration.
+        let d = ServerConfig::default();
         ServerBuilder {
             pools,
-            token: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            token: d.token,
+            listen: d.listen,
             read_budgets: true,
             close_pools: false,
-            sample_interval: Duration::from_secs(10),
-            auto_tune: false,
-            health_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 128,
-            metrics_open: false,
-            dashboard: true,
+            sample_interval: secs(d.sample_interval).unwrap_or_default(),
+            auto_tune: d.auto_tune,
+            health_timeout: secs(d.health_timeout).unwrap_or_default(),
+            request_timeout: secs(d.request_timeout).unwrap_or_default(),
+            max_connections: d.max_connections,
+            metrics_open: d.metrics_open,
+            dashboard: d.dashboard,
             config: Value::Null,
         }
     }

@@ -209,7 +209,13 @@ async fn a_dropped_blpop_future_does_not_get_its_connection_reused() -> TestResu
             r = wait_for_clients(&admin, "the BLPOP to block", |l| blocked_in_blpop(l) == 1) => { r?; }
         }
     }
-    assert!(conn.has_command_in_flight(), "fred still waits for the abandoned BLPOP");
+    // fred marks the connection blocked once its write of the BLPOP returns, which may be after
+    // the server already shows it blocked: wait for fred's own mark, as the pool reads it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !conn.has_command_in_flight() {
+        assert!(Instant::now() < deadline, "fred never marked the abandoned BLPOP in flight");
+        tokio::task::yield_now().await;
+    }
     drop(conn);
 
     // The server drops the blocked client once its socket is closed...

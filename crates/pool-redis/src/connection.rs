@@ -158,8 +158,10 @@ impl Owned {
         // fred's router marks a connection blocked when it writes a blocking command and
         // unmarks it when the answer arrives; commands not yet written are counted in its
         // queue. This reads fred's (doc-hidden) client state: there is no public accessor,
-        // and `tests/it/redis.rs` pins the behaviour. A blocking command dropped in the few
-        // microseconds between the router dequeuing and writing it is not seen.
+        // and `tests/it/redis.rs` pins the behaviour. fred marks a blocking command once its
+        // write returns: one dropped before that (the server may already hold it) is not seen
+        // here, and the return's `RESET` then waits behind it until its bound and the
+        // connection is closed as a failed reset, not reused.
         self.client.command_queue_len() > 0 || self.client.inner().backchannel.is_blocked()
     }
 

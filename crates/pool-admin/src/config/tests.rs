@@ -313,11 +313,13 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
 #[test]
 fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
     // A cluster's keys: the engine's and the cluster's own, in one list.
-    let pg_keys = "connect_timeout, connection_budget, health_check_interval, idle_timeout, \
-                   lag_probe_interval, leak_detection_threshold, max_connecting, max_overflow, \
-                   max_replica_lag, min_idle, pool_pre_ping, pool_recycle, pool_size, \
+    let pg_keys = "connect_statements, connect_timeout, connection_budget, \
+                   health_check_interval, idle_timeout, lag_probe_interval, \
+                   leak_detection_threshold, max_connecting, max_overflow, max_replica_lag, \
+                   min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, \
                    pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, replica_ban, \
-                   replica_timeout, replicas, reset_on_return, url";
+                   replica_timeout, replicas, reset_on_return, server_settings, ssl_cert, \
+                   ssl_key, ssl_mode, ssl_root_cert, url";
     let cases = [
         (
             "[postgres.main]\npool_sise = 3\n",

@@ -14,6 +14,7 @@ mod postgres;
 mod proxy;
 mod redis;
 mod services;
+mod tls;
 
 pub use detached::{Detached, Service};
 pub use dirs::target_dir;
@@ -23,3 +24,4 @@ pub use postgres::PgInstance;
 pub use proxy::Proxy;
 pub use redis::RedisInstance;
 pub use services::{postgres_url, reachable, redis_url};
+pub use tls::{CLIENT_ROLE, CertFiles, TestPki};

@@ -22,6 +22,6 @@ pub use owner::reap_abandoned;
 pub use ports::free_port;
 pub use postgres::{PgBuilder, PgHba, PgInstance};
 pub use proxy::Proxy;
-pub use redis::RedisInstance;
+pub use redis::{RedisBuilder, RedisInstance};
 pub use services::{postgres_url, reachable, redis_url};
 pub use tls::{CLIENT_ROLE, CertFiles, TestPki};

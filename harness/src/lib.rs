@@ -14,12 +14,14 @@ mod postgres;
 mod proxy;
 mod redis;
 mod services;
+mod tls;
 
 pub use detached::{Detached, Service};
 pub use dirs::target_dir;
 pub use owner::reap_abandoned;
 pub use ports::free_port;
-pub use postgres::PgInstance;
+pub use postgres::{PgBuilder, PgHba, PgInstance};
 pub use proxy::Proxy;
-pub use redis::RedisInstance;
+pub use redis::{RedisBuilder, RedisInstance};
 pub use services::{postgres_url, reachable, redis_url};
+pub use tls::{CLIENT_ROLE, CertFiles, TestPki};

@@ -10,3 +10,4 @@ mod postgres; // pool-postgres: the guard, reset on return, broken connections, 
 mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools
 mod replicas; // pool-postgres: read-your-writes and lag per server behind one replica address
 mod session; // pool-postgres: no state crosses from one user of a connection to the next
+mod tls; // pool-postgres: TLS in every sslmode, client certificates, rotating credentials, connect hooks, Unix sockets

@@ -425,6 +425,30 @@ fn what_serve_refuses_load_refuses_naming_key_source_and_value() {
             "invalid value for postgres.main.replicas[0] = postgres://r:99999/app from TOML file …: not a valid PostgreSQL URL: invalid port number",
         ),
         (
+            &[],
+            Some(
+                "[postgres.main]\nssl_mode = \"verify-full\"\nssl_root_cert = \"/nonexistent/ca.pem\"\n",
+            ),
+            "invalid value for postgres.main.ssl_root_cert = /nonexistent/ca.pem from TOML file …: cannot read it: No such file or directory (os error 2)",
+        ),
+        (
+            &[("DATABASE_SSL_MODE", "require"), ("DATABASE_SSL_KEY", "/nonexistent/client.key")],
+            None,
+            "invalid value for postgres.main.ssl_key = /nonexistent/client.key from environment variable DATABASE_SSL_KEY: a client key needs its certificate (sslcert) too",
+        ),
+        (
+            &[],
+            Some(
+                "[postgres.main]\nurl = \"postgres://app:hunter2@db/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"\n",
+            ),
+            "invalid value for postgres.main.url = postgres://app:***@db/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem from TOML file …: sslrootcert /nonexistent/ca.pem (from the URL): cannot read it: No such file or directory (os error 2)",
+        ),
+        (
+            &[("DATABASE_PASSWORD_FILE", "/nonexistent/db-password")],
+            None,
+            "invalid value for postgres.main.password_file = /nonexistent/db-password from environment variable DATABASE_PASSWORD_FILE: cannot read the password file /nonexistent/db-password: No such file or directory (os error 2)",
+        ),
+        (
             &[("DATABASE_URL", "postgres://app:hunter2@db/app?sslmode=bogus")],
             None,
             "invalid value for postgres.main.url = postgres://app:***@db/app?sslmode=bogus from environment variable DATABASE_URL: not a valid PostgreSQL URL: unknown value \"bogus\" for `ssl_mode`",

@@ -68,9 +68,12 @@ pub enum ResetOnReturn {
     /// Not reset (as with `DISCARD ALL`): libraries loaded with `LOAD`, connections that
     /// extensions keep (`dblink`, `postgres_fdw`), `random()`'s seed (`setseed`), and
     /// sqlx's client-side cache of custom type OIDs. Settings given at connect time (sqlx's
-    /// connect options, such as `options=-c search_path=app`) are the session's starting
-    /// point and stay. A `statement_timeout` so short that the reset itself times out closes
-    /// the connection.
+    /// connect options, such as `options=-c search_path=app`, or
+    /// [`PgManager::server_settings`](crate::PgManager::server_settings)) are the session's
+    /// starting point and stay; the manager's
+    /// [connect statements](crate::PgManager::connect_statements) are sent again at the end of
+    /// the same round trip, and its [hook](crate::PgManager::after_connect) run after it. A
+    /// `statement_timeout` so short that the reset itself times out closes the connection.
     #[default]
     Session,
     /// Only the transaction: `ROLLBACK` when the server reports one open or aborted, found in

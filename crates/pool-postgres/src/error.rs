@@ -44,7 +44,8 @@ pub enum PgError {
 }
 
 impl PgError {
-    /// sqlx's error, if this is one (a connect the server refused, a failed query).
+    /// sqlx's error, if there is one: a connect the server refused, a failed query, or what
+    /// failed a connect statement or the hook.
     pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
         match self {
             PgError::Sqlx(e) | PgError::Hook { source: e, .. } => Some(e),

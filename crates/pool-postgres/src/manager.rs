@@ -271,7 +271,7 @@ impl PgManager {
         options
     }
 
-    /// Opens a connection with `credential`, naming a TLS failure as one.
+    /// Opens a connection with `credential` (sqlx's error, for [`explain`](Self::explain)).
     async fn open(&self, credential: Option<&Credential>) -> Result<PgConnection, sqlx::Error> {
         PgConnection::connect_with(&self.connect_options(credential)).await
     }
@@ -431,6 +431,7 @@ pub(crate) use pool_core::redact_url as redact;
 #[cfg(test)]
 mod tests {
     use super::PgManager;
+    use crate::tls::{SslMode, TlsSettings};
 
     #[test]
     fn a_malformed_url_is_an_error_naming_it() {
@@ -448,5 +449,39 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = PgManager::from_url("mysql://h/db").unwrap_err();
         assert!(err.to_string().starts_with("invalid PostgreSQL URL"), "{err}");
+        let err = PgManager::from_url("postgres://u:secret@h/db?sslmode=allow").unwrap_err();
+        assert!(err.to_string().contains("sslmode=allow"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_no_password_from_the_url_or_the_provider() {
+        let manager = PgManager::from_url("postgres://u:hunter2@h/db?sslmode=verify-full")
+            .unwrap()
+            .with_credentials(pool_core::StaticCredentials::password("s3cret-token"));
+        let shown = format!("{manager:?}");
+        assert!(shown.contains("ssl_mode: VerifyFull"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn settings_in_code_override_the_url_and_a_socket_turns_tls_off() {
+        let manager = PgManager::from_url("postgres://h/db?sslmode=require&sslrootcert=/u.pem")
+            .unwrap()
+            .tls(TlsSettings::new().root_cert("/code.pem"));
+        let tls = manager.tls_state();
+        assert_eq!((tls.mode, tls.effective()), (SslMode::Require, SslMode::VerifyCa));
+        let root = tls.file(crate::tls::Which::RootCert).unwrap();
+        assert_eq!(root.value, "/code.pem");
+        let manager =
+            PgManager::from_url("postgres:///db?host=/run/postgresql&sslmode=verify-full").unwrap();
+        assert_eq!(
+            manager.options().get_socket().map(|p| p.to_str()),
+            Some(Some("/run/postgresql"))
+        );
+        assert_eq!(
+            (manager.ssl_mode(), manager.tls_state().effective()),
+            (SslMode::VerifyFull, SslMode::Disable)
+        );
     }
 }

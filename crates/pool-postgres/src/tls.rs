@@ -245,9 +245,11 @@ pub(crate) struct File {
 }
 
 impl File {
+    /// Whether sqlx takes it as the PEM itself: only libpq's variables may hold PEM (sqlx
+    /// reads a URL's parameter and a setting as a path).
     fn inline(&self) -> bool {
         let t = self.value.trim();
-        t.starts_with("-----BEGIN") && t.ends_with("-----")
+        self.origin == Origin::Env && t.starts_with("-----BEGIN") && t.ends_with("-----")
     }
 
     /// How errors name it: its path and where the path came from.

@@ -325,12 +325,12 @@ async fn health_is_not_hostage_to_exclusive_connections_in_long_use() -> TestRes
     let pool = RedisPool::connect("main", &redis_url(), small()).await?;
     // Both exclusive connections held, as blocking workers hold theirs.
     let held = futures_join(&pool, 2).await?;
-    let health = pool_core::Pool::health(&pool).await;
+    let health = pool_core::DynPool::health(&pool).await;
     assert!(health.healthy, "{health:?}");
     assert_eq!(health.error, None);
     assert_eq!(pool.engine().stats().timeouts, 0, "no acquire queued, none timed out");
     drop(held);
-    let health = pool_core::Pool::health(&pool).await;
+    let health = pool_core::DynPool::health(&pool).await;
     assert!(health.healthy && health.latency > Duration::ZERO, "{health:?}");
     pool.close().await?;
     Ok(())

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pool_core::{Pool, Registry, pool_id};
+use pool_core::{DynPool, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
 #[cfg(feature = "postgres")]
 use pool_postgres::PgCluster;
@@ -58,7 +58,7 @@ impl AdminState {
     /// What refused it: a budget (naming it and its numbers) or the pool's own checks.
     pub fn resize_within_budgets(
         &self,
-        pool: &Arc<dyn Pool>,
+        pool: &Arc<dyn DynPool>,
         pool_size: usize,
         max_overflow: usize,
     ) -> Result<(), String> {
@@ -71,7 +71,7 @@ impl AdminState {
             for other in b.pools.iter().filter(|p| **p != id) {
                 let Some(other) = self.inner.registry.get(other) else { continue };
                 let size = other.config().max_size();
-                let open = other.stats().open_connections;
+                let open = other.stats().open;
                 if open > size {
                     over.push(format!("{}: {open} open, size {size}", pool_id(other.as_ref())));
                 }
@@ -185,7 +185,7 @@ impl AdminStateBuilder {
     }
 
     /// The Redis pools (also registered in the registry), so `GET stats` reports each one's
-    /// shared clients (`shared_clients`, `shared_connected`), which the `Pool` trait does not
+    /// shared clients (`shared_clients`, `shared_connected`), which the `DynPool` trait does not
     /// see: for a Redis pool that is only registered, they are null. Feature `redis`.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, pools: RedisPools) -> Self {

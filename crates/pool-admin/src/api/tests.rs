@@ -684,7 +684,7 @@ async fn a_budget_counts_the_connections_a_shrunk_pool_still_holds() {
 
     drop(held);
     let closed = async {
-        while a.stats().open_connections > 2 {
+        while a.stats().open > 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };

@@ -511,7 +511,7 @@ impl ServerBuilder {
     /// What neither [`start`](Self::start) nor [`bind`](Self::bind) can run with.
     fn check(&self) -> Result<(), ServeError> {
         self.settings.check()?;
-        let invalid = |setting, value: String, reason: &str| {
+        let invalid = |setting, value: String, reason: &str| -> Result<(), ServeError> {
             Err(ServeError::Invalid { setting, value, reason: reason.to_owned() })
         };
         let registry = &self.pools.registry;
@@ -536,7 +536,7 @@ impl ServerBuilder {
             }
         }
         #[cfg(not(any(feature = "postgres", feature = "redis")))]
-        let _ = registry;
+        let _ = (registry, invalid);
         Ok(())
     }
 

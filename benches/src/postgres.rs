@@ -46,6 +46,10 @@ pub(crate) struct Args {
     /// What one operation does between checkout and return.
     #[arg(long, value_enum, default_value_t = Workload::Select1)]
     workload: Workload,
+    /// Over TLS (`sslmode=verify-full`) to a throwaway server with TLS on, instead of plaintext to
+    /// `DATABASE_URL`; `SELECT 1` only.
+    #[arg(long, conflicts_with = "workload")]
+    tls: bool,
 }
 
 /// What one operation does between checkout and return.
@@ -68,6 +72,9 @@ const MIX_POOLS: [&str; 8] = [
     "deadpool-postgres",
     "deadpool-postgres-clean",
 ];
+
+/// The pools of `--tls`, by default.
+const TLS_POOLS: [&str; 4] = ["pool-postgres", "pool-postgres-plain", "sqlx", "connect-per-query"];
 
 const POOLS: [&str; 9] = [
     "pool-postgres",
@@ -141,7 +148,9 @@ enum Subject {
 }
 
 impl Subject {
-    async fn build(name: &str, url: &str, args: &Args) -> anyhow::Result<Subject> {
+    async fn build(name: &str, server: &Server, args: &Args) -> anyhow::Result<Subject> {
+        let url = if name == "pool-postgres-plain" { &server.plain_url } else { &server.url };
+        let url = url.as_str();
         let check = !name.ends_with("-nocheck");
         fn ours<M: pool_core::Manager>(
             manager: M,
@@ -157,7 +166,9 @@ impl Subject {
         }
         let manager = || pool_postgres::PgManager::from_url(url);
         Ok(match name.trim_end_matches("-nocheck") {
-            "pool-postgres" => Subject::Ours(ours(manager()?, args.connections, check)?),
+            "pool-postgres" | "pool-postgres-plain" => {
+                Subject::Ours(ours(manager()?, args.connections, check)?)
+            }
             "pool-postgres-txreset" => {
                 let reset = pool_postgres::ResetOnReturn::Transaction;
                 Subject::Ours(ours(manager()?.reset_on_return(reset), args.connections, check)?)
@@ -226,9 +237,10 @@ impl Subject {
                 )
             }
             other => anyhow::bail!(
-                "unknown pool {other:?}; known: {}, {}",
+                "unknown pool {other:?}; known: {}, {}, {}",
                 POOLS.join(", "),
-                MIX_POOLS[1..4].join(", ")
+                MIX_POOLS[1..4].join(", "),
+                TLS_POOLS[1]
             ),
         })
     }
@@ -317,15 +329,46 @@ impl Subject {
     }
 }
 
+/// The server a run measures, and how each pool reaches it.
+struct Server {
+    /// The URL every pool connects with (over TLS with `--tls`).
+    url: String,
+    /// The same server over plaintext (`pool-postgres-plain`).
+    plain_url: String,
+    /// The throwaway server and its certificates (`--tls`), stopped when the run ends.
+    _tls: Option<(pool_harness::PgInstance, pool_harness::TestPki)>,
+}
+
+impl Server {
+    fn for_run(args: &Args) -> anyhow::Result<Server> {
+        if !args.tls {
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            return Ok(Server { plain_url: url.clone(), url, _tls: None });
+        }
+        let pki = pool_harness::TestPki::generate()?;
+        let pg = pool_harness::PgInstance::builder().ssl(pki.server()).start()?;
+        let port = pg.port();
+        let url = format!(
+            "postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            pki.ca_pem().display()
+        );
+        let plain_url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+        Ok(Server { url, plain_url, _tls: Some((pg, pki)) })
+    }
+}
+
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let server = Server::for_run(args)?;
+    let url = server.url.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let run_for = args.common.run_for();
     let selected: Vec<&str> = if args.workload == Workload::Mix && args.pools == POOLS {
         MIX_POOLS.to_vec()
+    } else if args.tls && args.pools == POOLS {
+        TLS_POOLS.to_vec()
     } else {
-        let known = || POOLS.iter().chain(&MIX_POOLS).copied();
+        let known = || POOLS.iter().chain(&MIX_POOLS).chain(&TLS_POOLS).copied();
         args.pools
             .iter()
             .map(|p| known().find(|k| k == p).with_context(|| format!("unknown pool {p:?}")))
@@ -339,7 +382,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let mut pairs: Vec<(f64, f64)> = Vec::new();
     let measured = report::run_rounds(&args.common, &selected, |scenario, tasks, name| {
         let row = rt.block_on(async {
-            let subject = Subject::build(name, &url, args)
+            let subject = Subject::build(name, &server, args)
                 .await
                 .with_context(|| format!("{name}: cannot reach PostgreSQL at {url} (DATABASE_URL); start it with `cargo xtask services up`"))?;
             subject.warm(usize::from(args.connections)).await?;
@@ -398,13 +441,40 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             (1.0 - pooled.max(0.0) / connecting) * 100.0
         );
     }
-    let json = match args.workload {
-        Workload::Select1 => "postgres",
-        Workload::Mix => "postgres-mix",
+    if args.tls {
+        tls_against_plaintext(&measured.rows);
+    }
+    let json = match (args.workload, args.tls) {
+        (_, true) => "postgres-tls",
+        (Workload::Select1, false) => "postgres",
+        (Workload::Mix, false) => "postgres-mix",
     };
     let path = report::write_json(json, &measured.rows)?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// `--tls`: what TLS costs our pool, per scenario: its median ops/s over TLS against plaintext to
+/// the same server.
+fn tls_against_plaintext(rows: &[report::Row]) {
+    let plain = |of: &report::Row| {
+        rows.iter()
+            .find(|r| {
+                r.pool == "pool-postgres-plain"
+                    && (&r.scenario, r.tasks) == (&of.scenario, of.tasks)
+            })
+            .map(|r| r.ops_per_sec)
+    };
+    for tls in rows.iter().filter(|r| r.pool == "pool-postgres") {
+        if let Some(plain) = plain(tls) {
+            println!(
+                "pooled over TLS against plaintext, {} tasks: {:.0} against {plain:.0} ops/s ({:.2}x)",
+                tls.tasks,
+                tls.ops_per_sec,
+                tls.ops_per_sec / plain
+            );
+        }
+    }
 }
 
 /// `--workload mix`'s query, which calls two functions.

@@ -184,8 +184,8 @@ async fn settled_pools(pools: &Pools) -> Invariant {
             .pools()
             .iter()
             .map(|p| p.stats())
-            .filter(|s| s.waiting != 0 || s.active_connections != 0)
-            .map(|s| format!("{}: {} waiting, {} in use", s.name, s.waiting, s.active_connections))
+            .filter(|s| s.waiting != 0 || s.in_use != 0)
+            .map(|s| format!("{}: {} waiting, {} in use", s.name, s.waiting, s.in_use))
             .collect();
         if busy.is_empty() {
             return Invariant {
@@ -263,12 +263,12 @@ async fn counts(servers: &Servers, pools: &Pools) -> anyhow::Result<Counts> {
         .flat_map(|r| r.iter())
         .map(|p| {
             let s = p.stats();
-            s.engine.open_connections + s.shared_connected
+            s.engine.open + s.shared_connected
         })
         .sum();
-    let replica_open = cluster.replicas().iter().map(|r| r.stats().open_connections).sum();
+    let replica_open = cluster.replicas().iter().map(|r| r.stats().open).sum();
     Ok(Counts {
-        primary: (pg, cluster.primary().stats().open_connections),
+        primary: (pg, cluster.primary().stats().open),
         replica: (rep, replica_open),
         redis: (redis, redis_pools),
     })
@@ -311,7 +311,7 @@ async fn touch_idle(pools: &Pools) {
     let mut held = Vec::new();
     for cluster in pools.clusters.values() {
         for pool in std::iter::once(cluster.primary().clone()).chain(cluster.replicas()) {
-            for _ in 0..pool.stats().idle_connections {
+            for _ in 0..pool.stats().idle {
                 if let Ok(conn) = pool.acquire_timeout(Duration::from_secs(2)).await {
                     held.push(conn);
                 }

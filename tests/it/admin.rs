@@ -49,7 +49,7 @@ fn config(pg: &PgInstance) -> AdminConfig {
     let mut config = AdminConfig::default();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.token = Some(Secret(TOKEN.to_owned()));
-    config.admin.health_timeout = 2.0;
+    config.admin.health_timeout = std::time::Duration::from_secs(2);
     config.postgres.clear();
     let mut main = PostgresConfig::default();
     main.url = Secret(pg.url());

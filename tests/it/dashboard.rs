@@ -30,7 +30,7 @@ fn config(primary: &PgInstance, replica: &PgInstance) -> AdminConfig {
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.admin.token = Some(Secret(TOKEN.to_owned()));
     // The test takes the optimizer's samples itself, so its recommendations hold still.
-    config.admin.sample_interval = 3600.0;
+    config.admin.sample_interval = std::time::Duration::from_secs(3600);
     config.postgres.clear();
     let mut main = PostgresConfig::default();
     main.url = Secret(primary.url());

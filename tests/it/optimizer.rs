@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pool_core::{Pool, PoolConfig, Registry};
+use pool_core::{DynPool, PoolConfig, Registry};
 use pool_harness::postgres_url;
 use pool_optimizer::{AutoTuner, Budget, Sampler, Settings, TunerSettings};
 use pool_postgres::{PgManager, PgPool, sqlx};
@@ -29,7 +29,7 @@ async fn run_windows(
             all.values().next().and_then(|w| w.last()).map(|w| w.wait_p90).unwrap_or_default();
         seen.push((pool.config().pool_size, wait_p90));
         for change in tuner.decide(&all) {
-            Pool::resize(pool, change.pool_size, change.max_overflow)
+            DynPool::resize(pool, change.pool_size, change.max_overflow)
                 .expect("resize within the settings");
         }
     }

@@ -243,6 +243,13 @@ async fn client_kill_of_every_pool_connection_then_checkouts_get_fresh_ones() ->
     // Warm: all three exclusive connections open (and the two shared clients).
     let held: Vec<_> = futures_join(&pool, 3).await?;
     drop(held);
+    // Each returned connection is reset in the background: one killed before its `RESET` is
+    // answered is closed as a failed reset, not found broken. Wait until all three are idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.engine().state().idle < 3 {
+        assert!(Instant::now() < deadline, "the returns never ended: {:?}", pool.engine().state());
+        tokio::task::yield_now().await;
+    }
     let before = wait_for_clients(&admin, "5 pool connections", |l| l.len() == 5).await?;
 
     let killed: i64 = admin
@@ -267,8 +274,18 @@ async fn client_kill_of_every_pool_connection_then_checkouts_get_fresh_ones() ->
         assert!(!old_ids.contains(&id.to_string()), "a fresh connection, not a killed one");
     }
     drop(conns);
-    for _ in 0..4 {
-        pool.shared().ping::<()>(None).await?;
+    // The server lists a shared client once its socket is accepted, before fred has set the
+    // connection up and calls it connected; and `shared()` hands out a connected client over one
+    // still connecting, so pinging through it proves nothing about the other. Wait for fred's
+    // own word on both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().shared_connected < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the shared clients never reconnected: {:?}",
+            pool.stats()
+        );
+        tokio::task::yield_now().await;
     }
     // A returned connection is reset in the background before it is available again: taking
     // all three again waits for that, and finds the same three (no more were opened).
@@ -325,12 +342,12 @@ async fn health_is_not_hostage_to_exclusive_connections_in_long_use() -> TestRes
     let pool = RedisPool::connect("main", &redis_url(), small()).await?;
     // Both exclusive connections held, as blocking workers hold theirs.
     let held = futures_join(&pool, 2).await?;
-    let health = pool_core::Pool::health(&pool).await;
+    let health = pool_core::DynPool::health(&pool).await;
     assert!(health.healthy, "{health:?}");
     assert_eq!(health.error, None);
     assert_eq!(pool.engine().stats().timeouts, 0, "no acquire queued, none timed out");
     drop(held);
-    let health = pool_core::Pool::health(&pool).await;
+    let health = pool_core::DynPool::health(&pool).await;
     assert!(health.healthy && health.latency > Duration::ZERO, "{health:?}");
     pool.close().await?;
     Ok(())

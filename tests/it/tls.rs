@@ -272,8 +272,7 @@ async fn the_pool_pre_pings_resets_and_replaces_terminated_connections_over_tls(
 
     // Terminated while idle (once its reset is done): the pre-ping finds it, and the checkout
     // gets a new connection.
-    wait_until(10, "the connection is reset and idle", async || pool.stats().idle_connections == 1)
-        .await;
+    wait_until(10, "the connection is reset and idle", async || pool.stats().idle == 1).await;
     sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut observer).await?;
     let mut conn = pool.acquire().await?;
     let new: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;

@@ -28,8 +28,8 @@ const FEATURE_CHECKS: [(&str, &str); 4] = [
 /// Installs the browser if needed, brings the services up and runs
 /// `cargo test --workspace -j2 <args>` with `DATABASE_URL` and `REDIS_URL` set; servers this
 /// call started itself are stopped afterwards. With no `args` (the full run, as CI's), first
-/// checks [`FEATURE_CHECKS`] with clippy, and after the tests runs the examples
-/// ([`run_examples`]).
+/// checks [`FEATURE_CHECKS`] with clippy, and after the tests runs pool-admin's unit tests in
+/// its reduced builds ([`test_reduced_builds`]) and the examples ([`run_examples`]).
 pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     if args.is_empty() {
         let code = check_features()?;
@@ -48,7 +48,33 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<ExitCode> {
     if code != ExitCode::SUCCESS || !args.is_empty() {
         return Ok(code);
     }
+    let code = test_reduced_builds(&services)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
     run_examples(&services)
+}
+
+/// `cargo test -j2 -p pool-admin --lib --no-default-features --features <features>` for each
+/// pool-admin build of [`FEATURE_CHECKS`]: its unit tests in the builds a user may pick, not only
+/// in the one `--workspace` unifies. Stops at the first that fails.
+fn test_reduced_builds(services: &Services) -> anyhow::Result<ExitCode> {
+    for (package, features) in FEATURE_CHECKS.iter().filter(|(p, _)| *p == "pool-admin") {
+        let with = if features.is_empty() { "no feature" } else { features };
+        eprintln!("xtask test: {package}'s unit tests with {with}");
+        let mut cmd = crate::cargo();
+        cmd.args(["test", "-j2", "-p", package, "--lib", "--no-default-features"]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        cmd.envs(services.env());
+        let code = crate::exit_code_of(cmd)?;
+        if code != ExitCode::SUCCESS {
+            eprintln!("xtask test: {package}'s unit tests with {with} failed");
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Builds every example of the workspace (`cargo build --workspace --examples`: the artifacts

@@ -20,7 +20,7 @@ pub mod wire;
 
 pub use self::errors::ApiError;
 pub use self::openapi::openapi;
-pub use self::state::{AdminState, AdminStateBuilder};
+pub use self::state::AdminState;
 
 /// The prefix of every admin route.
 pub const PREFIX: &str = "/api/v1/admin/connection-pools";

@@ -68,16 +68,21 @@ pub struct ServerConfig {
     pub dashboard: bool,
     /// Run the auto-tuner \[false\].
     pub auto_tune: bool,
-    /// Seconds between the optimizer's stats samples \[10\].
-    pub sample_interval: f64,
-    /// Seconds an active health check may take \[2\].
-    pub health_timeout: f64,
-    /// Seconds a client has to send a request's headers, and a request to be answered, body
-    /// included \[30\]; an idle kept-alive connection is closed after it too. Greater than
-    /// `health_timeout`.
-    pub request_timeout: f64,
-    /// Client connections served at once, 1 to 65536 \[128\]; more wait to be accepted.
-    pub max_connections: usize,
+    /// Time between the optimizer's stats samples \[10 s\].
+    #[serde(with = "pool_core::seconds::positive")]
+    pub sample_interval: Duration,
+    /// How long one pool's active health check may take \[2 s\].
+    #[serde(with = "pool_core::seconds::positive")]
+    pub health_timeout: Duration,
+    /// Time a client has to send a request's headers, and a request to be answered, body
+    /// included \[30 s\]; an idle kept-alive connection is closed after it too, and it is the
+    /// shutdown's grace period. Greater than `health_timeout`.
+    #[serde(with = "pool_core::seconds::positive")]
+    pub request_timeout: Duration,
+    /// HTTP clients served at once, 1 to 65536 \[128\]; more wait to be accepted. Also read
+    /// under its former name, `max_connections`.
+    #[serde(alias = "max_connections")]
+    pub max_clients: usize,
 }
 
 impl Default for ServerConfig {
@@ -88,16 +93,65 @@ impl Default for ServerConfig {
             metrics_open: false,
             dashboard: true,
             auto_tune: false,
-            sample_interval: 10.0,
-            health_timeout: 2.0,
-            request_timeout: 30.0,
-            max_connections: 128,
+            sample_interval: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            max_clients: 128,
         }
     }
 }
 
-/// The most clients the admin server may serve at once (`admin.max_connections`).
-const MAX_ADMIN_CONNECTIONS: usize = 65_536;
+/// The most HTTP clients the admin server may serve at once (`max_clients`).
+const MAX_CLIENTS: usize = 65_536;
+
+impl ServerConfig {
+    /// Checks the settings together, the one place the server's rules are said: durations
+    /// greater than zero and at most 100 years, `request_timeout` greater than `health_timeout`,
+    /// and `max_clients` from 1 to 65536. [`AdminConfig::load`] and the
+    /// [`ServerBuilder`](crate::ServerBuilder) both apply it.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Invalid`](crate::ServeError::Invalid) naming the first setting refused, its
+    /// value (durations in seconds) and why.
+    pub fn check(&self) -> Result<(), crate::ServeError> {
+        let invalid = |setting, value: String, reason: String| {
+            Err(crate::ServeError::Invalid { setting, value, reason })
+        };
+        for (setting, d) in [
+            ("sample_interval", self.sample_interval),
+            ("health_timeout", self.health_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if let Err(reason) = pool_core::Seconds::Positive.duration(d.as_secs_f64()) {
+                return invalid(setting, seconds_shown(d), reason.to_owned());
+            }
+        }
+        if self.request_timeout <= self.health_timeout {
+            return invalid(
+                "request_timeout",
+                seconds_shown(self.request_timeout),
+                format!(
+                    "must be greater than health_timeout ({}), or health checks time out as requests",
+                    seconds_shown(self.health_timeout)
+                ),
+            );
+        }
+        if !(1..=MAX_CLIENTS).contains(&self.max_clients) {
+            return invalid(
+                "max_clients",
+                self.max_clients.to_string(),
+                "must be from 1 to 65536 (with 0 no client is ever served)".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A duration as a setting's seconds (`2.5`, `30`).
+fn seconds_shown(d: Duration) -> String {
+    d.as_secs_f64().to_string()
+}
 
 // Derivable only with no backend, whose default pools it names.
 #[allow(clippy::derivable_impls)]
@@ -312,32 +366,12 @@ impl AdminConfig {
                 return Err(refused(&format!("redis.{name}"), &setting, value, &reason));
             }
         }
-        for (k, v) in [
-            ("admin.sample_interval", self.admin.sample_interval),
-            ("admin.health_timeout", self.admin.health_timeout),
-            ("admin.request_timeout", self.admin.request_timeout),
-        ] {
-            if let Err(reason) = pool_core::Seconds::Positive.duration(v) {
-                return Err(invalid(k.to_owned(), v.to_string(), reason));
+        if let Err(crate::ServeError::Invalid { setting, value, mut reason }) = self.admin.check() {
+            let key = format!("admin.{setting}");
+            if setting == "request_timeout" {
+                reason += &also(&key, "admin.health_timeout", "admin.health_timeout");
             }
-        }
-        if self.admin.request_timeout <= self.admin.health_timeout {
-            return Err(invalid(
-                "admin.request_timeout".into(),
-                self.admin.request_timeout.to_string(),
-                &format!(
-                    "must be greater than admin.health_timeout ({}), or health checks time out as requests{}",
-                    self.admin.health_timeout,
-                    also("admin.request_timeout", "admin.health_timeout", "admin.health_timeout"),
-                ),
-            ));
-        }
-        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.admin.max_connections) {
-            return Err(invalid(
-                "admin.max_connections".into(),
-                self.admin.max_connections.to_string(),
-                "must be from 1 to 65536 (with 0 no client is ever served)",
-            ));
+            return Err(invalid(key, value, &reason));
         }
         if let Some(token) = &self.admin.token
             && let Some((shown, reason)) = token_problem(token)
@@ -398,17 +432,6 @@ fn redis_url_problem(config: &RedisConfig) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// The longest duration a setting accepts, in seconds: 100 years, as pool-core's engine
-/// (longer ones would overflow its clock).
-const MAX_SECS: f64 = pool_core::MAX_DURATION.as_secs_f64();
-
-/// Seconds as a duration; `None` for zero, less, or not a number. [`AdminConfig::load`]
-/// rejects values above 100 years; one that got here another way is capped at 100 years
-/// rather than panicking in the conversion.
-pub(crate) fn secs(v: f64) -> Option<Duration> {
-    (v > 0.0).then(|| Duration::from_secs_f64(v.min(MAX_SECS)))
 }
 
 // Every backend's settings: the tests need both.

@@ -26,12 +26,15 @@
 //! # Examples
 //!
 //! ```
-//! use pool_admin::{AdminState, Secret, router};
+//! use pool_admin::{Secret, Server};
 //!
+//! # async fn f() -> Result<(), pool_admin::ServeError> {
 //! let pools = pool_core::Registry::new(); // register your pools here
-//! let admin = router(AdminState::builder(pools, Secret("s3cret".to_owned())).build());
-//! let app: axum::Router = axum::Router::new().merge(admin);
+//! let admin = Server::builder(pools).token(Secret("s3cret".to_owned())).start().await?;
+//! let app: axum::Router = axum::Router::new().merge(admin.router());
 //! # drop(app);
+//! admin.shutdown().await; // when the service stops
+//! # Ok(()) }
 //! ```
 
 /// The axum the [`router`] is built with: a service mounts it in an app of this version.
@@ -43,7 +46,7 @@ pub mod dashboard;
 mod pools;
 mod server;
 
-pub use crate::api::{AdminState, AdminStateBuilder, ApiError, PREFIX, openapi, router, wire};
+pub use crate::api::{AdminState, ApiError, PREFIX, openapi, router, wire};
 #[cfg(feature = "postgres")]
 pub use crate::config::PostgresConfig;
 pub use crate::config::{AdminConfig, ConfigError, Secret, ServerConfig, redact};

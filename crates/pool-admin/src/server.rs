@@ -35,7 +35,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{AdminState, ApiError, router};
-use crate::config::{AdminConfig, Secret, ServerConfig, secs};
+use crate::config::{AdminConfig, Secret, ServerConfig};
 use crate::pools::{Pools, StartError};
 
 /// Why the server could not start or run.
@@ -83,9 +83,6 @@ fn generate_token() -> Result<Secret, ServeError> {
     Ok(Secret(bytes.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
-/// The most clients the server may serve at once ([`ServerBuilder::max_connections`]).
-const MAX_CONNECTIONS: usize = 65_536;
-
 /// A bound admin server with its pools, ready to [`run`](Server::run) (the admin routes alone)
 /// or to [`serve`](Server::serve) a service's own app with the admin routes merged in.
 ///
@@ -109,7 +106,7 @@ pub(crate) struct Limits {
     /// to be answered.
     pub(crate) request_timeout: Duration,
     /// Clients served at once; the next waits in the listen backlog.
-    pub(crate) max_connections: usize,
+    pub(crate) max_clients: usize,
 }
 
 impl Server {
@@ -126,21 +123,10 @@ impl Server {
             return Err(ServeError::TokenRequired(listen));
         }
         let pools = Pools::start(config).await?;
-        let admin = &config.admin;
         let mut builder = ServerBuilder::new(pools)
-            .listen(listen)
+            .settings(config.admin.clone())
             .read_budgets(false) // `Pools::start` read them, with the config's own.
-            .close_pools(true)
-            .metrics_open(admin.metrics_open)
-            .dashboard(admin.dashboard)
-            .auto_tune(admin.auto_tune)
-            // A zero (or a value that is not seconds) is refused by the builder's check, naming
-            // the setting.
-            .sample_interval(secs(admin.sample_interval).unwrap_or_default())
-            .health_timeout(secs(admin.health_timeout).unwrap_or_default())
-            .request_timeout(secs(admin.request_timeout).unwrap_or_default())
-            .max_connections(admin.max_connections);
-        builder.token = admin.token.clone();
+            .close_pools(true);
         builder.config = serde_json::to_value(config).unwrap_or_default();
         builder.bind().await
     }
@@ -231,7 +217,7 @@ impl Server {
     /// closes the pools when the server owns them ([`bind`](Server::bind), or
     /// [`ServerBuilder::close_pools`]).
     ///
-    /// At most `max_connections` clients are served at once. A client has `request_timeout` to
+    /// At most `max_clients` clients are served at once. A client has `request_timeout` to
     /// send a request's headers, and a kept-alive connection that sends nothing for that long
     /// is closed; a request not answered within it (a body sent slowly) gets a 408.
     ///
@@ -341,54 +327,44 @@ impl Drop for Optimizer {
 #[must_use]
 pub struct ServerBuilder {
     pools: Pools,
-    token: Option<Secret>,
-    listen: SocketAddr,
+    /// The server's settings, their defaults and rules said once in [`ServerConfig`].
+    settings: ServerConfig,
     read_budgets: bool,
     close_pools: bool,
-    sample_interval: Duration,
-    auto_tune: bool,
-    health_timeout: Duration,
-    request_timeout: Duration,
-    max_connections: usize,
-    metrics_open: bool,
-    dashboard: bool,
     /// What `GET config` shows besides the pools' live settings: a config's, redacted.
     config: Value,
 }
 
 impl ServerBuilder {
     fn new(pools: Pools) -> ServerBuilder {
-        // The server's defaults, said once in its configuration.
-        let d = ServerConfig::default();
         ServerBuilder {
             pools,
-            token: d.token,
-            listen: d.listen,
+            settings: ServerConfig::default(),
             read_budgets: true,
             close_pools: false,
-            sample_interval: secs(d.sample_interval).unwrap_or_default(),
-            auto_tune: d.auto_tune,
-            health_timeout: secs(d.health_timeout).unwrap_or_default(),
-            request_timeout: secs(d.request_timeout).unwrap_or_default(),
-            max_connections: d.max_connections,
-            metrics_open: d.metrics_open,
-            dashboard: d.dashboard,
             config: Value::Null,
         }
+    }
+
+    /// Every setting of the server at once, as `pool-admin serve` reads them from its
+    /// configuration's `[admin]` table; the setters below change one each.
+    pub fn settings(mut self, settings: ServerConfig) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// The bearer token every admin route requires. Without one, a token is made up at start
     /// from the operating system's randomness (read it with `token()`), and
     /// [`bind`](Self::bind) refuses a non-loopback address.
     pub fn token(mut self, token: Secret) -> Self {
-        self.token = Some(token);
+        self.settings.token = Some(token);
         self
     }
 
     /// Where [`bind`](Self::bind) listens \[`127.0.0.1:9187`\]; port 0 takes a free one
     /// ([`Server::local_addr`]).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
+        self.settings.listen = addr;
         self
     }
 
@@ -438,19 +414,19 @@ impl ServerBuilder {
 
     /// Time between the optimizer's samples \[10 s\].
     pub fn sample_interval(mut self, interval: Duration) -> Self {
-        self.sample_interval = interval;
+        self.settings.sample_interval = interval;
         self
     }
 
     /// Whether the auto-tuner resizes pools within their budgets \[false\].
     pub fn auto_tune(mut self, on: bool) -> Self {
-        self.auto_tune = on;
+        self.settings.auto_tune = on;
         self
     }
 
     /// How long one pool's active health check may take \[2 s\].
     pub fn health_timeout(mut self, timeout: Duration) -> Self {
-        self.health_timeout = timeout;
+        self.settings.health_timeout = timeout;
         self
     }
 
@@ -458,25 +434,26 @@ impl ServerBuilder {
     /// answered \[30 s\]; also the grace period of the shutdown. Greater than the health
     /// timeout.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.settings.request_timeout = timeout;
         self
     }
 
-    /// Clients [`Server::serve`] serves at once, 1 to 65536 \[128\]; more wait to be accepted.
-    pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
+    /// HTTP clients [`Server::serve`] serves at once, 1 to 65536 \[128\]; more wait to be
+    /// accepted.
+    pub fn max_clients(mut self, max: usize) -> Self {
+        self.settings.max_clients = max;
         self
     }
 
     /// Serve `/metrics` without the token \[false\].
     pub fn metrics_open(mut self, open: bool) -> Self {
-        self.metrics_open = open;
+        self.settings.metrics_open = open;
         self
     }
 
     /// Serve the dashboard's page at `/dashboard/` \[true\].
     pub fn dashboard(mut self, serve: bool) -> Self {
-        self.dashboard = serve;
+        self.settings.dashboard = serve;
         self
     }
 
@@ -489,8 +466,8 @@ impl ServerBuilder {
     /// without a token, [`ServeError::Io`] when the address cannot be bound.
     pub async fn bind(self) -> Result<Server, ServeError> {
         self.check()?;
-        let listen = self.listen;
-        let (token, generated) = match &self.token {
+        let listen = self.settings.listen;
+        let (token, generated) = match &self.settings.token {
             Some(t) => (t.clone(), false),
             None if listen.ip().is_loopback() => (generate_token()?, true),
             None => return Err(ServeError::TokenRequired(listen)),
@@ -503,8 +480,10 @@ impl ServerBuilder {
             .map_err(|source| ServeError::Io { addr: listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| ServeError::Io { addr: listen, source })?;
-        let limits =
-            Limits { request_timeout: self.request_timeout, max_connections: self.max_connections };
+        let limits = Limits {
+            request_timeout: self.settings.request_timeout,
+            max_clients: self.settings.max_clients,
+        };
         let close_pools = self.close_pools;
         let (admin, pools) = self.started(token, generated).await;
         Ok(Server { listener, addr, admin, pools: Arc::new(pools), close_pools, limits })
@@ -517,12 +496,12 @@ impl ServerBuilder {
     /// # Errors
     ///
     /// [`ServeError::Invalid`] for a setting it cannot run with (a zero duration, a request
-    /// timeout not above the health timeout, `max_connections` out of range) or a cluster or
+    /// timeout not above the health timeout, `max_clients` out of range: [`ServerConfig::check`]) or a cluster or
     /// Redis pool missing from the registry; [`ServeError::Random`] when no token was given and
     /// none can be made.
     pub async fn start(self) -> Result<Admin, ServeError> {
         self.check()?;
-        let (token, generated) = match &self.token {
+        let (token, generated) = match &self.settings.token {
             Some(t) => (t.clone(), false),
             None => (generate_token()?, true),
         };
@@ -531,38 +510,10 @@ impl ServerBuilder {
 
     /// What neither [`start`](Self::start) nor [`bind`](Self::bind) can run with.
     fn check(&self) -> Result<(), ServeError> {
-        let invalid = |setting, value: String, reason: &str| {
+        self.settings.check()?;
+        let invalid = |setting, value: String, reason: &str| -> Result<(), ServeError> {
             Err(ServeError::Invalid { setting, value, reason: reason.to_owned() })
         };
-        for (setting, d) in [
-            ("sample_interval", self.sample_interval),
-            ("health_timeout", self.health_timeout),
-            ("request_timeout", self.request_timeout),
-        ] {
-            if d.is_zero() {
-                return invalid(setting, format!("{d:?}"), "must be more than zero");
-            }
-            if d > pool_core::MAX_DURATION {
-                return invalid(setting, format!("{d:?}"), "must be at most 100 years");
-            }
-        }
-        if self.request_timeout <= self.health_timeout {
-            return invalid(
-                "request_timeout",
-                format!("{:?}", self.request_timeout),
-                &format!(
-                    "must be greater than health_timeout ({:?}), or health checks time out as requests",
-                    self.health_timeout
-                ),
-            );
-        }
-        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
-            return invalid(
-                "max_connections",
-                self.max_connections.to_string(),
-                "must be from 1 to 65536 (with 0 no client is ever served)",
-            );
-        }
         let registry = &self.pools.registry;
         #[cfg(feature = "postgres")]
         for name in self.pools.clusters.keys() {
@@ -585,7 +536,7 @@ impl ServerBuilder {
             }
         }
         #[cfg(not(any(feature = "postgres", feature = "redis")))]
-        let _ = registry;
+        let _ = (registry, invalid);
         Ok(())
     }
 
@@ -595,9 +546,7 @@ impl ServerBuilder {
             self.pools.read_budgets(&Default::default()).await;
         }
         let state = AdminState::builder(self.pools.registry.clone(), token.clone())
-            .metrics_open(self.metrics_open)
-            .dashboard(self.dashboard)
-            .health_timeout(self.health_timeout)
+            .server(&self.settings)
             .budgets(self.pools.budgets.clone())
             .config(self.config);
         #[cfg(feature = "postgres")]
@@ -608,7 +557,8 @@ impl ServerBuilder {
             None => state,
         };
         let state = state.build();
-        let optimizer = Optimizer::start(state.clone(), self.sample_interval, self.auto_tune);
+        let optimizer =
+            Optimizer::start(state.clone(), self.settings.sample_interval, self.settings.auto_tune);
         (Admin { state, token, generated_token, optimizer }, self.pools)
     }
 }
@@ -626,7 +576,7 @@ pub(crate) async fn accept_loop(
     }));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(timeout);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_clients));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
@@ -735,14 +685,14 @@ mod tests {
     /// A server answering `GET /` and echoing `POST /`, with a `request_timeout` of 200 ms;
     /// returns its address, a way to stop it, and its task.
     async fn start(
-        max_connections: usize,
+        max_clients: usize,
     ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        start_with(max_connections, Duration::from_millis(200)).await
+        start_with(max_clients, Duration::from_millis(200)).await
     }
 
     /// [`start`] with another `request_timeout`.
     async fn start_with(
-        max_connections: usize,
+        max_clients: usize,
         request_timeout: Duration,
     ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -750,7 +700,7 @@ mod tests {
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/", post(|body: String| async move { body }));
-        let limits = Limits { request_timeout, max_connections };
+        let limits = Limits { request_timeout, max_clients };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app, limits, async move {
             let _ = stopped.await;
@@ -794,7 +744,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_max_connections_the_next_client_waits_for_a_slot() {
+    async fn past_max_clients_the_next_client_waits_for_a_slot() {
         let (addr, _stop, _task) = start(1).await;
         // The first client takes the only slot and holds it until its header timeout.
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -996,7 +946,7 @@ mod tests {
         let builder = || Server::builder(registry.clone());
         assert_eq!(
             refused(builder().sample_interval(Duration::ZERO)).await,
-            "admin server setting sample_interval = 0ns: must be more than zero"
+            "admin server setting sample_interval = 0: must be a number of seconds greater than zero"
         );
         assert_eq!(
             refused(
@@ -1005,11 +955,11 @@ mod tests {
                     .request_timeout(Duration::from_secs(5))
             )
             .await,
-            "admin server setting request_timeout = 5s: must be greater than health_timeout (5s), or health checks time out as requests"
+            "admin server setting request_timeout = 5: must be greater than health_timeout (5), or health checks time out as requests"
         );
         assert_eq!(
-            refused(builder().max_connections(0)).await,
-            "admin server setting max_connections = 0: must be from 1 to 65536 (with 0 no client is ever served)"
+            refused(builder().max_clients(0)).await,
+            "admin server setting max_clients = 0: must be from 1 to 65536 (with 0 no client is ever served)"
         );
         let public = builder().listen("0.0.0.0:0".parse().unwrap()).bind().await;
         assert!(

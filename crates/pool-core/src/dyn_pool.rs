@@ -1,4 +1,4 @@
-//! The object-safe [`Pool`] trait every layer above the backends speaks, and [`Health`].
+//! The object-safe [`DynPool`] trait every layer above the backends speaks, and [`Health`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,10 +13,15 @@ use crate::observer::Observer;
 use crate::pool::ConnectionPool;
 use crate::stats::PoolStats;
 
-/// A pool seen from above: metrics, the optimizer and the admin API hold `Arc<dyn Pool>` and
-/// never know the backend's types.
+/// A pool seen from above, whatever its backend: metrics, the optimizer and the admin API hold
+/// `Arc<dyn DynPool>` and never know the backend's types.
+///
+/// [`ConnectionPool`] is the pool itself, typed by its [`Manager`]; `DynPool` is the same pool
+/// with the connection type erased, as a [`Registry`](crate::Registry) holds it. Backends whose
+/// pool is more than one engine (a read/write cluster, Redis's shared clients) implement it
+/// themselves.
 #[async_trait]
-pub trait Pool: Send + Sync + fmt::Debug + 'static {
+pub trait DynPool: Send + Sync + fmt::Debug + 'static {
     /// The pool's name (`main`, `main-replica-1`, `cache`...).
     fn name(&self) -> &str;
 
@@ -91,7 +96,7 @@ impl Health {
 }
 
 #[async_trait]
-impl<M: Manager + fmt::Debug> Pool for ConnectionPool<M> {
+impl<M: Manager + fmt::Debug> DynPool for ConnectionPool<M> {
     fn name(&self) -> &str {
         ConnectionPool::name(self)
     }

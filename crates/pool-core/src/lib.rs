@@ -7,7 +7,7 @@
 //! names the caller's line (wrappers pass theirs with [`ConnectionPool::acquire_for_caller`]),
 //! runtime resize, close, and stats kept with atomics.
 //!
-//! Upper layers (metrics, optimizer, admin) hold pools as `Arc<dyn Pool>` in a [`Registry`], so
+//! Upper layers (metrics, optimizer, admin) hold pools as `Arc<dyn DynPool>` in a [`Registry`], so
 //! they work with any backend.
 //!
 //! # Examples
@@ -18,7 +18,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = ConnectionPool::builder(TestManager::new()).name("main").pool_size(4).build()?;
 //! let conn = pool.acquire().await?;
-//! assert_eq!(pool.stats().active_connections, 1);
+//! assert_eq!(pool.stats().in_use, 1);
 //! drop(conn); // back to the pool
 //! pool.close().await?;
 //! # Ok(()) }
@@ -47,7 +47,7 @@ pub use crate::credentials::{
     CachedCredentials, Credential, CredentialError, CredentialProvider, FileCredentials,
     FnCredentials, StaticCredentials,
 };
-pub use crate::dyn_pool::{Health, Pool};
+pub use crate::dyn_pool::{DynPool, Health};
 pub use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, LookupError, ObserveError, RegisterError,
     ResizeError, TimeoutError, TryAcquireError, WarmError,

@@ -1,9 +1,9 @@
-//! [`Registry`]: named pools, as `Arc<dyn Pool>`, shared by metrics, optimizer and admin.
+//! [`Registry`]: named pools, as `Arc<dyn DynPool>`, shared by metrics, optimizer and admin.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::dyn_pool::Pool;
+use crate::dyn_pool::DynPool;
 use crate::error::{LookupError, RegisterError};
 
 /// A set of pools, cheap to clone (clones share the set).
@@ -31,10 +31,10 @@ pub struct Registry {
 }
 
 /// Pools by (name, backend).
-type Pools = BTreeMap<(String, &'static str), Arc<dyn Pool>>;
+type Pools = BTreeMap<(String, &'static str), Arc<dyn DynPool>>;
 
 /// A pool's id in a registry: `backend:name`.
-pub fn pool_id(pool: &dyn Pool) -> String {
+pub fn pool_id(pool: &dyn DynPool) -> String {
     format!("{}:{}", pool.backend(), pool.name())
 }
 
@@ -49,7 +49,7 @@ impl Registry {
     /// # Errors
     ///
     /// [`RegisterError::Duplicate`] when a pool of the same backend and name is registered.
-    pub fn register(&self, pool: Arc<dyn Pool>) -> Result<(), RegisterError> {
+    pub fn register(&self, pool: Arc<dyn DynPool>) -> Result<(), RegisterError> {
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         let key = (pool.name().to_owned(), pool.backend());
         if pools.contains_key(&key) {
@@ -60,7 +60,7 @@ impl Registry {
     }
 
     /// The pool with this id (`backend:name`), or this name when only one backend uses it.
-    pub fn get(&self, id: &str) -> Option<Arc<dyn Pool>> {
+    pub fn get(&self, id: &str) -> Option<Arc<dyn DynPool>> {
         self.resolve(id).ok()
     }
 
@@ -70,7 +70,7 @@ impl Registry {
     ///
     /// [`LookupError::NotFound`], or [`LookupError::Ambiguous`] for a bare name that pools of
     /// several backends share.
-    pub fn resolve(&self, id: &str) -> Result<Arc<dyn Pool>, LookupError> {
+    pub fn resolve(&self, id: &str) -> Result<Arc<dyn DynPool>, LookupError> {
         let pools = self.pools.read().unwrap_or_else(PoisonError::into_inner);
         if let Some((backend, name)) = id.split_once(':')
             && let Some(pool) =
@@ -78,7 +78,7 @@ impl Registry {
         {
             return Ok(Arc::clone(pool));
         }
-        let named: Vec<&Arc<dyn Pool>> =
+        let named: Vec<&Arc<dyn DynPool>> =
             pools.iter().filter(|((n, _), _)| n == id).map(|(_, p)| p).collect();
         match named.as_slice() {
             [] => Err(LookupError::NotFound(id.to_owned())),
@@ -91,14 +91,14 @@ impl Registry {
     }
 
     /// Removes and returns the pool with this id (or unique name).
-    pub fn remove(&self, id: &str) -> Option<Arc<dyn Pool>> {
+    pub fn remove(&self, id: &str) -> Option<Arc<dyn DynPool>> {
         let pool = self.get(id)?;
         let mut pools = self.pools.write().unwrap_or_else(PoisonError::into_inner);
         pools.remove(&(pool.name().to_owned(), pool.backend()))
     }
 
     /// Every pool, ordered by name, then backend.
-    pub fn pools(&self) -> Vec<Arc<dyn Pool>> {
+    pub fn pools(&self) -> Vec<Arc<dyn DynPool>> {
         self.pools.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 

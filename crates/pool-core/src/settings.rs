@@ -231,6 +231,34 @@ impl EnvError {
     }
 }
 
+impl EnvError {
+    /// The error for a setting refused once the variables were applied, blaming the variable
+    /// that set it: among `vars` (each variable's name and its setting's key, in the order to
+    /// try them), the first set through `lookup` whose key is `setting` (less an index:
+    /// `replicas[1]` is `replicas`), or, for a refused size, the other half of it (`pool_size`
+    /// for `max_overflow`, and back). `None` when no variable set either: the setting's own
+    /// value is to blame.
+    pub fn blaming(
+        vars: impl IntoIterator<Item = (String, &'static str)>,
+        setting: &str,
+        reason: &str,
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Option<EnvError> {
+        let vars: Vec<_> = vars.into_iter().collect();
+        let key = setting.split('[').next().unwrap_or(setting);
+        let partner = match key {
+            "max_overflow" => Some("pool_size"),
+            "pool_size" => Some("max_overflow"),
+            _ => None,
+        };
+        std::iter::once(key).chain(partner).find_map(|key| {
+            vars.iter().filter(|(_, k)| *k == key).find_map(|(name, _)| {
+                lookup(name).map(|text| EnvError::new(name.as_str(), &text, reason))
+            })
+        })
+    }
+}
+
 /// Applies the variables of `table` found through `lookup` to `config`, each under the name
 /// `prefix` + its own (`""` for the unprefixed ones); unset variables leave `config` as it is.
 ///
@@ -389,6 +417,36 @@ pub mod seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_setting_blames_the_variable_that_set_it_or_its_other_half() {
+        let vars = || {
+            [("A_POOL_SIZE", "pool_size"), ("A_POOL_OVERFLOW", "max_overflow"), ("A_URLS", "urls")]
+                .map(|(name, key)| (name.to_owned(), key))
+        };
+        let set = |names: &'static [(&'static str, &'static str)]| {
+            move |var: &str| names.iter().find(|(n, _)| *n == var).map(|(_, v)| (*v).to_owned())
+        };
+        let blamed = |setting, lookup| {
+            EnvError::blaming(vars(), setting, "too big", &lookup).map(|e| e.to_string())
+        };
+        let overflow_only = set(&[("A_POOL_OVERFLOW", "9999")]);
+        assert_eq!(
+            blamed("max_overflow", overflow_only),
+            Some(EnvError::new("A_POOL_OVERFLOW", "9999", "too big").to_string())
+        );
+        // The size refused as a whole, set by its other half alone.
+        assert_eq!(
+            blamed("pool_size", overflow_only),
+            Some(EnvError::new("A_POOL_OVERFLOW", "9999", "too big").to_string())
+        );
+        let urls = set(&[("A_URLS", "x,y")]);
+        assert_eq!(
+            blamed("urls[1]", urls),
+            Some(EnvError::new("A_URLS", "x,y", "too big").to_string())
+        );
+        assert_eq!(blamed("pool_timeout", overflow_only), None, "no variable set it");
+    }
 
     #[test]
     fn seconds_mean_what_their_setting_says() {

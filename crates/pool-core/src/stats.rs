@@ -321,13 +321,13 @@ impl Stats {
             pool_size: config.pool_size,
             max_overflow: config.max_overflow,
             min_idle: config.effective_min_idle(),
-            active_connections: g.in_use,
-            idle_connections: g.idle,
+            in_use: g.in_use,
+            idle: g.idle,
             waiting: g.waiting,
             connecting: g.connecting,
-            open_connections: g.open,
+            open: g.open,
             overflow: g.open.saturating_sub(config.pool_size),
-            peak_connections: self.peak_in_use.load(Relaxed).max(g.in_use),
+            peak_in_use: self.peak_in_use.load(Relaxed).max(g.in_use),
             peak_waiting: self.peak_waiting.load(Relaxed).max(g.waiting),
             acquires: wait_time.count(),
             waits: self.waits.load(Relaxed),
@@ -349,6 +349,10 @@ impl Stats {
 }
 
 /// One pool's stats at one moment.
+///
+/// Its gauges (`in_use`, `idle`, `waiting`, `connecting`, `open`) carry the names and meanings of
+/// [`PoolState`](crate::PoolState)'s, the engine's view of them under its lock; `PoolStats` adds
+/// the settings, counters and histograms that exporters and the optimizer read.
 ///
 /// # Consistency
 ///
@@ -372,21 +376,21 @@ pub struct PoolStats {
     /// Warm connections kept (effective setting).
     pub min_idle: usize,
     /// Connections checked out now.
-    pub active_connections: usize,
+    pub in_use: usize,
     /// Connections idle in the pool now.
-    pub idle_connections: usize,
+    pub idle: usize,
     /// Callers waiting for a connection now.
     pub waiting: usize,
     /// Connects in flight now.
     pub connecting: usize,
     /// Connections open now, as the pool counts them against `pool_size + max_overflow`: in
     /// use, idle, being checked or reset by the pool, being opened, or being closed.
-    pub open_connections: usize,
-    /// Open connections beyond `pool_size`, counted as `open_connections` are: right after a
+    pub open: usize,
+    /// Open connections beyond `pool_size`, counted as `open` are: right after a
     /// shrink, those still closing count too.
     pub overflow: usize,
     /// Most connections in use at once since the last reset.
-    pub peak_connections: usize,
+    pub peak_in_use: usize,
     /// Most callers waiting at once since the last reset.
     pub peak_waiting: usize,
     /// Successful acquires (checkouts): the count of `wait_time`.
@@ -412,7 +416,7 @@ pub struct PoolStats {
     /// How long connections were held by their users, counted when the hold ends (returned,
     /// discarded or detached).
     pub use_time: HistogramSnapshot,
-    /// Connection-time in use since the last reset: the integral of `active_connections` over
+    /// Connection-time in use since the last reset: the integral of `in_use` over
     /// time (two connections out for a second add two seconds), the connections out now counted
     /// up to the snapshot. Its increase between two snapshots over the time between them is how
     /// many connections were in use on average; unlike `use_time`, which counts a hold whole

@@ -43,7 +43,7 @@ pub struct Metric {
 }
 
 impl Metric {
-    /// Whether [`Pool::reset_stats`](pool_core::Pool::reset_stats) zeroes this counter: the
+    /// Whether [`DynPool::reset_stats`](pool_core::DynPool::reset_stats) zeroes this counter: the
     /// engine's counters do; a router's (fallbacks, replica bans) are the router's and stay.
     pub fn zeroed_by_reset_stats(&self) -> bool {
         self.kind == Kind::Counter
@@ -277,12 +277,12 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
         Sample {
             metric: m(0),
             label: Some((attr::STATE, "idle")),
-            value: Value::Int(s.idle_connections as u64),
+            value: Value::Int(s.idle as u64),
         },
         Sample {
             metric: m(0),
             label: Some((attr::STATE, "used")),
-            value: Value::Int(s.active_connections as u64),
+            value: Value::Int(s.in_use as u64),
         },
         int(1, max),
         int(2, s.min_idle),
@@ -294,7 +294,7 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
         hist(8, &s.use_time),
         int(9, s.pool_size),
         int(10, s.overflow),
-        int(11, s.peak_connections),
+        int(11, s.peak_in_use),
         count(12, s.connections_created),
     ];
     out.extend(s.closed.iter().map(|(reason, n)| Sample {

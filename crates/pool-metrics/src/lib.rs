@@ -9,7 +9,7 @@
 //! (`db_client_connection_wait_time_seconds_bucket`), so one dashboard reads both.
 //! [`METRICS`] lists every metric; `docs/metrics.md` is the same table for readers.
 //!
-//! Exporters pull: gauges and counters are read from [`Pool::stats`](pool_core::Pool::stats) at
+//! Exporters pull: gauges and counters are read from [`DynPool::stats`](pool_core::DynPool::stats) at
 //! scrape or collection time, so the engine's hot path pays nothing for them. Histograms come
 //! from the engine's own histograms (Prometheus) or from pool-core's observer hook, which counts
 //! each event per thread and hands the counts to the SDK at collection (OpenTelemetry).

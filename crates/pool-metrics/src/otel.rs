@@ -18,7 +18,7 @@ use opentelemetry::metrics::{
     AsyncInstrument, BoundHistogram, Histogram, Meter, ObservableCounter, ObservableGauge,
     ObservableUpDownCounter,
 };
-use pool_core::{HISTOGRAM_BOUNDS, ObserveError, Observer, Pool, PoolStats, Registry};
+use pool_core::{DynPool, HISTOGRAM_BOUNDS, ObserveError, Observer, PoolStats, Registry};
 use thread_local::ThreadLocal;
 
 use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
@@ -37,7 +37,7 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 ///
 /// # Counters across `reset_stats`
 ///
-/// The engine's counters restart from zero on [`Pool::reset_stats`], but an OpenTelemetry
+/// The engine's counters restart from zero on [`DynPool::reset_stats`], but an OpenTelemetry
 /// counter must never go down (an exporter with delta temporality subtracts the last value it
 /// reported). Every exported counter is therefore kept monotonic: per pool, counter and label,
 /// the instruments remember the last value read and, when the pool's stats were reset since
@@ -338,7 +338,7 @@ impl OtelMetrics {
     /// # Errors
     ///
     /// [`ObserveError`] when the pool has another observer attached already.
-    pub fn attach(&self, pool: &dyn Pool) -> Result<(), ObserveError> {
+    pub fn attach(&self, pool: &dyn DynPool) -> Result<(), ObserveError> {
         pool.set_observer(self.observer(pool.name(), pool.backend()))
     }
 
@@ -593,13 +593,13 @@ mod tests {
         provider.force_flush().unwrap();
         assert_eq!((timeouts(&cumulative), timeouts(&delta)), (5, 5));
 
-        Pool::reset_stats(&pool);
+        DynPool::reset_stats(&pool);
         time_out(2).await;
         assert_eq!(pool.stats().timeouts, 2, "the engine's counter restarted");
         provider.force_flush().unwrap();
         assert_eq!((timeouts(&cumulative), timeouts(&delta)), (7, 2));
 
-        Pool::reset_stats(&pool);
+        DynPool::reset_stats(&pool);
         time_out(8).await;
         provider.force_flush().unwrap();
         assert_eq!((timeouts(&cumulative), timeouts(&delta)), (15, 8));

@@ -13,7 +13,7 @@ use crate::catalog::{Kind, METRICS, Metric, Value, attr, samples};
 /// Renders every pool of a [`Registry`] at scrape time (pools added later are included).
 ///
 /// Counters and histograms are the engine's own, so they restart from zero when a pool's
-/// [`reset_stats`](pool_core::Pool::reset_stats) runs; Prometheus's `rate()` and `increase()`
+/// [`reset_stats`](pool_core::DynPool::reset_stats) runs; Prometheus's `rate()` and `increase()`
 /// read such a drop as a counter reset. (The collector keeps no state between scrapes, and
 /// [`render`] makes a new one each time, so it does not carry values over resets the way
 /// `OtelMetrics` does.)

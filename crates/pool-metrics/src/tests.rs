@@ -9,7 +9,7 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use pool_core::testing::TestManager;
 use pool_core::{
-    ConnectionPool, Health, ObserveError, Observer, Pool, PoolConfig, PoolStats, Registry,
+    ConnectionPool, DynPool, Health, ObserveError, Observer, PoolConfig, PoolStats, Registry,
     ResizeError, Routing,
 };
 
@@ -21,12 +21,12 @@ use crate::{METRICS, OtelMetrics, render};
 struct Routed(ConnectionPool<TestManager>, Routing);
 
 #[async_trait::async_trait]
-impl Pool for Routed {
+impl DynPool for Routed {
     fn name(&self) -> &str {
         self.0.name()
     }
     fn backend(&self) -> &'static str {
-        Pool::backend(&self.0)
+        DynPool::backend(&self.0)
     }
     fn stats(&self) -> PoolStats {
         let mut stats = self.0.stats();
@@ -46,7 +46,7 @@ impl Pool for Routed {
         self.0.set_observer(observer)
     }
     async fn health(&self) -> Health {
-        Pool::health(&self.0).await
+        DynPool::health(&self.0).await
     }
 }
 

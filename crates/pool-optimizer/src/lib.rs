@@ -5,7 +5,7 @@
 //!   timeouts, overflow, idle share, connect errors).
 //! - [`analyze`] is a pure function — no IO, no clock — from windows, [`Settings`] and connection
 //!   [`Budget`]s to [`Recommendation`]s, each with its evidence.
-//! - [`AutoTuner`] (off unless you run it) applies proposals through `Pool::resize` with
+//! - [`AutoTuner`] (off unless you run it) applies proposals through `DynPool::resize` with
 //!   hysteresis, cooldowns, bounded steps and a check that each step up paid off; every
 //!   decision is logged with its inputs.
 //!

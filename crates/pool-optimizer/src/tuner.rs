@@ -1,4 +1,4 @@
-//! [`AutoTuner`]: applies the analysis's proposals through `Pool::resize`, with hysteresis.
+//! [`AutoTuner`]: applies the analysis's proposals through `DynPool::resize`, with hysteresis.
 //!
 //! A proposal is applied only after `agree` windows in a row proposed a change the same way;
 //! each change is followed by `cooldown` windows without changes; a step is bounded (at most
@@ -415,7 +415,7 @@ impl AutoTuner {
     }
 
     /// Runs the tuner: every `interval`, samples the pools, decides and applies the changes
-    /// through `Pool::resize`. A refused resize is logged and skipped (the next window shows
+    /// through `DynPool::resize`. A refused resize is logged and skipped (the next window shows
     /// the size unchanged, and the tuner starts over from it). Every decision is traced with
     /// its inputs as [`decide`](Self::decide) takes it; the tuner moves into the task, so its
     /// [`log`](Self::log) is out of reach: to keep the decisions, call `decide` on a timer of

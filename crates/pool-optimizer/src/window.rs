@@ -86,7 +86,7 @@ impl Window {
             timeouts: after.timeouts - before.timeouts,
             connect_errors: after.connect_errors.saturating_sub(before.connect_errors),
             overflow: after.overflow,
-            open: after.open_connections,
+            open: after.open,
             in_use_time: Some(after.in_use_time - before.in_use_time),
             seq: 0,
         })

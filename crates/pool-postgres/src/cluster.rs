@@ -231,7 +231,7 @@ impl PgCluster {
     /// [`ClusterBuildError::Register`] when a name is taken; pools of this cluster registered
     /// before the failure are removed again.
     ///
-    /// Each pool is registered as a [`Pool`](pool_core::Pool) whose stats carry its
+    /// Each pool is registered as a [`DynPool`](pool_core::DynPool) whose stats carry its
     /// [`Routing`](pool_core::Routing): the primary's
     /// fallbacks, each replica's bans and lag, so exporters see them like any other stat.
     pub fn register(&self, registry: &Registry) -> Result<(), ClusterBuildError> {

@@ -253,22 +253,9 @@ impl PostgresConfig {
         pool_core::apply_env(&mut self, Self::ENV, Self::ENV_PREFIX, &lookup)?;
         pool_core::apply_env(&mut self.pool, PoolConfig::ENV, Self::ENV_PREFIX, &lookup)?;
         if let Err(ConfigError::Invalid { setting, value, reason }) = self.validate() {
-            // The variable that set the refused setting, or the other half of a refused size.
-            let key = setting.split('[').next().unwrap_or(&setting).to_owned();
-            let partner = match key.as_str() {
-                "max_overflow" => Some("pool_size"),
-                "pool_size" => Some("max_overflow"),
-                _ => None,
-            };
-            let set_by = |key: &str| {
-                let (name, _, _) = Self::env_vars().find(|(_, k, _)| *k == key)?;
-                let text = lookup(&name)?;
-                Some((name, text))
-            };
-            return Err(match set_by(&key).or_else(|| partner.and_then(set_by)) {
-                Some((name, text)) => EnvError::new(name, &text, reason),
-                None => EnvError::new(setting, &value, reason),
-            });
+            let vars = Self::env_vars().map(|(name, key, _)| (name, key));
+            return Err(EnvError::blaming(vars, &setting, &reason, &lookup)
+                .unwrap_or_else(|| EnvError::new(setting, &value, reason)));
         }
         Ok(self)
     }

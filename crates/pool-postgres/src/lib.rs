@@ -15,7 +15,7 @@ mod token;
 /// The sqlx this crate is built on, so users get the matching version.
 pub use sqlx;
 
-/// The engine this crate is built on (`PoolConfig`, `Registry`, the `Pool` trait), so users get
+/// The engine this crate is built on (`PoolConfig`, `Registry`, the `DynPool` trait), so users get
 /// the matching version without a dependency of their own.
 pub use pool_core;
 

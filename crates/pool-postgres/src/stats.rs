@@ -1,5 +1,5 @@
 //! [`ClusterStats`] and [`ReplicaStats`]: a cluster's routing counters and replica health.
-//! Each pool's own stats come from its [`Pool`](pool_core::Pool).
+//! Each pool's own stats come from its [`DynPool`](pool_core::DynPool).
 
 use std::time::Duration;
 

@@ -139,16 +139,14 @@ impl RedisConfig {
             Self::apply_pool_env(settings, &Self::env_prefix(name), &lookup)?;
             // A value that parses but that the pool refuses is still its variable's fault.
             if let Err(ConfigError::Invalid { setting, reason, .. }) = settings.validate(name) {
-                let set_by = |prefix: &str| {
-                    let (var, _, _) =
-                        Self::pool_env_vars(prefix).find(|(_, k, _)| *k == setting)?;
-                    lookup(&var).map(|text| (var, text))
-                };
-                let prefixed = set_by(&Self::env_prefix(name));
-                let found =
-                    if name == "main" { prefixed.or_else(|| set_by("REDIS_")) } else { prefixed };
-                if let Some((var, text)) = found {
-                    return Err(EnvError::new(var, &text, reason).into());
+                // For `main`, its own variables before the unprefixed ones.
+                let unprefixed = (name == "main").then(|| Self::pool_env_vars("REDIS_"));
+                let prefix = Self::env_prefix(name);
+                let vars = Self::pool_env_vars(&prefix)
+                    .chain(unprefixed.into_iter().flatten())
+                    .map(|(var, key, _)| (var, key));
+                if let Some(e) = EnvError::blaming(vars, &setting, &reason, &lookup) {
+                    return Err(e.into());
                 }
             }
         }

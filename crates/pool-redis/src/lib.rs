@@ -11,7 +11,7 @@ mod shared;
 mod stats;
 
 pub use fred;
-/// The engine this crate is built on (`Registry`, the `Pool` trait), so users get the matching
+/// The engine this crate is built on (`Registry`, the `DynPool` trait), so users get the matching
 /// version without a dependency of their own.
 pub use pool_core;
 

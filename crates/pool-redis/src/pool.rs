@@ -37,7 +37,7 @@ pub type ExclusiveConnection = PooledConnection<RedisManager>;
 /// - [`exclusive`](Self::exclusive): a connection of one's own, for `WATCH`/`MULTI`/`EXEC`,
 ///   blocking commands (`BLPOP`, `XREAD BLOCK`...) and commands that change connection state.
 ///
-/// It implements the engine's [`Pool`](pool_core::Pool) trait (stats of the exclusive
+/// It implements the engine's [`DynPool`](pool_core::DynPool) trait (stats of the exclusive
 /// connections, resize, health), so metrics and admin layers see it like any other pool.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -123,8 +123,8 @@ impl RedisPool {
     }
 
     /// The settings the pool was opened with. A resize through
-    /// [`Pool::resize`](pool_core::Pool::resize) changes the engine's sizes, not these:
-    /// [`Pool::config`](pool_core::Pool::config) has the current ones.
+    /// [`DynPool::resize`](pool_core::DynPool::resize) changes the engine's sizes, not these:
+    /// [`DynPool::config`](pool_core::DynPool::config) has the current ones.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
     }
@@ -189,8 +189,8 @@ impl RedisPool {
         let shared_connected = shared.connected();
         RedisStats {
             name: self.inner.name.to_string(),
-            in_use: engine.active_connections,
-            available: engine.idle_connections,
+            in_use: engine.in_use,
+            available: engine.idle,
             created: crate::stats::created(&engine, shared_connected),
             max_connections: engine.pool_size + engine.max_overflow,
             shared_clients: shared.len(),
@@ -267,13 +267,13 @@ impl fmt::Debug for RedisPool {
 }
 
 #[async_trait]
-impl pool_core::Pool for RedisPool {
+impl pool_core::DynPool for RedisPool {
     fn name(&self) -> &str {
         &self.inner.name
     }
 
     fn last_connect_error(&self) -> Option<String> {
-        pool_core::Pool::last_connect_error(&self.inner.exclusive)
+        pool_core::DynPool::last_connect_error(&self.inner.exclusive)
     }
 
     fn backend(&self) -> &'static str {
@@ -328,7 +328,7 @@ impl pool_core::Pool for RedisPool {
             }
         } else {
             let mut health =
-                <ConnectionPool<RedisManager> as pool_core::Pool>::health(engine).await;
+                <ConnectionPool<RedisManager> as pool_core::DynPool>::health(engine).await;
             health.pool = pool;
             health
         };

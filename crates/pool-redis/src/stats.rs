@@ -3,7 +3,7 @@
 use pool_core::PoolStats;
 
 /// One Redis pool's stats: redis-py's three numbers, the shared clients, and the engine's full
-/// [`PoolStats`] for the exclusive connections (what the [`Pool`](pool_core::Pool) trait
+/// [`PoolStats`] for the exclusive connections (what the [`DynPool`](pool_core::DynPool) trait
 /// reports).
 ///
 /// # Consistency
@@ -43,7 +43,7 @@ pub struct RedisStats {
 /// [`RedisStats::created`] from the engine's stats of the exclusive connections and the number
 /// of shared clients connected now.
 pub(crate) fn created(engine: &PoolStats, shared_connected: usize) -> usize {
-    engine.open_connections.saturating_sub(engine.connecting) + shared_connected
+    engine.open.saturating_sub(engine.connecting) + shared_connected
 }
 
 #[cfg(test)]
@@ -55,10 +55,10 @@ mod tests {
     #[test]
     fn created_counts_open_exclusive_connections_and_connected_shared_clients() {
         let mut engine = PoolStats::default();
-        (engine.open_connections, engine.connecting) = (5, 2);
+        (engine.open, engine.connecting) = (5, 2);
         assert_eq!(created(&engine, 1), 4);
         assert_eq!(created(&engine, 0), 3, "a reconnecting shared client is not open");
-        (engine.open_connections, engine.connecting) = (0, 0);
+        (engine.open, engine.connecting) = (0, 0);
         assert_eq!(created(&engine, 2), 2);
     }
 }

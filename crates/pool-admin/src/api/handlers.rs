@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pool_core::{HISTOGRAM_BOUNDS, Pool, PoolStats, pool_id};
+use pool_core::{DynPool, HISTOGRAM_BOUNDS, PoolStats, pool_id};
 use pool_optimizer::{Action, Decision, Evidence, Recommendation, Severity};
 use serde_json::Value;
 
@@ -47,9 +47,9 @@ pub(super) async fn stats(State(state): State<AdminState>) -> Json<wire::StatsRe
         #[cfg(not(feature = "redis"))]
         let (s, shared): (PoolStats, Option<(usize, usize)>) = (pool.stats(), None);
         let redis = wire::RedisPoolStats {
-            in_use_connections: s.active_connections,
-            available_connections: s.idle_connections,
-            created_connections: s.open_connections.saturating_sub(s.connecting),
+            in_use_connections: s.in_use,
+            available_connections: s.idle,
+            created_connections: s.open.saturating_sub(s.connecting),
             max_connections: s.pool_size.saturating_add(s.max_overflow),
             shared_clients: shared.map(|(configured, _)| configured),
             shared_connected: shared.map(|(_, connected)| connected),
@@ -213,7 +213,7 @@ pub(super) async fn reset_stats(
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<wire::ResetResponse>, ApiError> {
     let target = optional_json_body::<wire::ResetRequest>(&headers, body)?.and_then(|r| r.pool);
-    let pools: Vec<Arc<dyn Pool>> = match &target {
+    let pools: Vec<Arc<dyn DynPool>> = match &target {
         Some(name) => {
             vec![state.inner.registry.resolve(name).map_err(|e| ApiError::lookup(e, name))?]
         }
@@ -299,8 +299,8 @@ fn pool_stats(s: &PoolStats) -> wire::PoolStats {
         s.closed.iter().map(|(reason, n)| (reason.as_str().to_owned(), n)).collect();
     wire::PoolStats {
         backend: s.backend.to_owned(),
-        active_connections: s.active_connections,
-        peak_connections: s.peak_connections,
+        active_connections: s.in_use,
+        peak_connections: s.peak_in_use,
         connections_created: s.connections_created,
         connections_closed: s.connections_closed,
         average_wait_time: secs(s.average_wait_time),
@@ -308,8 +308,8 @@ fn pool_stats(s: &PoolStats) -> wire::PoolStats {
         overflow: s.overflow,
         max_overflow: s.max_overflow,
         min_idle: s.min_idle,
-        idle_connections: s.idle_connections,
-        open_connections: s.open_connections,
+        idle_connections: s.idle,
+        open_connections: s.open,
         waiting: s.waiting,
         peak_waiting: s.peak_waiting,
         acquires: s.acquires,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pool_core::{Pool, Registry, pool_id};
+use pool_core::{DynPool, Registry, pool_id};
 use pool_optimizer::{Budget, Decision, Recommendation, Sampler, Settings, analyze};
 #[cfg(feature = "postgres")]
 use pool_postgres::PgCluster;
@@ -14,7 +14,7 @@ use pool_postgres::PgCluster;
 use pool_redis::RedisPools;
 use serde_json::Value;
 
-use crate::config::Secret;
+use crate::config::{Secret, ServerConfig};
 
 /// What the admin routes serve from: the pools, the optimizer's history, the token.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl AdminState {
     /// What refused it: a budget (naming it and its numbers) or the pool's own checks.
     pub fn resize_within_budgets(
         &self,
-        pool: &Arc<dyn Pool>,
+        pool: &Arc<dyn DynPool>,
         pool_size: usize,
         max_overflow: usize,
     ) -> Result<(), String> {
@@ -71,7 +71,7 @@ impl AdminState {
             for other in b.pools.iter().filter(|p| **p != id) {
                 let Some(other) = self.inner.registry.get(other) else { continue };
                 let size = other.config().max_size();
-                let open = other.stats().open_connections;
+                let open = other.stats().open;
                 if open > size {
                     over.push(format!("{}: {open} open, size {size}", pool_id(other.as_ref())));
                 }
@@ -92,7 +92,7 @@ impl AdminState {
     }
 
     /// State over `registry`, every admin route requiring `token`.
-    pub fn builder(registry: Registry, token: Secret) -> AdminStateBuilder {
+    pub(crate) fn builder(registry: Registry, token: Secret) -> AdminStateBuilder {
         AdminStateBuilder {
             registry,
             token,
@@ -100,9 +100,7 @@ impl AdminState {
             clusters: BTreeMap::new(),
             #[cfg(feature = "redis")]
             redis: None,
-            metrics_open: false,
-            dashboard: true,
-            health_timeout: Duration::from_secs(2),
+            server: ServerConfig::default(),
             budgets: Vec::new(),
             config: Value::Null,
         }
@@ -161,16 +159,14 @@ impl AdminState {
 /// Builds an [`AdminState`].
 #[derive(Debug)]
 #[must_use]
-pub struct AdminStateBuilder {
+pub(crate) struct AdminStateBuilder {
     registry: Registry,
     token: Secret,
     #[cfg(feature = "postgres")]
     clusters: BTreeMap<String, PgCluster>,
     #[cfg(feature = "redis")]
     redis: Option<RedisPools>,
-    metrics_open: bool,
-    dashboard: bool,
-    health_timeout: Duration,
+    server: ServerConfig,
     budgets: Vec<Budget>,
     config: Value,
 }
@@ -179,55 +175,42 @@ impl AdminStateBuilder {
     /// PostgreSQL clusters, for replica bans and lag in `GET health` and `GET stats`. Feature
     /// `postgres`.
     #[cfg(feature = "postgres")]
-    pub fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
+    pub(crate) fn clusters(mut self, clusters: BTreeMap<String, PgCluster>) -> Self {
         self.clusters = clusters;
         self
     }
 
     /// The Redis pools (also registered in the registry), so `GET stats` reports each one's
-    /// shared clients (`shared_clients`, `shared_connected`), which the `Pool` trait does not
+    /// shared clients (`shared_clients`, `shared_connected`), which the `DynPool` trait does not
     /// see: for a Redis pool that is only registered, they are null. Feature `redis`.
     #[cfg(feature = "redis")]
-    pub fn redis(mut self, pools: RedisPools) -> Self {
+    pub(crate) fn redis(mut self, pools: RedisPools) -> Self {
         self.redis = Some(pools);
         self
     }
 
-    /// Serve `/metrics` without the token.
-    pub fn metrics_open(mut self, open: bool) -> Self {
-        self.metrics_open = open;
-        self
-    }
-
-    /// Serve the dashboard's page at `/dashboard/` \[true\]. Its HTML, CSS and JS are served
-    /// without the token because they hold no data; the page fetches every number from the
-    /// API routes with the token.
-    pub fn dashboard(mut self, serve: bool) -> Self {
-        self.dashboard = serve;
-        self
-    }
-
-    /// How long one pool's active health check may take \[2 s\].
-    pub fn health_timeout(mut self, timeout: Duration) -> Self {
-        self.health_timeout = timeout;
+    /// The server's settings that the routes follow: `metrics_open`, `dashboard` and
+    /// `health_timeout`.
+    pub(crate) fn server(mut self, settings: &ServerConfig) -> Self {
+        self.server = settings.clone();
         self
     }
 
     /// Connection budgets: the optimizer never proposes more, and resizes that break one are
     /// refused.
-    pub fn budgets(mut self, budgets: Vec<Budget>) -> Self {
+    pub(crate) fn budgets(mut self, budgets: Vec<Budget>) -> Self {
         self.budgets = budgets;
         self
     }
 
     /// The (redacted) configuration `GET config` shows besides each pool's live settings.
-    pub fn config(mut self, config: Value) -> Self {
+    pub(crate) fn config(mut self, config: Value) -> Self {
         self.config = config;
         self
     }
 
     /// The state.
-    pub fn build(self) -> AdminState {
+    pub(crate) fn build(self) -> AdminState {
         AdminState {
             inner: Arc::new(Inner {
                 sampler: Mutex::new(Sampler::new(self.registry.clone(), 30)),
@@ -237,13 +220,13 @@ impl AdminStateBuilder {
                 #[cfg(feature = "redis")]
                 redis: self.redis,
                 token: self.token,
-                metrics_open: self.metrics_open,
-                dashboard: self.dashboard,
-                health_timeout: self.health_timeout,
+                metrics_open: self.server.metrics_open,
+                dashboard: self.server.dashboard,
+                health_timeout: self.server.health_timeout,
                 budgets: self.budgets,
                 settings: Settings::default(),
                 config: self.config,
-                openapi: super::openapi::document(self.metrics_open, self.dashboard)
+                openapi: super::openapi::document(self.server.metrics_open, self.server.dashboard)
                     .to_json()
                     .unwrap_or_default(),
                 decisions: Mutex::new(Vec::new()),

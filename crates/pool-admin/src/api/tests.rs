@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use super::auth::bearer_token;
 use super::*;
-use crate::Secret;
+use crate::{Secret, ServerConfig};
 use pool_optimizer::Budget;
 use std::time::Duration;
 
@@ -52,10 +52,14 @@ async fn fixture(metrics_open: bool) -> Fixture {
         reserved: 2,
         pools: vec!["test:main".to_owned(), "test:other".to_owned()],
     };
+    let server = ServerConfig {
+        metrics_open,
+        health_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
     let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
-        .metrics_open(metrics_open)
+        .server(&server)
         .budgets(vec![budget])
-        .health_timeout(Duration::from_secs(1))
         .build();
     Fixture { app: router(state.clone()), state, db, main: pool, other }
 }
@@ -479,9 +483,8 @@ async fn a_health_check_that_times_out_names_the_last_connect_error() {
         .unwrap();
     let registry = Registry::new();
     registry.register(Arc::new(pool)).unwrap();
-    let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
-        .health_timeout(Duration::from_secs(1))
-        .build();
+    let server = ServerConfig { health_timeout: Duration::from_secs(1), ..ServerConfig::default() };
+    let state = AdminState::builder(registry, Secret(TOKEN.to_owned())).server(&server).build();
     down.wait_until(|c| c.failed_connects >= 1).await;
     let (status, body) = get(&router(state), &format!("{PREFIX}/health")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -684,7 +687,7 @@ async fn a_budget_counts_the_connections_a_shrunk_pool_still_holds() {
 
     drop(held);
     let closed = async {
-        while a.stats().open_connections > 2 {
+        while a.stats().open > 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
@@ -754,10 +757,8 @@ async fn the_served_document_lists_what_the_router_serves() {
         let registry = Registry::new();
         let pool = ConnectionPool::builder(TestManager::new()).name("main").build().unwrap();
         registry.register(Arc::new(pool)).unwrap();
-        let state = AdminState::builder(registry, Secret(TOKEN.to_owned()))
-            .metrics_open(metrics_open)
-            .dashboard(dashboard)
-            .build();
+        let server = ServerConfig { metrics_open, dashboard, ..ServerConfig::default() };
+        let state = AdminState::builder(registry, Secret(TOKEN.to_owned())).server(&server).build();
         let app = router(state);
         let (_, doc) = get(&app, "/api/v1/admin/openapi.json").await;
         let paths = doc["paths"].as_object().unwrap();

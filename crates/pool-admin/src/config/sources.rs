@@ -161,11 +161,32 @@ impl Provider for TomlFile {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Toml::string(&self.text).data().map_err(|e| match &e.kind {
+        let mut data = Toml::string(&self.text).data().map_err(|e| match &e.kind {
             figment::error::Kind::Message(msg) => figment::Error::from(self.unshown(msg)),
             _ => e,
-        })
+        })?;
+        for dict in data.values_mut() {
+            former_names(dict).map_err(figment::Error::from)?;
+        }
+        Ok(data)
     }
+}
+
+/// Reads settings written under their former names as their current ones:
+/// `admin.max_connections` is `admin.max_clients`. (serde's alias alone would see both names
+/// once the defaults, which use the current one, are merged in.)
+fn former_names(dict: &mut Dict) -> Result<(), String> {
+    let Some(Value::Dict(_, admin)) = dict.get_mut("admin") else { return Ok(()) };
+    if let Some(value) = admin.remove("max_connections") {
+        if admin.contains_key("max_clients") {
+            return Err(
+                "admin.max_connections is the former name of admin.max_clients: set only one"
+                    .to_owned(),
+            );
+        }
+        admin.insert("max_clients".to_owned(), value);
+    }
+    Ok(())
 }
 
 impl TomlFile {

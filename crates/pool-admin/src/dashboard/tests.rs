@@ -25,7 +25,8 @@ fn app(dashboard: bool) -> Router {
         .build()
         .unwrap();
     registry.register(Arc::new(pool)).unwrap();
-    router(AdminState::builder(registry, Secret(TOKEN.to_owned())).dashboard(dashboard).build())
+    let server = crate::ServerConfig { dashboard, ..crate::ServerConfig::default() };
+    router(AdminState::builder(registry, Secret(TOKEN.to_owned())).server(&server).build())
 }
 
 /// Status, headers and body of `GET uri`, with the token or without.

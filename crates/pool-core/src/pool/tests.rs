@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::testing::{LogCapture, TestManager};
 use crate::{
-    AcquireError, Builder, CloseReason, ConnectionPool, Pool, Registry, TryAcquireError, WarmError,
+    AcquireError, Builder, CloseReason, ConnectionPool, DynPool, Registry, TryAcquireError,
+    WarmError,
 };
 
 fn builder(m: &TestManager) -> Builder<TestManager> {
@@ -278,7 +279,7 @@ async fn overflow_is_opened_under_load_and_retired_once_idle() {
         held.push(pool.acquire().await.unwrap());
     }
     let s = pool.stats();
-    assert_eq!((s.open_connections, s.overflow, s.active_connections), (4, 2, 4));
+    assert_eq!((s.open, s.overflow, s.in_use), (4, 2, 4));
     assert!(
         pool.acquire().await.unwrap_err().is_timeout(),
         "pool_size + max_overflow is the limit"
@@ -286,7 +287,7 @@ async fn overflow_is_opened_under_load_and_retired_once_idle() {
     drop(held);
     tokio::time::sleep(Duration::from_secs(12)).await;
     let s = pool.stats();
-    assert_eq!((s.open_connections, s.overflow, s.idle_connections), (2, 0, 2));
+    assert_eq!((s.open, s.overflow, s.idle), (2, 0, 2));
     assert_eq!(s.closed.get(CloseReason::Idle), 2);
     assert_eq!(m.counts().live, 2);
 }
@@ -601,7 +602,7 @@ async fn idle_timeout_never_goes_below_min_idle() {
     drop(held);
     tokio::time::sleep(Duration::from_secs(30)).await;
     let s = pool.stats();
-    assert_eq!((s.open_connections, s.idle_connections), (2, 2));
+    assert_eq!((s.open, s.idle), (2, 2));
     assert_eq!(s.closed.get(CloseReason::Idle), 3);
 }
 
@@ -723,7 +724,7 @@ async fn resize_grows_for_waiters_and_shrinks_without_cutting_users_short() {
     drop(more);
     until("closed", || m.counts().live == 1).await;
     let s = pool.stats();
-    assert_eq!((s.open_connections, s.idle_connections, s.pool_size), (1, 1, 1));
+    assert_eq!((s.open, s.idle, s.pool_size), (1, 1, 1));
     assert_eq!(s.closed.get(CloseReason::Shrink), 4);
     let err = pool.resize(0, 0).unwrap_err().to_string();
     assert_eq!(
@@ -827,7 +828,7 @@ async fn a_caller_waits_for_a_connection_being_reset_rather_than_opening_another
     let conn = pool.acquire().await.unwrap();
     assert_eq!(conn.id(), id, "the caller got the connection once reset");
     assert_eq!(m.counts().connects, 1, "no overflow connection was opened");
-    assert_eq!(pool.stats().peak_connections, 1);
+    assert_eq!(pool.stats().peak_in_use, 1);
     drop(conn);
 
     m.fail_resets(true);
@@ -861,14 +862,11 @@ async fn reset_stats_zeroes_counters_and_peaks_but_not_gauges() {
     drop(held);
     let one = pool.acquire().await.unwrap();
     let before = pool.stats();
-    assert_eq!((before.acquires, before.peak_connections, before.connections_created), (4, 3, 3));
-    Pool::reset_stats(&pool);
+    assert_eq!((before.acquires, before.peak_in_use, before.connections_created), (4, 3, 3));
+    DynPool::reset_stats(&pool);
     let after = pool.stats();
-    assert_eq!((after.acquires, after.peak_connections, after.connections_created), (0, 1, 0));
-    assert_eq!(
-        (after.active_connections, after.idle_connections, after.open_connections),
-        (1, 2, 3)
-    );
+    assert_eq!((after.acquires, after.peak_in_use, after.connections_created), (0, 1, 0));
+    assert_eq!((after.in_use, after.idle, after.open), (1, 2, 3));
     drop(one);
 }
 
@@ -918,7 +916,7 @@ async fn in_use_time_integrates_connections_in_use_up_to_the_snapshot() {
     // A reset starts it again from zero; a connection out across the reset counts from it.
     let d = pool.acquire().await.unwrap();
     tokio::time::advance(ten).await;
-    Pool::reset_stats(&pool);
+    DynPool::reset_stats(&pool);
     let after = pool.stats();
     assert_eq!((after.in_use_time, after.resets), (Duration::ZERO, 1));
     tokio::time::advance(ten).await;
@@ -932,7 +930,7 @@ async fn in_use_time_integrates_connections_in_use_up_to_the_snapshot() {
 async fn pool_trait_and_registry_see_any_pool() {
     let m = TestManager::new();
     let registry = Registry::new();
-    let pool: Arc<dyn Pool> = Arc::new(warm_pool(paused(&m).name("main").pool_size(2), 2).await);
+    let pool: Arc<dyn DynPool> = Arc::new(warm_pool(paused(&m).name("main").pool_size(2), 2).await);
     registry.register(pool.clone()).unwrap();
     let err = registry.register(pool.clone()).unwrap_err();
     assert_eq!(err.to_string(), "a pool with id \"test:main\" is already registered");
@@ -1122,8 +1120,8 @@ async fn stress_keeps_every_invariant() {
     })
     .await;
     let s = pool.stats();
-    assert_eq!((s.waiting, s.active_connections), (0, 0));
-    assert_eq!(s.connections_created - s.connections_closed, s.open_connections as u64);
+    assert_eq!((s.waiting, s.in_use), (0, 0));
+    assert_eq!(s.connections_created - s.connections_closed, s.open as u64);
     // Connection-time in use covers every hold the use-time histogram counted (and, from the
     // moment a connection is counted in use, its pre-ping or hand-off too), never more than
     // the most connections in use at once for the whole run.
@@ -1135,14 +1133,14 @@ async fn stress_keeps_every_invariant() {
         s.use_time.sum
     );
     assert!(
-        s.in_use_time <= started.elapsed() * s.peak_connections as u32,
+        s.in_use_time <= started.elapsed() * s.peak_in_use as u32,
         "{:?} over {:?} with at most {} in use",
         s.in_use_time,
         started.elapsed(),
-        s.peak_connections
+        s.peak_in_use
     );
     assert!(m.counts().max_live <= 16, "never more than the largest limit: {:?}", m.counts());
-    assert!(s.open_connections <= 12);
+    assert!(s.open <= 12);
     pool.close().await.unwrap();
     settle(|| m.counts().live == 0).await;
 }
@@ -1251,17 +1249,17 @@ async fn growing_under_load_keeps_the_overflow_connections_that_come_back() {
     drop(held);
     let s = pool.stats();
     assert_eq!(s.closed.get(CloseReason::Shrink), 0, "a grow retires nothing");
-    assert_eq!(s.idle_connections, 5, "overflow stays until idle_timeout");
+    assert_eq!(s.idle, 5, "overflow stays until idle_timeout");
     // Nor does a grow with the overflow idle.
     pool.resize(3, 6).unwrap();
-    assert_eq!(pool.stats().idle_connections, 5, "idle overflow stays too");
+    assert_eq!(pool.stats().idle, 5, "idle overflow stays too");
     // A shrink under load retires what comes back beyond the new size: past the new
     // `max_size` (one), then within it, as the shrink's debt (two).
     let held = futures_join(&pool, 5).await;
     pool.resize(2, 2).unwrap();
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.closed.get(CloseReason::Shrink), s.idle_connections), (3, 2));
+    assert_eq!((s.closed.get(CloseReason::Shrink), s.idle), (3, 2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1277,7 +1275,7 @@ async fn without_health_checks_idle_overflow_still_times_out() {
     assert_eq!(pool.state().idle, 3);
     tokio::time::sleep(Duration::from_secs(25)).await;
     let s = pool.stats();
-    assert_eq!((s.idle_connections, s.closed.get(CloseReason::Idle)), (1, 2));
+    assert_eq!((s.idle, s.closed.get(CloseReason::Idle)), (1, 2));
     assert_eq!(m.counts().checks, 0, "no health checks were asked for");
 }
 
@@ -1328,7 +1326,7 @@ async fn after_a_shrink_connects_in_flight_do_not_push_out_established_connectio
     pool.resize(2, 0).unwrap();
     drop(held);
     let s = pool.stats();
-    assert_eq!((s.idle_connections, s.closed.get(CloseReason::Shrink)), (2, 0), "{s:?}");
+    assert_eq!((s.idle, s.closed.get(CloseReason::Shrink)), (2, 0), "{s:?}");
     m.resume_connects();
     until("connects done", || pool.state().connecting == 0).await;
     until("closed past the limit", || m.counts().live == 2).await;

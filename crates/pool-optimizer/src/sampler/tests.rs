@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::testing::TestManager;
-use pool_core::{ConnectionPool, Pool, Registry};
+use pool_core::{ConnectionPool, DynPool, Registry};
 use tokio::time::Instant;
 
 use super::*;
@@ -35,7 +35,7 @@ async fn windows_count_releases_and_are_numbered_skipping_stats_resets() {
 
     // After a reset the counters go backwards: no window, and no number used up.
     drop(pool.acquire().await.unwrap());
-    Pool::reset_stats(&pool);
+    DynPool::reset_stats(&pool);
     sampler.sample(at(30));
     assert_eq!(seqs(&sampler), vec![(1, 2, 1), (2, 0, 1)]);
     drop(pool.acquire().await.unwrap());
@@ -44,7 +44,7 @@ async fn windows_count_releases_and_are_numbered_skipping_stats_resets() {
 
     // A reset followed by more checkouts than the last window saw: no counter went backwards,
     // and still no window spans the reset.
-    Pool::reset_stats(&pool);
+    DynPool::reset_stats(&pool);
     for _ in 0..3 {
         drop(pool.acquire().await.unwrap());
     }

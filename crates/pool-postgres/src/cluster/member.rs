@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use pool_core::{
-    Health as PoolHealth, Manager, ObserveError, Observer, Pool, PoolConfig, PoolStats,
+    DynPool, Health as PoolHealth, Manager, ObserveError, Observer, PoolConfig, PoolStats,
     ResizeError, Routing,
 };
 use tokio::time::Instant;
@@ -16,7 +16,7 @@ use crate::manager::PgManager;
 use super::*;
 
 /// A cluster's pool as the registry holds it: the pool itself, plus its [`Routing`] read from
-/// the cluster (while the cluster lives) on every [`Pool::stats`].
+/// the cluster (while the cluster lives) on every [`DynPool::stats`].
 #[derive(Debug)]
 pub(super) struct Member {
     pub(super) pool: PgPool,
@@ -45,13 +45,13 @@ impl Member {
 }
 
 #[async_trait]
-impl Pool for Member {
+impl DynPool for Member {
     fn name(&self) -> &str {
         self.pool.name()
     }
 
     fn last_connect_error(&self) -> Option<String> {
-        Pool::last_connect_error(&self.pool)
+        DynPool::last_connect_error(&self.pool)
     }
 
     fn backend(&self) -> &'static str {
@@ -82,6 +82,6 @@ impl Pool for Member {
     }
 
     async fn health(&self) -> PoolHealth {
-        Pool::health(&self.pool).await
+        DynPool::health(&self.pool).await
     }
 }

@@ -126,16 +126,18 @@ async fn verify_full_connects_with_the_right_ca_and_host_name_and_refuses_the_re
     let elsewhere = blocking(|| PgInstance::builder().ssl(&other).start())?;
     let at = |mode: &str| url(&elsewhere, "localhost", &format!("sslmode={mode}&sslrootcert={ca}"));
     let (failure, shown) = tls_failure(&PgManager::from_url(&at("verify-full"))?).await;
-    assert_eq!(
-        failure,
-        TlsFailure::HostnameMismatch {
-            host: "localhost".into(),
-            presented: vec!["DnsName(\"db.example.com\")".into()]
-        }
-        .clone(),
+    let expected = TlsFailure::HostnameMismatch {
+        host: "localhost".into(),
+        presented: vec!["db.example.com".into()],
+    };
+    assert_eq!(failure, expected, "{shown}");
+    assert!(
+        shown.ends_with(
+            "the server's certificate does not match the host name \"localhost\" (it names \
+             db.example.com); connect by a name it lists, or use sslmode=verify-ca"
+        ),
         "{shown}"
     );
-    assert!(shown.contains("does not match the host name \"localhost\""), "{shown}");
     let mut conn = connect(&PgManager::from_url(&at("verify-ca"))?).await?;
     assert!(encrypted(&mut conn).await?);
     Ok(())
@@ -150,7 +152,7 @@ async fn an_expired_certificate_is_refused_by_verifying_modes_and_said_so() -> R
         .tls(TlsSettings::new().root_cert(&ca));
     let (failure, shown) = tls_failure(&manager).await;
     assert!(matches!(failure, TlsFailure::Expired(_)), "{shown}");
-    assert!(shown.contains("the server's certificate has expired"), "{shown}");
+    assert!(shown.contains("the server's certificate has expired (valid until 2000-"), "{shown}");
     // `require` encrypts without checking: it connects.
     let manager = PgManager::from_url(&url(&pg, "localhost", "sslmode=require"))?;
     let mut conn = connect(&manager).await?;

@@ -534,7 +534,7 @@ pub(crate) fn explain(
 fn certificate(error: &CertificateError, tls: &Tls, options: &PgConnectOptions) -> TlsFailure {
     let when =
         |time: &rustls::pki_types::UnixTime, word: &str, at: &rustls::pki_types::UnixTime| {
-            format!(" ({word} {}s since the epoch, checked at {}s)", at.as_secs(), time.as_secs())
+            format!(" ({word} {}, now {})", utc(at.as_secs()), utc(time.as_secs()))
         };
     match error {
         CertificateError::UnknownIssuer => TlsFailure::UnknownCa {
@@ -549,19 +549,46 @@ fn certificate(error: &CertificateError, tls: &Tls, options: &PgConnectOptions) 
         CertificateError::NotValidForNameContext { presented, .. } => {
             TlsFailure::HostnameMismatch {
                 host: options.get_host().to_owned(),
-                presented: presented.clone(),
+                presented: presented.iter().map(|name| plain_name(name)).collect(),
             }
         }
         CertificateError::Expired => TlsFailure::Expired(String::new()),
         CertificateError::ExpiredContext { time, not_after } => {
-            TlsFailure::Expired(when(time, "not after", not_after))
+            TlsFailure::Expired(when(time, "valid until", not_after))
         }
         CertificateError::NotValidYet => TlsFailure::NotYetValid(String::new()),
         CertificateError::NotValidYetContext { time, not_before } => {
-            TlsFailure::NotYetValid(when(time, "not before", not_before))
+            TlsFailure::NotYetValid(when(time, "valid from", not_before))
         }
         other => TlsFailure::BadCertificate(format!("{other:?}")),
     }
+}
+
+/// `secs` since the Unix epoch as a UTC time, `2001-01-01 00:00:00 UTC`.
+fn utc(secs: u64) -> String {
+    // Howard Hinnant's civil-from-days, on days since 1970-01-01.
+    let (days, rest) = (i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2), secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+}
+
+/// A name a certificate presents, as webpki prints it (`DnsName("db.example.com")`,
+/// `IpAddress(10.0.0.5)`), without the wrapper.
+fn plain_name(name: &str) -> String {
+    let inner = name
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| name.strip_prefix("IpAddress(").and_then(|n| n.strip_suffix(')')));
+    inner.unwrap_or(name).to_owned()
 }
 
 fn refused(alert: AlertDescription, tls: &Tls) -> TlsFailure {
@@ -617,6 +644,21 @@ mod tests {
         let e = "allow".parse::<SslMode>().unwrap_err().to_string();
         assert!(e.contains("sqlx does not implement allow"), "{e}");
         assert!("verify_full".parse::<SslMode>().is_err());
+    }
+
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(978_307_199), "2000-12-31 23:59:59 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(4_102_444_800), "2100-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn presented_names_read_plainly() {
+        assert_eq!(plain_name("DnsName(\"db.example.com\")"), "db.example.com");
+        assert_eq!(plain_name("IpAddress(10.0.0.5)"), "10.0.0.5");
+        assert_eq!(plain_name("DirectoryName"), "DirectoryName");
     }
 
     #[test]

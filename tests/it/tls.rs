@@ -347,12 +347,14 @@ async fn a_password_rotated_under_load_fails_no_acquire() -> Result {
         }
     })));
     let manager = PgManager::from_url(&app_url)?.with_shared_credentials(Arc::clone(&cached) as _);
-    connect(&manager).await?;
+    let mut opened_before = connect(&manager).await?;
     *current.lock().unwrap() = "second".to_owned();
     let pg2 = Arc::clone(&pg);
     tokio::task::spawn_blocking(move || pg2.set_password("app", "second")).await??;
     connect(&manager).await?;
     assert_eq!(cached.fetches(), 2, "the refused credential was fetched again, once");
+    // A connection opened with the old password keeps working.
+    sqlx::query("SELECT 1 + 1").execute(&mut opened_before).await?;
     let pg2 = Arc::clone(&pg);
     tokio::task::spawn_blocking(move || pg2.set_password("app", "first")).await??;
 

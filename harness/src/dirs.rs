@@ -57,9 +57,7 @@ pub(crate) fn give_to_postgres(dir: &Path) -> anyhow::Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (uid, gid) = postgres_user()?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-        .with_context(|| format!("chown {} to postgres", dir.display()))?;
+    chown_to_postgres(dir)?;
     for ancestor in dir.ancestors().skip(1) {
         let meta = std::fs::metadata(ancestor)?;
         let mode = meta.permissions().mode();
@@ -69,6 +67,32 @@ pub(crate) fn give_to_postgres(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hands the file or directory `path` to the `postgres` user when running as root: PostgreSQL
+/// reads a private key only if the server's user owns it (or root does, with group access).
+pub(crate) fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let (uid, gid) = postgres_user()?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {} to postgres", path.display()))
+}
+
+/// Writes `contents` to a new file at `path` that only its owner may read (mode 0600 from its
+/// creation, never wider): a private key.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Builds a command that runs as the `postgres` user when this process is root.

@@ -6,7 +6,8 @@
 //! each holding a port, memory and a directory under `<target>/harness/`. So every claimed
 //! directory names its owning process in a file `owner`, a detached server's says `detached`,
 //! and the first claim of each process stops and removes what owners that have exited left
-//! behind ([`reap_abandoned`]).
+//! behind ([`reap_abandoned`]): their servers, and their test PKIs
+//! ([`TestPki`](crate::TestPki)), which claim their directories the same way.
 //!
 //! The owner is `<pid> <start time> <pid namespace> <boot id>`: the start time tells a live
 //! owner from a later process that reuses its pid, the boot id an owner from before a reboot,
@@ -157,8 +158,9 @@ pub(crate) fn reap_once() {
 /// another pid namespace are left alone. Each abandoned directory is first renamed, so that of
 /// two processes reaping at once only one handles it. A server is stopped only when the
 /// process in its pid file is still that server; a directory whose port still answers after
-/// that is kept, and reported on stderr. This runs by itself before a process's first server
-/// starts.
+/// that is kept, and reported on stderr. The directories of [`TestPki`](crate::TestPki)s whose
+/// owner has exited are removed the same way. This runs by itself before a process's first
+/// server starts.
 pub fn reap_abandoned() -> Vec<PathBuf> {
     let harness = target_dir().join("harness");
     let Ok(entries) = std::fs::read_dir(&harness) else { return Vec::new() };
@@ -167,9 +169,11 @@ pub fn reap_abandoned() -> Vec<PathBuf> {
         let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
-        let Some((kind, port)) = name.split_once('-') else { continue };
-        let (Ok(port), true) = (port.parse::<u16>(), matches!(kind, "pg" | "redis")) else {
-            continue;
+        let Some((kind, rest)) = name.split_once('-') else { continue };
+        let port = match (kind, rest.parse::<u16>()) {
+            ("pg" | "redis", Ok(port)) => Some(port),
+            ("pki", _) => None,
+            _ => continue,
         };
         let Ok(owner) = std::fs::read_to_string(dir.join(OWNER)) else { continue };
         if !abandoned(owner.trim()) {
@@ -180,6 +184,12 @@ pub fn reap_abandoned() -> Vec<PathBuf> {
         if std::fs::rename(&dir, &taken).is_err() {
             continue;
         }
+        let Some(port) = port else {
+            // A test PKI's certificates and keys: files only, no server to stop.
+            remove_dir(&taken);
+            reaped.push(dir);
+            continue;
+        };
         let stopped = if kind == "pg" {
             crate::postgres::stop_abandoned(&taken, &dir.join("data"))
         } else {

@@ -11,15 +11,20 @@ use crate::detached::{Detached, Service};
 use crate::dirs::{as_postgres, claim_dir, give_to_postgres, remove_dir, run};
 use crate::ports::free_port;
 
+mod builder;
+
+pub use builder::{PgBuilder, PgHba};
+
 /// How many fresh ports a launcher tries when the server cannot bind its port.
 pub(crate) const START_ATTEMPTS: usize = 5;
 
 /// A throwaway PostgreSQL server with its own data directory, on 127.0.0.1 at a free port.
 ///
 /// Its files live in `<target>/harness/pg-<port>`: the data directory `data/`, the
-/// unix socket and the server log `postgres.log`. Authentication is `trust` for the
-/// `postgres` user, including replication connections from 127.0.0.1, and the
-/// settings favour speed over durability (`fsync = off`).
+/// Unix socket ([`socket_dir`](Self::socket_dir)) and the server log `postgres.log`.
+/// [`start`](Self::start) sets `trust` authentication for every user, including replication
+/// connections from 127.0.0.1, and no TLS; [`builder`](Self::builder) starts one with TLS,
+/// client certificates or passwords. The settings favour speed over durability (`fsync = off`).
 ///
 /// When this process runs as root, every server program runs as the `postgres`
 /// system user through `runuser`, since PostgreSQL refuses to run as root.
@@ -59,10 +64,38 @@ impl PgInstance {
         })
     }
 
+    /// Returns a builder for a server with TLS, another authentication or login roles.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pool_harness::{PgHba, PgInstance, TestPki};
+    ///
+    /// let pki = TestPki::generate()?;
+    /// let pg = PgInstance::builder()
+    ///     .ssl(pki.server())
+    ///     .ssl_ca(pki.ca_pem())
+    ///     .hba(PgHba::ClientCert)
+    ///     .start()?;
+    /// let url = format!(
+    ///     "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+    ///     pg.port(),
+    ///     pki.ca_pem().display(),
+    ///     pki.client_cert().display(),
+    ///     pki.client_key().display(),
+    /// );
+    /// # let _ = url;
+    /// # anyhow::Ok(())
+    /// ```
+    pub fn builder() -> PgBuilder {
+        PgBuilder::default()
+    }
+
     /// Starts a hot-standby replica streaming from this server, on a new free port.
     ///
     /// The replica is cloned with `pg_basebackup -R -X stream`, and this call returns
-    /// once it accepts connections and `pg_is_in_recovery()` answers true.
+    /// once it accepts connections and `pg_is_in_recovery()` answers true. It copies the
+    /// primary's configuration: its TLS files and settings, its `pg_hba.conf` and its roles.
     ///
     /// # Errors
     ///
@@ -96,6 +129,23 @@ impl PgInstance {
     /// Returns the TCP port the server listens on; it stays the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the directory of the server's Unix socket, `.s.PGSQL.<port>` (its
+    /// `unix_socket_directories`): libpq's `host=<dir> port=<port>`. Connections over it are
+    /// `trust`ed whatever the [`PgHba`].
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns `postgres:///postgres?host=<socket dir>&port=PORT&user=postgres`: the superuser
+    /// over the Unix socket, in a form that libpq and sqlx both read.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "postgres:///postgres?host={}&port={}&user=postgres",
+            encode_query_value(&self.root.to_string_lossy()),
+            self.port
+        )
     }
 
     /// Returns the postmaster's process id while the server runs.
@@ -156,16 +206,33 @@ impl PgInstance {
             .is_ok_and(|out| out.status.success())
     }
 
-    /// Runs `sql` with `psql -At` as user `postgres` on database `postgres`, returning the trimmed output.
+    /// Runs `sql` with `psql -At` as user `postgres` on database `postgres`, over the Unix
+    /// socket (so whatever the [`PgHba`]), returning the trimmed output.
     ///
     /// # Errors
     ///
     /// Fails if `psql` cannot connect or the statement fails.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        let out = run(std::process::Command::new(self.bin.join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-d", "postgres", "-p", &self.port.to_string(), "-c", sql]))?;
+        let out = run(self.psql_command().args(["-c", sql]))?;
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Sets the password of `role` (`ALTER ROLE ... PASSWORD`, stored as a SCRAM-SHA-256 verifier
+    /// under [`PgHba::ScramSha256`]); sessions already logged in carry on.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the role does not exist or `psql` fails; the error never shows the password.
+    pub fn set_password(&self, role: &str, password: &str) -> anyhow::Result<()> {
+        let sql = format!("ALTER ROLE {} PASSWORD {}", quote_ident(role), quote_literal(password));
+        self.psql_secret(&sql, password)
+    }
+
+    /// Returns the server's log so far (`postgres.log` in its directory), which says, for
+    /// instance, why it refused a TLS client (`could not accept SSL connection: ...`). The line
+    /// may come a moment after the client saw the refusal: the TLS alert goes out first.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
     }
 
     /// Leaves the server running after this value is gone, and returns what is needed to stop it later.
@@ -196,6 +263,47 @@ impl PgInstance {
             }
         }
         bail!("PostgreSQL could not bind a free port after {START_ATTEMPTS} attempts")
+    }
+
+    /// `psql` as `postgres` on database `postgres` over the Unix socket, stopping at the first
+    /// error, with none of libpq's `PG*` variables from this process's environment.
+    fn psql_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.bin.join("psql"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres"])
+            .arg("-h")
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string()]);
+        cmd
+    }
+
+    /// Runs `sql`, which holds `secret`, through `psql`'s standard input, so that the secret is
+    /// on no command line, and fails without showing it.
+    fn psql_secret(&self, sql: &str, secret: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = self
+            .psql_command()
+            .args(["-q", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running psql")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(sql.as_bytes()).context("writing to psql")?;
+        }
+        let out = child.wait_with_output().context("waiting for psql")?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let redacted = stderr.replace(&quote_literal(secret), "'***'").replace(secret, "***");
+            bail!("psql on port {} failed ({}): {}", self.port, out.status, redacted.trim());
+        }
+        Ok(())
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
@@ -241,10 +349,6 @@ impl PgInstance {
 
     fn data_dir(&self) -> PathBuf {
         self.root.join("data")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
     }
 }
 
@@ -293,6 +397,30 @@ fn stop_data_dir(bin: &Path, data: &Path, mode: &str) -> anyhow::Result<()> {
         .args(["stop", "-w", "-t", "60", "-m", mode, "-D"])
         .arg(data))?;
     Ok(())
+}
+
+/// Quotes an SQL identifier: `"name"`, with its double quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal: `'text'`, with its single quotes doubled (backslashes are
+/// plain characters, `standard_conforming_strings` being on).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Percent-encodes a URL query value, keeping the characters that need no encoding and `/`.
+fn encode_query_value(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
 }
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {

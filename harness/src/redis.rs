@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::detached::{Detached, Service};
-use crate::dirs::{claim_dir, remove_dir};
-use crate::ports::free_port;
-use crate::postgres::START_ATTEMPTS;
+use crate::dirs::remove_dir;
+
+mod builder;
+
+pub use builder::RedisBuilder;
 
 /// The file, in the server's directory, holding the pid of the server last started there.
 const SERVER_PID: &str = "server.pid";
@@ -20,6 +22,8 @@ const SERVER_PID: &str = "server.pid";
 ///
 /// It runs `redis-server --save "" --appendonly no` in the foreground as a child of this
 /// process, with its working directory and log in `<target>/harness/redis-<port>`.
+/// [`start`](Self::start) gives it a plaintext port; [`builder`](Self::builder) starts one with
+/// TLS, client certificates or a Unix socket.
 /// Dropping an instance kills the server and removes its directory, also while a
 /// panicking test unwinds, unless it was [detached](Self::detach).
 ///
@@ -34,11 +38,27 @@ const SERVER_PID: &str = "server.pid";
 #[derive(Debug)]
 pub struct RedisInstance {
     dir: PathBuf,
+    /// The plaintext port, or the TLS port of a server without one.
     port: u16,
+    /// Whether `port` speaks plaintext.
+    plaintext: bool,
+    tls: Option<Tls>,
+    /// The Unix socket's path, if it has one.
+    socket: Option<PathBuf>,
     /// Configuration given on the command line after the harness's own.
     args: Vec<String>,
     child: Option<Child>,
     detached: bool,
+}
+
+/// A server's TLS port and the files, in its directory, that it and the harness's `PING` read.
+#[derive(Debug)]
+struct Tls {
+    port: u16,
+    server: crate::CertFiles,
+    ca: PathBuf,
+    /// The certificate the harness presents, when the server requires one.
+    client: Option<crate::CertFiles>,
 }
 
 impl RedisInstance {
@@ -63,29 +83,61 @@ impl RedisInstance {
     /// As [`start`](Self::start); a configuration the server rejects shows in the error, from
     /// its log.
     pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
-        let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let Some(dir) = claim_dir(&format!("redis-{port}"))? else { continue };
-            let mut redis =
-                RedisInstance { dir, port, args: args.clone(), child: None, detached: false };
-            match redis.start_again() {
-                Ok(()) => return Ok(redis),
-                Err(_) if redis.log().contains("Address already in use") => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        bail!("redis-server could not bind a free port after {START_ATTEMPTS} attempts")
+        RedisInstance::builder().args(args).start()
     }
 
-    /// Returns `redis://127.0.0.1:PORT`.
+    /// Returns a builder for a server with TLS, client certificates or a Unix socket.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pool_harness::{RedisInstance, TestPki};
+    ///
+    /// let pki = TestPki::generate()?;
+    /// let redis = RedisInstance::builder().tls(pki.server(), pki.ca_pem()).unix_socket().start()?;
+    /// assert!(redis.url().starts_with("rediss://127.0.0.1:"));
+    /// assert!(redis.unix_url().is_some_and(|url| url.starts_with("redis+unix:///")));
+    /// # anyhow::Ok(())
+    /// ```
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::default()
+    }
+
+    /// Returns `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` for a server with TLS and
+    /// no plaintext port.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.plaintext { "redis" } else { "rediss" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// Returns the TCP port the server listens on; it stays the same across restarts.
+    /// Returns `rediss://127.0.0.1:TLS_PORT` for a server with TLS. The server's certificate
+    /// must name `127.0.0.1` (as [`TestPki::server`](crate::TestPki::server)'s does) for a
+    /// client that verifies host names.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|tls| format!("rediss://127.0.0.1:{}", tls.port))
+    }
+
+    /// Returns `redis+unix:///path/to/redis.sock` for a server with a Unix socket: the form
+    /// fred reads with its `unix-sockets` feature (the path is the socket's, so a database
+    /// cannot be chosen in it).
+    pub fn unix_url(&self) -> Option<String> {
+        self.socket.as_ref().map(|path| format!("redis+unix://{}", path.display()))
+    }
+
+    /// Returns the TCP port of [`url`](Self::url); it stays the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Returns the TLS port of a server with TLS: [`port`](Self::port) unless it has a
+    /// plaintext port as well.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|tls| tls.port)
+    }
+
+    /// Returns the path of the Unix socket (`<dir>/redis.sock`, mode 0700) of a server with one.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_deref()
     }
 
     /// Returns the server's process id while it runs.
@@ -94,9 +146,19 @@ impl RedisInstance {
     }
 
     /// Sends `PING` and reports whether the server answered within a second: `+PONG`, or
-    /// `-NOAUTH` when it requires a password.
+    /// `-NOAUTH` when it requires a password. A server without a plaintext port is asked over
+    /// TLS by `redis-cli --tls` (given two seconds), trusting its CA and presenting the
+    /// harness's client certificate when the server requires one.
     pub fn ping(&self) -> bool {
-        ping(self.port)
+        self.try_ping().unwrap_or(false)
+    }
+
+    /// [`ping`](Self::ping), failing when `redis-cli` cannot be run.
+    fn try_ping(&self) -> anyhow::Result<bool> {
+        match &self.tls {
+            Some(tls) if !self.plaintext => tls_ping(tls),
+            _ => Ok(ping(self.port)),
+        }
     }
 
     /// Kills the server (`SIGKILL`) and waits until it has exited; stopping a stopped server does nothing.
@@ -123,18 +185,34 @@ impl RedisInstance {
             bail!("redis-server on port {} is already running", self.port);
         }
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(if self.plaintext { port.as_str() } else { "0" })
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--dir"])
             .arg(&self.dir)
             .arg("--logfile")
-            .arg(self.dir.join("redis.log"))
+            .arg(self.dir.join("redis.log"));
+        if let Some(tls) = &self.tls {
+            let auth_clients = if tls.client.is_some() { "yes" } else { "no" };
+            cmd.args(["--tls-port", &tls.port.to_string(), "--tls-cert-file"])
+                .arg(&tls.server.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.server.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", auth_clients]);
+        }
+        if let Some(socket) = &self.socket {
+            cmd.arg("--unixsocket").arg(socket).args(["--unixsocketperm", "700"]);
+        }
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match child {
+        match child {
             Ok(mut child) => {
                 // For the reaping of a server whose owner is killed (see `crate::owner`).
                 if let Err(e) = std::fs::write(self.dir.join(SERVER_PID), child.id().to_string()) {
@@ -142,15 +220,24 @@ impl RedisInstance {
                     let _ = child.wait();
                     bail!("writing {}: {e}", self.dir.join(SERVER_PID).display());
                 }
-                self.child.insert(child)
+                self.child = Some(child);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("redis-server not found on PATH: install the Debian package `redis-server`")
             }
             Err(e) => bail!("cannot run redis-server: {e}"),
-        };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ping(self.port) {
+        loop {
+            match self.try_ping() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    self.stop()?;
+                    return Err(e);
+                }
+            }
+            let Some(child) = self.child.as_mut() else { bail!("redis-server is not running") };
             if let Some(status) = child.try_wait()? {
                 self.child = None;
                 bail!("redis-server on port {port} exited ({status}): {}", self.log().trim());
@@ -180,6 +267,9 @@ impl RedisInstance {
     }
 
     /// Leaves the server running after this value is gone, and returns what is needed to stop it later.
+    ///
+    /// [`Detached::stop`] sends `SHUTDOWN NOSAVE` in plaintext to [`port`](Self::port), so it
+    /// stops only a server with a plaintext port.
     pub fn detach(mut self) -> Detached {
         self.detached = true;
         crate::owner::disown(&self.dir);
@@ -192,7 +282,10 @@ impl RedisInstance {
         }
     }
 
-    fn log(&self) -> String {
+    /// Returns the server's log so far (`redis.log` in its directory), which says, for
+    /// instance, why it refused a TLS client (`peer did not return a certificate`). The line
+    /// may come a moment after the client saw the refusal: the TLS alert goes out first.
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
 }
@@ -248,6 +341,42 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     Ok(stream)
+}
+
+/// Sends `PING` over TLS with `redis-cli`, giving it up to two seconds.
+fn tls_ping(tls: &Tls) -> anyhow::Result<bool> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["--tls", "--cacert"]).arg(&tls.ca);
+    if let Some(client) = &tls.client {
+        cmd.arg("--cert").arg(&client.cert).arg("--key").arg(&client.key);
+    }
+    cmd.args(["-h", "127.0.0.1", "-p", &tls.port.to_string(), "PING"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("redis-cli not found on PATH: install the Debian package `redis-tools`")
+        }
+        Err(e) => bail!("cannot run redis-cli: {e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut reply = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut reply)?;
+    }
+    // `PONG`, or the error `NOAUTH Authentication required.` (with `(error) ` on a terminal).
+    let reply = reply.trim().trim_start_matches("(error) ");
+    Ok(reply == "PONG" || reply.starts_with("NOAUTH "))
 }
 
 fn ping(port: u16) -> bool {

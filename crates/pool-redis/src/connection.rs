@@ -214,6 +214,8 @@ pub(crate) struct ClientFactory {
     on_connect: Arc<OnConnect>,
     /// `host:port` or the socket's path, for errors.
     server: String,
+    /// The whole bound of one connect.
+    connect_timeout: Duration,
 }
 
 /// Keepalive: first probe after this long idle.
@@ -257,9 +259,15 @@ impl ClientFactory {
 
     /// Connects every client over TLS with `tls`, checking the server's certificate against the
     /// URL's host name.
+    ///
+    /// A server that does not speak TLS on the port never answers the handshake (Redis waits
+    /// for the end of a line that a `ClientHello` does not hold): the TCP connect and handshake
+    /// get most of `connect_timeout`, and the rest goes to a plaintext `PING` that tells such a
+    /// server from one that is slow or unreachable.
     pub(crate) fn tls(mut self, tls: rustls::ClientConfig) -> Self {
         let connector = fred::types::config::TlsConnector::from(tls);
         self.config.tls = Some(TlsConfig::from(connector));
+        self.connection.connection_timeout = self.connect_timeout * 4 / 5;
         self
     }
 
@@ -320,6 +328,7 @@ impl ClientFactory {
             credentials,
             on_connect: Arc::new(settings.on_connect_steps()),
             server,
+            connect_timeout: settings.pool.connect_timeout,
         }
     }
 
@@ -347,7 +356,13 @@ impl ClientFactory {
         let c = client.clone();
         let on_connect = Arc::clone(&self.on_connect);
         let reconnect = self.reconnect;
-        let tls = self.config.tls.is_some();
+        let tls = match (&self.config.tls, &self.config.server) {
+            (Some(_), ServerConfig::Centralized { server }) => {
+                let probe = (self.connect_timeout / 5).max(Duration::from_millis(50));
+                Some((server.host.to_string(), server.port, probe))
+            }
+            _ => None,
+        };
         let server = self.server.clone();
         tokio::spawn(async move {
             let result = match c.init().await {
@@ -368,7 +383,12 @@ impl ClientFactory {
                     if let Some(adapter) = &adapter {
                         adapter.check(&e);
                     }
-                    Err(if tls { crate::tls::explain(e, &server) } else { e })
+                    Err(match tls {
+                        Some((host, port, bound)) => {
+                            crate::tls::explain(e, &server, (&host, port, bound)).await
+                        }
+                        None => e,
+                    })
                 }
             };
             // If nobody waits any more, the value comes back and is dropped, closing it.

@@ -34,8 +34,9 @@ type HookFn =
 /// use pool_redis::fred::prelude::*;
 /// use pool_redis::PoolSettings;
 ///
+/// // Each connection names itself after this process, which the configuration cannot say.
 /// let settings = PoolSettings::default().on_connect(|client| async move {
-///     client.custom::<(), _>(CustomCommand::new_static("CLIENT", None, false), vec!["SETNAME", "billing"]).await
+///     client.client_setname(format!("billing-{}", std::process::id())).await
 /// });
 /// ```
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fred::error::{Error, ErrorKind};
 use rustls::pki_types::pem::PemObject;
@@ -182,10 +183,41 @@ fn problem(setting: &'static str, path: &Path, reason: &str) -> FileProblem {
 /// fred's error of a connect over TLS, with what it means in TLS terms in front when it is a
 /// handshake's failure (fred passes on rustls's error in its debug form), naming the server;
 /// other errors as they are. A certificate error holds no secret, only names and times.
-pub(crate) fn explain(error: Error, server: &str) -> Error {
+///
+/// A timeout is looked into: `probe` (`host`, `port`, a bound) says where to send a plaintext
+/// `PING`, and an answer in plaintext means the server does not speak TLS on that port.
+pub(crate) async fn explain(error: Error, server: &str, probe: (&str, u16, Duration)) -> Error {
+    if *error.kind() == ErrorKind::Timeout {
+        let (host, port, bound) = probe;
+        return match tokio::time::timeout(bound, answers_plaintext(host, port)).await {
+            Ok(true) => Error::new(
+                ErrorKind::Tls,
+                format!(
+                    "TLS with {server} failed: the server does not speak TLS on this port: it \
+                     never answered the handshake, and answered a plaintext PING (use redis://, \
+                     or the server's tls-port)"
+                ),
+            ),
+            _ => error,
+        };
+    }
     let details = error.details();
     let Some(why) = meaning(details) else { return error };
     Error::new(ErrorKind::Tls, format!("TLS with {server} failed: {why} ({details})"))
+}
+
+/// Whether the server at `host:port` answers a plaintext `PING` as Redis does (`+PONG`, or an
+/// error such as `-NOAUTH`); a TLS server answers with an alert record, or closes.
+async fn answers_plaintext(host: &str, port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut socket) = tokio::net::TcpStream::connect((host, port)).await else {
+        return false;
+    };
+    if socket.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(socket.read(&mut first).await, Ok(1) if first[0] == b'+' || first[0] == b'-')
 }
 
 /// What a rustls error, in its debug form, means to someone configuring the pool.
@@ -230,8 +262,8 @@ pub(crate) mod tests {
     /// A self-signed CA certificate (P-256), for the checks that parse one.
     pub(crate) const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBnDCCAUGgAwIBAgIUfm3t+YQtMycaT0ubPWfRVnskytAwCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXcG9vbC1yZWRpcyB1bml0IHRlc3QgQ0EwIBcNMjYxMjA3MjMy\nNzE4WhgPMjEyNjExMTMyMzI3MThaMCIxIDAeBgNVBAMMF3Bvb2wtcmVkaXMgdW5p\ndCB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEbgs0ZzfVi6BFiV3d\nzLZ6kMAlFYIbCs6iuKQGZFBaDsdZ4NSQX51M01cCsEO6BcFZqMW4MI3fYkZqeKFh\nmRmO+KNTMFEwHQYDVR0OBBYEFHMwjyQR92571PMqAfshs+KW6qBpMB8GA1UdIwQY\nMBaAFHMwjyQR92571PMqAfshs+KW6qBpMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDSQAwRgIhANLIrV8DgtiYufoudny6yLHVvfaDsqTjmeEGJzIr24SpAiEA\n+CG8i+T7qxZNVIPatAli9BeiUeAd6Zorl8r5Hw+duVM=\n-----END CERTIFICATE-----\n";
 
-    #[test]
-    fn rustls_errors_are_said_in_tls_terms() {
+    #[tokio::test]
+    async fn rustls_errors_are_said_in_tls_terms() {
         for (details, says) in [
             (
                 "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }",
@@ -256,14 +288,20 @@ pub(crate) mod tests {
                 "requires a client certificate",
             ),
         ] {
-            let e = explain(Error::new(ErrorKind::IO, details), "127.0.0.1:6380");
+            let e = explain(Error::new(ErrorKind::IO, details), "127.0.0.1:6380", NOWHERE).await;
             assert_eq!(*e.kind(), ErrorKind::Tls, "{details}");
             assert!(e.details().contains(says), "{details}: {e}");
             assert!(e.details().starts_with("TLS with 127.0.0.1:6380 failed: "), "{e}");
         }
         let refused = Error::new(ErrorKind::IO, "Os { code: 111, kind: ConnectionRefused }");
-        assert_eq!(explain(refused.clone(), "h:1"), refused);
+        assert_eq!(explain(refused.clone(), "h:1", NOWHERE).await, refused);
+        // A timeout stays one when the plaintext probe finds nobody either.
+        let timeout = Error::new(ErrorKind::Timeout, "Request timed out.");
+        assert_eq!(explain(timeout.clone(), "h:1", NOWHERE).await, timeout);
     }
+
+    /// A port nothing listens on (the discard port, refused on loopback), with a short bound.
+    const NOWHERE: (&str, u16, Duration) = ("127.0.0.1", 9, Duration::from_millis(200));
 
     #[test]
     fn files_are_checked_naming_the_setting_and_the_path() {

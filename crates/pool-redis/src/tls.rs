@@ -146,7 +146,7 @@ fn system_roots() -> Result<RootCertStore, FileProblem> {
         let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
         return Err(FileProblem {
             setting: "tls_ca_cert",
-            path: PathBuf::new(),
+            path: PathBuf::from("(unset)"),
             reason: format!(
                 "is not set, and the system has no CA certificates to trust instead{why}: set it to \
                  the CA that signs the server's certificate, or install the system's CA bundle \

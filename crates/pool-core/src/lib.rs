@@ -26,6 +26,7 @@
 
 mod clock;
 mod config;
+mod credentials;
 mod dyn_pool;
 mod error;
 mod guard;
@@ -41,6 +42,10 @@ pub mod testing;
 
 pub use crate::config::{
     Builder, MAX_DURATION, NumberError, PoolConfig, parse_count, parse_seconds,
+};
+pub use crate::credentials::{
+    CachedCredentials, Credential, CredentialError, CredentialProvider, FileCredentials,
+    FnCredentials, StaticCredentials,
 };
 pub use crate::dyn_pool::{DynPool, Health};
 pub use crate::error::{

@@ -130,7 +130,10 @@ fn layers() -> Vec<Layer> {
         },
         Layer {
             name: "pool-redis",
-            may_use: all(&[RUNTIME, &["pool-core", "fred", "url", "serde"]]),
+            may_use: all(&[
+                RUNTIME,
+                &["pool-core", "fred", "url", "rustls", "rustls-native-certs", "serde"],
+            ]),
             behind_features: &["serde"],
             never: all(&[POSTGRES, EXPORTERS, HTTP, upper]),
         },

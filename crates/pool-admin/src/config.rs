@@ -360,8 +360,10 @@ impl AdminConfig {
                     "a pool's name must not be empty",
                 ));
             }
+            // With the URL: TLS settings need `rediss://`, a password comes from one place.
+            let pool = RedisConfig::new(self.redis_url.expose()).pool(name, r.clone());
             if let Err(pool_redis::ConfigError::Invalid { setting, value, reason, .. }) =
-                r.validate(name)
+                pool.validate()
             {
                 return Err(refused(&format!("redis.{name}"), &setting, value, &reason));
             }
@@ -423,8 +425,8 @@ fn token_problem(token: &Secret) -> Option<(String, &'static str)> {
 /// [`RedisConfig::validate`], as `serve` finds when it builds them); `None` when it is one.
 #[cfg(feature = "redis")]
 fn redis_url_problem(config: &RedisConfig) -> Option<String> {
-    if !config.url.starts_with("redis://") && !config.url.starts_with("rediss://") {
-        return Some("must be a redis:// URL".to_owned());
+    if !["redis://", "rediss://", "redis+unix://"].iter().any(|s| config.url.starts_with(s)) {
+        return Some("must be a redis://, rediss:// or redis+unix:// URL".to_owned());
     }
     match config.clone().pool("main", PoolSettings::default()).validate() {
         Err(pool_redis::ConfigError::Url { source, .. }) => {

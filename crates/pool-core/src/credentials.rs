@@ -143,8 +143,11 @@ impl CredentialError {
 }
 
 /// An async source of the password or token a backend sends when it opens a connection: asked
-/// once per new connection, never for one already open (so rotating a credential closes no
-/// connection: connections opened with the old one keep working until they are recycled).
+/// once per new connection, and again only where a backend must log an open connection in anew
+/// (a reset on return that logs the connection out, as Redis's `RESET` does, asks on every
+/// return).
+/// Rotating a credential closes no connection: connections opened with the old one keep
+/// working until they are recycled.
 ///
 /// Object-safe, so a backend holds `Arc<dyn CredentialProvider>`; `Arc<P>` is a provider too, so
 /// code can keep a handle on the provider it hands over.

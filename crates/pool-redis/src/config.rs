@@ -2,11 +2,16 @@
 //! from code and from the environment (`REDIS_URL`, and each pool's [`RedisConfig::POOL_ENV`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{EnvError, EnvForm, EnvVar, PoolConfig};
+use pool_core::{CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig};
 
 use crate::error::{ConfigError, redact};
+use crate::hook::{ConnectHook, OnConnect};
+use crate::tls::TlsFiles;
 
 /// The URL used when neither the code nor `REDIS_URL` gives one.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -26,13 +31,25 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 ///     .pool("cache", PoolSettings::default().pool_size(32).max_connections(64));
 /// assert_eq!(config.pools["cache"].max_size(), 64);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// The server's URL (`redis://[user:password@]host[:port][/db]`).
+    /// The server's URL: `redis://[user:password@]host[:port][/db]`, `rediss://` for TLS (see
+    /// [`PoolSettings::tls_ca_cert`]), or `redis+unix:///path/to/redis.sock[?db=N]` for a Unix
+    /// socket (with a password, a host must be named and is ignored:
+    /// `redis+unix://:password@localhost/path/to/redis.sock`).
     pub url: String,
     /// The pools, by name.
     pub pools: BTreeMap<String, PoolSettings>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("pools", &self.pools)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -60,20 +77,59 @@ impl RedisConfig {
     /// [`with_env_from`](Self::with_env_from) and pool-admin read, unprefixed for the pool
     /// `main` (`REDIS_POOL_SIZE`) and prefixed with the pool's name for any pool
     /// (`REDIS_CACHE_POOL_SIZE`: `REDIS_`, the name upper-cased with `-` as `_`, then `_`).
-    pub const POOL_ENV: &'static [EnvVar<PoolSettings>] = &[EnvVar {
-        name: "MAX_CONNECTIONS",
-        key: "max_connections",
-        form: EnvForm::Count,
-        set: |s, v| {
-            s.max_connections = Some(v.count()?);
-            Ok(())
+    pub const POOL_ENV: &'static [EnvVar<PoolSettings>] = &[
+        EnvVar {
+            name: "MAX_CONNECTIONS",
+            key: "max_connections",
+            form: EnvForm::Count,
+            set: |s, v| {
+                s.max_connections = Some(v.count()?);
+                Ok(())
+            },
         },
-    }];
+        EnvVar {
+            name: "TLS_CA_CERT",
+            key: "tls_ca_cert",
+            form: EnvForm::Text,
+            set: |s, v| {
+                s.tls_ca_cert = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "TLS_CERT",
+            key: "tls_cert",
+            form: EnvForm::Text,
+            set: |s, v| {
+                s.tls_cert = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "TLS_KEY",
+            key: "tls_key",
+            form: EnvForm::Text,
+            set: |s, v| {
+                s.tls_key = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "PASSWORD_FILE",
+            key: "password_file",
+            form: EnvForm::Text,
+            set: |s, v| {
+                s.password_file = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+    ];
 
     /// Every variable of a pool under `prefix` (`REDIS_` for `main`, or
     /// [`env_prefix`](Self::env_prefix)), `(variable, key, form)`: the engine's
     /// ([`PoolConfig::ENV`]: `POOL_SIZE`, `POOL_OVERFLOW`, `POOL_TIMEOUT`, `POOL_RECYCLE`), then
-    /// [`POOL_ENV`](Self::POOL_ENV)'s.
+    /// [`POOL_ENV`](Self::POOL_ENV)'s (`MAX_CONNECTIONS`, `TLS_CA_CERT`, `TLS_CERT`, `TLS_KEY`,
+    /// `PASSWORD_FILE`).
     pub fn pool_env_vars(prefix: &str) -> impl Iterator<Item = (String, &'static str, EnvForm)> {
         let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
         let own = Self::POOL_ENV.iter().map(|v| (v.name, v.key, v.form));
@@ -108,8 +164,9 @@ impl RedisConfig {
     /// Applies environment variables read through `lookup`, then validates:
     ///
     /// - `REDIS_URL`: the server's URL;
-    /// - `REDIS_POOL_SIZE`, `REDIS_POOL_OVERFLOW`, `REDIS_POOL_TIMEOUT`, `REDIS_POOL_RECYCLE` and
-    ///   `REDIS_MAX_CONNECTIONS`: the `main` pool's (the pool is added if missing), as
+    /// - `REDIS_POOL_SIZE`, `REDIS_POOL_OVERFLOW`, `REDIS_POOL_TIMEOUT`, `REDIS_POOL_RECYCLE`,
+    ///   `REDIS_MAX_CONNECTIONS`, `REDIS_TLS_CA_CERT`, `REDIS_TLS_CERT`, `REDIS_TLS_KEY` and
+    ///   `REDIS_PASSWORD_FILE`: the `main` pool's (the pool is added if missing), as
     ///   [`pool_env_vars`](Self::pool_env_vars) lists them;
     /// - the same prefixed with a pool's name set that pool's, e.g. `REDIS_CACHE_POOL_SIZE`;
     ///   for `main` they win over the unprefixed ones.
@@ -154,49 +211,125 @@ impl RedisConfig {
         Ok(self)
     }
 
-    /// Checks the URL and every pool's settings.
+    /// Checks the URL and every pool's settings, alone ([`PoolSettings::validate`]) and with the
+    /// URL: TLS settings need a `rediss://` URL, and a pool's password comes from one place
+    /// only (the URL, `password_file` or a credential provider).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Url`] when the URL does not parse, [`ConfigError::NoPools`] when no pool
     /// is named, [`ConfigError::Invalid`] naming the pool and setting that makes no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.fred_config()?;
+        let fred = self.fred_config()?;
         if self.pools.is_empty() {
             return Err(ConfigError::NoPools);
         }
+        let tls = self.url.starts_with("rediss://");
         for (name, settings) in &self.pools {
             settings.validate(name)?;
+            let invalid = |setting: &str, value: String, reason: &str| ConfigError::Invalid {
+                pool: name.clone(),
+                setting: setting.to_owned(),
+                value,
+                reason: reason.to_owned(),
+            };
+            let files = [
+                ("tls_ca_cert", &settings.tls_ca_cert),
+                ("tls_cert", &settings.tls_cert),
+                ("tls_key", &settings.tls_key),
+            ];
+            for (setting, path) in files {
+                if let Some(path) = path.as_ref().filter(|_| !tls) {
+                    return Err(invalid(
+                        setting,
+                        path.display().to_string(),
+                        "needs a rediss:// URL: the URL connects without TLS",
+                    ));
+                }
+            }
+            if fred.password.is_some() {
+                let other = match (&settings.password_file, &settings.credentials) {
+                    (Some(path), _) => Some(("password_file", path.display().to_string())),
+                    (None, Some(provider)) => Some(("credentials", format!("{provider:?}"))),
+                    (None, None) => None,
+                };
+                if let Some((setting, value)) = other {
+                    return Err(invalid(
+                        setting,
+                        value,
+                        "the URL has a password too: give the password in one place",
+                    ));
+                }
+            }
         }
         Ok(())
     }
 
-    /// fred's client configuration for the URL.
+    /// fred's client configuration for the URL, without TLS: a `rediss://` URL is read as
+    /// `redis://` (fred would load the system's certificates for its own TLS configuration on
+    /// every call), and the pool sets its own TLS configuration when it connects.
     pub(crate) fn fred_config(&self) -> Result<fred::types::config::Config, ConfigError> {
         use fred::error::{Error, ErrorKind};
         let invalid = |source| ConfigError::Url { url: redact(&self.url), source };
-        match self.url.split_once("://").map(|(scheme, _)| scheme) {
-            Some("redis") => {}
-            Some("rediss") => {
-                return Err(invalid(Error::new(
-                    ErrorKind::Url,
-                    "TLS (rediss://) is not enabled in this build",
-                )));
-            }
-            _ => {
-                return Err(invalid(Error::new(
-                    ErrorKind::Url,
-                    "expected redis://[user:password@]host[:port][/db]",
-                )));
-            }
+        let url_error = |words: String| invalid(Error::new(ErrorKind::Url, words));
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", ""));
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix") {
+            return Err(url_error(
+                "expected redis://[user:password@]host[:port][/db], rediss://... for TLS, or \
+                 redis+unix:///path/to/redis.sock[?db=N]"
+                    .to_owned(),
+            ));
         }
         // fred parses with the `url` crate but keeps only the kind of failure ("InvalidPort"):
         // the same parser first, for its own words ("invalid port number").
-        if let Err(e) = url::Url::parse(&self.url) {
-            return Err(invalid(Error::new(ErrorKind::Url, e.to_string())));
+        let parsed = url::Url::parse(&self.url).map_err(|e| url_error(e.to_string()))?;
+        if scheme == "redis+unix" {
+            return unix_config(&self.url, &parsed).map_err(invalid);
         }
-        fred::types::config::Config::from_url(&self.url).map_err(invalid)
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(url_error("the URL names no host".to_owned()));
+        }
+        fred::types::config::Config::from_url_centralized(&format!("redis://{rest}"))
+            .map_err(invalid)
     }
+
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+}
+
+/// fred's configuration of a `redis+unix://` URL: the socket's path, the URL's user and password,
+/// and the database of its `db` query parameter (the path cannot hold one).
+fn unix_config(
+    url: &str,
+    parsed: &url::Url,
+) -> Result<fred::types::config::Config, fred::error::Error> {
+    use fred::error::{Error, ErrorKind};
+    if parsed.path().is_empty() || parsed.path() == "/" {
+        return Err(Error::new(ErrorKind::Url, "expected redis+unix:///path/to/redis.sock"));
+    }
+    let mut config = fred::types::config::Config::from_url_unix(url)?;
+    for (key, value) in parsed.query_pairs() {
+        match &*key {
+            "db" => {
+                let db = value.parse::<u8>().map_err(|_| {
+                    Error::new(
+                        ErrorKind::Url,
+                        format!("db={value} is not a database number (0-255)"),
+                    )
+                })?;
+                config.database = Some(db);
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Url,
+                    format!("unknown parameter {other:?}: a redis+unix URL takes only db"),
+                ));
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// The settings of one named pool: the engine's [`PoolConfig`] for the exclusive connections,
@@ -210,7 +343,7 @@ impl RedisConfig {
 ///
 /// [`Default`] is [`PoolConfig::default`]'s sizes (10 kept, 20 more under load) and the defaults
 /// below.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
@@ -265,6 +398,89 @@ pub struct PoolSettings {
     /// engine's backoff.
     #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::positive"))]
     pub max_reconnect_delay: Duration,
+    /// A PEM file of the CA certificates that sign the server's certificate, the only ones
+    /// trusted (`REDIS_TLS_CA_CERT`) \[unset: the system's CA certificates\]: a private CA, or a
+    /// managed service's bundle. TLS settings need a `rediss://` URL; every connection of the
+    /// pool, exclusive and shared, then checks the server's certificate and that it is valid for
+    /// the URL's host name (always: there is no setting that turns the checks off).
+    pub tls_ca_cert: Option<PathBuf>,
+    /// A PEM file of the client certificate (and its chain) presented to a server that
+    /// authenticates clients by certificate (`tls-auth-clients yes`), with
+    /// [`tls_key`](Self::tls_key) (`REDIS_TLS_CERT`) \[unset\].
+    pub tls_cert: Option<PathBuf>,
+    /// A PEM file of the client certificate's private key (`REDIS_TLS_KEY`) \[unset\].
+    pub tls_key: Option<PathBuf>,
+    /// A file holding the password, in place of the URL's (which must then have none), read on
+    /// every new connection and reconnect, and again whenever it changes
+    /// ([`FileCredentials`]: how Vault agent and Kubernetes secrets rotate passwords;
+    /// `REDIS_PASSWORD_FILE`) \[unset\]. Line breaks at its end are dropped. The URL's user name,
+    /// if any, logs in with it.
+    pub password_file: Option<PathBuf>,
+    /// Commands run on every new connection, as `redis-cli` reads a line
+    /// (`["CLIENT SETNAME billing"]`), in one round trip, before anyone uses it \[none\]: on each
+    /// exclusive connection when it opens and again after each reset on return (in the reset's
+    /// round trip, since its `RESET` undoes them), and on each shared client when it connects and
+    /// after every reconnect. A command that fails makes the connect fail with its error.
+    /// Refused: `AUTH` and `SELECT` (the URL's), and commands that would leave fred's replies
+    /// out of step or block (`SUBSCRIBE`, `MONITOR`, `HELLO`, `CLIENT REPLY`, `MULTI`, `BLPOP`...).
+    /// Not read from the environment.
+    pub connect_commands: Vec<String>,
+    /// Where the password or token of every new connection comes from, in place of the URL's
+    /// password, set in code \[unset\]: asked by every connect and reconnect (fred's, for the
+    /// shared clients) and by every reset on return, whose `RESET` logs the connection out so
+    /// it sends `AUTH` again with the provider's current credential. Wrap a slow source in
+    /// [`CachedCredentials`](pool_core::CachedCredentials), which also suits tokens that expire
+    /// (the cloud's IAM tokens). `password_file` makes a [`FileCredentials`].
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub credentials: Option<Arc<dyn CredentialProvider>>,
+    /// An async function run after `connect_commands` wherever they run, set in code with
+    /// [`on_connect`](Self::on_connect) \[unset\]; see [`ConnectHook`].
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub on_connect: Option<ConnectHook>,
+}
+
+/// Equal when every setting is, a provider being equal only to itself (clones of one `Arc`).
+impl PartialEq for PoolSettings {
+    fn eq(&self, other: &Self) -> bool {
+        // Taken apart, so that a new field cannot be left out of the comparison.
+        let PoolSettings {
+            pool,
+            max_connections,
+            shared_clients,
+            socket_keepalive,
+            retry_on_timeout,
+            command_timeout,
+            shared_command_timeout,
+            max_reconnect_delay,
+            tls_ca_cert,
+            tls_cert,
+            tls_key,
+            password_file,
+            connect_commands,
+            credentials,
+            on_connect,
+        } = self;
+        let same_provider = match (credentials, &other.credentials) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+            _ => false,
+        };
+        *pool == other.pool
+            && *max_connections == other.max_connections
+            && *shared_clients == other.shared_clients
+            && *socket_keepalive == other.socket_keepalive
+            && *retry_on_timeout == other.retry_on_timeout
+            && *command_timeout == other.command_timeout
+            && *shared_command_timeout == other.shared_command_timeout
+            && *max_reconnect_delay == other.max_reconnect_delay
+            && *tls_ca_cert == other.tls_ca_cert
+            && *tls_cert == other.tls_cert
+            && *tls_key == other.tls_key
+            && *password_file == other.password_file
+            && *connect_commands == other.connect_commands
+            && same_provider
+            && *on_connect == other.on_connect
+    }
 }
 
 impl Default for PoolSettings {
@@ -278,6 +494,13 @@ impl Default for PoolSettings {
             command_timeout: Some(Duration::from_secs(5)),
             shared_command_timeout: Some(Duration::from_secs(5)),
             max_reconnect_delay: Duration::from_secs(2),
+            tls_ca_cert: None,
+            tls_cert: None,
+            tls_key: None,
+            password_file: None,
+            connect_commands: Vec::new(),
+            credentials: None,
+            on_connect: None,
         }
     }
 }
@@ -301,6 +524,106 @@ impl PoolSettings {
         command_timeout: Option<Duration>,
         shared_command_timeout: Option<Duration>,
         max_reconnect_delay: Duration,
+    }
+
+    /// Sets [`tls_ca_cert`](Self::tls_ca_cert), the CA certificates trusted for `rediss://`.
+    #[must_use]
+    pub fn tls_ca_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_cert = Some(path.into());
+        self
+    }
+
+    /// Sets [`tls_cert`](Self::tls_cert) and [`tls_key`](Self::tls_key), the client
+    /// certificate and its private key.
+    #[must_use]
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_cert = Some(cert.into());
+        self.tls_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`password_file`](Self::password_file), a file holding the password.
+    #[must_use]
+    pub fn password_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.password_file = Some(path.into());
+        self
+    }
+
+    /// Sets [`connect_commands`](Self::connect_commands), run on every new connection.
+    #[must_use]
+    pub fn connect_commands<I, S>(mut self, commands: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.connect_commands = commands.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`credentials`](Self::credentials), where every new connection's password or
+    /// token comes from.
+    ///
+    /// # Examples
+    ///
+    /// A token that expires after 15 minutes, fetched from a token service (the shape of
+    /// ElastiCache's IAM authentication) and kept until a minute before it expires:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pool_redis::pool_core::{CachedCredentials, Credential, CredentialError, FnCredentials};
+    /// use pool_redis::PoolSettings;
+    ///
+    /// async fn fetch_token() -> Result<String, std::io::Error> {
+    ///     Ok("token".to_owned()) // a signed request, a call to the cloud's token service
+    /// }
+    ///
+    /// let tokens = CachedCredentials::new(FnCredentials::new(|| async {
+    ///     let token = fetch_token().await.map_err(CredentialError::provider)?;
+    ///     Ok(Credential::expiring_in(token, Duration::from_secs(900)))
+    /// }));
+    /// let settings = PoolSettings::default().credentials(tokens);
+    /// ```
+    #[must_use]
+    pub fn credentials(mut self, provider: impl CredentialProvider) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// Sets [`on_connect`](Self::on_connect): `f` runs with the client of every new connection,
+    /// before anyone uses it, and again where [`ConnectHook`] says.
+    #[must_use]
+    pub fn on_connect<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(fred::clients::Client) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), fred::error::Error>> + Send + 'static,
+    {
+        self.on_connect = Some(ConnectHook::new(f));
+        self
+    }
+
+    /// The TLS settings' files.
+    pub(crate) fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            ca: self.tls_ca_cert.as_deref(),
+            cert: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+        }
+    }
+
+    /// The provider of the pool's passwords: [`credentials`](Self::credentials), or a
+    /// [`FileCredentials`] of [`password_file`](Self::password_file).
+    pub(crate) fn provider(&self) -> Option<Arc<dyn CredentialProvider>> {
+        self.credentials.clone().or_else(|| {
+            self.password_file
+                .as_ref()
+                .map(|path| Arc::new(FileCredentials::new(path)) as Arc<dyn CredentialProvider>)
+        })
+    }
+
+    /// What runs on every new connection.
+    pub(crate) fn on_connect_steps(&self) -> OnConnect {
+        // Checked by `validate`.
+        OnConnect::new(&self.connect_commands, self.on_connect.clone()).unwrap_or_default()
     }
 
     /// Sets the engine's settings for the exclusive connections, [`pool`](Self::pool).
@@ -339,7 +662,10 @@ impl PoolSettings {
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the first setting that makes no sense: the engine's own
-    /// checks of [`pool`](Self::pool) (a zero `pool_size`...), then this type's.
+    /// checks of [`pool`](Self::pool) (a zero `pool_size`...), then this type's, among them the
+    /// files (a TLS file that cannot be read or holds no PEM of its kind, a key that does not
+    /// match its certificate, a password file that cannot be read or is empty, each named with
+    /// its path) and `connect_commands`.
     pub fn validate(&self, pool: &str) -> Result<(), ConfigError> {
         let invalid = |setting: &str, value: String, reason: &str| ConfigError::Invalid {
             pool: pool.to_owned(),
@@ -386,6 +712,28 @@ impl PoolSettings {
                 "max_reconnect_delay",
                 format!("{:?}", self.max_reconnect_delay),
                 "must be below 49 days",
+            ));
+        }
+        if let Err(p) = self.tls_files().check() {
+            return Err(invalid(p.setting, p.path.display().to_string(), &p.reason));
+        }
+        if let Some(path) = &self.password_file {
+            if self.credentials.is_some() {
+                return Err(invalid(
+                    "password_file",
+                    path.display().to_string(),
+                    "the pool has a credential provider too: give the password in one place",
+                ));
+            }
+            if let Err(e) = FileCredentials::new(path).read() {
+                return Err(invalid("password_file", path.display().to_string(), &e.to_string()));
+            }
+        }
+        if let Err((i, reason)) = OnConnect::new(&self.connect_commands, None) {
+            return Err(invalid(
+                &format!("connect_commands[{i}]"),
+                crate::hook::shown(&self.connect_commands[i]),
+                &reason,
             ));
         }
         Ok(())
@@ -526,6 +874,161 @@ mod tests {
         assert!(msg.contains("invalid Redis URL") && !msg.contains("hunter2"), "{msg}");
     }
 
+    /// A directory of its own for one test's files, removed at the end of the test.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("pool-redis-config-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str, text: &str) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn tls_and_password_variables_set_their_keys_and_bad_files_name_the_key() {
+        let dir = TempDir::new("env");
+        let password = dir.file("password", "s3cret\n");
+        let not_pem = dir.file("not.pem", "hello");
+        let missing = dir.0.join("missing.pem").display().to_string();
+        let c = RedisConfig::default()
+            .with_env_from(env(&[
+                ("REDIS_URL", "rediss://cache.example:6380"),
+                ("REDIS_PASSWORD_FILE", &password),
+                ("REDIS_CACHE_PASSWORD_FILE", &password),
+            ]))
+            .unwrap();
+        assert_eq!(c.pools["main"].password_file.as_deref(), Some(std::path::Path::new(&password)));
+        assert!(c.pools["cache"].password_file.is_some());
+        for (var, value, says) in [
+            ("REDIS_TLS_CA_CERT", missing.as_str(), "cannot read it"),
+            ("REDIS_TLS_CA_CERT", not_pem.as_str(), "holds no PEM certificate"),
+            ("REDIS_CACHE_TLS_KEY", not_pem.as_str(), "set tls_cert too"),
+            ("REDIS_PASSWORD_FILE", missing.as_str(), "cannot read the password file"),
+        ] {
+            let err = RedisConfig::default()
+                .with_env_from(env(&[("REDIS_URL", "rediss://h"), (var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var) && err.contains(value) && err.contains(says), "{err}");
+        }
+        let empty = dir.file("empty", "\n");
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_PASSWORD_FILE", &empty)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is empty"), "{err}");
+    }
+
+    /// TLS settings need `rediss://`; the password comes from one place; neither error shows the
+    /// URL's password.
+    #[test]
+    fn settings_are_checked_against_the_url() {
+        let dir = TempDir::new("url");
+        let password = dir.file("password", "s3cret");
+        let pem = dir.file("ca.pem", crate::tls::tests::TEST_CA);
+        for (url, settings, setting, says) in [
+            (
+                "redis://h",
+                PoolSettings::default().tls_ca_cert(&pem),
+                "tls_ca_cert",
+                "needs a rediss:// URL",
+            ),
+            (
+                "redis+unix:///run/redis.sock",
+                PoolSettings::default().tls_ca_cert(&pem),
+                "tls_ca_cert",
+                "needs a rediss:// URL",
+            ),
+            (
+                "redis://:hunter2@h",
+                PoolSettings::default().password_file(&password),
+                "password_file",
+                "the URL has a password too",
+            ),
+            (
+                "redis://:hunter2@h",
+                PoolSettings::default().credentials(pool_core::StaticCredentials::password("x")),
+                "credentials",
+                "the URL has a password too",
+            ),
+        ] {
+            let err = RedisConfig::new(url).pool("main", settings).validate().unwrap_err();
+            let ConfigError::Invalid { setting: s, .. } = &err else { panic!("{err}") };
+            let msg = err.to_string();
+            assert_eq!(s, setting, "{msg}");
+            assert!(msg.contains(says) && !msg.contains("hunter2"), "{msg}");
+        }
+        let both = PoolSettings::default()
+            .password_file(&password)
+            .credentials(pool_core::StaticCredentials::password("x"));
+        let err = both.validate("main").unwrap_err().to_string();
+        assert!(err.contains("password_file") && err.contains("one place"), "{err}");
+        let err = PoolSettings::default()
+            .connect_commands(["CLIENT SETNAME app", "SELECT 2"])
+            .validate("main")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("connect_commands[1] = \"SELECT 2\"") && err.contains("in the URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn urls_read_tls_and_unix_sockets() {
+        let config = |url: &str| RedisConfig::new(url).fred_config();
+        let tls = config("rediss://u:pw@cache.example:6380/2").unwrap();
+        assert!(tls.tls.is_none(), "the pool sets its own TLS configuration");
+        assert_eq!(
+            (tls.username.as_deref(), tls.password.as_deref(), tls.database),
+            (Some("u"), Some("pw"), Some(2))
+        );
+        assert!(RedisConfig::new("rediss://h").uses_tls());
+        let unix = config("redis+unix:///run/redis/redis.sock?db=3").unwrap();
+        assert_eq!(
+            unix.server,
+            fred::types::config::ServerConfig::Unix { path: "/run/redis/redis.sock".into() }
+        );
+        assert_eq!(unix.database, Some(3));
+        let unix = config("redis+unix://:pw@localhost/run/redis.sock").unwrap();
+        assert_eq!((unix.password.as_deref(), unix.database), (Some("pw"), None));
+        for (url, says) in [
+            ("redis+unix://", "expected redis+unix:///path/to/redis.sock"),
+            ("redis+unix:///s.sock?db=x", "db=x is not a database number"),
+            ("redis+unix:///s.sock?timeout=1", "a redis+unix URL takes only db"),
+            ("rediss://", "names no host"),
+            ("unix:///s.sock", "expected redis://"),
+        ] {
+            let err = config(url).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_urls_password() {
+        let shown = format!("{:?}", RedisConfig::new("redis://:hunter2@h"));
+        assert!(!shown.contains("hunter2") && shown.contains("redis://:***@h"), "{shown}");
+        let shown = format!(
+            "{:?}",
+            PoolSettings::default().credentials(pool_core::StaticCredentials::password("hunter2"))
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
     #[test]
     fn invalid_settings_name_pool_and_setting() {
         for (settings, setting) in [
@@ -592,5 +1095,19 @@ mod tests {
         assert_eq!(back, s);
         let err = serde_json::from_str::<PoolSettings>(r#"{"sharedclients": 2}"#).unwrap_err();
         assert!(err.to_string().contains("sharedclients"), "{err}");
+        let s: PoolSettings = serde_json::from_str(
+            r#"{"tls_ca_cert": "/etc/redis/ca.pem", "tls_cert": "/etc/redis/client.pem",
+                "tls_key": "/etc/redis/client.key", "password_file": "/run/secrets/redis",
+                "connect_commands": ["CLIENT SETNAME app"]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.tls_ca_cert.as_deref(), Some(std::path::Path::new("/etc/redis/ca.pem")));
+        assert_eq!(s.connect_commands, ["CLIENT SETNAME app"]);
+        let back: PoolSettings = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        for key in ["credentials", "on_connect"] {
+            let err = serde_json::from_str::<PoolSettings>(&format!(r#"{{"{key}": null}}"#));
+            assert!(err.is_err(), "{key} is set in code only");
+        }
     }
 }

@@ -7,15 +7,21 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use fred::clients::Client;
 use fred::error::{Error, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface, MetricsInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, MetricsInterface};
 use fred::types::config::{
-    Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, TcpConfig,
+    Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, ServerConfig, TcpConfig,
+    TlsConfig,
 };
 use fred::types::{ConnectHandle, MultipleKeys};
+use tokio::task::JoinHandle;
 
+use crate::auth::Credentials;
 use crate::config::PoolSettings;
+use crate::hook::OnConnect;
 
 /// An exclusive connection: one fred [`Client`] with one socket, used by one task at a time.
 ///
@@ -147,10 +153,14 @@ impl fmt::Debug for RedisConnection {
 }
 
 /// A fred client and the task that drives its connection. Dropping it aborts the task, which
-/// closes the socket (the server then frees the client, blocked or not).
+/// closes the socket (the server then frees the client, blocked or not), and the client's event
+/// listeners.
 pub(crate) struct Owned {
     pub(crate) client: Client,
     task: ConnectHandle,
+    /// A shared client's listeners: the connect hook after each reconnect, and the report of a
+    /// refused credential.
+    listeners: Vec<JoinHandle<Result<(), Error>>>,
 }
 
 impl Owned {
@@ -178,11 +188,15 @@ impl Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         self.task.abort();
+        for listener in &self.listeners {
+            listener.abort();
+        }
     }
 }
 
-/// Opens fred clients with one pool's settings: the URL's config, timeouts, TCP keepalive and,
-/// for the shared clients, the reconnect policy; never resending a command.
+/// Opens fred clients with one pool's settings: the URL's config, TLS, credentials, timeouts,
+/// TCP keepalive, what runs on every new connection and, for the shared clients, the reconnect
+/// policy; never resending a command.
 ///
 /// Exclusive connections do not reconnect by themselves: one whose socket drops stays down,
 /// its holder's next command fails, and the engine closes it and opens another. A silent
@@ -196,6 +210,12 @@ pub(crate) struct ClientFactory {
     policy: ReconnectPolicy,
     /// Whether clients get `policy` (the shared ones) or none (exclusive connections).
     reconnect: bool,
+    credentials: Credentials,
+    on_connect: Arc<OnConnect>,
+    /// `host:port` or the socket's path, for errors.
+    server: String,
+    /// The whole bound of one connect.
+    connect_timeout: Duration,
 }
 
 /// Keepalive: first probe after this long idle.
@@ -225,6 +245,30 @@ impl ClientFactory {
     /// fred's configuration of every client this factory opens.
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where the clients' passwords come from.
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// What runs on every new connection.
+    pub(crate) fn on_connect(&self) -> &Arc<OnConnect> {
+        &self.on_connect
+    }
+
+    /// Connects every client over TLS with `tls`, checking the server's certificate against the
+    /// URL's host name.
+    ///
+    /// A server that does not speak TLS on the port never answers the handshake (Redis waits
+    /// for the end of a line that a `ClientHello` does not hold): the TCP connect and handshake
+    /// get most of `connect_timeout`, and the rest goes to a plaintext `PING` that tells such a
+    /// server from one that is slow or unreachable.
+    pub(crate) fn tls(mut self, tls: rustls::ClientConfig) -> Self {
+        let connector = fred::types::config::TlsConnector::from(tls);
+        self.config.tls = Some(TlsConfig::from(connector));
+        self.connection.connection_timeout = self.connect_timeout * 4 / 5;
+        self
     }
 
     /// fred's connection settings of every client this factory opens.
@@ -269,30 +313,124 @@ impl ClientFactory {
             2,
         );
         policy.set_jitter(RECONNECT_JITTER_MS);
-        ClientFactory { config, perf, connection, policy, reconnect: false }
+        let credentials = Credentials::new(&config, settings.provider());
+        let server = match &config.server {
+            ServerConfig::Centralized { server } => format!("{}:{}", server.host, server.port),
+            ServerConfig::Unix { path } => path.display().to_string(),
+            other => format!("{:?}", other.hosts()),
+        };
+        ClientFactory {
+            config,
+            perf,
+            connection,
+            policy,
+            reconnect: false,
+            credentials,
+            on_connect: Arc::new(settings.on_connect_steps()),
+            server,
+            connect_timeout: settings.pool.connect_timeout,
+        }
     }
 
-    /// Opens one client and waits for its first connection.
+    /// Opens one client, waits for its first connection and runs what runs on every new
+    /// connection (`connect_commands`, the hook). A shared client gets listeners that run them
+    /// again after each reconnect, and report a refused credential to the provider.
     ///
     /// The connect runs in its own task: if this future is dropped, a connection made after
     /// all is closed rather than leaked.
+    ///
+    /// # Errors
+    ///
+    /// fred's error (a TLS failure said in TLS terms, naming the server), or the failure of a
+    /// connect command or of the hook.
     pub(crate) async fn open(&self) -> Result<Owned, Error> {
+        let mut config = self.config.clone();
+        let adapter = self.credentials.install(&mut config);
         let client = Client::new(
-            self.config.clone(),
+            config,
             Some(self.perf.clone()),
             Some(self.connection.clone()),
             self.reconnect.then(|| self.policy.clone()),
         );
         let (tx, rx) = tokio::sync::oneshot::channel();
         let c = client.clone();
+        let on_connect = Arc::clone(&self.on_connect);
+        let reconnect = self.reconnect;
+        let tls = match (&self.config.tls, &self.config.server) {
+            (Some(_), ServerConfig::Centralized { server }) => {
+                let probe = (self.connect_timeout / 5).max(Duration::from_millis(50));
+                Some((server.host.to_string(), server.port, probe))
+            }
+            _ => None,
+        };
+        let server = self.server.clone();
         tokio::spawn(async move {
-            let result = c.init().await.map(|task| Owned { client: c, task });
+            let result = match c.init().await {
+                Ok(task) => {
+                    let mut owned = Owned { client: c, task, listeners: Vec::new() };
+                    match on_connect.run(&owned.client).await {
+                        Ok(()) => {
+                            if reconnect {
+                                owned.listen(&on_connect, adapter);
+                            }
+                            Ok(owned)
+                        }
+                        // Dropping `owned` closes the connection.
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => {
+                    if let Some(adapter) = &adapter {
+                        adapter.check(&e);
+                    }
+                    Err(match tls {
+                        Some((host, port, bound)) => {
+                            crate::tls::explain(e, &server, (&host, port, bound)).await
+                        }
+                        None => e,
+                    })
+                }
+            };
             // If nobody waits any more, the value comes back and is dropped, closing it.
             let _ = tx.send(result);
         });
         match rx.await {
             Ok(result) => result,
             Err(_) => Err(Error::new(ErrorKind::Canceled, "connect task ended without a result")),
+        }
+    }
+}
+
+impl Owned {
+    /// A shared client's listeners: after each reconnect, the connect commands and hook again
+    /// (a failure is logged; the client keeps serving); after each failed reconnect, the
+    /// provider told if the server refused its credential.
+    fn listen(
+        &mut self,
+        on_connect: &Arc<OnConnect>,
+        adapter: Option<Arc<crate::auth::FredCredentials>>,
+    ) {
+        if !on_connect.is_empty() {
+            let on_connect = Arc::clone(on_connect);
+            let client = self.client.clone();
+            self.listeners.push(self.client.on_reconnect(move |_server| {
+                let (on_connect, client) = (Arc::clone(&on_connect), client.clone());
+                async move {
+                    // On its own task: the listener must not wait on the client it serves.
+                    tokio::spawn(async move {
+                        if let Err(e) = on_connect.run(&client).await {
+                            tracing::warn!(client = %client.id(), error = %e, "a shared client reconnected, but its connect commands or hook failed");
+                        }
+                    });
+                    Ok(())
+                }
+            }));
+        }
+        if let Some(adapter) = adapter {
+            self.listeners.push(self.client.on_error(move |(error, _server)| {
+                adapter.check(&error);
+                async { Ok(()) }
+            }));
         }
     }
 }

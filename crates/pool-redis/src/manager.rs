@@ -14,9 +14,13 @@ use crate::reset::{Failure, SessionReset};
 ///
 /// - check: `PING` (the engine runs it before handing out a connection idle longer than
 ///   `health_check_interval`, and on idle connections in the background);
+/// - connect: a fred client, over TLS for `rediss://`, authenticated with the URL's password or
+///   the pool's credential provider, then the pool's `connect_commands` and connect hook;
 /// - reset on every return: `RESET`, then `AUTH [user] password` when the URL has a password
-///   and `SELECT db` when it names a database other than 0, in one round trip; any other reply
-///   than each command's own closes the connection (see [`RedisConnection`]);
+///   (the provider's current one when the pool has a provider), `SELECT db` when it names a
+///   database other than 0, and the pool's `connect_commands`, in one round trip, then the
+///   connect hook if any; any other reply than each command's own (an error reply, for a
+///   connect command) closes the connection (see [`RedisConnection`]);
 /// - broken on return (closed and replaced, no IO to decide): not connected, or a command
 ///   still in flight (see [`RedisConnection`]);
 /// - close: `QUIT`, or closing the socket when a command still holds it.
@@ -31,7 +35,7 @@ pub struct RedisManager {
 
 impl RedisManager {
     pub(crate) fn new(pool: &str, factory: ClientFactory, close_timeout: Duration) -> Self {
-        let session = SessionReset::new(factory.config());
+        let session = SessionReset::of(&factory);
         RedisManager {
             pool: pool.to_owned(),
             factory,
@@ -72,7 +76,10 @@ impl pool_core::Manager for RedisManager {
         match self.session.run(conn.client()).await {
             Ok(()) => {
                 conn.clear_watching();
-                Ok(())
+                match &self.factory.on_connect().hook {
+                    Some(hook) => hook.call(conn.client()).await,
+                    None => Ok(()),
+                }
             }
             Err(Failure::NoReset(e)) => {
                 if !self.warned_no_reset.swap(true, Relaxed) {

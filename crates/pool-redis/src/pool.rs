@@ -20,7 +20,7 @@ use pool_core::{
 
 use crate::config::{PoolSettings, RedisConfig};
 use crate::connection::ClientFactory;
-use crate::error::{AcquireError, BuildError, redact};
+use crate::error::{AcquireError, BuildError, ConfigError, redact};
 use crate::manager::RedisManager;
 use crate::shared::{SharedClients, spawn_heartbeat};
 use crate::stats::RedisStats;
@@ -55,14 +55,17 @@ struct Inner {
 
 impl RedisPool {
     /// Opens the pool `name` on `url`: connects its shared clients (failing if they cannot
-    /// connect within `connect_timeout`) and starts warming its exclusive connections in the
-    /// background.
+    /// connect within `connect_timeout`, or their connect commands or hook fail) and starts
+    /// warming its exclusive connections in the background.
     ///
     /// # Errors
     ///
-    /// [`BuildError::Config`] for a URL or setting that makes no sense,
-    /// [`BuildError::Connect`] or [`BuildError::ConnectTimeout`] naming the pool and the URL
-    /// when the server cannot be reached, [`BuildError::Pool`] outside a tokio runtime.
+    /// [`BuildError::Config`] for a URL or setting that makes no sense (a TLS file that cannot
+    /// be used, naming the setting and the path), [`BuildError::Connect`] or
+    /// [`BuildError::ConnectTimeout`] naming the pool and the URL when the server cannot be
+    /// reached or refuses the connection (a TLS failure says why in TLS terms: an unknown CA, a
+    /// host name mismatch, an expired certificate, a server that does not speak TLS, a client
+    /// certificate required), [`BuildError::Pool`] outside a tokio runtime.
     pub async fn connect(
         name: &str,
         url: &str,
@@ -76,7 +79,16 @@ impl RedisPool {
         let config = RedisConfig::new(url).pool(name, settings.clone());
         config.validate()?;
         let fred_config = config.fred_config()?;
-        let factory = ClientFactory::new(fred_config, &settings);
+        let mut factory = ClientFactory::new(fred_config, &settings);
+        if config.uses_tls() {
+            let tls = settings.tls_files().client_config().map_err(|p| ConfigError::Invalid {
+                pool: name.to_owned(),
+                setting: p.setting.to_owned(),
+                value: p.path.display().to_string(),
+                reason: p.reason,
+            })?;
+            factory = factory.tls(tls);
+        }
         let shared = SharedClients::open(
             &factory.for_shared(&settings),
             settings.shared_clients,

@@ -5,28 +5,43 @@
 use fred::clients::Client;
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::ClientLike;
-use fred::types::config::Config;
 use fred::types::{CustomCommand, Value};
+
+use crate::auth::{Credentials, is_refusal};
+use crate::connection::ClientFactory;
+use crate::hook::Command;
 
 /// The commands that reset one pool's exclusive connections, built once from the configuration
 /// its connections open with.
 ///
-/// The connect path (`ClientFactory`) configures, from the URL, only `AUTH` (with a password)
-/// and `SELECT` (with a database): fred's protocol stays RESP2 and fred sends no `CLIENT SETNAME`
-/// (`auto_client_setname` is off), so `RESET`'s RESP2 and empty name are already right. A test
-/// below fails if that changes.
+/// The connect path (`ClientFactory`) sets up `AUTH` (with a password or a credential provider),
+/// `SELECT` (with a database) and the pool's `connect_commands`: fred's protocol stays RESP2 and
+/// fred sends no `CLIENT SETNAME` (`auto_client_setname` is off), so `RESET`'s RESP2 and empty
+/// name are already right. A test below fails if that changes.
 pub(crate) struct SessionReset {
-    /// `AUTH [username] password`, when the URL has a password (fred sends `AUTH` only then).
-    auth: Option<Vec<Value>>,
+    /// Where `AUTH`'s password comes from (none: fred sends `AUTH` only with one).
+    credentials: Credentials,
     /// The URL's database, when it is not 0 (the database `RESET` selects).
     database: Option<u8>,
+    /// The pool's `connect_commands`, run again after `RESET` undid them.
+    commands: Vec<Command>,
 }
 
-/// One command of the reset and the reply it must get (a simple or bulk string).
+/// One command of the reset and the reply it must get.
 struct Step {
-    name: &'static str,
+    name: String,
     args: Vec<Value>,
-    expect: &'static str,
+    expect: Expect,
+}
+
+/// The reply a step must get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Exactly this simple or bulk string.
+    Exactly(&'static str),
+    /// Any reply but an error: one of `connect_commands`, whose step comes after `RESET`'s,
+    /// which proved the replies in step.
+    NoError(usize),
 }
 
 /// Why a reset failed.
@@ -38,13 +53,13 @@ pub(crate) enum Failure {
 }
 
 impl SessionReset {
-    pub(crate) fn new(config: &Config) -> Self {
-        let auth = config.password.as_ref().map(|password| {
-            let mut args: Vec<Value> = config.username.iter().map(|u| u.as_str().into()).collect();
-            args.push(password.as_str().into());
-            args
-        });
-        SessionReset { auth, database: config.database.filter(|&db| db != 0) }
+    /// The reset of the connections `factory` opens.
+    pub(crate) fn of(factory: &ClientFactory) -> Self {
+        SessionReset {
+            credentials: factory.credentials().clone(),
+            database: factory.config().database.filter(|&db| db != 0),
+            commands: factory.on_connect().commands.clone(),
+        }
     }
 
     /// Sends the reset (one round trip: a pipeline when there is more than `RESET`) and checks
@@ -57,8 +72,13 @@ impl SessionReset {
     /// command: a command whose reply never came, or a frame nobody asked for, sits in its
     /// queue), or fred's error (a timeout, a closed socket).
     pub(crate) async fn run(&self, client: &Client) -> Result<(), Failure> {
-        let steps = self.steps();
-        let command = |step: &Step| CustomCommand::new_static(step.name, None, false);
+        let auth = self.credentials.for_reset().await.map_err(Failure::Other)?;
+        let (auth_args, credential) = match auth {
+            Some(auth) => (Some(auth.args), auth.credential),
+            None => (None, None),
+        };
+        let steps = self.steps(auth_args);
+        let command = |step: &Step| CustomCommand::new(step.name.clone(), None, false);
         let replies = if let [only] = &steps[..] {
             // A pipeline costs more work in fred than one command.
             vec![client.custom::<Value, _>(command(only), only.args.clone()).await]
@@ -72,7 +92,14 @@ impl SessionReset {
             }
             pipeline.try_all::<Value>().await
         };
-        check(&steps, replies)?;
+        if let Err(failure) = check(&steps, &self.commands, replies) {
+            if let (Failure::Other(e), Some(credential)) = (&failure, &credential)
+                && is_refusal(e)
+            {
+                self.credentials.refused(credential);
+            }
+            return Err(failure);
+        }
         // A `HELLO` sent through fred's own `hello()` switched fred's decoder; the server speaks
         // the configured protocol again since `RESET`, and nothing is in flight any more. This
         // reads fred's (doc-hidden) client state; `tests/it/redis.rs` pins the behaviour.
@@ -80,20 +107,29 @@ impl SessionReset {
         Ok(())
     }
 
-    fn steps(&self) -> Vec<Step> {
-        let mut steps = vec![Step { name: "RESET", args: vec![], expect: "RESET" }];
-        if let Some(auth) = &self.auth {
-            steps.push(Step { name: "AUTH", args: auth.clone(), expect: "OK" });
+    /// `RESET`, `AUTH` with `auth`, `SELECT` and the connect commands.
+    fn steps(&self, auth: Option<Vec<Value>>) -> Vec<Step> {
+        let step = |name: &str, args, expect| Step { name: name.to_owned(), args, expect };
+        let mut steps = vec![step("RESET", vec![], Expect::Exactly("RESET"))];
+        if let Some(auth) = auth {
+            steps.push(step("AUTH", auth, Expect::Exactly("OK")));
         }
         if let Some(db) = self.database {
-            steps.push(Step { name: "SELECT", args: vec![i64::from(db).into()], expect: "OK" });
+            steps.push(step("SELECT", vec![i64::from(db).into()], Expect::Exactly("OK")));
+        }
+        for (i, command) in self.commands.iter().enumerate() {
+            steps.push(step(&command.name, command.args.clone(), Expect::NoError(i)));
         }
         steps
     }
 }
 
-/// Checks one reply per step, in order.
-fn check(steps: &[Step], replies: Vec<Result<Value, Error>>) -> Result<(), Failure> {
+/// Checks one reply per step, in order; a connect command's error names it.
+fn check(
+    steps: &[Step],
+    commands: &[Command],
+    replies: Vec<Result<Value, Error>>,
+) -> Result<(), Failure> {
     if replies.len() != steps.len() {
         // fred answers a pipeline that failed as a whole (a timeout, a closed socket) with one
         // error.
@@ -106,9 +142,10 @@ fn check(steps: &[Step], replies: Vec<Result<Value, Error>>) -> Result<(), Failu
         }));
     }
     for (step, reply) in steps.iter().zip(replies) {
-        match reply {
-            Ok(value) if value.as_str().as_deref() == Some(step.expect) => {}
-            Ok(value) => {
+        match (reply, step.expect) {
+            (Ok(_), Expect::NoError(_)) => {}
+            (Ok(value), Expect::Exactly(expect)) if value.as_str().as_deref() == Some(expect) => {}
+            (Ok(value), Expect::Exactly(_)) => {
                 // The reply's kind only: a reply out of step may be anyone's data.
                 return Err(Failure::Other(Error::new(
                     ErrorKind::Protocol,
@@ -120,10 +157,18 @@ fn check(steps: &[Step], replies: Vec<Result<Value, Error>>) -> Result<(), Failu
                     ),
                 )));
             }
-            Err(e) if step.name == "RESET" && e.details().contains("unknown command") => {
+            (Err(e), _) if step.name == "RESET" && e.details().contains("unknown command") => {
                 return Err(Failure::NoReset(e));
             }
-            Err(e) => {
+            (Err(e), Expect::NoError(i)) => {
+                let details = format!("on return, {}", commands[i].failed(&e).details());
+                return Err(Failure::Other(Error::new(e.kind().clone(), details)));
+            }
+            // fred's own kind and words, so that a refused `AUTH` stays one (`WRONGPASS`).
+            (Err(e), Expect::Exactly(_)) if step.name == "AUTH" && is_refusal(&e) => {
+                return Err(Failure::Other(e));
+            }
+            (Err(e), Expect::Exactly(_)) => {
                 let details = format!("{} on return failed: {}", step.name, e.details());
                 return Err(Failure::Other(Error::new(e.kind().clone(), details)));
             }
@@ -134,18 +179,19 @@ fn check(steps: &[Step], replies: Vec<Result<Value, Error>>) -> Result<(), Failu
 
 #[cfg(test)]
 mod tests {
+    use fred::types::config::Config;
+
     use super::*;
     use crate::config::PoolSettings;
-    use crate::connection::ClientFactory;
 
     /// The steps as the lines one would type into `redis-cli`.
-    fn lines(reset: &SessionReset) -> Vec<String> {
+    async fn lines(reset: &SessionReset) -> Vec<String> {
         let arg = |v: &Value| v.as_str().unwrap().into_owned();
         reset
-            .steps()
+            .steps(auth(reset).await)
             .iter()
             .map(|s| {
-                std::iter::once(s.name.to_owned())
+                std::iter::once(s.name.clone())
                     .chain(s.args.iter().map(arg))
                     .collect::<Vec<_>>()
                     .join(" ")
@@ -153,12 +199,20 @@ mod tests {
             .collect()
     }
 
-    fn reset(url: &str) -> SessionReset {
-        SessionReset::new(&Config::from_url(url).unwrap())
+    async fn auth(reset: &SessionReset) -> Option<Vec<Value>> {
+        reset.credentials.for_reset().await.unwrap().map(|a| a.args)
     }
 
-    #[test]
-    fn reset_then_what_the_url_configures() {
+    fn reset_with(url: &str, settings: &PoolSettings) -> SessionReset {
+        SessionReset::of(&ClientFactory::new(Config::from_url(url).unwrap(), settings))
+    }
+
+    fn reset(url: &str) -> SessionReset {
+        reset_with(url, &PoolSettings::default())
+    }
+
+    #[tokio::test]
+    async fn reset_then_what_the_url_configures() {
         for (url, expected) in [
             ("redis://h", &["RESET"][..]),
             ("redis://h/0", &["RESET"]),
@@ -167,8 +221,28 @@ mod tests {
             ("redis://u@h", &["RESET"]),
             ("redis://h/1", &["RESET", "SELECT 1"]),
         ] {
-            assert_eq!(lines(&reset(url)), expected, "{url}");
+            assert_eq!(lines(&reset(url)).await, expected, "{url}");
         }
+    }
+
+    /// With a provider, `AUTH` sends what it gives at each return (a rotated password), as the
+    /// URL's user; the connect commands follow the URL's set-up.
+    #[tokio::test]
+    async fn the_provider_and_the_connect_commands_come_after_reset() {
+        let password = std::sync::Arc::new(std::sync::Mutex::new("first"));
+        let current = std::sync::Arc::clone(&password);
+        let settings = PoolSettings::default()
+            .credentials(pool_core::FnCredentials::new(move || {
+                let secret = *current.lock().unwrap();
+                async move { Ok(pool_core::Credential::new(secret)) }
+            }))
+            .connect_commands(["CLIENT SETNAME app", "CLIENT NO-EVICT on"]);
+        let reset = reset_with("redis://app@h/2", &settings);
+        let expected =
+            ["RESET", "AUTH app first", "SELECT 2", "CLIENT SETNAME app", "CLIENT NO-EVICT on"];
+        assert_eq!(lines(&reset).await, expected);
+        *password.lock().unwrap() = "second";
+        assert_eq!(lines(&reset).await[1], "AUTH app second");
     }
 
     /// The reset restores what the connect sets up: if the factory ever switches fred to RESP3
@@ -188,12 +262,14 @@ mod tests {
         Ok(Value::String(v.into()))
     }
 
-    #[test]
-    fn every_reply_must_be_its_commands_own() {
-        let steps = reset("redis://:pw@h/3").steps();
-        assert!(check(&steps, vec![s("RESET"), s("OK"), s("OK")]).is_ok());
-        let only_reset = reset("redis://h").steps();
-        assert!(check(&only_reset, vec![s("RESET")]).is_ok());
+    #[tokio::test]
+    async fn every_reply_must_be_its_commands_own() {
+        let full = reset("redis://:pw@h/3");
+        let steps = full.steps(auth(&full).await);
+        let none: &[Command] = &[];
+        assert!(check(&steps, none, vec![s("RESET"), s("OK"), s("OK")]).is_ok());
+        let only_reset = reset("redis://h").steps(None);
+        assert!(check(&only_reset, none, vec![s("RESET")]).is_ok());
         for (steps, replies) in [
             // One frame nobody asked for (a `MONITOR` line, a RESP3 push) came first.
             (&steps, vec![s("+1700000000.0 [0 127.0.0.1:1] \"GET\" \"k\""), s("RESET"), s("OK")]),
@@ -205,7 +281,7 @@ mod tests {
             (&only_reset, vec![Err(Error::new(ErrorKind::Timeout, "Request timed out."))]),
             (&steps, vec![]),
         ] {
-            assert!(matches!(check(steps, replies), Err(Failure::Other(_))));
+            assert!(matches!(check(steps, none, replies), Err(Failure::Other(_))));
         }
         let unknown = || {
             Error::new(
@@ -214,7 +290,23 @@ mod tests {
             )
         };
         let replies = vec![Err(unknown()), s("OK"), s("OK")];
-        assert!(matches!(check(&steps, replies), Err(Failure::NoReset(_))));
-        assert!(matches!(check(&only_reset, vec![Err(unknown())]), Err(Failure::NoReset(_))));
+        assert!(matches!(check(&steps, none, replies), Err(Failure::NoReset(_))));
+        assert!(matches!(check(&only_reset, none, vec![Err(unknown())]), Err(Failure::NoReset(_))));
+    }
+
+    /// A connect command's reply may be anything but an error, which names the command.
+    #[test]
+    fn a_connect_commands_error_names_it() {
+        let settings = PoolSettings::default().connect_commands(["CLIENT SETNAME app", "PING"]);
+        let reset = reset_with("redis://h", &settings);
+        let steps = reset.steps(None);
+        assert!(check(&steps, &reset.commands, vec![s("RESET"), s("OK"), s("PONG")]).is_ok());
+        let refused = Err(Error::new(ErrorKind::Unknown, "ERR no"));
+        let Err(Failure::Other(e)) =
+            check(&steps, &reset.commands, vec![s("RESET"), refused, s("PONG")])
+        else {
+            panic!("an error reply fails the reset");
+        };
+        assert_eq!(e.details(), "on return, connect_commands[0] (CLIENT SETNAME) failed: ERR no");
     }
 }

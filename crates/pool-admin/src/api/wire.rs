@@ -441,8 +441,9 @@ pub struct PoolSettings {
     /// `replica_timeout`, `lag_probe_interval`, `connection_budget`; a replica's pool shows its
     /// cluster's), for Redis the pool's own (`max_connections`, `shared_clients`,
     /// `socket_keepalive`, `retry_on_timeout`, `command_timeout`, `shared_command_timeout`,
-    /// `max_reconnect_delay`), durations in seconds with 0 for off. Absent when the router was
-    /// given no configuration.
+    /// `max_reconnect_delay`, `tls_ca_cert`, `tls_cert`, `tls_key`, `password_file`: paths, not
+    /// the files' contents; `connect_commands`), durations in seconds with 0 for off. Absent
+    /// when the router was given no configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub backend_settings: Option<serde_json::Map<String, serde_json::Value>>,

@@ -148,7 +148,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("REDIS_URL", "http://cache")],
             None,
-            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis:// URL",
+            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis://, rediss:// or redis+unix:// URL",
         ),
         (
             &[("POOL_ADMIN_LISTEN", "everywhere")],
@@ -345,7 +345,7 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
         ),
         (
             "[redis.cache]\nsharedclients = 2\n",
-            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive)".to_owned(),
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tls_ca_cert, tls_cert, tls_key)".to_owned(),
         ),
     ];
     for (toml, expected) in cases {
@@ -468,8 +468,25 @@ fn what_serve_refuses_load_refuses_naming_key_source_and_value() {
         ),
         (
             &[],
-            Some("redis_url = \"rediss://cache:6380\"\n"),
-            "invalid value for redis_url = rediss://cache:6380 from TOML file …: not a valid Redis URL: TLS (rediss://) is not enabled in this build",
+            Some("redis_url = \"redis+unix://\"\n"),
+            "invalid value for redis_url = redis+unix:// from TOML file …: not a valid Redis URL: expected redis+unix:///path/to/redis.sock",
+        ),
+        (
+            &[],
+            Some(
+                "redis_url = \"rediss://cache:6380\"\n[redis.main]\ntls_ca_cert = \"/nonexistent/ca.pem\"\n",
+            ),
+            "invalid value for redis.main.tls_ca_cert = /nonexistent/ca.pem from TOML file …: cannot read it: No such file or directory (os error 2)",
+        ),
+        (
+            &[("REDIS_TLS_CA_CERT", "/nonexistent/ca.pem")],
+            None,
+            "invalid value for redis.main.tls_ca_cert = /nonexistent/ca.pem from environment variable REDIS_TLS_CA_CERT: cannot read it",
+        ),
+        (
+            &[],
+            Some("[redis.main]\nconnect_commands = [\"AUTH hunter2\"]\n"),
+            "invalid value for redis.main.connect_commands[0] = AUTH *** from TOML file …: set the password in the URL, password_file or a credential provider",
         ),
         (
             &[("POOL_ADMIN_LISTEN", "0.0.0.0:9233")],

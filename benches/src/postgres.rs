@@ -101,17 +101,17 @@ struct BenchReset {
 
 impl pool_core::Manager for BenchReset {
     type Connection = pool_postgres::PgConn;
-    type Error = sqlx::Error;
+    type Error = pool_postgres::PgError;
     const BACKEND: &'static str = "postgresql";
 
-    fn connect(&self) -> impl Future<Output = Result<Self::Connection, sqlx::Error>> + Send {
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send {
         self.inner.connect()
     }
 
     fn check(
         &self,
         conn: &mut Self::Connection,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         self.inner.check(conn)
     }
 
@@ -119,10 +119,10 @@ impl pool_core::Manager for BenchReset {
         self.discard_all
     }
 
-    async fn reset(&self, conn: &mut Self::Connection) -> Result<(), sqlx::Error> {
+    async fn reset(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
         let bare: &mut sqlx::PgConnection = conn;
         bare.clear_cached_statements().await?;
-        sqlx::raw_sql("DISCARD ALL").execute(bare).await.map(drop)
+        Ok(sqlx::raw_sql("DISCARD ALL").execute(bare).await.map(drop)?)
     }
 
     fn is_broken(&self, conn: &Self::Connection) -> bool {

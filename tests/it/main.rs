@@ -11,3 +11,4 @@ mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools
 mod redis_tls; // pool-redis: TLS, client certificates, rotated passwords, expiring tokens, connect hooks, Unix sockets
 mod replicas; // pool-postgres: read-your-writes and lag per server behind one replica address
 mod session; // pool-postgres: no state crosses from one user of a connection to the next
+mod tls; // pool-postgres: TLS in every sslmode, client certificates, rotating credentials, connect hooks, Unix sockets

@@ -115,7 +115,15 @@ fn layers() -> Vec<Layer> {
             name: "pool-postgres",
             may_use: all(&[
                 RUNTIME,
-                &["pool-core", "sqlx", "sqlx-core", "sqlx-postgres", "futures-core", "serde"],
+                &[
+                    "pool-core",
+                    "sqlx",
+                    "sqlx-core",
+                    "sqlx-postgres",
+                    "futures-core",
+                    "rustls",
+                    "serde",
+                ],
             ]),
             behind_features: &["serde"],
             never: all(&[REDIS, EXPORTERS, HTTP, upper]),

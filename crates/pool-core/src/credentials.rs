@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -263,31 +263,38 @@ where
 ///   \[60 s\] before its expiry, or half its lifetime before it when that is shorter (a token
 ///   valid 60 s is refreshed after 30 s). A credential without an expiry is kept until the
 ///   server refuses it.
-/// - **Due**: past its refresh point but not expired, the first caller fetches a new one while
-///   the others keep getting the old one; if that fetch fails, the old one is used while it
-///   lasts (and a warning logged).
-/// - **Expired or none**: callers wait for one fetch, made by the first of them, and all get
-///   its result, credential or error (single flight). A caller that stops waiting (its connect
-///   timed out) does not fail the others: the next in line fetches.
+/// - **Due**: past its refresh point but not expired, it is still handed out at once, and a
+///   new one is fetched in the background; if that fetch fails, it is used while it lasts (and
+///   a warning logged).
+/// - **Expired or none**: callers wait for one fetch and all get its result, credential or
+///   error (single flight).
 /// - **Refused**: [`refused`](CredentialProvider::refused) drops the credential if it is still
 ///   the one kept, so the next caller fetches afresh; it is passed on to the inner provider.
 ///
-/// Times are read on tokio's clock, so tests can pause and advance it.
+/// A fetch runs as a task of its own, so a caller that stops waiting (its connect timed out)
+/// neither cancels it nor fails the others: a token service slower than `connect_timeout` still
+/// delivers, and the next connect gets its token. Times are read on tokio's clock, so tests can
+/// pause and advance it; it must be used inside a tokio runtime.
 #[derive(Debug)]
 pub struct CachedCredentials<P> {
-    inner: P,
+    shared: Arc<Shared<P>>,
     margin: Duration,
+}
+
+#[derive(Debug)]
+struct Shared<P> {
+    inner: P,
     cache: Mutex<Cache>,
-    /// Held by the one caller fetching.
-    fetching: tokio::sync::Mutex<()>,
+    /// The number of fetches finished, for those waiting on one.
+    finished: tokio::sync::watch::Sender<u64>,
     fetches: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Cache {
     current: Option<Kept>,
-    /// Fetches finished, successful or not.
-    finished: u64,
+    /// A fetch is running.
+    in_flight: bool,
     /// The last fetch's failure, while no fetch has succeeded since.
     failure: Option<CredentialError>,
 }
@@ -309,24 +316,17 @@ impl Kept {
     }
 }
 
-/// What a call found in the cache.
-enum Found {
-    Use(Credential),
-    /// Due for a refresh, still usable meanwhile.
-    Due(Credential),
-    /// Nothing usable: wait for the fetch after `finished` fetches.
-    Wait(u64),
-}
-
 impl<P: CredentialProvider> CachedCredentials<P> {
     /// Keeps `inner`'s credentials until a minute before they expire.
     pub fn new(inner: P) -> Self {
         CachedCredentials {
-            inner,
+            shared: Arc::new(Shared {
+                inner,
+                cache: Mutex::default(),
+                finished: tokio::sync::watch::Sender::new(0),
+                fetches: AtomicU64::new(0),
+            }),
             margin: Duration::from_secs(60),
-            cache: Mutex::default(),
-            fetching: tokio::sync::Mutex::new(()),
-            fetches: AtomicU64::new(0),
         }
     }
 
@@ -340,94 +340,110 @@ impl<P: CredentialProvider> CachedCredentials<P> {
 
     /// How many times the inner provider was asked, successfully or not.
     pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.shared.fetches.load(Ordering::Relaxed)
     }
 
     /// The inner provider.
     pub fn inner(&self) -> &P {
-        &self.inner
+        &self.shared.inner
     }
 
-    fn cache(&self) -> MutexGuard<'_, Cache> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn look(&self) -> Found {
-        let now = Instant::now();
-        let cache = self.cache();
-        match &cache.current {
-            Some(kept) if kept.fresh(now) => Found::Use(kept.credential.clone()),
-            Some(kept) if kept.usable(now) => Found::Due(kept.credential.clone()),
-            _ => Found::Wait(cache.finished),
+    /// Starts a fetch as a task of its own, unless one is running; under the cache's lock.
+    fn start_fetch(&self, cache: &mut Cache) {
+        if cache.in_flight {
+            return;
         }
-    }
-
-    /// Asks the inner provider, and keeps what it says for those waiting.
-    async fn fetch(&self) -> Result<Credential, CredentialError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetched_at = Instant::now();
-        let result = match self.inner.credential().await {
-            Ok(c) if c.is_expired() => Err(CredentialError::Expired),
-            other => other,
-        };
-        let mut cache = self.cache();
-        cache.finished += 1;
-        match &result {
-            Ok(credential) => {
+        cache.in_flight = true;
+        self.shared.fetches.fetch_add(1, Ordering::Relaxed);
+        let (shared, margin) = (Arc::clone(&self.shared), self.margin);
+        tokio::spawn(async move {
+            // Whatever happens to the fetch (a panic included), the waiters hear of its end.
+            let mut done = Done { shared: &shared, result: None };
+            let fetched_at = Instant::now();
+            let result = match shared.inner.credential().await {
+                Ok(c) if c.is_expired() => Err(CredentialError::Expired),
+                other => other,
+            };
+            done.result = Some(result.map(|credential| {
                 let refresh_at = credential.expires_at.map(|at| {
                     let life = at.saturating_duration_since(fetched_at);
-                    at.checked_sub(self.margin.min(life / 2)).unwrap_or(fetched_at)
+                    at.checked_sub(margin.min(life / 2)).unwrap_or(fetched_at)
                 });
-                cache.current = Some(Kept { credential: credential.clone(), refresh_at });
+                Kept { credential, refresh_at }
+            }));
+        });
+    }
+}
+
+/// Records a fetch's end when dropped: its result, or a failure if it panicked.
+struct Done<'a, P> {
+    shared: &'a Shared<P>,
+    result: Option<Result<Kept, CredentialError>>,
+}
+
+impl<P> Drop for Done<'_, P> {
+    fn drop(&mut self) {
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(CredentialError::provider("the credential provider panicked")));
+        let mut cache = self.shared.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.in_flight = false;
+        match result {
+            Ok(kept) => {
+                cache.current = Some(kept);
                 cache.failure = None;
             }
-            Err(e) => cache.failure = Some(e.clone()),
+            Err(e) => {
+                if cache.current.is_some() {
+                    tracing::warn!(error = %e, "refreshing a credential failed; the current one is used until it expires");
+                }
+                cache.failure = Some(e);
+            }
         }
-        result
+        drop(cache);
+        self.shared.finished.send_modify(|n| *n += 1);
     }
 }
 
 #[async_trait]
 impl<P: CredentialProvider> CredentialProvider for CachedCredentials<P> {
     async fn credential(&self) -> Result<Credential, CredentialError> {
-        let seen = match self.look() {
-            Found::Use(credential) => return Ok(credential),
-            Found::Due(old) => {
-                // Another caller is fetching: the old credential is still good meanwhile.
-                let Ok(_fetching) = self.fetching.try_lock() else { return Ok(old) };
-                if let Found::Use(credential) = self.look() {
-                    return Ok(credential);
-                }
-                return match self.fetch().await {
-                    Ok(credential) => Ok(credential),
-                    Err(e) if !old.is_expired() => {
-                        tracing::warn!(error = %e, "refreshing a credential failed; using the current one until it expires");
-                        Ok(old)
+        let mut finished = self.shared.finished.subscribe();
+        let mut waited = false;
+        loop {
+            {
+                let now = Instant::now();
+                let mut cache = self.shared.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                match &cache.current {
+                    Some(kept) if kept.fresh(now) => return Ok(kept.credential.clone()),
+                    Some(kept) if kept.usable(now) => {
+                        let credential = kept.credential.clone();
+                        self.start_fetch(&mut cache);
+                        return Ok(credential);
                     }
-                    Err(e) => Err(e),
-                };
-            }
-            Found::Wait(seen) => seen,
-        };
-        let _fetching = self.fetching.lock().await;
-        {
-            // A fetch that finished while this caller waited serves it, success or failure.
-            let now = Instant::now();
-            let cache = self.cache();
-            if cache.finished != seen {
-                match (&cache.current, &cache.failure) {
-                    (Some(kept), _) if kept.usable(now) => return Ok(kept.credential.clone()),
-                    (_, Some(failure)) => return Err(failure.clone()),
                     _ => {}
                 }
+                // Nothing usable: a fetch that ended while this caller waited answers it.
+                if waited
+                    && !cache.in_flight
+                    && let Some(failure) = &cache.failure
+                {
+                    return Err(failure.clone());
+                }
+                self.start_fetch(&mut cache);
+                finished.mark_unchanged();
+            }
+            waited = true;
+            if finished.changed().await.is_err() {
+                return Err(CredentialError::provider("the credential cache was dropped"));
             }
         }
-        self.fetch().await
     }
 
     fn refused(&self, credential: &Credential) {
         {
-            let mut cache = self.cache();
+            let mut cache = self.shared.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if cache
                 .current
                 .as_ref()
@@ -436,7 +452,7 @@ impl<P: CredentialProvider> CredentialProvider for CachedCredentials<P> {
                 cache.current = None;
             }
         }
-        self.inner.refused(credential);
+        self.shared.inner.refused(credential);
     }
 }
 

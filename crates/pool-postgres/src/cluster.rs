@@ -11,7 +11,7 @@ use std::time::Duration;
 use pool_core::{CloseError, Registry, WarmError};
 use tokio::time::Instant;
 
-use crate::error::{ClusterBuildError, SessionError};
+use crate::error::{ClusterBuildError, PgError, SessionError};
 use crate::server::Servers;
 use crate::stats::{ClusterStats, ReplicaStats};
 use crate::token::{CausalToken, Lsn};
@@ -208,7 +208,7 @@ impl PgCluster {
     /// cluster.warmed(Duration::from_secs(10)).await?; // before serving traffic
     /// # Ok(()) }
     /// ```
-    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<sqlx::Error>> {
+    pub async fn warmed(&self, timeout: Duration) -> Result<(), WarmError<PgError>> {
         let pools =
             std::iter::once(&self.inner.primary).chain(self.inner.replicas.iter().map(|r| &r.pool));
         PgPool::warmed_all(pools, timeout).await

@@ -1,15 +1,22 @@
-//! [`PostgresConfig`]: one cluster's settings in one place (its URLs, the engine's
-//! [`PoolConfig`], how returned connections are reset, how reads are routed), their defaults,
-//! their validation, and the environment variables that set them ([`PostgresConfig::ENV`]).
+//! [`PostgresConfig`]: one cluster's settings in one place (its URLs, TLS, credentials, what
+//! each new connection runs, the engine's [`PoolConfig`], how returned connections are reset,
+//! how reads are routed), their defaults, their validation, and the environment variables that
+//! set them ([`PostgresConfig::ENV`]).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{EnvError, EnvForm, EnvVar, PoolConfig, Secret};
+use pool_core::{
+    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Secret,
+};
 
 use crate::cluster::PgCluster;
 use crate::connection::ResetOnReturn;
 use crate::error::{ClusterBuildError, ConfigError};
 use crate::manager::PgManager;
+use crate::tls::{Origin, SslMode, TlsSettings};
 
 /// The settings of one PostgreSQL cluster: a primary, its read replicas, and the pools on them.
 ///
@@ -46,6 +53,37 @@ pub struct PostgresConfig {
     /// The read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated); their pools are named
     /// `<name>-replica-1`, `-2`...
     pub replicas: Vec<Secret>,
+    /// `sslmode` for every connection of the cluster (`DATABASE_SSL_MODE`): `disable`,
+    /// `prefer`, `require`, `verify-ca` or `verify-full` \[unset: the URL's `sslmode`, else
+    /// `PGSSLMODE`, else `prefer`\]. Over a Unix socket no TLS is used, as in libpq.
+    pub ssl_mode: Option<SslMode>,
+    /// `sslrootcert`: a PEM file of the CA certificates that sign the server's certificate (a
+    /// managed database's CA bundle), trusted besides the public roots built in
+    /// (`DATABASE_SSL_ROOT_CERT`) \[unset: the URL's, else `PGSSLROOTCERT`\]. With
+    /// `require`, a root certificate makes connects check the certificate as `verify-ca` does,
+    /// as in libpq.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `sslcert`: a PEM file of the client certificate, for servers that authenticate clients
+    /// by certificate (`DATABASE_SSL_CERT`) \[unset: the URL's, else `PGSSLCERT`\]; with
+    /// `ssl_key`.
+    pub ssl_cert: Option<PathBuf>,
+    /// `sslkey`: a PEM file of the client certificate's private key (`DATABASE_SSL_KEY`)
+    /// \[unset: the URL's, else `PGSSLKEY`\].
+    pub ssl_key: Option<PathBuf>,
+    /// A file holding the password, read when a connection is opened and read again whenever
+    /// it changes, in place of the URL's password (`DATABASE_PASSWORD_FILE`) \[unset\]: how
+    /// Vault agent and Kubernetes secrets rotate passwords. Line breaks at its end are dropped.
+    pub password_file: Option<PathBuf>,
+    /// SQL statements run on every new connection (`["SET application_name = 'billing'"]`),
+    /// and again after each session reset in the reset's round trip, so what they set survives
+    /// it \[none\]. A statement that fails makes the connect fail. Not read from the
+    /// environment (statements hold commas).
+    pub connect_statements: Vec<String>,
+    /// Server settings sent when a connection starts (`{ statement_timeout = "5s" }`, as
+    /// libpq's `options=-c statement_timeout=5s`): the session's defaults, which the session
+    /// reset returns to, so they cost nothing per return \[none; `PGOPTIONS` and the URL's
+    /// `options` apply too\].
+    pub server_settings: BTreeMap<String, String>,
     /// The engine's settings, for the primary's pool and each replica's (`DATABASE_POOL_SIZE`,
     /// `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT`, `DATABASE_POOL_RECYCLE`).
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -80,6 +118,13 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: Secret::from("postgres://postgres@127.0.0.1:5432/postgres"),
             replicas: Vec::new(),
+            ssl_mode: None,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
+            password_file: None,
+            connect_statements: Vec::new(),
+            server_settings: BTreeMap::new(),
             pool: PoolConfig::default(),
             reset_on_return: ResetOnReturn::Session,
             max_replica_lag: Some(Duration::from_secs(10)),
@@ -118,11 +163,64 @@ impl PostgresConfig {
                 Ok(())
             },
         },
+        EnvVar {
+            name: "SSL_MODE",
+            key: "ssl_mode",
+            form: EnvForm::Text,
+            set: |c, v| {
+                c.ssl_mode =
+                    Some(v.text()?.parse().map_err(|e: crate::SslModeError| e.to_string())?);
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "SSL_ROOT_CERT",
+            key: "ssl_root_cert",
+            form: EnvForm::Text,
+            set: |c, v| {
+                c.ssl_root_cert = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "SSL_CERT",
+            key: "ssl_cert",
+            form: EnvForm::Text,
+            set: |c, v| {
+                c.ssl_cert = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "SSL_KEY",
+            key: "ssl_key",
+            form: EnvForm::Text,
+            set: |c, v| {
+                c.ssl_key = Some(v.text()?.into());
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "PASSWORD_FILE",
+            key: "password_file",
+            form: EnvForm::Text,
+            set: |c, v| {
+                c.password_file = Some(v.text()?.into());
+                Ok(())
+            },
+        },
     ];
 
     /// Every variable a cluster reads, `(variable, key, form)`: `DATABASE_URL`,
-    /// `DATABASE_REPLICA_URLS`, then the engine's `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`,
-    /// `DATABASE_POOL_TIMEOUT` and `DATABASE_POOL_RECYCLE`.
+    /// `DATABASE_REPLICA_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
+    /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`, then the engine's
+    /// `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT` and
+    /// `DATABASE_POOL_RECYCLE`.
+    ///
+    /// libpq's own variables (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`,
+    /// `PGPASSWORD`, `PGOPTIONS`...) are not in this list: sqlx reads them from the process's
+    /// environment when it parses a URL, as libpq does, beneath the URL's own parameters, and
+    /// the settings above override both.
     pub fn env_vars() -> impl Iterator<Item = (String, &'static str, EnvForm)> {
         let own = Self::ENV.iter().map(|v| (v.name, v.key, v.form));
         let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
@@ -162,18 +260,66 @@ impl PostgresConfig {
         Ok(self)
     }
 
-    /// Checks every setting: the URLs parse, the engine accepts [`pool`](Self::pool), and the
-    /// routing durations are greater than zero and at most 100 years.
+    /// Checks every setting: the URLs parse, the certificate and key files they and the TLS
+    /// settings name can be read and hold PEM of their kind (a client certificate with its
+    /// key), the password file can be read and is not empty, the server settings' names are
+    /// setting names, the engine accepts [`pool`](Self::pool), and the routing durations are
+    /// greater than zero and at most 100 years.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the first setting refused (`url`, `replicas[1]`,
-    /// `pool_size`, `replica_timeout`...), its value with passwords hidden, and why.
+    /// `ssl_root_cert`, `password_file`, `pool_size`, `replica_timeout`...), its value with
+    /// passwords hidden, and why; a file named by a URL's parameter or by libpq's variables
+    /// (`PGSSLROOTCERT`) is refused as the URL's, saying which.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        url_problem(&self.url).map_or(Ok(()), |reason| Err(invalid("url", &self.url, reason)))?;
-        for (i, url) in self.replicas.iter().enumerate() {
+        let urls = std::iter::once(("url".to_owned(), &self.url))
+            .chain(self.replicas.iter().enumerate().map(|(i, u)| (format!("replicas[{i}]"), u)));
+        for (setting, url) in urls {
             if let Some(reason) = url_problem(url) {
-                return Err(invalid(&format!("replicas[{i}]"), url, reason));
+                return Err(invalid(&setting, url, reason));
+            }
+            let manager = PgManager::from_url(url.expose())
+                .map_err(|e| invalid(&setting, url, e.source.to_string()))?
+                .tls(self.tls());
+            if let Some(problem) = manager.tls_state().file_problem() {
+                return Err(match problem.file.origin {
+                    Origin::Setting => ConfigError::Invalid {
+                        setting: problem.which.key().to_owned(),
+                        value: problem.file.value.clone(),
+                        reason: problem.reason.clone(),
+                    },
+                    Origin::Url | Origin::Env => invalid(&setting, url, problem.to_string()),
+                });
+            }
+        }
+        if let Some(path) = &self.password_file
+            && let Err(e) = FileCredentials::new(path).read()
+        {
+            return Err(ConfigError::Invalid {
+                setting: "password_file".to_owned(),
+                value: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        for (i, statement) in self.connect_statements.iter().enumerate() {
+            if statement.trim().trim_end_matches(';').trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    setting: format!("connect_statements[{i}]"),
+                    value: format!("{statement:?}"),
+                    reason: "must be a SQL statement, not blank".to_owned(),
+                });
+            }
+        }
+        for (name, value) in &self.server_settings {
+            let setting_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !setting_name {
+                return Err(ConfigError::Invalid {
+                    setting: format!("server_settings.{name}"),
+                    value: format!("{value:?}"),
+                    reason: "a server setting's name is letters, digits, _ and . (statement_timeout, myext.option)".to_owned(),
+                });
             }
         }
         if let Err(pool_core::BuildError::Invalid { setting, value, reason }) = self.pool.validate()
@@ -205,10 +351,22 @@ impl PostgresConfig {
     /// [`ClusterBuilder::build`](crate::ClusterBuilder::build) returns.
     pub fn build(&self, name: impl Into<String>) -> Result<PgCluster, ClusterBuildError> {
         self.validate()?;
+        // One provider for the cluster's pools, so the file is read once per change.
+        let credentials: Option<Arc<dyn CredentialProvider>> = self
+            .password_file
+            .as_ref()
+            .map(|path| Arc::new(FileCredentials::new(path)) as Arc<dyn CredentialProvider>);
         let manager = |url: &Secret| {
-            PgManager::from_url(url.expose())
-                .map(|m| m.reset_on_return(self.reset_on_return))
-                .map_err(|e| ClusterBuildError::Config(invalid("url", url, e.source.to_string())))
+            let mut manager = PgManager::from_url(url.expose())
+                .map_err(|e| ClusterBuildError::Config(invalid("url", url, e.source.to_string())))?
+                .tls(self.tls())
+                .server_settings(&self.server_settings)
+                .connect_statements(&self.connect_statements)
+                .reset_on_return(self.reset_on_return);
+            if let Some(provider) = &credentials {
+                manager = manager.with_shared_credentials(Arc::clone(provider));
+            }
+            Ok::<_, ClusterBuildError>(manager)
         };
         let mut builder = PgCluster::builder(name, manager(&self.url)?)
             .config(self.pool.clone())
@@ -220,6 +378,18 @@ impl PostgresConfig {
             builder = builder.replica(manager(url)?);
         }
         builder.build()
+    }
+}
+
+impl PostgresConfig {
+    /// The TLS settings of the keys `ssl_mode`, `ssl_root_cert`, `ssl_cert` and `ssl_key`.
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            mode: self.ssl_mode,
+            root_cert: self.ssl_root_cert.clone(),
+            client_cert: self.ssl_cert.clone(),
+            client_key: self.ssl_key.clone(),
+        }
     }
 }
 
@@ -349,15 +519,84 @@ mod tests {
         }
     }
 
+    #[test]
+    fn tls_and_credential_variables_set_their_keys_and_bad_files_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("pool-postgres-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.join("missing.pem").display().to_string();
+        let c = with(&[
+            ("DATABASE_SSL_MODE", "verify-full"),
+            ("DATABASE_PASSWORD_FILE", password.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.ssl_mode, c.password_file.as_deref()),
+            (Some(crate::SslMode::VerifyFull), Some(&*password))
+        );
+        for (variable, value, says) in [
+            ("DATABASE_SSL_MODE", "allow", "sqlx does not implement allow"),
+            ("DATABASE_SSL_MODE", "on", "expected disable, prefer"),
+            ("DATABASE_SSL_ROOT_CERT", missing.as_str(), "cannot read it"),
+            ("DATABASE_SSL_ROOT_CERT", not_pem.to_str().unwrap(), "holds no PEM certificate"),
+            ("DATABASE_SSL_KEY", not_pem.to_str().unwrap(), "needs its certificate"),
+            ("DATABASE_PASSWORD_FILE", missing.as_str(), "cannot read the password file"),
+        ] {
+            let err = with(&[("DATABASE_SSL_MODE", "require"), (variable, value)]);
+            let err = match (variable, err) {
+                ("DATABASE_SSL_MODE", _) => with(&[(variable, value)]).unwrap_err(),
+                (_, e) => e.unwrap_err(),
+            };
+            assert_eq!(err.variable, variable, "{err}");
+            assert!(err.to_string().contains(says), "{variable}: {err}");
+        }
+        // A file named in the URL is the URL's fault, and says where it came from.
+        let url = format!("postgres://app:hunter2@db/app?sslmode=verify-ca&sslrootcert={missing}");
+        let err = with(&[("DATABASE_URL", &url)]).unwrap_err().to_string();
+        assert!(
+            err.contains("DATABASE_URL") && err.contains("(from the URL): cannot read it"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        // Without TLS, no certificate is read.
+        with(&[("DATABASE_SSL_MODE", "disable"), ("DATABASE_SSL_ROOT_CERT", &missing)]).unwrap();
+    }
+
+    #[test]
+    fn connect_statements_and_server_settings_are_checked() {
+        let mut c = PostgresConfig {
+            connect_statements: vec!["SET application_name = 'x'".into(), " ; ".into()],
+            ..PostgresConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid setting connect_statements[1]"), "{err}");
+        c.connect_statements.pop();
+        c.server_settings.insert("statement_timeout".into(), "5s".into());
+        c.validate().unwrap();
+        c.server_settings.insert("bad name".into(), "1".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid setting server_settings.bad name"), "{err}");
+    }
+
     /// A file's table and the variables mean the same: the numbers go through the same forms.
     #[cfg(feature = "serde")]
     #[test]
     fn a_table_reads_the_engines_keys_beside_the_clusters_own() {
         let c: PostgresConfig = serde_json::from_str(
             r#"{"url": "postgres://app@db/app", "pool_size": 4, "pool_recycle": -1,
-                "replica_timeout": 0.5, "reset_on_return": "transaction"}"#,
+                "replica_timeout": 0.5, "reset_on_return": "transaction",
+                "ssl_mode": "verify-full", "ssl_root_cert": "/etc/ssl/ca.pem",
+                "connect_statements": ["SET application_name = 'x'"],
+                "server_settings": {"statement_timeout": "5s"}}"#,
         )
         .unwrap();
+        assert_eq!(c.ssl_mode, Some(crate::SslMode::VerifyFull));
+        assert_eq!(c.tls().root_cert.as_deref(), Some(std::path::Path::new("/etc/ssl/ca.pem")));
+        assert_eq!(c.connect_statements.len(), 1);
+        assert_eq!(c.server_settings["statement_timeout"], "5s");
         assert_eq!((c.pool.pool_size, c.pool.pool_recycle), (4, None));
         assert_eq!(c.replica_timeout, Duration::from_millis(500));
         assert_eq!(c.reset_on_return, crate::ResetOnReturn::Transaction);
@@ -368,6 +607,7 @@ mod tests {
             (r#"{"pool_sise": 4}"#, "pool_sise"),
             (r#"{"pool_timeout": 0}"#, "greater than zero"),
             (r#"{"replica_ban": -1}"#, "greater than zero"),
+            (r#"{"ssl_mode": "verify_full"}"#, "verify-full"),
         ] {
             let err = serde_json::from_str::<PostgresConfig>(text).unwrap_err().to_string();
             assert!(err.contains(says), "{text}: {err}");

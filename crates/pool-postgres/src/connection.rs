@@ -68,9 +68,12 @@ pub enum ResetOnReturn {
     /// Not reset (as with `DISCARD ALL`): libraries loaded with `LOAD`, connections that
     /// extensions keep (`dblink`, `postgres_fdw`), `random()`'s seed (`setseed`), and
     /// sqlx's client-side cache of custom type OIDs. Settings given at connect time (sqlx's
-    /// connect options, such as `options=-c search_path=app`) are the session's starting
-    /// point and stay. A `statement_timeout` so short that the reset itself times out closes
-    /// the connection.
+    /// connect options, such as `options=-c search_path=app`, or
+    /// [`PgManager::server_settings`](crate::PgManager::server_settings)) are the session's
+    /// starting point and stay; the manager's
+    /// [connect statements](crate::PgManager::connect_statements) are sent again at the end of
+    /// the same round trip, and its [hook](crate::PgManager::after_connect) run after it. A
+    /// `statement_timeout` so short that the reset itself times out closes the connection.
     #[default]
     Session,
     /// Only the transaction: `ROLLBACK` when the server reports one open or aborted, found in
@@ -210,16 +213,32 @@ impl PgConn {
         self.flags.get(USED | BUSY) || self.inner.should_flush() || self.inner.is_in_transaction()
     }
 
-    /// Clears what [`needs_reset`](Self::needs_reset) reported (see [`ResetOnReturn`]).
-    pub(crate) async fn reset(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
-        let result = self.reset_inner(mode).await;
+    /// The bare connection, for the pool's own statements (the connect statements and hook),
+    /// which set the session's starting point and so do not count as a use.
+    pub(crate) fn bare(&mut self) -> &mut PgConnection {
+        &mut self.inner
+    }
+
+    /// Clears what [`needs_reset`](Self::needs_reset) reported (see [`ResetOnReturn`]), with
+    /// `then` (the connect statements) sent after a session reset in its round trip. Says
+    /// whether the session was reset.
+    pub(crate) async fn reset(
+        &mut self,
+        mode: ResetOnReturn,
+        then: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let result = self.reset_inner(mode, then).await;
         if let Err(e) = &result {
             self.flags.note_error(e);
         }
         result
     }
 
-    async fn reset_inner(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
+    async fn reset_inner(
+        &mut self,
+        mode: ResetOnReturn,
+        then: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
         // sqlx's own transactions still open (a `Transaction` forgotten rather than dropped):
         // their rollbacks are queued level by level, so sqlx's count is right again. The
         // user may have ended them already with a raw statement, so their errors do not
@@ -232,10 +251,11 @@ impl PgConn {
             self.flags.clear(BUSY);
         }
         if self.flags.get(USED) {
-            self.clean(mode).await?;
+            self.clean(mode, then).await?;
             self.flags.clear(USED);
+            return Ok(mode == ResetOnReturn::Session);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reads every reply still owed (an abandoned query's, a queued `ROLLBACK`'s). sqlx stops
@@ -263,12 +283,18 @@ impl PgConn {
     /// a transaction means the user left one open (the reset ran inside it and is rolled back
     /// with it, then run again); SQLSTATE 25P02 means an aborted one. Each outcome is the
     /// server's word, whatever path the user's statements took.
-    async fn clean(&mut self, mode: ResetOnReturn) -> Result<(), sqlx::Error> {
+    async fn clean(&mut self, mode: ResetOnReturn, then: Option<&str>) -> Result<(), sqlx::Error> {
         let mut last = None;
         for _ in 0..CLEAN_ROUNDS {
             let sql = match mode {
                 ResetOnReturn::Session => {
-                    session_reset(self.inner.cached_statements_size(), !self.check_prepared)
+                    let mut sql =
+                        session_reset(self.inner.cached_statements_size(), !self.check_prepared);
+                    if let Some(then) = then {
+                        sql.push_str("; ");
+                        sql.push_str(then);
+                    }
+                    sql
                 }
                 ResetOnReturn::Transaction => "SELECT".to_owned(),
             };

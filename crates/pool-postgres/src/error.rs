@@ -1,7 +1,58 @@
-//! Errors, one type per operation: [`UrlError`], [`ConfigError`], [`SessionError`],
-//! [`ClusterBuildError`], [`TokenError`].
+//! Errors, one type per operation: [`PgError`] (opening, checking or resetting a pooled
+//! connection), [`UrlError`], [`ConfigError`], [`SessionError`], [`ClusterBuildError`],
+//! [`TokenError`].
 
-use pool_core::{AcquireError, BuildError, RegisterError};
+use pool_core::{AcquireError, BuildError, CredentialError, RegisterError};
+
+use crate::tls::TlsError;
+
+/// Why a pooled connection could not be opened, checked or reset: the error of
+/// [`PgManager`](crate::PgManager), which the pools report as the last connect error of an
+/// acquire that timed out ([`pool_core::TimeoutError`], naming the pool).
+///
+/// None of its messages holds a password, a token or a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// sqlx's error: the server refused (authentication, a database that does not exist), the
+    /// network failed, a query failed.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// TLS could not be set up as asked: the server does not offer it, its certificate is not
+    /// trusted, does not name the host or has expired, it refused the client certificate, or a
+    /// certificate file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The credential provider had no password to give.
+    #[error("cannot connect to {server}: {source}")]
+    Credentials {
+        /// The server: `host:port`, or the socket's path.
+        server: String,
+        /// The provider's error.
+        #[source]
+        source: CredentialError,
+    },
+    /// A connect statement or the after-connect hook failed.
+    #[error("the connect hook failed on {server}: {source}")]
+    Hook {
+        /// The server: `host:port`, or the socket's path.
+        server: String,
+        /// The statement's or the hook's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl PgError {
+    /// sqlx's error, if there is one: a connect the server refused, a failed query, or what
+    /// failed a connect statement or the hook.
+    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            PgError::Sqlx(e) | PgError::Hook { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// A PostgreSQL URL that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +91,7 @@ pub enum ConfigError {
 pub enum SessionError {
     /// The primary pool timed out or is closed.
     #[error(transparent)]
-    Acquire(#[from] AcquireError<sqlx::Error>),
+    Acquire(#[from] AcquireError<PgError>),
 }
 
 /// Why a cluster could not be built.

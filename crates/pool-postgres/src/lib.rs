@@ -9,6 +9,7 @@ mod error;
 mod manager;
 mod server;
 mod stats;
+mod tls;
 mod token;
 
 /// The sqlx this crate is built on, so users get the matching version.
@@ -22,9 +23,12 @@ pub use crate::budget::connection_budget;
 pub use crate::cluster::{ClusterBuilder, PgCluster};
 pub use crate::config::PostgresConfig;
 pub use crate::connection::{PgConn, ResetOnReturn, ResetOnReturnError};
-pub use crate::error::{ClusterBuildError, ConfigError, SessionError, TokenError, UrlError};
-pub use crate::manager::PgManager;
+pub use crate::error::{
+    ClusterBuildError, ConfigError, PgError, SessionError, TokenError, UrlError,
+};
+pub use crate::manager::{ConnectHook, PgManager};
 pub use crate::stats::{ClusterStats, ReplicaStats};
+pub use crate::tls::{SslMode, SslModeError, TlsError, TlsFailure, TlsSettings};
 pub use crate::token::{CausalToken, Lsn};
 
 /// A pool of PostgreSQL connections.

@@ -2,22 +2,55 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use pool_core::Manager;
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use futures_core::future::BoxFuture;
+use pool_core::{Credential, CredentialProvider, Manager};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError};
+use sqlx::{AssertSqlSafe, Connection};
 
 use crate::connection::{PgConn, ResetOnReturn};
-use crate::error::UrlError;
+use crate::error::{PgError, UrlError};
+use crate::tls::{self, SslMode, Tls, TlsSettings};
+
+/// An async function run on every new connection before the pool hands it out, and again after
+/// each session reset ([`ResetOnReturn::Session`]) so that what it sets survives the reset: the
+/// shape of sqlx's `PoolOptions::after_connect`.
+///
+/// ```
+/// use pool_postgres::{ConnectHook, PgManager};
+/// use std::sync::Arc;
+///
+/// # fn f() -> Result<(), pool_postgres::UrlError> {
+/// let hook: ConnectHook = Arc::new(|conn| {
+///     Box::pin(async move {
+///         sqlx::query("SELECT set_config('search_path', 'app, public', false)")
+///             .execute(conn)
+///             .await?;
+///         Ok(())
+///     })
+/// });
+/// let manager = PgManager::from_url("postgres://app@db/app")?.after_connect(hook);
+/// # Ok(()) }
+/// ```
+pub type ConnectHook = Arc<
+    dyn for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> + Send + Sync,
+>;
 
 /// Opens `sqlx::PgConnection`s for a [`ConnectionPool`](pool_core::ConnectionPool), and checks
 /// and resets them:
 ///
+/// - connect: with TLS as [`SslMode`] and [`TlsSettings`] say, the password or token of the
+///   [credential provider](Self::with_credentials) if there is one (a connect the server
+///   refuses for authentication asks the provider once more, in case the credential rotated,
+///   and tries again), then the [connect statements](Self::connect_statements) and the
+///   [hook](Self::after_connect); a failure of either is a failed connect;
 /// - check: a protocol-level `Sync` message answered by `ReadyForQuery` (sqlx's `ping`), the
 ///   cheapest real round trip to the server process; the pool bounds it with `connect_timeout`;
 /// - reset on return: nothing after a ping or `SELECT`s of constants; after anything else,
 ///   one round trip in the background that rolls back a transaction the server reports open
-///   and, by default, resets the session ([`ResetOnReturn`] names the exact statements); an
+///   and, by default, resets the session ([`ResetOnReturn`] names the exact statements), the
+///   connect statements sent again in the same round trip and the hook run again after it; an
 ///   interrupted query is drained first; a failed reset closes the connection;
 /// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error is closed
 ///   on return, never handed out again;
@@ -40,41 +73,66 @@ use crate::error::UrlError;
 #[derive(Clone)]
 pub struct PgManager {
     options: PgConnectOptions,
+    tls: Tls,
     reset: ResetOnReturn,
+    credentials: Option<Arc<dyn CredentialProvider>>,
+    /// The connect statements, joined into one simple query.
+    statements: Option<Arc<str>>,
+    hook: Option<ConnectHook>,
 }
 
 impl PgManager {
     /// A manager opening connections with `options`.
     pub fn new(options: PgConnectOptions) -> Self {
-        PgManager { options, reset: ResetOnReturn::Session }
+        PgManager {
+            tls: Tls::of_options(&options),
+            options,
+            reset: ResetOnReturn::Session,
+            credentials: None,
+            statements: None,
+            hook: None,
+        }
     }
 
     /// A manager opening connections to `url` (`postgres://user:password@host:port/database?...`,
-    /// with sqlx's query parameters).
+    /// with sqlx's query parameters: `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `host=/dir`
+    /// for a Unix socket's directory, `options=-c name=value`...). libpq's environment variables
+    /// (`PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGOPTIONS`, `PGPASSWORD`...)
+    /// fill in what the URL leaves out, as in libpq.
     ///
     /// # Errors
     ///
-    /// [`UrlError`] when the URL does not parse; it shows the URL with its password hidden.
+    /// [`UrlError`] when the URL does not parse, or asks for `sslmode=allow`, which sqlx does not
+    /// implement; it shows the URL with its password hidden.
     pub fn from_url(url: &str) -> Result<Self, UrlError> {
+        let refuse = |reason: String| UrlError {
+            url: redact(url),
+            source: sqlx::Error::Configuration(reason.into()),
+        };
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            let reason = "the scheme must be postgres:// or postgresql://";
-            return Err(UrlError {
-                url: redact(url),
-                source: sqlx::Error::Configuration(reason.into()),
-            });
+            return Err(refuse("the scheme must be postgres:// or postgresql://".into()));
         }
-        PgConnectOptions::from_str(url)
-            .map(PgManager::new)
-            .map_err(|source| UrlError { url: redact(url), source: unwrapped(source) })
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|source| UrlError { url: redact(url), source: unwrapped(source) })?;
+        if SslMode::of(options.get_ssl_mode()).is_none() {
+            return Err(refuse(
+                "sslmode=allow (in the URL or PGSSLMODE) is not supported: sqlx does not \
+                 implement it; use prefer or disable"
+                    .into(),
+            ));
+        }
+        let tls = Tls::of_url(url, &options);
+        Ok(PgManager { tls, ..PgManager::new(options) })
     }
 
-    /// The connect options.
+    /// The connect options, as given (the credential provider's password and the settled
+    /// `sslmode` are applied on each connect).
     pub fn options(&self) -> &PgConnectOptions {
         &self.options
     }
 
     /// What the pool clears on a returned connection before anyone else gets it
-    /// \[[`ResetOnReturn::Session`]: the transaction and the session\].
+    /// \[[`ResetOnReturn::Session`]\].
     ///
     /// # Examples
     ///
@@ -97,6 +155,194 @@ impl PgManager {
     pub fn resets_on_return(&self) -> ResetOnReturn {
         self.reset
     }
+
+    /// TLS as `settings` say, each field it sets over what the URL and the environment said.
+    ///
+    /// Settled as libpq settles it on each connect: over a Unix socket no TLS is used (the
+    /// server offers none there), and `require` with a root certificate checks the server's
+    /// certificate as `verify-ca` does.
+    #[must_use]
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.options = self.tls.apply(&settings, self.options);
+        self
+    }
+
+    /// The `sslmode` asked for (from the settings, the URL, `PGSSLMODE`, else `prefer`).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode
+    }
+
+    /// What is known of the TLS the connections use.
+    pub(crate) fn tls_state(&self) -> &Tls {
+        &self.tls
+    }
+
+    /// Asks `provider` for the password (or token) of every new connection, in place of the
+    /// URL's. Connections already open are not touched when it changes: they keep working
+    /// until they are recycled. A connect that the server refuses for authentication
+    /// (SQLSTATE 28P01 or 28000) tells the provider ([`CredentialProvider::refused`]) and, if
+    /// it then gives another credential, tries once more with it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_postgres::PgManager;
+    /// use pool_postgres::pool_core::FileCredentials;
+    ///
+    /// # fn f() -> Result<(), pool_postgres::UrlError> {
+    /// // The password Vault agent keeps current in a file.
+    /// let manager = PgManager::from_url("postgres://app@db/app")?
+    ///     .with_credentials(FileCredentials::new("/vault/secrets/db-password"));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_credentials(self, provider: impl CredentialProvider) -> Self {
+        self.with_shared_credentials(Arc::new(provider))
+    }
+
+    /// [`with_credentials`](Self::with_credentials) with a provider shared by other pools.
+    #[must_use]
+    pub fn with_shared_credentials(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.credentials = Some(provider);
+        self
+    }
+
+    /// The credential provider, if one was set.
+    pub fn credentials(&self) -> Option<&Arc<dyn CredentialProvider>> {
+        self.credentials.as_ref()
+    }
+
+    /// SQL statements run on every new connection, in order, as one simple query (`SET
+    /// application_name = 'billing'`, `SET statement_timeout = '5s'`), before the
+    /// [hook](Self::after_connect); sent again after each session reset, in the reset's own
+    /// round trip, so what they set survives it at no extra cost. A statement that fails makes
+    /// the connect fail with its error (and a reset that fails closes its connection).
+    ///
+    /// Statements prepared with SQL's `PREPARE` do not survive a reset (it deallocates them
+    /// and the connection pays a second round trip each time): prepare through sqlx in the
+    /// hook instead. Plain settings cost nothing on reset as
+    /// [`server_settings`](Self::server_settings).
+    #[must_use]
+    pub fn connect_statements<S: Into<String>>(
+        mut self,
+        statements: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let all: Vec<String> = statements
+            .into_iter()
+            .map(Into::into)
+            .map(|s| s.trim().trim_end_matches(';').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        self.statements = (!all.is_empty()).then(|| Arc::from(all.join("; ")));
+        self
+    }
+
+    /// Server settings sent in the startup packet (libpq's `options=-c name=value`, sqlx's
+    /// [`PgConnectOptions::options`]): the session's defaults, which the session reset's
+    /// `RESET ALL` returns to, so they survive it with no statement at all. For
+    /// `application_name`, `search_path`, `statement_timeout`, `lock_timeout`...
+    ///
+    /// Some poolers in front of PostgreSQL refuse startup options (PgBouncer unless told to
+    /// ignore them); use [`connect_statements`](Self::connect_statements) there.
+    #[must_use]
+    pub fn server_settings<K: fmt::Display, V: fmt::Display>(
+        mut self,
+        settings: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.options = self.options.options(settings);
+        self
+    }
+
+    /// Runs `hook` on every new connection, after the connect statements, and again after each
+    /// session reset (see [`ConnectHook`]). A hook that fails makes the connect fail with its
+    /// error; after a reset, it closes the connection.
+    #[must_use]
+    pub fn after_connect(mut self, hook: ConnectHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The options a connect uses: the credential's password, and the mode settled.
+    fn connect_options(&self, credential: Option<&Credential>) -> PgConnectOptions {
+        let mut options = self.options.clone().ssl_mode(self.tls.effective().into());
+        if let Some(credential) = credential {
+            options = options.password(credential.expose());
+        }
+        options
+    }
+
+    /// Opens a connection with `credential` (sqlx's error, for [`explain`](Self::explain)).
+    async fn open(&self, credential: Option<&Credential>) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.connect_options(credential)).await
+    }
+
+    fn explain(&self, error: sqlx::Error) -> PgError {
+        match tls::explain(error, &self.tls, &self.options) {
+            Ok(tls) => PgError::Tls(tls),
+            Err(e) => PgError::Sqlx(e),
+        }
+    }
+
+    fn server(&self) -> String {
+        tls::server(&self.options)
+    }
+
+    /// Opens a connection with a credential from `provider`, asking once more after an
+    /// authentication failure.
+    async fn open_with(
+        &self,
+        provider: &Arc<dyn CredentialProvider>,
+    ) -> Result<PgConnection, PgError> {
+        let ask = || async {
+            provider
+                .credential()
+                .await
+                .map_err(|source| PgError::Credentials { server: self.server(), source })
+        };
+        let first = ask().await?;
+        let refused = match self.open(Some(&first)).await {
+            Err(e) if is_auth_failure(&e) => e,
+            result => return result.map_err(|e| self.explain(e)),
+        };
+        provider.refused(&first);
+        let second = ask().await?;
+        if second.secret() == first.secret() {
+            return Err(self.explain(refused));
+        }
+        self.open(Some(&second)).await.map_err(|e| {
+            if is_auth_failure(&e) {
+                provider.refused(&second);
+            }
+            self.explain(e)
+        })
+    }
+
+    /// The connect statements, then the hook.
+    async fn prepare(&self, conn: &mut PgConnection, statements: bool) -> Result<(), PgError> {
+        let hook_failed = |source| PgError::Hook { server: self.server(), source };
+        if let Some(sql) = self.statements.as_deref().filter(|_| statements) {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(&mut *conn)
+                .await
+                .map_err(hook_failed)?;
+        }
+        if let Some(hook) = &self.hook {
+            hook(conn).await.map_err(hook_failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a connect failed because the server refused the credential: SQLSTATE 28P01
+/// (`invalid_password`) or 28000 (`invalid_authorization_specification`, which some
+/// token-based authentications report).
+fn is_auth_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|e| matches!(e.code(), "28P01" | "28000")),
+        _ => false,
+    }
 }
 
 impl fmt::Debug for PgManager {
@@ -105,8 +351,13 @@ impl fmt::Debug for PgManager {
         f.debug_struct("PgManager")
             .field("host", &self.options.get_host())
             .field("port", &self.options.get_port())
+            .field("socket", &self.options.get_socket())
             .field("username", &self.options.get_username())
             .field("database", &self.options.get_database())
+            .field("ssl_mode", &self.tls.mode)
+            .field("credentials", &self.credentials)
+            .field("connect_statements", &self.statements.is_some())
+            .field("after_connect", &self.hook.is_some())
             .field("reset_on_return", &self.reset)
             .finish_non_exhaustive()
     }
@@ -114,23 +365,37 @@ impl fmt::Debug for PgManager {
 
 impl Manager for PgManager {
     type Connection = PgConn;
-    type Error = sqlx::Error;
+    type Error = PgError;
     const BACKEND: &'static str = "postgresql";
 
-    async fn connect(&self) -> Result<PgConn, sqlx::Error> {
-        PgConnection::connect_with(&self.options).await.map(PgConn::new)
+    async fn connect(&self) -> Result<PgConn, PgError> {
+        let bare = match &self.credentials {
+            None => self.open(None).await.map_err(|e| self.explain(e))?,
+            Some(provider) => self.open_with(provider).await?,
+        };
+        let mut conn = PgConn::new(bare);
+        if let Err(e) = self.prepare(conn.bare(), true).await {
+            conn.close().await;
+            return Err(e);
+        }
+        Ok(conn)
     }
 
-    async fn check(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
-        conn.ping().await
+    async fn check(&self, conn: &mut PgConn) -> Result<(), PgError> {
+        Ok(conn.ping().await?)
     }
 
     fn needs_reset(&self, conn: &PgConn) -> bool {
         conn.needs_reset()
     }
 
-    async fn reset(&self, conn: &mut PgConn) -> Result<(), sqlx::Error> {
-        conn.reset(self.reset).await
+    async fn reset(&self, conn: &mut PgConn) -> Result<(), PgError> {
+        let session_reset = conn.reset(self.reset, self.statements.as_deref()).await?;
+        if session_reset {
+            // The statements ran in the reset's round trip; the hook runs after it.
+            self.prepare(conn.bare(), false).await?;
+        }
+        Ok(())
     }
 
     fn is_broken(&self, conn: &PgConn) -> bool {
@@ -166,6 +431,7 @@ pub(crate) use pool_core::redact_url as redact;
 #[cfg(test)]
 mod tests {
     use super::PgManager;
+    use crate::tls::{SslMode, TlsSettings};
 
     #[test]
     fn a_malformed_url_is_an_error_naming_it() {
@@ -183,5 +449,39 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = PgManager::from_url("mysql://h/db").unwrap_err();
         assert!(err.to_string().starts_with("invalid PostgreSQL URL"), "{err}");
+        let err = PgManager::from_url("postgres://u:secret@h/db?sslmode=allow").unwrap_err();
+        assert!(err.to_string().contains("sslmode=allow"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn debug_shows_no_password_from_the_url_or_the_provider() {
+        let manager = PgManager::from_url("postgres://u:hunter2@h/db?sslmode=verify-full")
+            .unwrap()
+            .with_credentials(pool_core::StaticCredentials::password("s3cret-token"));
+        let shown = format!("{manager:?}");
+        assert!(shown.contains("ssl_mode: VerifyFull"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn settings_in_code_override_the_url_and_a_socket_turns_tls_off() {
+        let manager = PgManager::from_url("postgres://h/db?sslmode=require&sslrootcert=/u.pem")
+            .unwrap()
+            .tls(TlsSettings::new().root_cert("/code.pem"));
+        let tls = manager.tls_state();
+        assert_eq!((tls.mode, tls.effective()), (SslMode::Require, SslMode::VerifyCa));
+        let root = tls.file(crate::tls::Which::RootCert).unwrap();
+        assert_eq!(root.value, "/code.pem");
+        let manager =
+            PgManager::from_url("postgres:///db?host=/run/postgresql&sslmode=verify-full").unwrap();
+        assert_eq!(
+            manager.options().get_socket().map(|p| p.to_str()),
+            Some(Some("/run/postgresql"))
+        );
+        assert_eq!(
+            (manager.ssl_mode(), manager.tls_state().effective()),
+            (SslMode::VerifyFull, SslMode::Disable)
+        );
     }
 }

@@ -321,11 +321,13 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
 #[test]
 fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
     // A cluster's keys: the engine's and the cluster's own, in one list.
-    let pg_keys = "connect_timeout, connection_budget, health_check_interval, idle_timeout, \
-                   lag_probe_interval, leak_detection_threshold, max_connecting, max_overflow, \
-                   max_replica_lag, min_idle, pool_pre_ping, pool_recycle, pool_size, \
+    let pg_keys = "connect_statements, connect_timeout, connection_budget, \
+                   health_check_interval, idle_timeout, lag_probe_interval, \
+                   leak_detection_threshold, max_connecting, max_overflow, max_replica_lag, \
+                   min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, \
                    pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, replica_ban, \
-                   replica_timeout, replicas, reset_on_return, url";
+                   replica_timeout, replicas, reset_on_return, server_settings, ssl_cert, \
+                   ssl_key, ssl_mode, ssl_root_cert, url";
     let cases = [
         (
             "[postgres.main]\npool_sise = 3\n",
@@ -429,6 +431,30 @@ fn what_serve_refuses_load_refuses_naming_key_source_and_value() {
             &[],
             Some("[postgres.main]\nreplicas = [\"postgres://r:99999/app\"]\n"),
             "invalid value for postgres.main.replicas[0] = postgres://r:99999/app from TOML file …: not a valid PostgreSQL URL: invalid port number",
+        ),
+        (
+            &[],
+            Some(
+                "[postgres.main]\nssl_mode = \"verify-full\"\nssl_root_cert = \"/nonexistent/ca.pem\"\n",
+            ),
+            "invalid value for postgres.main.ssl_root_cert = /nonexistent/ca.pem from TOML file …: cannot read it: No such file or directory (os error 2)",
+        ),
+        (
+            &[("DATABASE_SSL_MODE", "require"), ("DATABASE_SSL_KEY", "/nonexistent/client.key")],
+            None,
+            "invalid value for postgres.main.ssl_key = /nonexistent/client.key from environment variable DATABASE_SSL_KEY: a client key needs its certificate (sslcert) too",
+        ),
+        (
+            &[],
+            Some(
+                "[postgres.main]\nurl = \"postgres://app:hunter2@db/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"\n",
+            ),
+            "invalid value for postgres.main.url = postgres://app:***@db/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem from TOML file …: sslrootcert /nonexistent/ca.pem (from the URL): cannot read it: No such file or directory (os error 2)",
+        ),
+        (
+            &[("DATABASE_PASSWORD_FILE", "/nonexistent/db-password")],
+            None,
+            "invalid value for postgres.main.password_file = /nonexistent/db-password from environment variable DATABASE_PASSWORD_FILE: cannot read the password file /nonexistent/db-password: No such file or directory (os error 2)",
         ),
         (
             &[("DATABASE_URL", "postgres://app:hunter2@db/app?sslmode=bogus")],

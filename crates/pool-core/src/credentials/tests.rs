@@ -79,7 +79,11 @@ async fn a_cached_token_is_kept_until_its_refresh_point_then_fetched_again() {
     tokio::time::advance(Duration::from_secs(838)).await;
     assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
     assert_eq!(cached.fetches(), 1);
+    // Due: still handed out, and the next is fetched in the background.
     tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
+    assert_eq!(cached.fetches(), 2);
+    tokio::time::sleep(Duration::from_secs(1)).await; // the fetch takes 200 ms
     assert_eq!(cached.credential().await.unwrap().expose(), "token-2");
     assert_eq!(cached.fetches(), 2);
 }
@@ -92,7 +96,10 @@ async fn a_short_lived_token_is_refreshed_at_half_its_life_not_fetched_on_every_
     tokio::time::advance(Duration::from_secs(9)).await;
     assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
     tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(cached.credential().await.unwrap().expose(), "token-1", "due, fetched behind");
+    tokio::task::yield_now().await;
     assert_eq!(cached.credential().await.unwrap().expose(), "token-2");
+    assert_eq!(cached.fetches(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,24 +140,51 @@ async fn a_failed_fetch_fails_every_caller_that_waited_for_it_then_the_next_call
 }
 
 #[tokio::test(start_paused = true)]
-async fn while_a_due_token_is_refreshed_other_callers_get_the_old_one_without_waiting() {
+async fn while_a_due_token_is_refreshed_callers_get_the_old_one_without_waiting() {
     let service = TokenService::new(Duration::from_secs(5), Duration::from_secs(120));
     let cached = Arc::new(CachedCredentials::new(Arc::clone(&service)));
     assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
     tokio::time::advance(Duration::from_secs(61)).await; // due at 65 s, expires at 125 s
-    let refresher = {
-        let cached = Arc::clone(&cached);
-        tokio::spawn(async move { cached.credential().await })
-    };
-    // Let the refresher start its fetch, then ask while it is in flight.
-    while cached.fetches() < 2 {
-        tokio::task::yield_now().await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
     }
+    assert_eq!(Instant::now(), started, "the old token came without a wait");
+    assert_eq!(cached.fetches(), 2, "one refresh for all of them");
+    tokio::time::sleep(Duration::from_secs(6)).await; // the fetch takes 5 s
+    assert_eq!(cached.credential().await.unwrap().expose(), "token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_outlives_the_caller_that_gave_up_on_it() {
+    // A token service slower than the connect that asked: the connect times out, the fetch
+    // goes on, and the next connect gets its token without a second fetch.
+    let service = TokenService::new(Duration::from_secs(8), Duration::from_secs(900));
+    let cached = CachedCredentials::new(Arc::clone(&service));
+    let gave_up = tokio::time::timeout(Duration::from_secs(5), cached.credential()).await;
+    assert!(gave_up.is_err());
     let started = Instant::now();
     assert_eq!(cached.credential().await.unwrap().expose(), "token-1");
-    assert_eq!(Instant::now(), started, "the old token came without a wait");
-    assert_eq!(refresher.await.unwrap().unwrap().expose(), "token-2");
-    assert_eq!(cached.credential().await.unwrap().expose(), "token-2");
+    assert_eq!(Instant::now() - started, Duration::from_secs(3), "it waited for the same fetch");
+    assert_eq!(cached.fetches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_panics_fails_the_waiting_callers_and_the_next_call_tries_again() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let cached = {
+        let calls = Arc::clone(&calls);
+        CachedCredentials::new(FnCredentials::new(move || {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                assert!(n > 0, "the token service's client panicked");
+                Ok(Credential::new("fine"))
+            }
+        }))
+    };
+    let e = cached.credential().await.unwrap_err();
+    assert!(e.to_string().contains("panicked"), "{e}");
+    assert_eq!(cached.credential().await.unwrap().expose(), "fine");
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,7 +222,7 @@ async fn a_provider_handing_out_an_expired_token_is_an_error() {
 }
 
 /// Tokens valid 15 minutes, fetched in 300 ms, asked for every 10 s over four hours: the
-/// cache never hands out an expired token and fetches once per 14 minutes.
+/// cache never hands out an expired token and fetches about once per 14 minutes.
 #[tokio::test(start_paused = true)]
 async fn expiring_tokens_over_hours_are_never_handed_out_expired() {
     let service = TokenService::new(Duration::from_millis(300), Duration::from_secs(900));
@@ -198,15 +232,18 @@ async fn expiring_tokens_over_hours_are_never_handed_out_expired() {
     while Instant::now() - start < Duration::from_secs(4 * 3600) {
         let c = cached.credential().await.unwrap();
         assert!(!c.is_expired(), "{c:?} at {:?}", Instant::now() - start);
-        assert!(c.expires_at().unwrap() - Instant::now() >= Duration::from_secs(59), "{c:?}");
+        // Refreshed a minute ahead, in the background: never close to its expiry.
+        assert!(c.expires_at().unwrap() - Instant::now() >= Duration::from_secs(50), "{c:?}");
         if seen.last() != Some(&c.expose().to_owned()) {
             seen.push(c.expose().to_owned());
         }
-        tokio::time::advance(Duration::from_secs(10)).await;
+        // Time passes with the runtime running, so a background fetch ends when it would.
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    // 4 h / 14 min, rounded up: the first fetch, then one per refresh point passed.
-    assert_eq!(cached.fetches(), 18);
-    assert_eq!(seen.len(), 18);
+    // A token is due 14 minutes after its fetch and found due at the next 10 s tick: one
+    // fetch every 850 s, so 17 in 4 hours (at 0, 850 s, ... 13 600 s).
+    assert_eq!(cached.fetches(), 17);
+    assert_eq!(seen.len(), 17);
 }
 
 #[test]

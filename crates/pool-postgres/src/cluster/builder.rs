@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pool_core::{ConnectionPool, PoolConfig};
+use pool_core::{ConnectionPool, CredentialProvider, PoolConfig};
 
 use crate::error::ClusterBuildError;
-use crate::manager::PgManager;
+use crate::manager::{ConnectHook, PgManager};
+use crate::tls::TlsSettings;
 
 use super::*;
 
@@ -25,6 +26,18 @@ pub struct ClusterBuilder {
     replica_timeout: Duration,
     max_replica_lag: Option<Duration>,
     lag_probe_interval: Option<Duration>,
+    tls: Option<TlsSettings>,
+    credentials: Option<Arc<dyn CredentialProvider>>,
+    hook: Option<Hook>,
+}
+
+/// The cluster's hook, shown in `Debug` as whether there is one.
+struct Hook(ConnectHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectHook")
+    }
 }
 
 impl ClusterBuilder {
@@ -76,6 +89,43 @@ impl ClusterBuilder {
         self
     }
 
+    /// TLS for every pool of the cluster (the primary's, the replicas' and the lag probe's
+    /// connections): each field `settings` sets replaces what the managers' URLs said (see
+    /// [`PgManager::tls`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pool_postgres::{PgCluster, PgManager, SslMode, TlsSettings};
+    ///
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = PgCluster::builder("main", PgManager::from_url("postgres://app@db-primary/app")?)
+    ///     .replica(PgManager::from_url("postgres://app@db-replica/app")?)
+    ///     .tls(TlsSettings::new().mode(SslMode::VerifyFull).root_cert("/etc/ssl/db-ca.pem"))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
+
+    /// Asks `provider` for the password or token of every new connection of every pool of the
+    /// cluster, in place of the managers' own (see [`PgManager::with_credentials`]); one
+    /// provider serves them all, so a [`CachedCredentials`](pool_core::CachedCredentials)
+    /// fetches one token for the whole cluster.
+    pub fn credentials(mut self, provider: impl CredentialProvider) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
+    }
+
+    /// Runs `hook` on every new connection of every pool of the cluster and after each session
+    /// reset, in place of the managers' own (see [`PgManager::after_connect`]).
+    pub fn after_connect(mut self, hook: ConnectHook) -> Self {
+        self.hook = Some(Hook(hook));
+        self
+    }
+
     /// Starts every pool and the lag probe.
     ///
     /// # Errors
@@ -99,11 +149,24 @@ impl ClusterBuilder {
                 .build()
                 .map_err(|source| ClusterBuildError::Pool { pool: name, source })
         };
-        let primary = build(self.name.clone(), self.primary, &self.config)?;
+        let cluster_wide = |mut manager: PgManager| {
+            if let Some(tls) = &self.tls {
+                manager = manager.tls(tls.clone());
+            }
+            if let Some(provider) = &self.credentials {
+                manager = manager.with_shared_credentials(Arc::clone(provider));
+            }
+            if let Some(Hook(hook)) = &self.hook {
+                manager = manager.after_connect(Arc::clone(hook));
+            }
+            manager
+        };
+        let primary = build(self.name.clone(), cluster_wide(self.primary), &self.config)?;
         let replica_config = self.replica_config.as_ref().unwrap_or(&self.config);
         let mut replicas = Vec::with_capacity(self.replicas.len());
         for (i, manager) in self.replicas.into_iter().enumerate() {
-            let pool = build(format!("{}-replica-{}", self.name, i + 1), manager, replica_config)?;
+            let name = format!("{}-replica-{}", self.name, i + 1);
+            let pool = build(name, cluster_wide(manager), replica_config)?;
             replicas.push(Replica {
                 pool,
                 health: Mutex::new(Health::default()),
@@ -151,6 +214,9 @@ impl PgCluster {
             replica_timeout: defaults.replica_timeout,
             max_replica_lag: defaults.max_replica_lag,
             lag_probe_interval: defaults.lag_probe_interval,
+            tls: None,
+            credentials: None,
+            hook: None,
         }
     }
 }

@@ -69,16 +69,16 @@ async fn what_counts_as_a_use() {
     assert!(!conn.needs_reset(), "a ping and SELECT 1 need no reset");
     sqlx::query("SELECT now()").execute(&mut conn).await.unwrap();
     assert!(conn.needs_reset(), "a function call");
-    conn.reset(ResetOnReturn::Session).await.unwrap();
+    conn.reset(ResetOnReturn::Session, None).await.unwrap();
     assert!(!conn.needs_reset(), "reset");
     let tx = conn.begin().await.unwrap();
     tx.commit().await.unwrap();
     assert!(conn.needs_reset(), "an sqlx transaction");
-    conn.reset(ResetOnReturn::Transaction).await.unwrap();
+    conn.reset(ResetOnReturn::Transaction, None).await.unwrap();
     let bare: &mut sqlx::PgConnection = &mut conn;
     let _ = bare;
     assert!(conn.needs_reset(), "a mutable borrow of the bare connection");
-    conn.reset(ResetOnReturn::Session).await.unwrap();
+    conn.reset(ResetOnReturn::Session, None).await.unwrap();
     assert!(!conn.needs_reset());
     // The crate's own queries are no use either.
     let (lsn,): (Option<String>,) =
@@ -97,7 +97,7 @@ async fn the_session_reset_runs_on_a_fresh_connection_and_inside_a_transaction()
         .await
         .expect("the session reset on a fresh connection");
     sqlx::raw_sql("BEGIN; SET LOCAL statement_timeout = 5").execute(&mut *conn).await.unwrap();
-    conn.reset(ResetOnReturn::Session).await.unwrap();
+    conn.reset(ResetOnReturn::Session, None).await.unwrap();
     // Asked in the simple protocol: in the extended one each message moves the statement time.
     let row = sqlx::raw_sql(
         "SELECT pg_catalog.statement_timestamp() = pg_catalog.transaction_timestamp()",

@@ -1,5 +1,5 @@
 //! `cargo xtask demo`: the main job for a newcomer. Redis (reused or throwaway), a throwaway
-//! PostgreSQL primary with a streaming replica, and the admin server with demo pools (`main`
+//! PostgreSQL primary with a streaming replica (reached over TLS, `verify-full`), and the admin server with demo pools (`main`
 //! with its replica on PostgreSQL, `main` and `cache` on Redis) under a load generator.
 //!
 //! The server is built before anything starts, and the demo's URLs are printed only once its
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use pool_harness::{PgInstance, target_dir};
+use pool_harness::{PgInstance, TestPki, target_dir};
 
 use crate::services::{Needs, Services};
 
@@ -37,9 +37,12 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         .map(|(_, v)| v.to_owned())
         .context("redis url")?;
     eprintln!(
-        "starting a throwaway PostgreSQL primary and a streaming replica under target/harness/ ..."
+        "starting a throwaway PostgreSQL primary and a streaming replica, with TLS, under target/harness/ ..."
     );
-    let primary = PgInstance::start()?;
+    // The demo's pools reach PostgreSQL as a managed database is reached: over TLS, the server's
+    // certificate checked against the CA (generated for the demo) and its name.
+    let pki = TestPki::generate()?;
+    let primary = PgInstance::builder().ssl(pki.server()).start()?;
     let replica = primary.start_replica()?;
     let listen = std::env::var("POOL_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:9187".to_owned());
     let token = match std::env::var("POOL_ADMIN_TOKEN") {
@@ -70,6 +73,9 @@ sample_interval = 5
 [postgres.main]
 url = "{primary}"
 replicas = ["{replica}"]
+ssl_mode = "verify-full"
+ssl_root_cert = "{ca}"
+server_settings = {{ application_name = "pool-toolkit-demo" }}
 pool_size = 8
 max_overflow = 8
 connection_budget = 100
@@ -84,6 +90,7 @@ max_connections = 16
 "#,
             primary = primary.url(),
             replica = replica.url(),
+            ca = pki.ca_pem().display(),
         ),
     )?;
     // Ctrl-C in a terminal reaches the server too. A SIGTERM or SIGHUP may come to xtask alone

@@ -137,8 +137,7 @@ async fn measure(
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let url = report::plaintext_postgres_url();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let common = Common {
         seconds: args.seconds,

@@ -10,7 +10,9 @@
 //!
 //! Every pool runs the query with the simple query protocol (one round trip:
 //! `raw_sql` for sqlx connections, `simple_query` for tokio-postgres), so they do the same work
-//! per operation. The server is `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`.
+//! per operation. The server is `DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`,
+//! over plaintext (`sslmode=disable` unless the URL names a mode), as the tokio-postgres peers
+//! connect.
 //!
 //! `--workload mix` replaces `SELECT 1` with what a service does on one checkout: a query that
 //! calls functions (`SELECT md5($1), now()`), then an sqlx transaction (`BEGIN`,
@@ -342,8 +344,7 @@ struct Server {
 impl Server {
     fn for_run(args: &Args) -> anyhow::Result<Server> {
         if !args.tls {
-            let url = std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let url = report::plaintext_postgres_url();
             return Ok(Server { plain_url: url.clone(), url, _tls: None });
         }
         let pki = pool_harness::TestPki::generate()?;

@@ -43,6 +43,21 @@ impl Row {
     }
 }
 
+/// The PostgreSQL server of the plaintext benchmarks: `DATABASE_URL`, else the local one, with
+/// `sslmode=disable` unless the URL names a mode. tokio-postgres's peers connect without TLS
+/// (`NoTls`), while sqlx's default `prefer` would take TLS from a server that offers it (as
+/// Debian's does), and the pools would no longer do the same work.
+pub(crate) fn plaintext_postgres_url() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if url.contains("sslmode=") {
+        url
+    } else {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}sslmode=disable")
+    }
+}
+
 /// A new latency histogram in nanoseconds, 1 ns to 100 s, 3 significant figures.
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")

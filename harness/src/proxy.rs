@@ -1,6 +1,7 @@
 //! [`Proxy`]: a loopback TCP proxy in front of one server, which a test or the soak tells to
-//! delay traffic (a slow network), to drop it (cut every connection and refuse new ones), or to
-//! lead new connections to another server (one address in front of several servers: a load
+//! delay traffic (a slow network), to drop it (cut every connection and refuse new ones), to
+//! blackhole it (a partition: nothing passes, nothing is refused or closed), or to lead new
+//! connections to another server (one address in front of several servers: a load
 //! balancer, a Kubernetes Service, a DNS name that moves).
 
 use std::sync::Arc;
@@ -32,6 +33,9 @@ struct State {
     refusing: AtomicBool,
     /// Bumped to cut every open connection.
     cut: watch::Sender<u64>,
+    /// While set, nothing passes either way and new connections wait before reaching the
+    /// server: a partition, not a refusal.
+    blackhole: watch::Sender<bool>,
     /// Connections forwarded now.
     open: AtomicUsize,
 }
@@ -50,6 +54,7 @@ impl Proxy {
             delay_us: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             cut: watch::channel(0).0,
+            blackhole: watch::channel(false).0,
             open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&state)));
@@ -73,6 +78,14 @@ impl Proxy {
         if refusing {
             self.state.cut.send_modify(|generation| *generation += 1);
         }
+    }
+
+    /// While `on`, a partition: no byte passes either way and new connections are accepted but
+    /// wait before reaching the server; nothing is refused, reset or closed, so a client sees
+    /// only silence, as behind a network that drops packets. When it ends, what was held back
+    /// is delivered in order (as TCP's retransmissions would) to the connections still open.
+    pub fn blackhole(&self, on: bool) {
+        self.state.blackhole.send_replace(on);
     }
 
     /// Connections forwarded now.
@@ -109,6 +122,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut cut = state.cut.subscribe();
+            // Behind a partition, the connection reaches the server only once it ends.
+            let mut blackhole = state.blackhole.subscribe();
+            tokio::select! {
+                _ = blackhole.wait_for(|on| !*on) => {}
+                _ = cut.changed() => return,
+            }
             let upstream = state.upstream.load(Relaxed);
             let Ok(outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                 return;
@@ -148,9 +167,13 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: &State) {
             }
         }
     };
+    let mut blackhole = state.blackhole.subscribe();
     let write = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
+            if blackhole.wait_for(|on| !*on).await.is_err() {
+                return;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }

@@ -34,6 +34,9 @@ pub(super) enum Fault {
     DropTraffic,
     /// Hundreds of acquires on every pool, each cancelled after 0-2 ms.
     CancelledAcquires,
+    /// Both proxies let nothing through, refuse nothing and close nothing for the fault's
+    /// length: a partition, as after a cloud failover or a frozen VM.
+    Blackhole,
 }
 
 /// The delay of [`Fault::SlowNetwork`].
@@ -44,7 +47,7 @@ impl Fault {
     /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::REPLICA_BAN)),
     /// so its reads take that long to come back, while the later faults (primary and Redis) do
     /// not touch replica reads.
-    const ALL: [Fault; 9] = [
+    const ALL: [Fault; 10] = [
         Fault::ReplayPause,
         Fault::TerminateBackends,
         Fault::ReplicaStopStart,
@@ -54,6 +57,7 @@ impl Fault {
         Fault::RedisRestart,
         Fault::PrimaryRestart,
         Fault::DropTraffic,
+        Fault::Blackhole,
     ];
 
     /// The kinds of request this fault hurts: it has healed once each has succeeded again.
@@ -62,11 +66,27 @@ impl Fault {
             Fault::TerminateBackends | Fault::PrimaryRestart => &[Kind::PgWrite, Kind::PgTxn],
             Fault::ReplicaStopStart | Fault::ReplayPause => &[Kind::PgReplicaRead],
             Fault::RedisClientKill | Fault::RedisRestart => &[Kind::RedisShared, Kind::RedisBlpop],
-            Fault::SlowNetwork | Fault::DropTraffic => {
+            Fault::SlowNetwork | Fault::DropTraffic | Fault::Blackhole => {
                 &[Kind::PgWrite, Kind::PgTxn, Kind::RedisShared, Kind::RedisBlpop]
             }
             Fault::CancelledAcquires => &[Kind::PgWrite, Kind::PgRead, Kind::RedisBlpop],
         }
+    }
+
+    /// Whether the fault's effect is the requests it slowed down or failed, counted when the
+    /// run ends (those that started during it and took at least this long, or failed).
+    pub(super) fn measured_by_requests(self) -> Option<Duration> {
+        match self {
+            Fault::SlowNetwork => Some(SLOW),
+            Fault::Blackhole => Some(HURT),
+            _ => None,
+        }
+    }
+
+    /// Whether requests may fail while this fault lasts and for [`GRACE`] after: a lagging
+    /// replica (reads go elsewhere) or a burst of cancelled acquires explains no failure.
+    pub(super) fn explains_failures(self) -> bool {
+        !matches!(self, Fault::ReplayPause | Fault::CancelledAcquires)
     }
 
     /// How long the fault lasts, given the time between two faults.
@@ -78,6 +98,11 @@ impl Fault {
                 (slot * 2 / 3).clamp(Duration::from_secs(4), Duration::from_secs(20))
             }
             Fault::DropTraffic => (slot * 3 / 10).min(Duration::from_secs(10)),
+            // Longer than every bound of the soak's pools (connect_timeout 2 s, pool_timeout
+            // 5 s), so callers meet the breaker, not only a slow answer.
+            Fault::Blackhole => {
+                (slot * 2 / 3).clamp(Duration::from_secs(6), Duration::from_secs(10))
+            }
             _ => Duration::ZERO,
         }
     }
@@ -120,6 +145,10 @@ pub(super) struct FaultRun {
     pub(super) end: Duration,
     /// What it did (connections killed, acquires cancelled...).
     pub(super) note: String,
+    /// How much it did, in the unit `note` names: a fault that did nothing (0) proves nothing,
+    /// and fails the run. `None` until the run ends for the faults measured from the requests
+    /// they slowed or failed ([`Fault::measured_by_requests`]).
+    pub(super) effect: Option<u64>,
     /// Why it could not be injected.
     pub(super) error: Option<String>,
 }
@@ -144,19 +173,64 @@ pub(super) async fn run(
         eprintln!("soak: {:>6.1}s {:?}", start.as_secs_f64(), planned.fault);
         let result = inject(planned, servers, pools, recorder, pg_proxy, redis_proxy).await;
         let end = recorder.now();
-        let (note, error) = match result {
-            Ok(note) => (note, None),
-            Err(e) => (String::new(), Some(format!("{e:#}"))),
+        let (note, effect, error) = match result {
+            Ok((note, effect)) => (note, effect, None),
+            Err(e) => (String::new(), Some(0), Some(format!("{e:#}"))),
         };
-        runs.push(FaultRun { fault: planned.fault, start, end, note, error });
+        runs.push(FaultRun { fault: planned.fault, start, end, note, effect, error });
     }
+    // The load runs to `duration`, and for at least twice the grace after the last fault (which
+    // may end past it), so the last fault has the time to heal that the others have.
     let now = recorder.now();
-    if duration > now {
-        tokio::time::sleep(duration - now).await;
-    }
+    let until = duration.max(now + 2 * GRACE);
+    tokio::time::sleep(until - now).await;
     runs
 }
 
+/// How long after a fault's end a failure it caused is still explained, and within which the
+/// pools must serve again (issue 23's target for a server back).
+pub(super) const GRACE: Duration = Duration::from_secs(5);
+
+/// The slowest a request may be and still be untouched by a partition or a frozen server.
+pub(super) const HURT: Duration = Duration::from_secs(1);
+
+/// Connections a pool lost to a fault: closed broken, failing a check or a reset, and connects
+/// that failed.
+fn hurt(stats: &pool_postgres::pool_core::PoolStats) -> u64 {
+    use pool_postgres::pool_core::CloseReason::{Broken, FailedCheck, FailedReset};
+    stats.closed.get(Broken)
+        + stats.closed.get(FailedCheck)
+        + stats.closed.get(FailedReset)
+        + stats.connect_errors
+}
+
+fn primary_hurt(pools: &Pools) -> u64 {
+    hurt(&pools.clusters["main"].primary().stats())
+}
+
+fn replicas_hurt(pools: &Pools) -> u64 {
+    pools.clusters["main"].replicas().iter().map(|r| hurt(&r.stats())).sum()
+}
+
+fn redis_hurt(pools: &Pools) -> u64 {
+    pools.redis.iter().flat_map(|r| r.iter()).map(|p| hurt(&p.stats().engine)).sum()
+}
+
+/// How much `measure` grew from `before`, waiting up to [`GRACE`] for it to grow: the pools
+/// notice a restart as their connections are next used.
+async fn grew(before: u64, measure: impl Fn() -> u64) -> u64 {
+    let until = tokio::time::Instant::now() + GRACE;
+    loop {
+        let now = measure().saturating_sub(before);
+        if now > 0 || tokio::time::Instant::now() >= until {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Injects the fault; returns what it did, and how much (`None`: measured from the requests
+/// when the run ends, for the faults that only slow requests down or make them fail).
 async fn inject(
     planned: &Planned,
     servers: &Servers,
@@ -164,7 +238,7 @@ async fn inject(
     recorder: &Recorder,
     pg_proxy: &Proxy,
     redis_proxy: &Proxy,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Option<u64>)> {
     let length = planned.length;
     let primary = Arc::clone(&servers.primary);
     let replica = Arc::clone(&servers.replica);
@@ -178,26 +252,33 @@ async fn inject(
             );
             let sql2 = sql.clone();
             let (p, r) = blocking(move || Ok((primary.psql(&sql)?, replica.psql(&sql2)?))).await?;
-            Ok(format!("{p} primary and {r} replica backends terminated"))
+            let n = p.parse::<u64>().unwrap_or(0) + r.parse::<u64>().unwrap_or(0);
+            Ok((format!("{p} primary and {r} replica backends terminated"), Some(n)))
         }
         Fault::PrimaryRestart => {
+            let before = primary_hurt(pools);
             blocking(move || primary.restart()).await?;
-            Ok("fast shutdown, started again".to_owned())
+            let n = grew(before, || primary_hurt(pools)).await;
+            Ok((format!("fast shutdown, started again; {n} primary connections lost"), Some(n)))
         }
         Fault::ReplicaStopStart => {
+            let before = replicas_hurt(pools);
+            let bans =
+                || pools.clusters["main"].stats().replicas.iter().map(|r| r.bans).sum::<u64>();
+            let bans_before = bans();
             let r = Arc::clone(&replica);
             blocking(move || r.stop()).await?;
             tokio::time::sleep(length).await;
             blocking(move || replica.start_again()).await?;
-            let banned = pools.clusters["main"].stats().replicas.iter().any(|r| r.banned);
-            Ok(format!(
-                "down {:.1}s{}",
-                length.as_secs_f64(),
-                if banned {
-                    format!(", replica banned (replica_ban {} s)", crate::REPLICA_BAN.as_secs())
-                } else {
-                    String::new()
-                }
+            let lost = replicas_hurt(pools).saturating_sub(before);
+            let banned = bans().saturating_sub(bans_before);
+            Ok((
+                format!(
+                    "down {:.1}s; {lost} replica connections lost or refused, {banned} bans (replica_ban {} s)",
+                    length.as_secs_f64(),
+                    crate::REPLICA_BAN.as_secs()
+                ),
+                Some(lost + banned),
             ))
         }
         Fault::ReplayPause => {
@@ -211,10 +292,13 @@ async fn inject(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             blocking(move || replica.psql("SELECT pg_wal_replay_resume()")).await?;
-            Ok(format!(
-                "paused {:.1}s, replica {}skipped as lagging",
-                length.as_secs_f64(),
-                if lagging { "" } else { "never " }
+            Ok((
+                format!(
+                    "paused {:.1}s, replica {}skipped as lagging",
+                    length.as_secs_f64(),
+                    if lagging { "" } else { "never " }
+                ),
+                Some(u64::from(lagging)),
             ))
         }
         Fault::RedisClientKill => {
@@ -223,15 +307,17 @@ async fn inject(
                 redis_command(port, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
             })
             .await?;
-            Ok(format!("{killed} connections killed"))
+            Ok((format!("{killed} connections killed"), Some(killed.parse().unwrap_or(0))))
         }
         Fault::RedisRestart => {
+            let before = redis_hurt(pools);
             let redis = Arc::clone(&servers.redis);
             blocking(move || {
                 redis.lock().unwrap_or_else(std::sync::PoisonError::into_inner).restart()
             })
             .await?;
-            Ok("killed, started again (empty)".to_owned())
+            let n = grew(before, || redis_hurt(pools)).await;
+            Ok((format!("killed, started again (empty); {n} exclusive connections lost"), Some(n)))
         }
         Fault::SlowNetwork => {
             pg_proxy.set_delay(SLOW);
@@ -239,7 +325,10 @@ async fn inject(
             tokio::time::sleep(length).await;
             pg_proxy.set_delay(Duration::ZERO);
             redis_proxy.set_delay(Duration::ZERO);
-            Ok(format!("+{} ms each way for {:.1}s", SLOW.as_millis(), length.as_secs_f64()))
+            Ok((
+                format!("+{} ms each way for {:.1}s", SLOW.as_millis(), length.as_secs_f64()),
+                None,
+            ))
         }
         Fault::DropTraffic => {
             let open = pg_proxy.open() + redis_proxy.open();
@@ -248,11 +337,28 @@ async fn inject(
             tokio::time::sleep(length).await;
             pg_proxy.drop_traffic(false);
             redis_proxy.drop_traffic(false);
-            Ok(format!("{open} connections cut, new ones refused for {:.1}s", length.as_secs_f64()))
+            Ok((
+                format!(
+                    "{open} connections cut, new ones refused for {:.1}s",
+                    length.as_secs_f64()
+                ),
+                Some(open as u64),
+            ))
+        }
+        Fault::Blackhole => {
+            pg_proxy.blackhole(true);
+            redis_proxy.blackhole(true);
+            tokio::time::sleep(length).await;
+            pg_proxy.blackhole(false);
+            redis_proxy.blackhole(false);
+            Ok((format!("nothing passed for {:.1}s", length.as_secs_f64()), None))
         }
         Fault::CancelledAcquires => {
             let (cancelled, finished) = cancelled_acquires(pools, recorder, 400).await;
-            Ok(format!("{cancelled} acquires cancelled ({finished} finished in time)"))
+            Ok((
+                format!("{cancelled} acquires cancelled ({finished} finished in time)"),
+                Some(cancelled as u64),
+            ))
         }
     }
 }

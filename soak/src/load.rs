@@ -110,12 +110,17 @@ pub(super) struct Recorder {
     stop: AtomicBool,
     next_id: AtomicI64,
     next_request: AtomicU64,
-    successes: Mutex<HashMap<Kind, Vec<Duration>>>,
+    /// Every success of each kind: when it started and when it ended, from the start.
+    successes: Mutex<HashMap<Kind, Vec<(Duration, Duration)>>>,
     slowest: Mutex<HashMap<Kind, Duration>>,
     failures: Mutex<Vec<Failure>>,
     acked: Mutex<Vec<i64>>,
     abandoned: Mutex<Vec<i64>>,
     in_flight: Mutex<HashMap<u64, (Kind, Instant)>>,
+    /// Redis reads compared with the value just written: how many, and when each read that
+    /// found nothing started (only a restart or a failover explains one).
+    redis_compared: AtomicU64,
+    redis_nil: Mutex<Vec<Duration>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +140,8 @@ impl Recorder {
             acked: Mutex::default(),
             abandoned: Mutex::default(),
             in_flight: Mutex::default(),
+            redis_compared: AtomicU64::new(0),
+            redis_nil: Mutex::default(),
         }
     }
 
@@ -155,9 +162,35 @@ impl Recorder {
         lock(&self.abandoned).clone()
     }
 
-    /// The first success of `kind` that ended after `after`.
+    /// When the first success of `kind` that also started after `after` ended.
     pub(super) fn first_success_after(&self, kind: Kind, after: Duration) -> Option<Duration> {
-        lock(&self.successes).get(&kind)?.iter().copied().filter(|t| *t > after).min()
+        let successes = lock(&self.successes);
+        successes.get(&kind)?.iter().filter(|(start, _)| *start > after).map(|(_, end)| *end).min()
+    }
+
+    /// Requests of `kinds` that started in `from..to` and failed or took at least `slow`.
+    pub(super) fn hurt_in(
+        &self,
+        kinds: &[Kind],
+        from: Duration,
+        to: Duration,
+        slow: Duration,
+    ) -> usize {
+        let within = |at: Duration| at >= from && at < to;
+        let slow_ok: usize = lock(&self.successes)
+            .iter()
+            .filter(|(kind, _)| kinds.contains(kind))
+            .flat_map(|(_, v)| v.iter())
+            .filter(|(start, end)| within(*start) && end.saturating_sub(*start) >= slow)
+            .count();
+        let failed =
+            lock(&self.failures).iter().filter(|f| kinds.contains(&f.kind) && within(f.at)).count();
+        slow_ok + failed
+    }
+
+    /// Redis reads compared with the value written, and when those that found nothing started.
+    pub(super) fn redis_reads(&self) -> (u64, Vec<Duration>) {
+        (self.redis_compared.load(Relaxed), lock(&self.redis_nil).clone())
     }
 
     /// Successes, failures and the slowest request of `kind`.
@@ -168,9 +201,11 @@ impl Recorder {
         (ok, failed, slowest)
     }
 
-    pub(super) fn success(&self, kind: Kind) {
+    /// Records a success of `kind` that started at `start` (from the start of the load) and
+    /// ends now.
+    pub(super) fn success(&self, kind: Kind, start: Duration) {
         let now = self.now();
-        lock(&self.successes).entry(kind).or_default().push(now);
+        lock(&self.successes).entry(kind).or_default().push((start, now));
     }
 
     fn stopping(&self) -> bool {
@@ -200,7 +235,7 @@ impl Recorder {
         }
         match result {
             Ok(value) => {
-                self.success(kind);
+                self.success(kind, started.duration_since(self.start));
                 Some(value)
             }
             Err(e) => {
@@ -259,6 +294,7 @@ async fn pause() {
 async fn pg_reader(pools: Arc<Pools>, rec: Arc<Recorder>, _worker: usize) {
     let cluster = &pools.clusters["main"];
     while !rec.stopping() {
+        let start = rec.now();
         let replica = rec
             .request(Kind::PgRead, async {
                 let mut conn = cluster.session_read_only().await.map_err(session_error)?;
@@ -271,7 +307,7 @@ async fn pg_reader(pools: Arc<Pools>, rec: Arc<Recorder>, _worker: usize) {
             })
             .await;
         if replica == Some(true) {
-            rec.success(Kind::PgReplicaRead);
+            rec.success(Kind::PgReplicaRead, start);
         }
         pause().await;
     }
@@ -349,13 +385,20 @@ async fn redis_shared(pools: Arc<Pools>, rec: Arc<Recorder>, worker: usize) {
             let () =
                 client.set(&key, value.as_str(), None, None, false).await.map_err(redis_error)?;
             let got: Option<String> = client.get(&key).await.map_err(redis_error)?;
-            // A restart empties Redis between the two commands; anything else must read back.
+            rec.redis_compared.fetch_add(1, Relaxed);
+            // What was written reads back. A restart that empties Redis between the two
+            // commands explains nothing read, which the end of the run checks against the
+            // restarts' times; a different value nothing explains.
             match got {
-                Some(v) if v != value => Err(ReqError {
+                Some(v) if v == value => Ok(()),
+                Some(v) => Err(ReqError {
                     expected: false,
                     message: format!("GET {key} returned {v:?} right after SET {value:?}"),
                 }),
-                _ => Ok(()),
+                None => {
+                    lock(&rec.redis_nil).push(rec.now());
+                    Ok(())
+                }
             }
         })
         .await;
@@ -421,10 +464,11 @@ pub(super) async fn cancelled_acquires(pools: &Pools, rec: &Recorder, n: usize) 
         });
     }
     let mut cancelled = 0;
+    let start = rec.now();
     while let Some(joined) = tasks.join_next().await {
         if joined.unwrap_or(false) {
             cancelled += 1;
-            rec.success(Kind::CancelledAcquire);
+            rec.success(Kind::CancelledAcquire, start);
         }
     }
     (cancelled, n - cancelled)

@@ -118,11 +118,22 @@ async fn soak(servers: &Servers, duration: Duration) -> anyhow::Result<bool> {
     let cluster_state = pools.clusters.get("main").map(|c| format!("{:?}", c.stats().replicas));
     eprintln!("soak: replicas at the end of the load: {}", cluster_state.as_deref().unwrap_or("-"));
 
+    let mut fault_runs = fault_runs;
+    for run in &mut fault_runs {
+        if let (None, Some(slow)) = (run.effect, run.fault.measured_by_requests()) {
+            let n = recorder.hurt_in(run.fault.heal_kinds(), run.start, run.end, slow);
+            run.effect = Some(n as u64);
+            run.note.push_str(&format!("; {n} requests slowed past {slow:?} or failed"));
+        }
+    }
     let mut invariants = Vec::new();
     invariants.push(settled_pools(&pools).await);
     invariants.push(no_leak(servers, &pools).await);
-    invariants.push(failures_bounded(&recorder, stuck));
+    invariants.push(failures_explained(&recorder, &fault_runs, stuck));
+    invariants.push(requests_bounded(&recorder));
     invariants.extend(writes_kept(servers, &recorder).await?);
+    invariants.push(redis_reads_back(&recorder, &fault_runs));
+    invariants.push(faults_did_something(&fault_runs));
     invariants.push(faults_healed(&fault_runs, &recorder));
 
     pools.close().await;
@@ -330,28 +341,35 @@ async fn touch_idle(pools: &Pools) {
     drop(redis_held);
 }
 
-/// Every failure was an expected error that came within its request's timeout, and no request
-/// was still running when the load stopped.
-fn failures_bounded(recorder: &Recorder, stuck: Vec<(Kind, Duration)>) -> Invariant {
-    let failures = recorder.failures();
-    let bad: Vec<String> = failures
-        .iter()
-        .filter(|f| !f.expected || f.took > f.kind.budget())
-        .take(5)
-        .map(|f| {
-            format!(
-                "{} at {:.1}s took {:.2}s (budget {:.1}s, {}): {}",
-                f.kind.name(),
-                f.at.as_secs_f64(),
-                f.took.as_secs_f64(),
-                f.kind.budget().as_secs_f64(),
-                if f.expected { "expected" } else { "UNEXPECTED" },
-                f.error
-            )
+/// Whether a failure of `f` is explained: an error a fault explains by its type, that started
+/// while a fault that explains failures ran (from a request's budget before it, so a request
+/// already waiting counts) or within [`faults::GRACE`] after it ended.
+fn explained(f: &load::Failure, runs: &[FaultRun]) -> bool {
+    f.expected
+        && runs.iter().any(|r| {
+            r.fault.explains_failures()
+                && f.at + f.kind.budget() >= r.start
+                && f.at <= r.end + faults::GRACE
         })
-        .collect();
-    let n_bad = failures.iter().filter(|f| !f.expected || f.took > f.kind.budget()).count();
-    let mut detail = format!("{} failed requests, {n_bad} outside the contract", failures.len());
+}
+
+/// Every failure is an error of the kind a fault explains, during a fault (plus
+/// [`faults::GRACE`]); none came outside; no request was still running when the load stopped.
+fn failures_explained(
+    recorder: &Recorder,
+    runs: &[FaultRun],
+    stuck: Vec<(Kind, Duration)>,
+) -> Invariant {
+    let failures = recorder.failures();
+    let unexplained: Vec<&load::Failure> =
+        failures.iter().filter(|f| !explained(f, runs)).collect();
+    let mut detail = format!(
+        "{} failed requests, {} unexplained (outside every fault's window and its {} s grace, or \
+         an error no fault explains)",
+        failures.len(),
+        unexplained.len(),
+        faults::GRACE.as_secs()
+    );
     for (kind, running) in &stuck {
         detail.push_str(&format!(
             "; {} still running {:.1}s after the load stopped",
@@ -359,14 +377,96 @@ fn failures_bounded(recorder: &Recorder, stuck: Vec<(Kind, Duration)>) -> Invari
             running.as_secs_f64()
         ));
     }
-    for b in &bad {
-        detail.push_str("; ");
-        detail.push_str(b);
+    for f in unexplained.iter().take(5) {
+        detail.push_str(&format!(
+            "; {} at {:.1}s after {:.2}s ({}): {}",
+            f.kind.name(),
+            f.at.as_secs_f64(),
+            f.took.as_secs_f64(),
+            if f.expected { "outside a fault" } else { "no fault explains it" },
+            f.error
+        ));
     }
     Invariant {
-        name: "failures expected and within their timeout",
-        passed: n_bad == 0 && stuck.is_empty(),
+        name: "failures only during faults, of a kind they explain",
+        passed: unexplained.is_empty() && stuck.is_empty(),
         detail,
+    }
+}
+
+/// Every request, successful or not, within its kind's bound, and every kind of request
+/// succeeded at least once (a bound over no request proves nothing).
+fn requests_bounded(recorder: &Recorder) -> Invariant {
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for kind in Kind::ALL {
+        let (ok, failed, slowest) = recorder.totals(kind);
+        checked += ok + failed;
+        if ok == 0 {
+            bad.push(format!("no {} succeeded", kind.name()));
+        }
+        // Replica reads and cancelled acquires are counted, not timed.
+        if !matches!(kind, Kind::PgReplicaRead | Kind::CancelledAcquire) && slowest > kind.budget()
+        {
+            bad.push(format!(
+                "a {} took {:.2}s, over its bound of {:.1}s",
+                kind.name(),
+                slowest.as_secs_f64(),
+                kind.budget().as_secs_f64()
+            ));
+        }
+    }
+    Invariant {
+        name: "every request within its bound",
+        passed: bad.is_empty(),
+        detail: if bad.is_empty() {
+            format!("{checked} requests, the slowest of each kind within its bound")
+        } else {
+            bad.join("; ")
+        },
+    }
+}
+
+/// What Redis reads back is what was just written: a read that finds nothing is explained only
+/// by a Redis restart around it (the server comes back empty); another value by nothing.
+fn redis_reads_back(recorder: &Recorder, runs: &[FaultRun]) -> Invariant {
+    let (compared, nil) = recorder.redis_reads();
+    let restarts: Vec<&FaultRun> = runs.iter().filter(|r| r.fault == Fault::RedisRestart).collect();
+    let unexplained = nil
+        .iter()
+        .filter(|at| {
+            !restarts
+                .iter()
+                .any(|r| **at + faults::GRACE >= r.start && **at <= r.end + faults::GRACE)
+        })
+        .count();
+    let wrong = recorder.failures().iter().filter(|f| f.error.contains("right after SET")).count();
+    Invariant {
+        name: "redis reads return what was written",
+        passed: compared > 0 && unexplained == 0 && wrong == 0,
+        detail: format!(
+            "{compared} reads compared, {wrong} returned another value, {} found nothing ({unexplained} outside a redis restart)",
+            nil.len()
+        ),
+    }
+}
+
+/// Every fault did what it is there to do (killed, cut, stalled or slowed something): one that
+/// did nothing proves nothing.
+fn faults_did_something(runs: &[FaultRun]) -> Invariant {
+    let idle: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.error.is_none() && r.effect.unwrap_or(0) == 0)
+        .map(|r| r.fault.name())
+        .collect();
+    Invariant {
+        name: "every fault had an effect",
+        passed: idle.is_empty() && !runs.is_empty(),
+        detail: if idle.is_empty() {
+            format!("{} faults, each with a measured effect", runs.len())
+        } else {
+            format!("no effect measured: {}", idle.join(", "))
+        },
     }
 }
 
@@ -386,7 +486,7 @@ async fn writes_kept(servers: &Servers, recorder: &Recorder) -> anyhow::Result<V
     Ok(vec![
         Invariant {
             name: "no acknowledged write lost",
-            passed: lost.is_empty(),
+            passed: lost.is_empty() && !acked.is_empty(),
             detail: format!(
                 "{} acknowledged, {} rows on the primary, {} lost{}",
                 acked.len(),
@@ -401,34 +501,51 @@ async fn writes_kept(servers: &Servers, recorder: &Recorder) -> anyhow::Result<V
         },
         Invariant {
             name: "no abandoned transaction committed",
-            passed: leaked.is_empty(),
+            passed: leaked.is_empty() && !abandoned.is_empty(),
             detail: format!("{} abandoned, {} committed anyway", abandoned.len(), leaked.len()),
         },
     ])
 }
 
-/// Every fault healed: a request of each kind it hurt succeeded after it ended.
+/// Every fault healed within its limit: a request of each kind it hurt, started after it
+/// ended, succeeded within [`faults::GRACE`] of its end (a replica's faults also wait out the
+/// replica's ban).
 fn faults_healed(runs: &[FaultRun], recorder: &Recorder) -> Invariant {
     let unhealed: Vec<String> = runs
         .iter()
-        .filter(|r| r.error.is_some() || heal_time(r, recorder).is_none())
-        .map(|r| match &r.error {
-            Some(e) => format!("{}: could not inject: {e}", r.fault.name()),
-            None => format!("{}: never healed", r.fault.name()),
+        .filter_map(|r| match (&r.error, heal_time(r, recorder)) {
+            (Some(e), _) => Some(format!("{}: could not inject: {e}", r.fault.name())),
+            (None, None) => Some(format!("{}: never healed", r.fault.name())),
+            (None, Some(t)) if t > heal_limit(r.fault) => Some(format!(
+                "{}: healed after {} ms, over its {} ms",
+                r.fault.name(),
+                t.as_millis(),
+                heal_limit(r.fault).as_millis()
+            )),
+            (None, Some(_)) => None,
         })
         .collect();
     Invariant {
-        name: "every fault healed",
+        name: "every fault healed within its limit",
         passed: unhealed.is_empty(),
         detail: if unhealed.is_empty() {
-            format!("{} faults injected, all healed", runs.len())
+            format!("{} faults injected, all healed in time", runs.len())
         } else {
             unhealed.join("; ")
         },
     }
 }
 
-/// The time from the fault's end until a request of every kind it hurt had succeeded again.
+/// How soon after its end a fault must have healed.
+fn heal_limit(fault: Fault) -> Duration {
+    match fault {
+        Fault::ReplicaStopStart | Fault::ReplayPause => REPLICA_BAN + faults::GRACE,
+        _ => faults::GRACE,
+    }
+}
+
+/// The time from the fault's end until a request of every kind it hurt, started after that end,
+/// had succeeded.
 fn heal_time(run: &FaultRun, recorder: &Recorder) -> Option<Duration> {
     run.fault
         .heal_kinds()
@@ -467,6 +584,7 @@ fn report(
                 "time_to_heal_ms": heal_time(r, recorder).map(|d| d.as_millis()),
                 "heals_when": r.fault.heal_kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
                 "note": r.note,
+                "effect": r.effect,
                 "error": r.error,
             })
         })
@@ -507,8 +625,28 @@ fn report(
             "invariant": i.name, "passed": i.passed, "detail": i.detail,
         })).collect::<Vec<_>>(),
         "failures": failures,
+        "breaker_fail_fast": fail_fast(recorder).map(|(n, p50, p99, max)| json!({
+            "requests": n,
+            "p50_ms": p50.as_secs_f64() * 1e3,
+            "p99_ms": p99.as_secs_f64() * 1e3,
+            "max_ms": max.as_secs_f64() * 1e3,
+        })),
         "passed": invariants.iter().all(|i| i.passed),
     })
+}
+
+/// How long the requests the open breaker failed took (acquire and all): how many, the median,
+/// the 99th percentile and the slowest.
+fn fail_fast(recorder: &Recorder) -> Option<(usize, Duration, Duration, Duration)> {
+    let mut took: Vec<Duration> = recorder
+        .failures()
+        .iter()
+        .filter(|f| f.error.contains("is unavailable: circuit breaker open"))
+        .map(|f| f.took)
+        .collect();
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    (!took.is_empty()).then(|| (took.len(), at(0.5), at(0.99), at(1.0)))
 }
 
 fn print_table(recorder: &Recorder, runs: &[FaultRun], invariants: &[Invariant]) {
@@ -550,6 +688,16 @@ fn print_table(recorder: &Recorder, runs: &[FaultRun], invariants: &[Invariant])
         println!("{:<18} {:>10} {:>8} {:>10} {:>10}", k.name(), ok, failed, slowest, budget);
     }
     println!();
+    match fail_fast(recorder) {
+        Some((n, p50, p99, max)) => println!(
+            "breaker fail-fast: {n} requests failed at once by an open breaker: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        ),
+        None => println!("breaker fail-fast: no request met an open breaker"),
+    }
+    println!();
     for i in invariants {
         println!("[{}] {}: {}", if i.passed { "PASS" } else { "FAIL" }, i.name, i.detail);
     }
@@ -568,6 +716,7 @@ impl Fault {
             Fault::SlowNetwork => "slow network (proxy delay)",
             Fault::DropTraffic => "dropped traffic (proxy cut)",
             Fault::CancelledAcquires => "cancelled-acquire burst",
+            Fault::Blackhole => "blackhole (proxy partition)",
         }
     }
 }

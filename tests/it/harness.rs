@@ -196,3 +196,51 @@ fn servers_left_by_a_killed_process_are_reaped_and_no_others() -> anyhow::Result
     assert!(live.ping(), "a live owner's server is left alone");
     Ok(())
 }
+
+/// The proxy's blackhole passes nothing either way and refuses nothing; what was held back
+/// arrives, in order, once it ends, on connections made before and during it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_blackhole_holds_traffic_and_releases_it_in_order() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // An echo server: the proxy's upstream.
+    let echo = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let upstream = echo.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = pool_harness::Proxy::start(upstream).await?;
+    let mut before = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).await?;
+    before.write_all(b"a").await?;
+    let mut one = [0u8; 1];
+    before.read_exact(&mut one).await?;
+    assert_eq!(&one, b"a", "the proxy forwards");
+
+    proxy.blackhole(true);
+    before.write_all(b"bc").await?;
+    // A new connection is accepted, not refused.
+    let mut during = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, proxy.port())).await?;
+    during.write_all(b"d").await?;
+    // Silence: nothing comes back while it lasts (a leak would arrive well within this).
+    let mut two = [0u8; 2];
+    let silent =
+        tokio::time::timeout(Duration::from_millis(300), before.read_exact(&mut two)).await;
+    assert!(silent.is_err(), "a byte crossed the blackhole");
+    assert_eq!(proxy.open(), 1, "the new connection has not reached the server");
+
+    proxy.blackhole(false);
+    let bound = Duration::from_secs(10);
+    tokio::time::timeout(bound, before.read_exact(&mut two)).await??;
+    assert_eq!(&two, b"bc", "held bytes arrive in order");
+    tokio::time::timeout(bound, during.read_exact(&mut one)).await??;
+    assert_eq!(&one, b"d", "the connection made during it reaches the server");
+    Ok(())
+}

@@ -174,6 +174,39 @@ impl RedisInstance {
         Ok(())
     }
 
+    /// Freezes the server (`SIGSTOP`): its sockets stay open and the kernel still accepts
+    /// connections and data for it, but nothing is answered until [`thaw`](Self::thaw), as with
+    /// a frozen VM or a process stuck in a long pause. Dropping a frozen instance still kills it.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not running or `kill` fails.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a [frozen](Self::freeze) server run again (`SIGCONT`); it then answers what waited.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not running or `kill` fails.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    /// Sends `SIG<signal>` to the server.
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let Some(pid) = self.pid() else {
+            bail!("redis-server on port {} is not running", self.port)
+        };
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Starts the stopped server again on the same port and waits until it answers `PING`.
     ///
     /// # Errors

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig};
+use pool_core::{
+    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Seconds,
+};
 
 use crate::error::{ConfigError, redact};
 use crate::hook::{ConnectHook, OnConnect};
@@ -88,6 +90,33 @@ impl RedisConfig {
             },
         },
         EnvVar {
+            name: "COMMAND_TIMEOUT",
+            key: "command_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.command_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "SHARED_COMMAND_TIMEOUT",
+            key: "shared_command_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.shared_command_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "TCP_USER_TIMEOUT",
+            key: "tcp_user_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.tcp_user_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
             name: "TLS_CA_CERT",
             key: "tls_ca_cert",
             form: EnvForm::Text,
@@ -128,7 +157,8 @@ impl RedisConfig {
     /// Every variable of a pool under `prefix` (`REDIS_` for `main`, or
     /// [`env_prefix`](Self::env_prefix)), `(variable, key, form)`: the engine's
     /// ([`PoolConfig::ENV`]: `POOL_SIZE`, `POOL_OVERFLOW`, `POOL_TIMEOUT`, `POOL_RECYCLE`), then
-    /// [`POOL_ENV`](Self::POOL_ENV)'s (`MAX_CONNECTIONS`, `TLS_CA_CERT`, `TLS_CERT`, `TLS_KEY`,
+    /// [`POOL_ENV`](Self::POOL_ENV)'s (`MAX_CONNECTIONS`, `COMMAND_TIMEOUT`,
+    /// `SHARED_COMMAND_TIMEOUT`, `TCP_USER_TIMEOUT`, `TLS_CA_CERT`, `TLS_CERT`, `TLS_KEY`,
     /// `PASSWORD_FILE`).
     pub fn pool_env_vars(prefix: &str) -> impl Iterator<Item = (String, &'static str, EnvForm)> {
         let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
@@ -165,8 +195,9 @@ impl RedisConfig {
     ///
     /// - `REDIS_URL`: the server's URL;
     /// - `REDIS_POOL_SIZE`, `REDIS_POOL_OVERFLOW`, `REDIS_POOL_TIMEOUT`, `REDIS_POOL_RECYCLE`,
-    ///   `REDIS_MAX_CONNECTIONS`, `REDIS_TLS_CA_CERT`, `REDIS_TLS_CERT`, `REDIS_TLS_KEY` and
-    ///   `REDIS_PASSWORD_FILE`: the `main` pool's (the pool is added if missing), as
+    ///   `REDIS_MAX_CONNECTIONS`, `REDIS_COMMAND_TIMEOUT`, `REDIS_SHARED_COMMAND_TIMEOUT`,
+    ///   `REDIS_TCP_USER_TIMEOUT` (seconds, 0 or less: off), `REDIS_TLS_CA_CERT`,
+    ///   `REDIS_TLS_CERT`, `REDIS_TLS_KEY` and `REDIS_PASSWORD_FILE`: the `main` pool's (the pool is added if missing), as
     ///   [`pool_env_vars`](Self::pool_env_vars) lists them;
     /// - the same prefixed with a pool's name set that pool's, e.g. `REDIS_CACHE_POOL_SIZE`;
     ///   for `main` they win over the unprefixed ones.
@@ -366,6 +397,15 @@ pub struct PoolSettings {
     pub shared_clients: usize,
     /// TCP keepalive on every socket \[true\]: first probe after 60 s idle, then every 10 s.
     pub socket_keepalive: bool,
+    /// `TCP_USER_TIMEOUT` of every TCP socket (Linux only; elsewhere ignored)
+    /// (`REDIS_TCP_USER_TIMEOUT`) \[20 s\]: the kernel closes a connection whose sent data
+    /// stays unacknowledged this long, and one whose keepalive probes go unanswered this long.
+    /// This is what ends a connection to a server gone silent on the network (a failover to
+    /// another address, a partition, a lost VM) in seconds instead of TCP's ~15 minutes of
+    /// retransmissions; a stopped but reachable process is found by the command timeouts
+    /// instead. `None` (0 in a file) keeps the system's default.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
+    pub tcp_user_timeout: Option<Duration>,
     /// Retry a command that timed out (after `shared_command_timeout`), once, on the next
     /// shared client in round-robin order \[false\] (the same client when `shared_clients` is
     /// 1, so a timeout can then cost twice the bound); only through
@@ -374,12 +414,23 @@ pub struct PoolSettings {
     /// told never to resend a command. Needs a `shared_command_timeout`.
     pub retry_on_timeout: bool,
     /// How long one command on an exclusive connection may take before it fails with a
-    /// timeout \[5 s\]; `None` (0 in a file) waits forever. A blocking command that may block
-    /// longer must say so (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    /// timeout (`REDIS_COMMAND_TIMEOUT`) \[5 s\]; `None` (0 in a file) waits forever. A
+    /// blocking command that may block longer must say so
+    /// (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    ///
+    /// It also bounds the connection: once a reply is overdue by this long and a quarter more
+    /// (a second more at most), fred closes the socket, so a connection whose server stopped
+    /// answering is broken from then on and never handed out again, whatever the command's own
+    /// timeout; its return's reset, queued behind the overdue reply, fails by then. Blocking commands are exempt (`BLPOP`, `WAIT`, `XREAD BLOCK`,
+    /// and `custom` commands built as blocking): a slow command that is not blocking (a long
+    /// script) needs a `custom` command marked blocking, or no `command_timeout`.
     #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
     pub command_timeout: Option<Duration>,
     /// How long one command on a shared client may take before it fails with a timeout
-    /// \[5 s\]; `None` (0 in a file) waits forever, as a bare fred client does.
+    /// (`REDIS_SHARED_COMMAND_TIMEOUT`) \[5 s\]; `None` (0 in a file) waits forever, as a bare
+    /// fred client does. A shared client whose reply is overdue by this long while no command
+    /// was written for as long is reconnected by fred (as `command_timeout` says for exclusive
+    /// connections); under steady traffic the heartbeat finds it instead.
     ///
     /// This bound is what fails a command written to a server that stopped answering (a
     /// stopped process, a long script) or queued while its client reconnects. fred arms a
@@ -448,6 +499,7 @@ impl PartialEq for PoolSettings {
             max_connections,
             shared_clients,
             socket_keepalive,
+            tcp_user_timeout,
             retry_on_timeout,
             command_timeout,
             shared_command_timeout,
@@ -469,6 +521,7 @@ impl PartialEq for PoolSettings {
             && *max_connections == other.max_connections
             && *shared_clients == other.shared_clients
             && *socket_keepalive == other.socket_keepalive
+            && *tcp_user_timeout == other.tcp_user_timeout
             && *retry_on_timeout == other.retry_on_timeout
             && *command_timeout == other.command_timeout
             && *shared_command_timeout == other.shared_command_timeout
@@ -490,6 +543,7 @@ impl Default for PoolSettings {
             max_connections: None,
             shared_clients: 1,
             socket_keepalive: true,
+            tcp_user_timeout: Some(DEFAULT_TCP_USER_TIMEOUT),
             retry_on_timeout: false,
             command_timeout: Some(Duration::from_secs(5)),
             shared_command_timeout: Some(Duration::from_secs(5)),
@@ -520,6 +574,7 @@ impl PoolSettings {
     setters! {
         shared_clients: usize,
         socket_keepalive: bool,
+        tcp_user_timeout: Option<Duration>,
         retry_on_timeout: bool,
         command_timeout: Option<Duration>,
         shared_command_timeout: Option<Duration>,
@@ -701,18 +756,22 @@ impl PoolSettings {
             ("max_reconnect_delay", Some(self.max_reconnect_delay)),
             ("command_timeout", self.command_timeout),
             ("shared_command_timeout", self.shared_command_timeout),
+            ("tcp_user_timeout", self.tcp_user_timeout),
         ];
         for (setting, value) in positive {
             if value.is_some_and(|d| d.is_zero()) {
                 return Err(invalid(setting, "0s".into(), "must be greater than zero"));
             }
         }
-        if u32::try_from(self.max_reconnect_delay.as_millis()).is_err() {
-            return Err(invalid(
-                "max_reconnect_delay",
-                format!("{:?}", self.max_reconnect_delay),
-                "must be below 49 days",
-            ));
+        // Both are milliseconds in a `u32` (fred's delays, the socket option).
+        let millis = [
+            ("max_reconnect_delay", Some(self.max_reconnect_delay)),
+            ("tcp_user_timeout", self.tcp_user_timeout),
+        ];
+        for (setting, value) in millis {
+            if let Some(d) = value.filter(|d| u32::try_from(d.as_millis()).is_err()) {
+                return Err(invalid(setting, format!("{d:?}"), "must be below 49 days"));
+            }
         }
         if let Err(p) = self.tls_files().check() {
             return Err(invalid(p.setting, p.path.display().to_string(), &p.reason));
@@ -767,6 +826,10 @@ impl PoolSettings {
 
 /// The most exclusive connections a pool may open, pool-core's limit.
 const MAX_CONNECTIONS: usize = 100_000;
+
+/// [`PoolSettings::tcp_user_timeout`]'s default: longer than any retransmission a healthy
+/// network needs, far shorter than TCP's own ~15 minutes.
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {
@@ -1016,6 +1079,27 @@ mod tests {
             let err = config(url).unwrap_err().to_string();
             assert!(err.contains(says), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn timeouts_come_from_the_environment_and_zero_turns_them_off() {
+        let c = RedisConfig::default()
+            .with_env_from(env(&[
+                ("REDIS_COMMAND_TIMEOUT", "1.5"),
+                ("REDIS_CACHE_SHARED_COMMAND_TIMEOUT", "0"),
+                ("REDIS_TCP_USER_TIMEOUT", "-1"),
+            ]))
+            .unwrap();
+        let main = &c.pools["main"];
+        assert_eq!(main.command_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(main.tcp_user_timeout, None);
+        assert_eq!(c.pools["cache"].shared_command_timeout, None);
+        assert_eq!(c.pools["cache"].tcp_user_timeout, Some(Duration::from_secs(20)));
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_TCP_USER_TIMEOUT", "1e9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_TCP_USER_TIMEOUT") && err.contains("49 days"), "{err}");
     }
 
     #[test]

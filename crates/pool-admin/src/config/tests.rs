@@ -345,7 +345,7 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
         ),
         (
             "[redis.cache]\nsharedclients = 2\n",
-            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tls_ca_cert, tls_cert, tls_key)".to_owned(),
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tcp_user_timeout, tls_ca_cert, tls_cert, tls_key)".to_owned(),
         ),
     ];
     for (toml, expected) in cases {

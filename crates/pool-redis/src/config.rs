@@ -40,6 +40,15 @@ pub struct RedisConfig {
     /// [`PoolSettings::tls_ca_cert`]), or `redis+unix:///path/to/redis.sock[?db=N]` for a Unix
     /// socket (with a password, a host must be named and is ignored:
     /// `redis+unix://:password@localhost/path/to/redis.sock`).
+    ///
+    /// Behind Redis Sentinel: `redis-sentinel://[user:password@]host[:port][/db]?sentinelServiceName=NAME[&node=host:port]...`,
+    /// naming every sentinel (port 26379 by default; `user:password` are the master's, the
+    /// sentinels' own are `sentinelUsername`/`sentinelPassword`); each connection asks a
+    /// sentinel for the master, checks its `ROLE`, and every reconnect asks again, so the pool
+    /// follows a failover. A Redis Cluster: `redis-cluster://[user:password@]host:port[?node=host:port]...`,
+    /// naming one node or more; commands go to the node that owns their key's slot and follow
+    /// `MOVED`/`ASK` redirections and the cluster's new layout after a failover. Neither takes
+    /// TLS yet.
     pub url: String,
     /// The pools, by name.
     pub pools: BTreeMap<String, PoolSettings>,
@@ -304,10 +313,18 @@ impl RedisConfig {
         let invalid = |source| ConfigError::Url { url: redact(&self.url), source };
         let url_error = |words: String| invalid(Error::new(ErrorKind::Url, words));
         let (scheme, rest) = self.url.split_once("://").unwrap_or(("", ""));
-        if !matches!(scheme, "redis" | "rediss" | "redis+unix") {
+        if matches!(scheme, "rediss-sentinel" | "rediss-cluster") {
+            return Err(url_error(format!(
+                "{scheme}:// is not supported: Sentinel and Cluster pools connect without TLS"
+            )));
+        }
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "redis-sentinel" | "redis-cluster")
+        {
             return Err(url_error(
-                "expected redis://[user:password@]host[:port][/db], rediss://... for TLS, or \
-                 redis+unix:///path/to/redis.sock[?db=N]"
+                "expected redis://[user:password@]host[:port][/db], rediss://... for TLS, \
+                 redis+unix:///path/to/redis.sock[?db=N], \
+                 redis-sentinel://host[:port][/db]?sentinelServiceName=NAME[&node=host:port]... \
+                 or redis-cluster://host:port[?node=host:port]..."
                     .to_owned(),
             ));
         }
@@ -320,8 +337,22 @@ impl RedisConfig {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(url_error("the URL names no host".to_owned()));
         }
-        fred::types::config::Config::from_url_centralized(&format!("redis://{rest}"))
-            .map_err(invalid)
+        match scheme {
+            "redis-sentinel" => {
+                if !parsed.query_pairs().any(|(k, v)| k == "sentinelServiceName" && !v.is_empty()) {
+                    return Err(url_error(
+                        "a redis-sentinel URL names its master with ?sentinelServiceName=NAME"
+                            .to_owned(),
+                    ));
+                }
+                fred::types::config::Config::from_url_sentinel(&self.url).map_err(invalid)
+            }
+            "redis-cluster" => {
+                fred::types::config::Config::from_url_clustered(&self.url).map_err(invalid)
+            }
+            _ => fred::types::config::Config::from_url_centralized(&format!("redis://{rest}"))
+                .map_err(invalid),
+        }
     }
 
     /// Whether the URL asks for TLS (`rediss://`).
@@ -1100,6 +1131,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("REDIS_TCP_USER_TIMEOUT") && err.contains("49 days"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_and_cluster_urls_read_every_node() {
+        use fred::types::config::ServerConfig;
+        let url = "redis-sentinel://:pw@10.0.0.1:26379/2?sentinelServiceName=cache\
+                   &node=10.0.0.2:26380&sentinelPassword=s3cret";
+        let config = RedisConfig::new(url).fred_config().unwrap();
+        let ServerConfig::Sentinel { hosts, service_name, password, .. } = &config.server else {
+            panic!("{:?}", config.server)
+        };
+        assert_eq!((hosts.len(), service_name.as_str()), (2, "cache"));
+        assert_eq!((password.as_deref(), config.password.as_deref()), (Some("s3cret"), Some("pw")));
+        assert_eq!(config.database, Some(2));
+        let shown = format!("{:?}", RedisConfig::new(url));
+        assert!(!shown.contains("s3cret") && !shown.contains(":pw@"), "{shown}");
+
+        let config = RedisConfig::new("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001")
+            .fred_config()
+            .unwrap();
+        assert!(
+            matches!(&config.server, ServerConfig::Clustered { hosts, .. } if hosts.len() == 2)
+        );
+        for (url, says) in [
+            ("redis-sentinel://10.0.0.1:26379", "sentinelServiceName=NAME"),
+            ("rediss-sentinel://h?sentinelServiceName=m", "connect without TLS"),
+            ("rediss-cluster://h:7000", "connect without TLS"),
+        ] {
+            let err = RedisConfig::new(url).fred_config().unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("REDIS_URL", "http://cache")],
             None,
-            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis://, rediss:// or redis+unix:// URL",
+            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis://, rediss://, redis+unix://, redis-sentinel:// or redis-cluster:// URL",
         ),
         (
             &[("POOL_ADMIN_LISTEN", "everywhere")],
@@ -966,4 +966,21 @@ fn the_library_and_the_server_read_a_variable_alike() {
     let vars = [("DATABASE_POOL_SIZE", "7"), ("DATABASE_POOL_RECYCLE", "-1")];
     let library = PostgresConfig::default().with_env_from(env(&vars)).unwrap();
     assert_eq!(AdminConfig::load(None, env(&vars)).unwrap().postgres["main"], library);
+}
+
+/// Pools behind Redis Sentinel or over a Redis Cluster are configured by their URL alone; one
+/// without the master's name is refused, naming what is missing.
+#[test]
+fn sentinel_and_cluster_urls_are_accepted() {
+    for url in [
+        "redis-sentinel://10.0.0.1:26379?sentinelServiceName=mymaster&node=10.0.0.2:26379",
+        "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001",
+    ] {
+        let c = AdminConfig::load(None, env(&[("REDIS_URL", url)])).unwrap();
+        assert_eq!(c.redis_url.expose(), url);
+    }
+    let err = AdminConfig::load(None, env(&[("REDIS_URL", "redis-sentinel://10.0.0.1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sentinelServiceName=NAME"), "{err}");
 }

@@ -32,7 +32,8 @@ use crate::hook::OnConnect;
 ///
 /// The next user gets the session a fresh connection has, or a fresh connection. The pool
 /// cannot see what was sent through `Deref`, so on every return, in one round trip before the
-/// connection is handed out again, it sends:
+/// connection is handed out again (over a Redis Cluster, on the socket to each master, a
+/// command at a time), it sends:
 ///
 /// 1. `RESET` (Redis 6.2+), which discards a `MULTI`, unwatches, unsubscribes (`SUBSCRIBE`,
 ///    `PSUBSCRIBE`, `SSUBSCRIBE`), ends `MONITOR`, `CLIENT TRACKING`, `CLIENT REPLY OFF` and
@@ -57,7 +58,10 @@ use crate::hook::OnConnect;
 ///   pushed element to a caller that is gone. Closing the socket makes the server drop the
 ///   blocked command at once;
 /// - a connection whose socket dropped (killed, a server restart), at return, at checkout, or
-///   by the pool's maintenance. It never reconnects by itself.
+///   by the pool's maintenance. It never reconnects by itself;
+/// - a connection whose reply was overdue by `command_timeout` and a quarter more (a second at
+///   most): fred closes its socket (a frozen server, a network gone silent), so it counts as
+///   dropped from then on, though the server may still hold it. Blocking commands are exempt.
 ///
 /// Not reset: `CLIENT NO-EVICT` and `CLIENT NO-TOUCH` on Redis 7.0 and 7.1, whose `RESET`
 /// keeps them (turning them off on every return would cost every pool a command for a setting

@@ -62,8 +62,8 @@ impl SessionReset {
         }
     }
 
-    /// Sends the reset (one round trip: a pipeline when there is more than `RESET`) and checks
-    /// every reply.
+    /// Sends the reset (one round trip: a pipeline when there is more than `RESET`; over a
+    /// Cluster, on each master's socket, a command at a time) and checks every reply.
     ///
     /// # Errors
     ///
@@ -82,7 +82,12 @@ impl SessionReset {
         if client.is_clustered() {
             // One connection per master: each is reset, a command at a time (fred pipelines
             // only to one node).
-            for server in client.active_connections() {
+            let servers = client.active_connections();
+            if servers.is_empty() {
+                let e = Error::new(ErrorKind::IO, "the reset on return found no master connected");
+                return Err(Failure::Other(e));
+            }
+            for server in servers {
                 let node = client.with_cluster_node(server);
                 let mut replies = Vec::with_capacity(steps.len());
                 for step in &steps {
@@ -90,6 +95,7 @@ impl SessionReset {
                 }
                 self.check_replies(&steps, replies, credential.as_ref())?;
             }
+            client.inner().reset_protocol_version();
             return Ok(());
         }
         let replies = if let [only] = &steps[..] {

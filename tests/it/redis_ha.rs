@@ -465,3 +465,58 @@ async fn a_cluster_pool_follows_a_masters_failover() -> TestResult {
     pool.close().await?;
     Ok(())
 }
+
+/// A failover asked of Sentinel (`SENTINEL FAILOVER`) demotes a master that keeps running:
+/// the pool's connections to it are not left writing to a replica; both paths write to the
+/// new master within 10 s of the failover completing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_pool_leaves_a_demoted_master() -> TestResult {
+    let group = pool_harness::SentinelGroup::start()?;
+    let pool = RedisPool::connect("demoted", &group.url(), failover_settings()).await?;
+    pool.warmed(Duration::from_secs(5)).await?;
+    let old_master = group.master_port()?;
+    // An exclusive connection idle in the pool and the shared client, both on the old master.
+    {
+        let conn = pool.exclusive().await?;
+        conn.set::<(), _, _>("demoted:before", 1, None, None, false).await?;
+    }
+    assert_eq!(client_port(pool.shared()).await?, old_master);
+
+    group.failover()?;
+    let new_master = group.wait_for_failover(old_master, Duration::from_secs(30))?;
+    let failed_over = Instant::now();
+    // A write counts once it landed on the new master (the server it went to says so).
+    let on_new_master = |client: Client| async move {
+        client
+            .set::<(), _, _>("demoted:after", 1, None, None, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        match client_port(&client).await.map_err(|e| e.to_string())? {
+            port if port == new_master => Ok(()),
+            port => Err(format!("wrote to 127.0.0.1:{port}")),
+        }
+    };
+    until_ok(Duration::from_secs(10), "an exclusive write after the failover", || async {
+        let conn = pool.exclusive().await.map_err(|e| e.to_string())?;
+        on_new_master(conn.client().clone()).await
+    })
+    .await?;
+    let exclusive_after = failed_over.elapsed();
+    until_ok(Duration::from_secs(10), "a shared write after the failover", || {
+        on_new_master(pool.shared().clone())
+    })
+    .await?;
+    let shared_after = failed_over.elapsed();
+    eprintln!(
+        "SENTINEL FAILOVER 127.0.0.1:{old_master} -> 127.0.0.1:{new_master}: exclusive writes \
+         served {exclusive_after:?} and shared writes {shared_after:?} after it completed"
+    );
+    assert_eq!(client_port(pool.shared()).await?, new_master);
+    // Every exclusive connection the pool hands out now writes to the new master.
+    for _ in 0..3 {
+        let conn = pool.exclusive().await?;
+        assert_eq!(client_port(&conn).await?, new_master);
+    }
+    pool.close().await?;
+    Ok(())
+}

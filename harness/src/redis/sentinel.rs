@@ -143,9 +143,9 @@ impl SentinelGroup {
         Ok(())
     }
 
-    /// Waits, up to `within`, until every running sentinel reports a master other than
-    /// `old_port` and that server says it is a master (`ROLE`), then returns its port: the
-    /// failover has completed.
+    /// Waits, up to `within`, until every sentinel reports a master other than `old_port`, that
+    /// server says it is a master (`ROLE`), and the old master, if it still runs, says it is a
+    /// replica, then returns the new master's port: the failover has completed.
     ///
     /// # Errors
     ///
@@ -169,8 +169,12 @@ impl SentinelGroup {
             agreed = Some(port);
         }
         let port = agreed?;
-        let role = cli(port, &["ROLE"]).ok()?;
-        (role.lines().next()?.trim() == "master").then_some(port)
+        let role = |port| cli(port, &["ROLE"]).ok()?.lines().next().map(|l| l.trim().to_owned());
+        let old_runs = self.servers.iter().any(|s| s.port() == old_port && s.pid().is_some());
+        if old_runs && role(old_port)? != "slave" {
+            return None;
+        }
+        (role(port)? == "master").then_some(port)
     }
 
     /// `Some(())` once the replica is in sync and every sentinel sees it and the others.

@@ -67,6 +67,9 @@ async fn exclusive_incr(pool: &RedisPool, key: &str) -> Result<i64, String> {
 enum Outcome {
     /// The exclusive checkout timed out (`pool_timeout`).
     AcquireTimeout,
+    /// The exclusive checkout failed at once: the pool's circuit breaker is open after the
+    /// connects that failed during the freeze.
+    BreakerOpen,
     /// A command failed with fred's timeout.
     CommandTimeout,
     /// Anything else: the test fails on it.
@@ -81,7 +84,8 @@ fn command_outcome<T: std::fmt::Debug>(result: Result<T, Error>) -> Outcome {
 }
 
 /// A frozen server (`SIGSTOP`, sockets open, nothing answered) for longer than every bound:
-/// every call on either path returns its timeout within its bound, the connections that missed
+/// every call on either path returns its timeout within its bound (or, once the connects that
+/// failed opened the circuit breaker, its fail-fast error), the connections that missed
 /// their bound are closed and never handed out again, and once the server thaws both paths serve
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,6 +137,9 @@ async fn a_frozen_server_fails_every_call_within_its_bound_and_its_connections_a
                         match pool.exclusive().await {
                             Ok(conn) => command_outcome(conn.incr::<i64, _>(key).await),
                             Err(pool_core::AcquireError::Timeout { .. }) => Outcome::AcquireTimeout,
+                            Err(pool_core::AcquireError::Unavailable { .. }) => {
+                                Outcome::BreakerOpen
+                            }
                             Err(e) => Outcome::Other(e.to_string()),
                         }
                     };
@@ -161,7 +168,7 @@ async fn a_frozen_server_fails_every_call_within_its_bound_and_its_connections_a
     assert_eq!(outcomes.len(), 2 + 4 * 3);
     for outcome in &outcomes {
         match outcome {
-            Ok(Outcome::AcquireTimeout | Outcome::CommandTimeout) => {}
+            Ok(Outcome::AcquireTimeout | Outcome::BreakerOpen | Outcome::CommandTimeout) => {}
             Ok(Outcome::Other(e)) => panic!("a call during the freeze failed otherwise: {e}"),
             Err(path) => panic!("a {path} call outlived three times its bound: {outcomes:?}"),
         }

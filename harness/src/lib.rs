@@ -4,7 +4,9 @@
 //! restart a server start their own [`PgInstance`] or [`RedisInstance`], which cleans up
 //! after itself on drop, even while a panicking test unwinds. Servers whose process was killed
 //! before it could drop them are stopped by the next process that starts one
-//! ([`reap_abandoned`]).
+//! ([`reap_abandoned`]). [`RedisInstance::freeze`] stops a server without closing its sockets;
+//! [`SentinelGroup`] (a master, a replica, three sentinels) and [`RedisCluster`] (three masters
+//! with a replica each) are built of `RedisInstance`s, for failovers.
 //!
 //! # TLS, authentication and sockets
 //!
@@ -65,6 +67,6 @@ pub use owner::reap_abandoned;
 pub use ports::free_port;
 pub use postgres::{PgBuilder, PgHba, PgInstance};
 pub use proxy::Proxy;
-pub use redis::{RedisBuilder, RedisInstance};
+pub use redis::{KilledMaster, RedisBuilder, RedisCluster, RedisInstance, SentinelGroup};
 pub use services::{postgres_url, reachable, redis_url};
 pub use tls::{CLIENT_ROLE, CertFiles, TestPki};

@@ -12,8 +12,12 @@ use crate::detached::{Detached, Service};
 use crate::dirs::remove_dir;
 
 mod builder;
+mod cluster;
+mod sentinel;
 
 pub use builder::RedisBuilder;
+pub use cluster::{KilledMaster, RedisCluster};
+pub use sentinel::SentinelGroup;
 
 /// The file, in the server's directory, holding the pid of the server last started there.
 const SERVER_PID: &str = "server.pid";
@@ -47,6 +51,11 @@ pub struct RedisInstance {
     socket: Option<PathBuf>,
     /// Configuration given on the command line after the harness's own.
     args: Vec<String>,
+    /// A configuration file's text, written to `redis.conf` in its directory at the first start
+    /// (the server may rewrite it, as a sentinel does) and named first on the command line.
+    conf: Option<String>,
+    /// Whether it runs as a sentinel (`--sentinel`).
+    sentinel: bool,
     child: Option<Child>,
     detached: bool,
 }
@@ -174,6 +183,39 @@ impl RedisInstance {
         Ok(())
     }
 
+    /// Freezes the server (`SIGSTOP`): its sockets stay open and the kernel still accepts
+    /// connections and data for it, but nothing is answered until [`thaw`](Self::thaw), as with
+    /// a frozen VM or a process stuck in a long pause. Dropping a frozen instance still kills it.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not running or `kill` fails.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a [frozen](Self::freeze) server run again (`SIGCONT`); it then answers what waited.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not running or `kill` fails.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    /// Sends `SIG<signal>` to the server.
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let Some(pid) = self.pid() else {
+            bail!("redis-server on port {} is not running", self.port)
+        };
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Starts the stopped server again on the same port and waits until it answers `PING`.
     ///
     /// # Errors
@@ -186,6 +228,16 @@ impl RedisInstance {
         }
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
+        if let Some(text) = &self.conf {
+            let conf = self.dir.join("redis.conf");
+            if !conf.exists() {
+                std::fs::write(&conf, text)?;
+            }
+            cmd.arg(conf);
+        }
+        if self.sentinel {
+            cmd.arg("--sentinel");
+        }
         cmd.arg("--port")
             .arg(if self.plaintext { port.as_str() } else { "0" })
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -394,4 +446,36 @@ fn ping(port: u16) -> bool {
         }
     }
     reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH ")
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS...` (plaintext), giving it up to five seconds, and
+/// returns what it printed.
+pub(crate) fn cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("redis-cli not found on PATH: install the Debian package `redis-tools`")
+        }
+        Err(e) => bail!("cannot run redis-cli: {e}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("redis-cli -p {port} {} did not finish within 5s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out)?;
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@ mod metrics; // pool-metrics over real postgres and redis pools, both exporters
 mod optimizer; // the auto-tuner in a closed loop against real postgres
 mod postgres; // pool-postgres: the guard, reset on return, broken connections, restarts, lifetimes, replicas
 mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools
+mod redis_ha; // pool-redis: a frozen server on both paths, Sentinel failover, Cluster failover
 mod redis_tls; // pool-redis: TLS, client certificates, rotated passwords, expiring tokens, connect hooks, Unix sockets
 mod replicas; // pool-postgres: read-your-writes and lag per server behind one replica address
 mod session; // pool-postgres: no state crosses from one user of a connection to the next

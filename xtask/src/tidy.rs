@@ -132,7 +132,7 @@ fn layers() -> Vec<Layer> {
             name: "pool-redis",
             may_use: all(&[
                 RUNTIME,
-                &["pool-core", "fred", "url", "rustls", "rustls-native-certs", "serde"],
+                &["pool-core", "fred", "url", "rustls", "rustls-native-certs", "socket2", "serde"],
             ]),
             behind_features: &["serde"],
             never: all(&[POSTGRES, EXPORTERS, HTTP, upper]),

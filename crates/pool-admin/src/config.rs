@@ -425,8 +425,13 @@ fn token_problem(token: &Secret) -> Option<(String, &'static str)> {
 /// [`RedisConfig::validate`], as `serve` finds when it builds them); `None` when it is one.
 #[cfg(feature = "redis")]
 fn redis_url_problem(config: &RedisConfig) -> Option<String> {
-    if !["redis://", "rediss://", "redis+unix://"].iter().any(|s| config.url.starts_with(s)) {
-        return Some("must be a redis://, rediss:// or redis+unix:// URL".to_owned());
+    let schemes =
+        ["redis://", "rediss://", "redis+unix://", "redis-sentinel://", "redis-cluster://"];
+    if !schemes.iter().any(|s| config.url.starts_with(s)) {
+        return Some(
+            "must be a redis://, rediss://, redis+unix://, redis-sentinel:// or redis-cluster:// URL"
+                .to_owned(),
+        );
     }
     match config.clone().pool("main", PoolSettings::default()).validate() {
         Err(pool_redis::ConfigError::Url { source, .. }) => {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pool_core::{CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig};
+use pool_core::{
+    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Seconds,
+};
 
 use crate::error::{ConfigError, redact};
 use crate::hook::{ConnectHook, OnConnect};
@@ -38,6 +40,15 @@ pub struct RedisConfig {
     /// [`PoolSettings::tls_ca_cert`]), or `redis+unix:///path/to/redis.sock[?db=N]` for a Unix
     /// socket (with a password, a host must be named and is ignored:
     /// `redis+unix://:password@localhost/path/to/redis.sock`).
+    ///
+    /// Behind Redis Sentinel: `redis-sentinel://[user:password@]host[:port][/db]?sentinelServiceName=NAME[&node=host:port]...`,
+    /// naming every sentinel (port 26379 by default; `user:password` are the master's, the
+    /// sentinels' own are `sentinelUsername`/`sentinelPassword`); each connection asks a
+    /// sentinel for the master, checks its `ROLE`, and every reconnect asks again, so the pool
+    /// follows a failover. A Redis Cluster: `redis-cluster://[user:password@]host:port[?node=host:port]...`,
+    /// naming one node or more; commands go to the node that owns their key's slot and follow
+    /// `MOVED`/`ASK` redirections and the cluster's new layout after a failover. Neither takes
+    /// TLS yet.
     pub url: String,
     /// The pools, by name.
     pub pools: BTreeMap<String, PoolSettings>,
@@ -88,6 +99,33 @@ impl RedisConfig {
             },
         },
         EnvVar {
+            name: "COMMAND_TIMEOUT",
+            key: "command_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.command_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "SHARED_COMMAND_TIMEOUT",
+            key: "shared_command_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.shared_command_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "TCP_USER_TIMEOUT",
+            key: "tcp_user_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |s, v| {
+                s.tcp_user_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        EnvVar {
             name: "TLS_CA_CERT",
             key: "tls_ca_cert",
             form: EnvForm::Text,
@@ -128,7 +166,8 @@ impl RedisConfig {
     /// Every variable of a pool under `prefix` (`REDIS_` for `main`, or
     /// [`env_prefix`](Self::env_prefix)), `(variable, key, form)`: the engine's
     /// ([`PoolConfig::ENV`]: `POOL_SIZE`, `POOL_OVERFLOW`, `POOL_TIMEOUT`, `POOL_RECYCLE`), then
-    /// [`POOL_ENV`](Self::POOL_ENV)'s (`MAX_CONNECTIONS`, `TLS_CA_CERT`, `TLS_CERT`, `TLS_KEY`,
+    /// [`POOL_ENV`](Self::POOL_ENV)'s (`MAX_CONNECTIONS`, `COMMAND_TIMEOUT`,
+    /// `SHARED_COMMAND_TIMEOUT`, `TCP_USER_TIMEOUT`, `TLS_CA_CERT`, `TLS_CERT`, `TLS_KEY`,
     /// `PASSWORD_FILE`).
     pub fn pool_env_vars(prefix: &str) -> impl Iterator<Item = (String, &'static str, EnvForm)> {
         let engine = PoolConfig::ENV.iter().map(|v| (v.name, v.key, v.form));
@@ -165,8 +204,9 @@ impl RedisConfig {
     ///
     /// - `REDIS_URL`: the server's URL;
     /// - `REDIS_POOL_SIZE`, `REDIS_POOL_OVERFLOW`, `REDIS_POOL_TIMEOUT`, `REDIS_POOL_RECYCLE`,
-    ///   `REDIS_MAX_CONNECTIONS`, `REDIS_TLS_CA_CERT`, `REDIS_TLS_CERT`, `REDIS_TLS_KEY` and
-    ///   `REDIS_PASSWORD_FILE`: the `main` pool's (the pool is added if missing), as
+    ///   `REDIS_MAX_CONNECTIONS`, `REDIS_COMMAND_TIMEOUT`, `REDIS_SHARED_COMMAND_TIMEOUT`,
+    ///   `REDIS_TCP_USER_TIMEOUT` (seconds, 0 or less: off), `REDIS_TLS_CA_CERT`,
+    ///   `REDIS_TLS_CERT`, `REDIS_TLS_KEY` and `REDIS_PASSWORD_FILE`: the `main` pool's (the pool is added if missing), as
     ///   [`pool_env_vars`](Self::pool_env_vars) lists them;
     /// - the same prefixed with a pool's name set that pool's, e.g. `REDIS_CACHE_POOL_SIZE`;
     ///   for `main` they win over the unprefixed ones.
@@ -273,10 +313,18 @@ impl RedisConfig {
         let invalid = |source| ConfigError::Url { url: redact(&self.url), source };
         let url_error = |words: String| invalid(Error::new(ErrorKind::Url, words));
         let (scheme, rest) = self.url.split_once("://").unwrap_or(("", ""));
-        if !matches!(scheme, "redis" | "rediss" | "redis+unix") {
+        if matches!(scheme, "rediss-sentinel" | "rediss-cluster") {
+            return Err(url_error(format!(
+                "{scheme}:// is not supported: Sentinel and Cluster pools connect without TLS"
+            )));
+        }
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "redis-sentinel" | "redis-cluster")
+        {
             return Err(url_error(
-                "expected redis://[user:password@]host[:port][/db], rediss://... for TLS, or \
-                 redis+unix:///path/to/redis.sock[?db=N]"
+                "expected redis://[user:password@]host[:port][/db], rediss://... for TLS, \
+                 redis+unix:///path/to/redis.sock[?db=N], \
+                 redis-sentinel://host[:port][/db]?sentinelServiceName=NAME[&node=host:port]... \
+                 or redis-cluster://host:port[?node=host:port]..."
                     .to_owned(),
             ));
         }
@@ -289,8 +337,22 @@ impl RedisConfig {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(url_error("the URL names no host".to_owned()));
         }
-        fred::types::config::Config::from_url_centralized(&format!("redis://{rest}"))
-            .map_err(invalid)
+        match scheme {
+            "redis-sentinel" => {
+                if !parsed.query_pairs().any(|(k, v)| k == "sentinelServiceName" && !v.is_empty()) {
+                    return Err(url_error(
+                        "a redis-sentinel URL names its master with ?sentinelServiceName=NAME"
+                            .to_owned(),
+                    ));
+                }
+                fred::types::config::Config::from_url_sentinel(&self.url).map_err(invalid)
+            }
+            "redis-cluster" => {
+                fred::types::config::Config::from_url_clustered(&self.url).map_err(invalid)
+            }
+            _ => fred::types::config::Config::from_url_centralized(&format!("redis://{rest}"))
+                .map_err(invalid),
+        }
     }
 
     /// Whether the URL asks for TLS (`rediss://`).
@@ -366,6 +428,15 @@ pub struct PoolSettings {
     pub shared_clients: usize,
     /// TCP keepalive on every socket \[true\]: first probe after 60 s idle, then every 10 s.
     pub socket_keepalive: bool,
+    /// `TCP_USER_TIMEOUT` of every TCP socket (Linux only; elsewhere ignored)
+    /// (`REDIS_TCP_USER_TIMEOUT`) \[20 s\]: the kernel closes a connection whose sent data
+    /// stays unacknowledged this long, and one whose keepalive probes go unanswered this long.
+    /// This is what ends a connection to a server gone silent on the network (a failover to
+    /// another address, a partition, a lost VM) in seconds instead of TCP's ~15 minutes of
+    /// retransmissions; a stopped but reachable process is found by the command timeouts
+    /// instead. `None` (0 in a file) keeps the system's default.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
+    pub tcp_user_timeout: Option<Duration>,
     /// Retry a command that timed out (after `shared_command_timeout`), once, on the next
     /// shared client in round-robin order \[false\] (the same client when `shared_clients` is
     /// 1, so a timeout can then cost twice the bound); only through
@@ -374,12 +445,23 @@ pub struct PoolSettings {
     /// told never to resend a command. Needs a `shared_command_timeout`.
     pub retry_on_timeout: bool,
     /// How long one command on an exclusive connection may take before it fails with a
-    /// timeout \[5 s\]; `None` (0 in a file) waits forever. A blocking command that may block
-    /// longer must say so (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    /// timeout (`REDIS_COMMAND_TIMEOUT`) \[5 s\]; `None` (0 in a file) waits forever. A
+    /// blocking command that may block longer must say so
+    /// (`conn.with_options(&Options { timeout: Some(..), ..Default::default() })`).
+    ///
+    /// It also bounds the connection: once a reply is overdue by this long and a quarter more
+    /// (a second more at most), fred closes the socket, so a connection whose server stopped
+    /// answering is broken from then on and never handed out again, whatever the command's own
+    /// timeout; its return's reset, queued behind the overdue reply, fails by then. Blocking commands are exempt (`BLPOP`, `WAIT`, `XREAD BLOCK`,
+    /// and `custom` commands built as blocking): a slow command that is not blocking (a long
+    /// script) needs a `custom` command marked blocking, or no `command_timeout`.
     #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
     pub command_timeout: Option<Duration>,
     /// How long one command on a shared client may take before it fails with a timeout
-    /// \[5 s\]; `None` (0 in a file) waits forever, as a bare fred client does.
+    /// (`REDIS_SHARED_COMMAND_TIMEOUT`) \[5 s\]; `None` (0 in a file) waits forever, as a bare
+    /// fred client does. A shared client whose reply is overdue by this long while no command
+    /// was written for as long is reconnected by fred (as `command_timeout` says for exclusive
+    /// connections); under steady traffic the heartbeat finds it instead.
     ///
     /// This bound is what fails a command written to a server that stopped answering (a
     /// stopped process, a long script) or queued while its client reconnects. fred arms a
@@ -448,6 +530,7 @@ impl PartialEq for PoolSettings {
             max_connections,
             shared_clients,
             socket_keepalive,
+            tcp_user_timeout,
             retry_on_timeout,
             command_timeout,
             shared_command_timeout,
@@ -469,6 +552,7 @@ impl PartialEq for PoolSettings {
             && *max_connections == other.max_connections
             && *shared_clients == other.shared_clients
             && *socket_keepalive == other.socket_keepalive
+            && *tcp_user_timeout == other.tcp_user_timeout
             && *retry_on_timeout == other.retry_on_timeout
             && *command_timeout == other.command_timeout
             && *shared_command_timeout == other.shared_command_timeout
@@ -490,6 +574,7 @@ impl Default for PoolSettings {
             max_connections: None,
             shared_clients: 1,
             socket_keepalive: true,
+            tcp_user_timeout: Some(DEFAULT_TCP_USER_TIMEOUT),
             retry_on_timeout: false,
             command_timeout: Some(Duration::from_secs(5)),
             shared_command_timeout: Some(Duration::from_secs(5)),
@@ -520,6 +605,7 @@ impl PoolSettings {
     setters! {
         shared_clients: usize,
         socket_keepalive: bool,
+        tcp_user_timeout: Option<Duration>,
         retry_on_timeout: bool,
         command_timeout: Option<Duration>,
         shared_command_timeout: Option<Duration>,
@@ -701,18 +787,22 @@ impl PoolSettings {
             ("max_reconnect_delay", Some(self.max_reconnect_delay)),
             ("command_timeout", self.command_timeout),
             ("shared_command_timeout", self.shared_command_timeout),
+            ("tcp_user_timeout", self.tcp_user_timeout),
         ];
         for (setting, value) in positive {
             if value.is_some_and(|d| d.is_zero()) {
                 return Err(invalid(setting, "0s".into(), "must be greater than zero"));
             }
         }
-        if u32::try_from(self.max_reconnect_delay.as_millis()).is_err() {
-            return Err(invalid(
-                "max_reconnect_delay",
-                format!("{:?}", self.max_reconnect_delay),
-                "must be below 49 days",
-            ));
+        // Both are milliseconds in a `u32` (fred's delays, the socket option).
+        let millis = [
+            ("max_reconnect_delay", Some(self.max_reconnect_delay)),
+            ("tcp_user_timeout", self.tcp_user_timeout),
+        ];
+        for (setting, value) in millis {
+            if let Some(d) = value.filter(|d| u32::try_from(d.as_millis()).is_err()) {
+                return Err(invalid(setting, format!("{d:?}"), "must be below 49 days"));
+            }
         }
         if let Err(p) = self.tls_files().check() {
             return Err(invalid(p.setting, p.path.display().to_string(), &p.reason));
@@ -767,6 +857,10 @@ impl PoolSettings {
 
 /// The most exclusive connections a pool may open, pool-core's limit.
 const MAX_CONNECTIONS: usize = 100_000;
+
+/// [`PoolSettings::tcp_user_timeout`]'s default: longer than any retransmission a healthy
+/// network needs, far shorter than TCP's own ~15 minutes.
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[cfg(test)]
 mod tests {
@@ -1014,6 +1108,58 @@ mod tests {
             ("unix:///s.sock", "expected redis://"),
         ] {
             let err = config(url).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn timeouts_come_from_the_environment_and_zero_turns_them_off() {
+        let c = RedisConfig::default()
+            .with_env_from(env(&[
+                ("REDIS_COMMAND_TIMEOUT", "1.5"),
+                ("REDIS_CACHE_SHARED_COMMAND_TIMEOUT", "0"),
+                ("REDIS_TCP_USER_TIMEOUT", "-1"),
+            ]))
+            .unwrap();
+        let main = &c.pools["main"];
+        assert_eq!(main.command_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(main.tcp_user_timeout, None);
+        assert_eq!(c.pools["cache"].shared_command_timeout, None);
+        assert_eq!(c.pools["cache"].tcp_user_timeout, Some(Duration::from_secs(20)));
+        let err = RedisConfig::default()
+            .with_env_from(env(&[("REDIS_TCP_USER_TIMEOUT", "1e9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_TCP_USER_TIMEOUT") && err.contains("49 days"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_and_cluster_urls_read_every_node() {
+        use fred::types::config::ServerConfig;
+        let url = "redis-sentinel://:pw@10.0.0.1:26379/2?sentinelServiceName=cache\
+                   &node=10.0.0.2:26380&sentinelPassword=s3cret";
+        let config = RedisConfig::new(url).fred_config().unwrap();
+        let ServerConfig::Sentinel { hosts, service_name, password, .. } = &config.server else {
+            panic!("{:?}", config.server)
+        };
+        assert_eq!((hosts.len(), service_name.as_str()), (2, "cache"));
+        assert_eq!((password.as_deref(), config.password.as_deref()), (Some("s3cret"), Some("pw")));
+        assert_eq!(config.database, Some(2));
+        let shown = format!("{:?}", RedisConfig::new(url));
+        assert!(!shown.contains("s3cret") && !shown.contains(":pw@"), "{shown}");
+
+        let config = RedisConfig::new("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001")
+            .fred_config()
+            .unwrap();
+        assert!(
+            matches!(&config.server, ServerConfig::Clustered { hosts, .. } if hosts.len() == 2)
+        );
+        for (url, says) in [
+            ("redis-sentinel://10.0.0.1:26379", "sentinelServiceName=NAME"),
+            ("rediss-sentinel://h?sentinelServiceName=m", "connect without TLS"),
+            ("rediss-cluster://h:7000", "connect without TLS"),
+        ] {
+            let err = RedisConfig::new(url).fred_config().unwrap_err().to_string();
             assert!(err.contains(says), "{url}: {err}");
         }
     }

@@ -14,7 +14,7 @@ use fred::error::{Error, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, MetricsInterface};
 use fred::types::config::{
     Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, ServerConfig, TcpConfig,
-    TlsConfig,
+    TlsConfig, UnresponsiveConfig,
 };
 use fred::types::{ConnectHandle, MultipleKeys};
 use tokio::task::JoinHandle;
@@ -32,7 +32,8 @@ use crate::hook::OnConnect;
 ///
 /// The next user gets the session a fresh connection has, or a fresh connection. The pool
 /// cannot see what was sent through `Deref`, so on every return, in one round trip before the
-/// connection is handed out again, it sends:
+/// connection is handed out again (over a Redis Cluster, on the socket to each master, a
+/// command at a time), it sends:
 ///
 /// 1. `RESET` (Redis 6.2+), which discards a `MULTI`, unwatches, unsubscribes (`SUBSCRIBE`,
 ///    `PSUBSCRIBE`, `SSUBSCRIBE`), ends `MONITOR`, `CLIENT TRACKING`, `CLIENT REPLY OFF` and
@@ -57,7 +58,10 @@ use crate::hook::OnConnect;
 ///   pushed element to a caller that is gone. Closing the socket makes the server drop the
 ///   blocked command at once;
 /// - a connection whose socket dropped (killed, a server restart), at return, at checkout, or
-///   by the pool's maintenance. It never reconnects by itself.
+///   by the pool's maintenance. It never reconnects by itself;
+/// - a connection whose reply was overdue by `command_timeout` and a quarter more (a second at
+///   most): fred closes its socket (a frozen server, a network gone silent), so it counts as
+///   dropped from then on, though the server may still hold it. Blocking commands are exempt.
 ///
 /// Not reset: `CLIENT NO-EVICT` and `CLIENT NO-TOUCH` on Redis 7.0 and 7.1, whose `RESET`
 /// keeps them (turning them off on every return would cost every pool a command for a setting
@@ -222,6 +226,26 @@ pub(crate) struct ClientFactory {
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Keepalive: then a probe this often.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The unresponsive check runs at least this often...
+const UNRESPONSIVE_MAX_INTERVAL: Duration = Duration::from_secs(1);
+/// ...and at most this often.
+const UNRESPONSIVE_MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// fred's check for a connection whose reply is overdue by `bound` (a command timeout): fred
+/// closes such a connection (an exclusive one then stays down and is replaced; a shared one
+/// reconnects), checking every quarter of the bound, at least every second. Blocking commands
+/// are exempt (fred marks the connection blocked while one runs). No bound, no check.
+///
+/// The check's own bound is one interval longer than the command's, so the caller of the
+/// overdue command gets its timeout (an error of kind `Timeout`) rather than the closed
+/// socket's error, unless its task is kept from running for longer than that interval.
+fn unresponsive(bound: Option<Duration>) -> UnresponsiveConfig {
+    let interval = bound.map_or(UNRESPONSIVE_MAX_INTERVAL, |b| {
+        (b / 4).clamp(UNRESPONSIVE_MIN_INTERVAL, UNRESPONSIVE_MAX_INTERVAL)
+    });
+    UnresponsiveConfig { max_timeout: bound.map(|b| b + interval), interval }
+}
+
 /// Reconnect delays start here and double up to `max_reconnect_delay`.
 const RECONNECT_MIN_DELAY_MS: u32 = 50;
 /// Up to this much random delay is added to each reconnect delay.
@@ -239,6 +263,7 @@ impl ClientFactory {
         shared.connection.tcp.nodelay = None;
         shared.perf.default_command_timeout =
             settings.shared_command_timeout.unwrap_or(Duration::ZERO);
+        shared.connection.unresponsive = unresponsive(settings.shared_command_timeout);
         shared
     }
 
@@ -301,7 +326,13 @@ impl ClientFactory {
             // A command in flight when a connection drops fails rather than being sent again:
             // only `RedisPool::idempotent` retries, and only idempotent commands.
             max_command_attempts: 1,
-            tcp: TcpConfig { nodelay: Some(true), keepalive, ..TcpConfig::default() },
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                keepalive,
+                user_timeout: settings.tcp_user_timeout,
+                ..TcpConfig::default()
+            },
+            unresponsive: unresponsive(settings.command_timeout),
             ..ConnectionConfig::default()
         };
         let max_delay = u32::try_from(settings.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
@@ -453,9 +484,19 @@ mod tests {
         assert_eq!(shared.perf.default_command_timeout, Duration::from_secs(7));
         assert_eq!(exclusive.connection.tcp.nodelay, Some(true));
         assert_eq!(shared.connection.tcp.nodelay, None);
+        // A reply overdue by the command timeout closes the connection.
+        let overdue = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(exclusive.connection.unresponsive.max_timeout, overdue(3750));
+        assert_eq!(exclusive.connection.unresponsive.interval, Duration::from_millis(750));
+        assert_eq!(shared.connection.unresponsive.max_timeout, overdue(8000));
+        assert_eq!(shared.connection.unresponsive.interval, Duration::from_secs(1));
+        assert_eq!(shared.connection.tcp.user_timeout, Some(Duration::from_secs(20)));
 
         let off = settings.shared_command_timeout(None);
         let shared = ClientFactory::new(config, &off).for_shared(&off);
         assert_eq!(shared.perf.default_command_timeout, Duration::ZERO, "fred's 'no timeout'");
+        assert_eq!(shared.connection.unresponsive.max_timeout, None);
+        let fast = unresponsive(Some(Duration::from_millis(20)));
+        assert_eq!(fast.interval, Duration::from_millis(10));
     }
 }

@@ -18,11 +18,13 @@ use crate::reset::{Failure, SessionReset};
 ///   the pool's credential provider, then the pool's `connect_commands` and connect hook;
 /// - reset on every return: `RESET`, then `AUTH [user] password` when the URL has a password
 ///   (the provider's current one when the pool has a provider), `SELECT db` when it names a
-///   database other than 0, and the pool's `connect_commands`, in one round trip, then the
+///   database other than 0, and the pool's `connect_commands`, in one round trip (over a
+///   Cluster, on each master's socket, a command at a time), then the
 ///   connect hook if any; any other reply than each command's own (an error reply, for a
 ///   connect command) closes the connection (see [`RedisConnection`]);
-/// - broken on return (closed and replaced, no IO to decide): not connected, or a command
-///   still in flight (see [`RedisConnection`]);
+/// - broken on return (closed and replaced, no IO to decide): not connected (its socket
+///   dropped, or fred closed it because a reply was overdue), or a command still in flight (see
+///   [`RedisConnection`]);
 /// - close: `QUIT`, or closing the socket when a command still holds it.
 pub struct RedisManager {
     pool: String,

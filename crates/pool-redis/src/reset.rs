@@ -62,8 +62,8 @@ impl SessionReset {
         }
     }
 
-    /// Sends the reset (one round trip: a pipeline when there is more than `RESET`) and checks
-    /// every reply.
+    /// Sends the reset (one round trip: a pipeline when there is more than `RESET`; over a
+    /// Cluster, on each master's socket, a command at a time) and checks every reply.
     ///
     /// # Errors
     ///
@@ -79,6 +79,25 @@ impl SessionReset {
         };
         let steps = self.steps(auth_args);
         let command = |step: &Step| CustomCommand::new(step.name.clone(), None, false);
+        if client.is_clustered() {
+            // One connection per master: each is reset, a command at a time (fred pipelines
+            // only to one node).
+            let servers = client.active_connections();
+            if servers.is_empty() {
+                let e = Error::new(ErrorKind::IO, "the reset on return found no master connected");
+                return Err(Failure::Other(e));
+            }
+            for server in servers {
+                let node = client.with_cluster_node(server);
+                let mut replies = Vec::with_capacity(steps.len());
+                for step in &steps {
+                    replies.push(node.custom::<Value, _>(command(step), step.args.clone()).await);
+                }
+                self.check_replies(&steps, replies, credential.as_ref())?;
+            }
+            client.inner().reset_protocol_version();
+            return Ok(());
+        }
         let replies = if let [only] = &steps[..] {
             // A pipeline costs more work in fred than one command.
             vec![client.custom::<Value, _>(command(only), only.args.clone()).await]
@@ -92,19 +111,28 @@ impl SessionReset {
             }
             pipeline.try_all::<Value>().await
         };
-        if let Err(failure) = check(&steps, &self.commands, replies) {
-            if let (Failure::Other(e), Some(credential)) = (&failure, &credential)
-                && is_refusal(e)
-            {
-                self.credentials.refused(credential);
-            }
-            return Err(failure);
-        }
+        self.check_replies(&steps, replies, credential.as_ref())?;
         // A `HELLO` sent through fred's own `hello()` switched fred's decoder; the server speaks
         // the configured protocol again since `RESET`, and nothing is in flight any more. This
         // reads fred's (doc-hidden) client state; `tests/it/redis.rs` pins the behaviour.
         client.inner().reset_protocol_version();
         Ok(())
+    }
+
+    /// Checks the replies of one connection's steps; a refused `credential` is reported.
+    fn check_replies(
+        &self,
+        steps: &[Step],
+        replies: Vec<Result<Value, Error>>,
+        credential: Option<&pool_core::Credential>,
+    ) -> Result<(), Failure> {
+        let result = check(steps, &self.commands, replies);
+        if let (Err(Failure::Other(e)), Some(credential)) = (&result, credential)
+            && is_refusal(e)
+        {
+            self.credentials.refused(credential);
+        }
+        result
     }
 
     /// `RESET`, `AUTH` with `auth`, `SELECT` and the connect commands.

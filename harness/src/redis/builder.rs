@@ -24,6 +24,8 @@ pub struct RedisBuilder {
     plaintext_port: bool,
     unix_socket: bool,
     args: Vec<String>,
+    conf: Option<String>,
+    sentinel: bool,
 }
 
 impl RedisBuilder {
@@ -67,6 +69,19 @@ impl RedisBuilder {
         self
     }
 
+    /// Starts it with a configuration file of this text, named first on its command line
+    /// (`redis-server <dir>/redis.conf ...`), written once so that the server may rewrite it.
+    pub(crate) fn config_file(mut self, text: String) -> Self {
+        self.conf = Some(text);
+        self
+    }
+
+    /// Runs it as a sentinel (`--sentinel`); a sentinel needs a [`config_file`](Self::config_file).
+    pub(crate) fn sentinel(mut self) -> Self {
+        self.sentinel = true;
+        self
+    }
+
     /// Starts the server on free ports and waits until it answers `PING`.
     ///
     /// # Errors
@@ -105,6 +120,8 @@ impl RedisBuilder {
                 tls,
                 socket,
                 args: self.args.clone(),
+                conf: self.conf.clone(),
+                sentinel: self.sentinel,
                 child: None,
                 detached: false,
             };

@@ -448,9 +448,10 @@ pub struct PoolSettings {
     /// its cluster's (`url`, `replicas`, `reset_on_return`, `max_replica_lag`, `replica_ban`,
     /// `replica_timeout`, `lag_probe_interval`, `connection_budget`; a replica's pool shows its
     /// cluster's), for Redis the pool's own (`max_connections`, `shared_clients`,
-    /// `socket_keepalive`, `retry_on_timeout`, `command_timeout`, `shared_command_timeout`,
-    /// `max_reconnect_delay`, `tls_ca_cert`, `tls_cert`, `tls_key`, `password_file`: paths, not
-    /// the files' contents; `connect_commands`), durations in seconds with 0 for off. Absent
+    /// `socket_keepalive`, `tcp_user_timeout`, `retry_on_timeout`, `command_timeout`,
+    /// `shared_command_timeout`, `max_reconnect_delay`, `tls_ca_cert`, `tls_cert`, `tls_key`,
+    /// `password_file`: paths, not the files' contents; `connect_commands`), durations in
+    /// seconds with 0 for off. Absent
     /// when the router was given no configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]

@@ -148,7 +148,7 @@ fn every_bad_value_names_the_key_the_source_and_the_value() {
         (
             &[("REDIS_URL", "http://cache")],
             None,
-            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis://, rediss:// or redis+unix:// URL",
+            "invalid value for redis_url = http://cache from environment variable REDIS_URL: must be a redis://, rediss://, redis+unix://, redis-sentinel:// or redis-cluster:// URL",
         ),
         (
             &[("POOL_ADMIN_LISTEN", "everywhere")],
@@ -345,7 +345,7 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
         ),
         (
             "[redis.cache]\nsharedclients = 2\n",
-            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: breaker_threshold, command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tls_ca_cert, tls_cert, tls_key)".to_owned(),
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: breaker_threshold, command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tcp_user_timeout, tls_ca_cert, tls_cert, tls_key)".to_owned(),
         ),
     ];
     for (toml, expected) in cases {
@@ -966,4 +966,21 @@ fn the_library_and_the_server_read_a_variable_alike() {
     let vars = [("DATABASE_POOL_SIZE", "7"), ("DATABASE_POOL_RECYCLE", "-1")];
     let library = PostgresConfig::default().with_env_from(env(&vars)).unwrap();
     assert_eq!(AdminConfig::load(None, env(&vars)).unwrap().postgres["main"], library);
+}
+
+/// Pools behind Redis Sentinel or over a Redis Cluster are configured by their URL alone; one
+/// without the master's name is refused, naming what is missing.
+#[test]
+fn sentinel_and_cluster_urls_are_accepted() {
+    for url in [
+        "redis-sentinel://10.0.0.1:26379?sentinelServiceName=mymaster&node=10.0.0.2:26379",
+        "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7001",
+    ] {
+        let c = AdminConfig::load(None, env(&[("REDIS_URL", url)])).unwrap();
+        assert_eq!(c.redis_url.expose(), url);
+    }
+    let err = AdminConfig::load(None, env(&[("REDIS_URL", "redis-sentinel://10.0.0.1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sentinelServiceName=NAME"), "{err}");
 }

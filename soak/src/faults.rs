@@ -37,6 +37,9 @@ pub(super) enum Fault {
     /// Both proxies let nothing through, refuse nothing and close nothing for the fault's
     /// length: a partition, as after a cloud failover or a frozen VM.
     Blackhole,
+    /// Redis stopped (`SIGSTOP`) for longer than every bound of its pools, then continued: its
+    /// sockets stay open and nothing answers.
+    RedisFreeze,
 }
 
 /// The delay of [`Fault::SlowNetwork`].
@@ -47,7 +50,7 @@ impl Fault {
     /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::REPLICA_BAN)),
     /// so its reads take that long to come back, while the later faults (primary and Redis) do
     /// not touch replica reads.
-    const ALL: [Fault; 10] = [
+    const ALL: [Fault; 11] = [
         Fault::ReplayPause,
         Fault::TerminateBackends,
         Fault::ReplicaStopStart,
@@ -58,6 +61,7 @@ impl Fault {
         Fault::PrimaryRestart,
         Fault::DropTraffic,
         Fault::Blackhole,
+        Fault::RedisFreeze,
     ];
 
     /// The kinds of request this fault hurts: it has healed once each has succeeded again.
@@ -65,7 +69,9 @@ impl Fault {
         match self {
             Fault::TerminateBackends | Fault::PrimaryRestart => &[Kind::PgWrite, Kind::PgTxn],
             Fault::ReplicaStopStart | Fault::ReplayPause => &[Kind::PgReplicaRead],
-            Fault::RedisClientKill | Fault::RedisRestart => &[Kind::RedisShared, Kind::RedisBlpop],
+            Fault::RedisClientKill | Fault::RedisRestart | Fault::RedisFreeze => {
+                &[Kind::RedisShared, Kind::RedisBlpop]
+            }
             Fault::SlowNetwork | Fault::DropTraffic | Fault::Blackhole => {
                 &[Kind::PgWrite, Kind::PgTxn, Kind::RedisShared, Kind::RedisBlpop]
             }
@@ -78,7 +84,7 @@ impl Fault {
     pub(super) fn measured_by_requests(self) -> Option<Duration> {
         match self {
             Fault::SlowNetwork => Some(SLOW),
-            Fault::Blackhole => Some(HURT),
+            Fault::Blackhole | Fault::RedisFreeze => Some(HURT),
             _ => None,
         }
     }
@@ -102,6 +108,10 @@ impl Fault {
             // 5 s), so callers meet the breaker, not only a slow answer.
             Fault::Blackhole => {
                 (slot * 2 / 3).clamp(Duration::from_secs(6), Duration::from_secs(10))
+            }
+            // Longer than every bound of the Redis pools (command_timeout 5 s).
+            Fault::RedisFreeze => {
+                (slot * 2 / 3).clamp(Duration::from_secs(7), Duration::from_secs(10))
             }
             _ => Duration::ZERO,
         }
@@ -163,11 +173,15 @@ pub(super) async fn run(
     redis_proxy: &Arc<Proxy>,
     duration: Duration,
 ) -> Vec<FaultRun> {
-    let mut runs = Vec::new();
+    let mut runs: Vec<FaultRun> = Vec::new();
     for planned in schedule {
+        // At its planned time, and never within the grace after the last fault's end: its heal
+        // time is measured then, and another fault would be measured with it.
+        let quiet = runs.last().map_or(Duration::ZERO, |last| last.end + GRACE);
+        let at = planned.at.max(quiet);
         let now = recorder.now();
-        if planned.at > now {
-            tokio::time::sleep(planned.at - now).await;
+        if at > now {
+            tokio::time::sleep(at - now).await;
         }
         let start = recorder.now();
         eprintln!("soak: {:>6.1}s {:?}", start.as_secs_f64(), planned.fault);
@@ -352,6 +366,18 @@ async fn inject(
             pg_proxy.blackhole(false);
             redis_proxy.blackhole(false);
             Ok((format!("nothing passed for {:.1}s", length.as_secs_f64()), None))
+        }
+        Fault::RedisFreeze => {
+            let redis = Arc::clone(&servers.redis);
+            let frozen = |r: &std::sync::Mutex<pool_harness::RedisInstance>, freeze: bool| {
+                let r = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if freeze { r.freeze() } else { r.thaw() }
+            };
+            let r = Arc::clone(&redis);
+            blocking(move || frozen(&r, true)).await?;
+            tokio::time::sleep(length).await;
+            blocking(move || frozen(&redis, false)).await?;
+            Ok((format!("stopped (SIGSTOP) for {:.1}s", length.as_secs_f64()), None))
         }
         Fault::CancelledAcquires => {
             let (cancelled, finished) = cancelled_acquires(pools, recorder, 400).await;

@@ -519,7 +519,12 @@ fn redis_error(e: RedisError) -> ReqError {
         | ErrorKind::Canceled
         | ErrorKind::Backpressure
         | ErrorKind::Routing => true,
-        ErrorKind::Unknown => e.details().contains("Failed to route command"),
+        // A command whose socket fred closed (killed, or a reply overdue on a frozen server)
+        // and that found none to be written to.
+        ErrorKind::Unknown => {
+            e.details().contains("Failed to route command")
+                || e.details().contains("Too many failed write attempts")
+        }
         _ => false,
     };
     ReqError { expected, message: format!("command ({:?}): {e}", e.kind()) }

@@ -717,6 +717,7 @@ impl Fault {
             Fault::DropTraffic => "dropped traffic (proxy cut)",
             Fault::CancelledAcquires => "cancelled-acquire burst",
             Fault::Blackhole => "blackhole (proxy partition)",
+            Fault::RedisFreeze => "redis frozen (SIGSTOP)",
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Secret,
+    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Seconds, Secret,
 };
 
 use crate::cluster::PgCluster;
@@ -84,6 +84,14 @@ pub struct PostgresConfig {
     /// reset returns to, so they cost nothing per return \[none; `PGOPTIONS` and the URL's
     /// `options` apply too\].
     pub server_settings: BTreeMap<String, String>,
+    /// The longest a statement may run (`DATABASE_STATEMENT_TIMEOUT`, seconds) \[`None`, 0 in a
+    /// file or variable: no bound\]: the server's `statement_timeout` on every connection, and
+    /// a bound on each query's wait on the client (the timeout plus a grace of up to a second),
+    /// past which the query fails and its connection is closed, so that a frozen server cannot
+    /// hold a caller for ever (see [`PgManager::statement_timeout`]). At most 2147483647 ms,
+    /// PostgreSQL's limit; not with `server_settings.statement_timeout` as well.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
+    pub statement_timeout: Option<Duration>,
     /// The engine's settings, for the primary's pool and each replica's (`DATABASE_POOL_SIZE`,
     /// `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT`, `DATABASE_POOL_RECYCLE`).
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -125,6 +133,7 @@ impl Default for PostgresConfig {
             password_file: None,
             connect_statements: Vec::new(),
             server_settings: BTreeMap::new(),
+            statement_timeout: None,
             pool: PoolConfig::default(),
             reset_on_return: ResetOnReturn::Session,
             max_replica_lag: Some(Duration::from_secs(10)),
@@ -209,11 +218,21 @@ impl PostgresConfig {
                 Ok(())
             },
         },
+        EnvVar {
+            name: "STATEMENT_TIMEOUT",
+            key: "statement_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |c, v| {
+                c.statement_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
     ];
 
     /// Every variable a cluster reads, `(variable, key, form)`: `DATABASE_URL`,
     /// `DATABASE_REPLICA_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
-    /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`, then the engine's
+    /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`,
+    /// `DATABASE_STATEMENT_TIMEOUT`, then the engine's
     /// `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT` and
     /// `DATABASE_POOL_RECYCLE`.
     ///
@@ -322,6 +341,24 @@ impl PostgresConfig {
                 });
             }
         }
+        if let Some(timeout) = self.statement_timeout {
+            if self.server_settings.contains_key("statement_timeout") {
+                return Err(ConfigError::Invalid {
+                    setting: "statement_timeout".to_owned(),
+                    value: format!("{timeout:?}"),
+                    reason: "server_settings.statement_timeout is set too: set one of them"
+                        .to_owned(),
+                });
+            }
+            if timeout > MAX_STATEMENT_TIMEOUT {
+                return Err(ConfigError::Invalid {
+                    setting: "statement_timeout".to_owned(),
+                    value: format!("{timeout:?}"),
+                    reason: "must be at most 2147483647 ms (about 24.8 days), PostgreSQL's limit"
+                        .to_owned(),
+                });
+            }
+        }
         if let Err(pool_core::BuildError::Invalid { setting, value, reason }) = self.pool.validate()
         {
             return Err(ConfigError::Invalid { setting: setting.to_owned(), value, reason });
@@ -362,6 +399,7 @@ impl PostgresConfig {
                 .tls(self.tls())
                 .server_settings(&self.server_settings)
                 .connect_statements(&self.connect_statements)
+                .statement_timeout(self.statement_timeout)
                 .reset_on_return(self.reset_on_return);
             if let Some(provider) = &credentials {
                 manager = manager.with_shared_credentials(Arc::clone(provider));
@@ -392,6 +430,9 @@ impl PostgresConfig {
         }
     }
 }
+
+/// PostgreSQL's largest `statement_timeout`: `i32::MAX` milliseconds.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 fn invalid(setting: &str, url: &Secret, reason: String) -> ConfigError {
     ConfigError::Invalid { setting: setting.to_owned(), value: url.redacted(), reason }
@@ -579,6 +620,28 @@ mod tests {
         c.server_settings.insert("bad name".into(), "1".into());
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("invalid setting server_settings.bad name"), "{err}");
+    }
+
+    #[test]
+    fn the_statement_timeout_is_read_in_seconds_and_checked() {
+        let c = with(&[("DATABASE_STATEMENT_TIMEOUT", "2.5")]).unwrap();
+        assert_eq!(c.statement_timeout, Some(Duration::from_millis(2500)));
+        for off in ["0", "-1"] {
+            let c = with(&[("DATABASE_STATEMENT_TIMEOUT", off)]).unwrap();
+            assert_eq!(c.statement_timeout, None, "{off:?} is off");
+        }
+        let err = with(&[("DATABASE_STATEMENT_TIMEOUT", "30s")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_STATEMENT_TIMEOUT", "{err}");
+        let err = with(&[("DATABASE_STATEMENT_TIMEOUT", "3000000")]).unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL's limit"), "{err}");
+        let mut c = PostgresConfig {
+            statement_timeout: Some(Duration::from_secs(5)),
+            ..PostgresConfig::default()
+        };
+        c.validate().unwrap();
+        c.server_settings.insert("statement_timeout".into(), "5s".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid setting statement_timeout"), "{err}");
     }
 
     /// A file's table and the variables mean the same: the numbers go through the same forms.

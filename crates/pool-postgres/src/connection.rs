@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
@@ -123,9 +124,24 @@ impl FromStr for ResetOnReturn {
 ///   drained on return;
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
 ///   error from the server such as `pg_terminate_backend`): it is closed on return.
+///
+/// # Bounds
+///
+/// With a statement timeout ([`PgManager::statement_timeout`](crate::PgManager::statement_timeout)),
+/// every query run through this type as an `Executor` (`&mut *conn`) waits for the server at
+/// most [`bound`](Self::bound): the server's own `statement_timeout` plus a grace for its reply.
+/// A query that waits longer (the server is frozen, its host or network gone quiet) fails with
+/// `sqlx::Error::Io` of kind [`std::io::ErrorKind::TimedOut`], and the connection is marked
+/// [broken](Self::is_broken): the pool closes it and never hands it out again. A row stream is
+/// bounded per row: the wait for each next row, not the time the caller spends between rows.
+/// What runs on the bare `PgConnection` (`&mut **conn`, and so sqlx transactions from
+/// [`begin`](Self::begin)) has only the server's `statement_timeout`; the pool's reset after it
+/// is bounded by `connect_timeout`.
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
+    /// How long a query may wait for the server before it fails and breaks the connection.
+    bound: Option<Duration>,
     /// The server this connection reached and how far it had replayed, when the cluster asked
     /// ([`crate::server::sight`]).
     seen: Option<(ServerId, Option<Lsn>)>,
@@ -135,7 +151,19 @@ pub struct PgConn {
 
 impl PgConn {
     pub(crate) fn new(inner: PgConnection) -> Self {
-        PgConn { inner, flags: Arc::default(), seen: None, check_prepared: false }
+        PgConn { inner, flags: Arc::default(), bound: None, seen: None, check_prepared: false }
+    }
+
+    /// This connection with every query bounded by `bound` (see the type's `# Bounds`).
+    pub(crate) fn bounded(mut self, bound: Option<Duration>) -> Self {
+        self.bound = bound;
+        self
+    }
+
+    /// How long a query through this connection may wait for the server before it fails with
+    /// a timeout and the connection is closed; `None` without a statement timeout.
+    pub fn bound(&self) -> Option<Duration> {
+        self.bound
     }
 
     /// Takes the bare sqlx connection out.
@@ -453,7 +481,9 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
         let query = Sniff { inner: query, flags: Arc::clone(&flags) };
-        Box::pin(Watched { stream: self.inner.fetch_many(query), flags })
+        let bound = self.bound;
+        let stream = self.inner.fetch_many(query);
+        Box::pin(Watched { stream, flags, bound, waiting: None, expired: false })
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -467,9 +497,10 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
         let query = Sniff { inner: query, flags: Arc::clone(&flags) };
+        let bound = self.bound;
         let fut = self.inner.fetch_optional(query);
         Box::pin(async move {
-            let result = fut.await;
+            let result = bounded(bound, &flags, fut).await;
             flags.finished(result.as_ref().err());
             result
         })
@@ -486,9 +517,10 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         // Preparing runs nothing, so it cannot change the session.
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
+        let bound = self.bound;
         let fut = self.inner.prepare_with(sql, parameters);
         Box::pin(async move {
-            let result = fut.await;
+            let result = bounded(bound, &flags, fut).await;
             flags.finished(result.as_ref().err());
             result
         })
@@ -541,6 +573,34 @@ impl Flags {
             self.set(BROKEN);
         }
     }
+}
+
+/// `fut` bounded by `bound`: past it, the connection is marked broken and the query fails
+/// with [`timed_out`].
+async fn bounded<T>(
+    bound: Option<Duration>,
+    flags: &Flags,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let Some(bound) = bound else { return fut.await };
+    match tokio::time::timeout(bound, fut).await {
+        Ok(result) => result,
+        Err(_) => {
+            flags.set(BROKEN);
+            Err(timed_out(bound))
+        }
+    }
+}
+
+/// The error of a query that waited for the server longer than its connection's bound.
+fn timed_out(bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no reply from the server within {bound:?} (its statement_timeout and a grace): \
+             the server may be frozen or unreachable; the connection is closed"
+        ),
+    ))
 }
 
 /// Whether an error means the connection can no longer be used.
@@ -657,22 +717,43 @@ impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Sniff<E> {
     }
 }
 
-/// A result stream that marks the connection done when it ends and broken on a fatal error.
+/// A result stream that marks the connection done when it ends and broken on a fatal error,
+/// and fails when the server leaves it waiting for a row longer than `bound`.
 struct Watched<'e> {
     stream: BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>,
     flags: Arc<Flags>,
+    bound: Option<Duration>,
+    /// While the stream waits for the server: when that wait exceeds `bound`.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait exceeded `bound`: the stream ended with the timeout.
+    expired: bool,
 }
 
 impl Stream for Watched<'_> {
     type Item = Result<Either<PgQueryResult, PgRow>, sqlx::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
         let polled = self.stream.as_mut().poll_next(cx);
         match &polled {
             Poll::Ready(None) => self.flags.finished(None),
             Poll::Ready(Some(Err(e))) => self.flags.note_error(e),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Pending => {
+                // The wait starts now, not when the caller last took a row.
+                let Some(bound) = self.bound else { return Poll::Pending };
+                let timer = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.expired = true;
+                    self.flags.set(BROKEN);
+                    return Poll::Ready(Some(Err(timed_out(bound))));
+                }
+                return Poll::Pending;
+            }
         }
+        self.waiting = None;
         polled
     }
 }

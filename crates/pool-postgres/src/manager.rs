@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use pool_core::{Credential, CredentialProvider, Manager};
@@ -52,8 +53,9 @@ pub type ConnectHook = Arc<
 ///   and, by default, resets the session ([`ResetOnReturn`] names the exact statements), the
 ///   connect statements sent again in the same round trip and the hook run again after it; an
 ///   interrupted query is drained first; a failed reset closes the connection;
-/// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error is closed
-///   on return, never handed out again;
+/// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error, or
+///   waited for the server past its [statement timeout](Self::statement_timeout)'s bound, is
+///   closed on return, never handed out again;
 /// - close: sqlx's graceful `Terminate`.
 ///
 /// # Examples
@@ -79,6 +81,7 @@ pub struct PgManager {
     /// The connect statements, joined into one simple query.
     statements: Option<Arc<str>>,
     hook: Option<ConnectHook>,
+    statement_timeout: Option<Duration>,
 }
 
 impl PgManager {
@@ -91,6 +94,7 @@ impl PgManager {
             credentials: None,
             statements: None,
             hook: None,
+            statement_timeout: None,
         }
     }
 
@@ -253,6 +257,56 @@ impl PgManager {
         self
     }
 
+    /// Bounds every statement on the server and every wait for it on the client \[`None`: no
+    /// bound\].
+    ///
+    /// - The server: `statement_timeout` is sent in each connection's startup packet (as
+    ///   [`server_settings`](Self::server_settings) would send it, in whole milliseconds, at most
+    ///   PostgreSQL's 2147483647), so it is the session's default and survives the reset; the
+    ///   server cancels a statement that runs longer (SQLSTATE 57014), and the connection stays
+    ///   usable.
+    /// - The client: a server that cannot enforce it (stopped, its host frozen, the network
+    ///   silently dropping packets) would leave the query waiting until TCP gives up, which on a
+    ///   host that still acknowledges packets is never. So each query through a pooled
+    ///   [`PgConn`] waits for the server at most the timeout plus a grace for the server's own
+    ///   error to arrive (the timeout again, at most one second: 1 s gives 2 s, 100 ms gives
+    ///   200 ms); past that it fails with `sqlx::Error::Io` of kind
+    ///   [`TimedOut`](std::io::ErrorKind::TimedOut) and the connection is closed (see
+    ///   [`PgConn`]'s `# Bounds` for what the client bound covers).
+    ///
+    /// The pool bounds its own round trips (the check before a checkout, the reset on return,
+    /// close) with `connect_timeout`, with or without this setting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pool_postgres::PgManager;
+    ///
+    /// # fn f() -> Result<(), pool_postgres::UrlError> {
+    /// let manager =
+    ///     PgManager::from_url("postgres://app@db/app")?.statement_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(manager.statement_bound(), Some(Duration::from_secs(6)));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        let timeout = timeout.filter(|t| !t.is_zero());
+        if let Some(t) = timeout {
+            let ms = t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
+            self.options = self.options.options([("statement_timeout", format!("{ms}ms"))]);
+        }
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// How long a query through this manager's connections may wait for the server: the
+    /// [statement timeout](Self::statement_timeout) plus its grace; `None` without one.
+    pub fn statement_bound(&self) -> Option<Duration> {
+        self.statement_timeout.map(|t| t.saturating_add(t.min(STATEMENT_GRACE)))
+    }
+
     /// Runs `hook` on every new connection, after the connect statements, and again after each
     /// session reset (see [`ConnectHook`]). A hook that fails makes the connect fail with its
     /// error; after a reset, it closes the connection.
@@ -333,6 +387,10 @@ impl PgManager {
     }
 }
 
+/// The most a query waits, past its connection's statement timeout, for the server's own
+/// timeout error before the client gives up on the connection.
+const STATEMENT_GRACE: Duration = Duration::from_secs(1);
+
 /// Whether a connect failed because the server refused the credential: SQLSTATE 28P01
 /// (`invalid_password`) or 28000 (`invalid_authorization_specification`, which some
 /// token-based authentications report).
@@ -358,6 +416,7 @@ impl fmt::Debug for PgManager {
             .field("credentials", &self.credentials)
             .field("connect_statements", &self.statements.is_some())
             .field("after_connect", &self.hook.is_some())
+            .field("statement_timeout", &self.statement_timeout)
             .field("reset_on_return", &self.reset)
             .finish_non_exhaustive()
     }
@@ -373,7 +432,7 @@ impl Manager for PgManager {
             None => self.open(None).await.map_err(|e| self.explain(e))?,
             Some(provider) => self.open_with(provider).await?,
         };
-        let mut conn = PgConn::new(bare);
+        let mut conn = PgConn::new(bare).bounded(self.statement_bound());
         if let Err(e) = self.prepare(conn.bare(), true).await {
             conn.close().await;
             return Err(e);

@@ -53,6 +53,14 @@ pub struct PostgresConfig {
     /// The read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated); their pools are named
     /// `<name>-replica-1`, `-2`...
     pub replicas: Vec<Secret>,
+    /// Further candidate primaries (`DATABASE_PRIMARY_URLS`, comma-separated) \[none\]: with
+    /// any, the primary pool's connects try `url`'s server and these, the last one found
+    /// writable first, and keep only a writable session, so writes follow a failover by
+    /// themselves (see [`PgManager::primaries`]). Only each URL's host and port are used; its
+    /// user and database must be `url`'s. `url` may name several hosts itself, as libpq's
+    /// `postgres://a:5432,b:5432/app?target_session_attrs=read-write`. A replica may be a
+    /// candidate primary too: promoted, it leaves the read rotation.
+    pub primaries: Vec<Secret>,
     /// `sslmode` for every connection of the cluster (`DATABASE_SSL_MODE`): `disable`,
     /// `prefer`, `require`, `verify-ca` or `verify-full` \[unset: the URL's `sslmode`, else
     /// `PGSSLMODE`, else `prefer`\]. Over a Unix socket no TLS is used, as in libpq.
@@ -126,6 +134,7 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: Secret::from("postgres://postgres@127.0.0.1:5432/postgres"),
             replicas: Vec::new(),
+            primaries: Vec::new(),
             ssl_mode: None,
             ssl_root_cert: None,
             ssl_cert: None,
@@ -169,6 +178,15 @@ impl PostgresConfig {
             form: EnvForm::List,
             set: |c, v| {
                 c.replicas = v.list()?.into_iter().map(Secret).collect();
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "PRIMARY_URLS",
+            key: "primaries",
+            form: EnvForm::List,
+            set: |c, v| {
+                c.primaries = v.list()?.into_iter().map(Secret).collect();
                 Ok(())
             },
         },
@@ -230,7 +248,7 @@ impl PostgresConfig {
     ];
 
     /// Every variable a cluster reads, `(variable, key, form)`: `DATABASE_URL`,
-    /// `DATABASE_REPLICA_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
+    /// `DATABASE_REPLICA_URLS`, `DATABASE_PRIMARY_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
     /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`,
     /// `DATABASE_STATEMENT_TIMEOUT`, then the engine's
     /// `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT` and
@@ -293,7 +311,8 @@ impl PostgresConfig {
     /// (`PGSSLROOTCERT`) is refused as the URL's, saying which.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let urls = std::iter::once(("url".to_owned(), &self.url))
-            .chain(self.replicas.iter().enumerate().map(|(i, u)| (format!("replicas[{i}]"), u)));
+            .chain(self.replicas.iter().enumerate().map(|(i, u)| (format!("replicas[{i}]"), u)))
+            .chain(self.primaries.iter().enumerate().map(|(i, u)| (format!("primaries[{i}]"), u)));
         for (setting, url) in urls {
             if let Some(reason) = url_problem(url) {
                 return Err(invalid(&setting, url, reason));
@@ -310,6 +329,24 @@ impl PostgresConfig {
                     },
                     Origin::Url | Origin::Env => invalid(&setting, url, problem.to_string()),
                 });
+            }
+        }
+        if let Ok(primary) = PgManager::from_url(self.url.expose()) {
+            let whose = |m: &PgManager| {
+                let o = m.options();
+                (o.get_username().to_owned(), o.get_database().map(str::to_owned))
+            };
+            for (i, url) in self.primaries.iter().enumerate() {
+                let Ok(candidate) = PgManager::from_url(url.expose()) else { continue };
+                if whose(&candidate) != whose(&primary) {
+                    return Err(invalid(
+                        &format!("primaries[{i}]"),
+                        url,
+                        "a candidate primary has url's user and database: only its host and \
+                         port are used"
+                            .to_owned(),
+                    ));
+                }
             }
         }
         if let Some(path) = &self.password_file
@@ -406,7 +443,15 @@ impl PostgresConfig {
             }
             Ok::<_, ClusterBuildError>(manager)
         };
-        let mut builder = PgCluster::builder(name, manager(&self.url)?)
+        let mut primary = manager(&self.url)?;
+        if !self.primaries.is_empty() {
+            let mut others = Vec::new();
+            for url in &self.primaries {
+                others.extend(manager(url)?.hosts());
+            }
+            primary = primary.primaries(others);
+        }
+        let mut builder = PgCluster::builder(name, primary)
             .config(self.pool.clone())
             .replica_ban(self.replica_ban)
             .replica_timeout(self.replica_timeout)
@@ -620,6 +665,28 @@ mod tests {
         c.server_settings.insert("bad name".into(), "1".into());
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("invalid setting server_settings.bad name"), "{err}");
+    }
+
+    #[test]
+    fn candidate_primaries_are_read_and_must_share_the_user_and_database() {
+        let c = with(&[
+            ("DATABASE_URL", "postgres://app:pw@a:5432/app"),
+            ("DATABASE_PRIMARY_URLS", "postgres://app:pw@b:5433/app,postgres://app@c/app"),
+        ])
+        .unwrap();
+        assert_eq!(c.primaries.len(), 2);
+        let err = with(&[
+            ("DATABASE_URL", "postgres://app:hunter2@a/app"),
+            ("DATABASE_PRIMARY_URLS", "postgres://other:hunter2@b/app"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "DATABASE_PRIMARY_URLS", "{err}");
+        assert!(err.to_string().contains("user and database"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err =
+            with(&[("DATABASE_PRIMARY_URLS", "postgres://u:hunter2@b:port/app")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_PRIMARY_URLS", "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -123,7 +123,13 @@ impl FromStr for ResetOnReturn {
 /// - a query whose future or row stream was dropped before it finished, whose replies are
 ///   drained on return;
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
-///   error from the server such as `pg_terminate_backend`): it is closed on return.
+///   error from the server such as `pg_terminate_backend`): it is closed on return;
+/// - a write refused as read-only: sqlx's database error with SQLSTATE 25006
+///   (`read_only_sql_transaction`, "cannot execute INSERT in a read-only transaction") is
+///   returned as it is, and the reset on return asks the server `pg_is_in_recovery()`: on a
+///   standby the write is counted (a cluster's [`read_only_errors`](crate::ClusterStats)) and
+///   the connection closed, so that the next connect finds the writable server; on a primary
+///   (a transaction the user made read-only on purpose) the connection is reset and kept.
 ///
 /// # Bounds
 ///
@@ -157,6 +163,13 @@ impl PgConn {
     /// This connection with every query bounded by `bound` (see the type's `# Bounds`).
     pub(crate) fn bounded(mut self, bound: Option<Duration>) -> Self {
         self.bound = bound;
+        self
+    }
+
+    /// This connection with its writes refused as read-only counted in `counter`.
+    pub(crate) fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        let bits = self.flags.bits.load(Ordering::Relaxed);
+        self.flags = Arc::new(Flags { bits: AtomicU8::new(bits), read_only_errors: counter });
         self
     }
 
@@ -238,7 +251,9 @@ impl PgConn {
     /// that may have left state ran, a query is unfinished, or sqlx holds commands it has not
     /// sent yet (a dropped transaction's `ROLLBACK`).
     pub(crate) fn needs_reset(&self) -> bool {
-        self.flags.get(USED | BUSY) || self.inner.should_flush() || self.inner.is_in_transaction()
+        self.flags.get(USED | BUSY | READ_ONLY)
+            || self.inner.should_flush()
+            || self.inner.is_in_transaction()
     }
 
     /// The bare connection, for the pool's own statements (the connect statements and hook),
@@ -277,6 +292,25 @@ impl PgConn {
         if self.flags.get(BUSY) || self.inner.should_flush() {
             self.drain().await?;
             self.flags.clear(BUSY);
+        }
+        if self.flags.get(READ_ONLY) {
+            // The transaction the refusal aborted is rolled back first, or the question fails.
+            if self.flags.get(USED) {
+                self.clean(ResetOnReturn::Transaction, None).await?;
+            }
+            self.flags.clear(READ_ONLY);
+            let sql = "SELECT pg_catalog.pg_is_in_recovery()";
+            if sqlx::query_scalar::<_, bool>(sql).fetch_one(&mut self.inner).await? {
+                self.flags.read_only_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "a write reached a standby (SQLSTATE 25006): its connection is closed"
+                );
+                return Err(sqlx::Error::Protocol(
+                    "a write reached a standby in recovery (SQLSTATE 25006): the connection is \
+                     closed, so that the next connect finds the writable server"
+                        .into(),
+                ));
+            }
         }
         if self.flags.get(USED) {
             self.clean(mode, then).await?;
@@ -543,21 +577,27 @@ const USED: u8 = 1;
 const BUSY: u8 = 2;
 /// A query failed in a way that means the connection is gone.
 const BROKEN: u8 = 4;
+/// A statement was refused as a write on a read-only server (SQLSTATE 25006).
+const READ_ONLY: u8 = 8;
 
 #[derive(Debug, Default)]
-struct Flags(AtomicU8);
+struct Flags {
+    bits: AtomicU8,
+    /// Where writes refused as read-only are counted (the manager's counter).
+    read_only_errors: Arc<AtomicU64>,
+}
 
 impl Flags {
     fn get(&self, bits: u8) -> bool {
-        self.0.load(Ordering::Relaxed) & bits != 0
+        self.bits.load(Ordering::Relaxed) & bits != 0
     }
 
     fn set(&self, bits: u8) {
-        self.0.fetch_or(bits, Ordering::Relaxed);
+        self.bits.fetch_or(bits, Ordering::Relaxed);
     }
 
     fn clear(&self, bits: u8) {
-        self.0.fetch_and(!bits, Ordering::Relaxed);
+        self.bits.fetch_and(!bits, Ordering::Relaxed);
     }
 
     /// A query finished, with `error` if it failed.
@@ -571,6 +611,9 @@ impl Flags {
     fn note_error(&self, error: &sqlx::Error) {
         if is_fatal(error) {
             self.set(BROKEN);
+        } else if is_read_only(error) {
+            // Whether the server is a standby is asked by the reset on return.
+            self.set(READ_ONLY);
         }
     }
 }
@@ -601,6 +644,12 @@ fn timed_out(bound: Duration) -> sqlx::Error {
              the server may be frozen or unreachable; the connection is closed"
         ),
     ))
+}
+
+/// Whether a statement failed because the server is read-only: SQLSTATE 25006,
+/// `read_only_sql_transaction`.
+fn is_read_only(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
 }
 
 /// Whether an error means the connection can no longer be used.

@@ -1,5 +1,7 @@
-//! pool-postgres through the failures that do not close sockets: a frozen server (`SIGSTOP` of
-//! the postmaster and its backends) against the statement timeout and the pool's bounds.
+//! pool-postgres through the failures that do not close sockets and the ones that move the
+//! primary: a frozen server (`SIGSTOP` of the postmaster and its backends) against the
+//! statement timeout and the pool's bounds; a primary stopped and its streaming replica
+//! promoted, with writes following by themselves; a write routed to a standby.
 //!
 //! Every test starts its own [`PgInstance`]s: they are frozen, stopped and promoted.
 
@@ -7,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pool_core::{AcquireError, CloseReason};
+use pool_core::{AcquireError, CloseReason, Secret};
 use pool_harness::PgInstance;
 use pool_postgres::sqlx;
-use pool_postgres::{PgManager, PgPool};
+use pool_postgres::{PgCluster, PgManager, PgPool, PostgresConfig};
 
 type Result<T = ()> = anyhow::Result<T>;
 
@@ -161,6 +163,154 @@ async fn a_frozen_server_holds_no_caller_past_its_bound_and_the_pool_heals() -> 
             Err(e) => panic!("the pool did not serve within 10 s of the thaw: {e}"),
         }
     }
+    pool.close().await?;
+    Ok(())
+}
+
+/// A cluster over `primary` whose candidate primaries are it and `replica`, with `replica` also
+/// its read replica: small pools, short bounds and a fast lag probe.
+fn failover_cluster(primary: &PgInstance, replica: &PgInstance) -> Result<PgCluster> {
+    let mut config = PostgresConfig::default();
+    config.url = Secret(primary.url());
+    config.primaries = vec![Secret(replica.url())];
+    config.replicas = vec![Secret(replica.url())];
+    config.statement_timeout = Some(Duration::from_secs(2));
+    config.lag_probe_interval = Some(Duration::from_millis(200));
+    config.replica_ban = Duration::from_secs(1);
+    config.pool.pool_size = 2;
+    config.pool.max_overflow = 0;
+    config.pool.pool_timeout = POOL_TIMEOUT;
+    config.pool.connect_timeout = CONNECT_TIMEOUT;
+    Ok(config.build("failover")?)
+}
+
+/// Inserts `id` through a primary session; `Ok` only once the server acknowledged the commit.
+async fn write(cluster: &PgCluster, id: i32) -> Result {
+    let mut conn = cluster.session().await?;
+    sqlx::query("INSERT INTO acked (id) VALUES ($1)").bind(id).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The primary stopped and its replica promoted: writes reach the new primary within 10 s of
+/// the promotion without a restart or a configuration change, no acknowledged write is lost,
+/// and the promoted node leaves the read rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_follow_a_promotion_and_the_promoted_replica_leaves_the_reads() -> Result {
+    let primary = blocking(PgInstance::start)?;
+    blocking(|| primary.psql("CREATE TABLE acked (id int PRIMARY KEY)"))?;
+    let replica = blocking(|| primary.start_replica())?;
+    let cluster = failover_cluster(&primary, &replica)?;
+    assert!(cluster.primary().manager().read_write_only());
+    cluster.warmed(Duration::from_secs(10)).await?;
+
+    let mut acked = Vec::new();
+    for id in 0..20 {
+        write(&cluster, id).await?;
+        acked.push(id);
+    }
+    // Reads go to the standby, whose sessions are read-only besides.
+    let mut read = cluster.session_read_only().await?;
+    let recovering: bool =
+        sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *read).await?;
+    assert!(recovering, "a read went to the standby");
+    let read_only: String =
+        sqlx::query_scalar("SHOW default_transaction_read_only").fetch_one(&mut *read).await?;
+    assert_eq!(read_only, "on");
+    drop(read);
+
+    // A fast shutdown sends the standby every WAL record before the primary exits.
+    blocking(|| primary.stop())?;
+    blocking(|| replica.promote())?;
+    let promoted_at = Instant::now();
+    let mut id = acked.len() as i32;
+    let mut first_write = None;
+    while Instant::now() < promoted_at + Duration::from_secs(10) && acked.len() < 40 {
+        match write(&cluster, id).await {
+            Ok(()) => {
+                first_write.get_or_insert_with(|| promoted_at.elapsed());
+                acked.push(id);
+                id += 1;
+            }
+            // Failed writes are not acknowledged: the id may or may not be in the table.
+            Err(e) => {
+                eprintln!("write {id} failed: {e}");
+                id += 1;
+            }
+        }
+    }
+    let first_write = first_write.expect("a write succeeded within 10 s of the promotion");
+    eprintln!("first write {first_write:?} after pg_ctl promote returned");
+    assert!(acked.len() >= 40, "writes flow on the new primary: {} acknowledged", acked.len());
+
+    // No acknowledged write was lost.
+    let present: String = blocking(|| replica.psql("SELECT string_agg(id::text, ',') FROM acked"))?;
+    let present: Vec<i32> =
+        present.split(',').map(|s| s.parse()).collect::<std::result::Result<_, _>>()?;
+    let lost: Vec<i32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // The lag probe finds the replica out of recovery: it leaves the read rotation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.stats().replicas[0].promoted {
+        assert!(Instant::now() < deadline, "the promoted replica left the reads within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reads_before = cluster.stats().replicas[0].reads;
+    let fallbacks_before = cluster.stats().fallbacks;
+    let mut read = cluster.session_read_only().await?;
+    sqlx::query("SELECT 1").execute(&mut *read).await?;
+    drop(read);
+    let stats = cluster.stats();
+    assert_eq!(stats.replicas[0].reads, reads_before, "no read went to the promoted replica");
+    assert_eq!(stats.fallbacks, fallbacks_before + 1, "the read went to the primary pool");
+    cluster.close().await?;
+    Ok(())
+}
+
+/// A write that reaches a standby fails with PostgreSQL's read-only error (SQLSTATE 25006), is
+/// counted, and its connection is never handed out again; a pool that asks for a writable
+/// server refuses a standby at connect, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_standby_fails_read_only_and_its_connection_is_dropped() -> Result {
+    let primary = blocking(PgInstance::start)?;
+    let replica = blocking(|| primary.start_replica())?;
+    // A cluster whose primary URL leads to the standby: a misrouted write.
+    let mut config = PostgresConfig::default();
+    config.url = Secret(replica.url());
+    config.pool.pool_size = 1;
+    config.pool.max_overflow = 0;
+    let cluster = config.build("misrouted")?;
+    let mut conn = cluster.session().await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    let err = sqlx::query("CREATE TABLE misrouted (id int)").execute(&mut *conn).await.unwrap_err();
+    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25006"), "{err}");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    drop(conn);
+    // The reset on return finds the server in recovery: counted, and the connection closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.stats().read_only_errors == 0 {
+        assert!(Instant::now() < deadline, "the write to a standby was counted within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.stats().read_only_errors, 1);
+    let mut conn = cluster.session().await?;
+    let next: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    assert_ne!(next, pid, "the connection was not reused");
+    assert_eq!(cluster.primary().stats().closed.get(CloseReason::FailedReset), 1);
+    drop(conn);
+    cluster.close().await?;
+
+    // Asking for a writable server, the standby is refused at connect.
+    let url = format!("{}?target_session_attrs=read-write", replica.url());
+    let pool = PgPool::builder(PgManager::from_url(&url)?)
+        .name("read-write")
+        .pool_size(1)
+        .min_idle(Some(0))
+        .pool_timeout(Duration::from_secs(1))
+        .build()?;
+    let err = pool.acquire().await.expect_err("no writable server").to_string();
+    assert!(err.contains("no writable server") && err.contains("a standby in recovery"), "{err}");
     pool.close().await?;
     Ok(())
 }

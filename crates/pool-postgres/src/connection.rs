@@ -191,14 +191,17 @@ impl PgConn {
     }
 
     /// Starts an sqlx transaction, as [`Connection::begin`] does on the bare connection
-    /// (`conn.begin()` on the pool's guard resolves here).
+    /// (`conn.begin()` on the pool's guard resolves here). Its `BEGIN` waits for the server at
+    /// most [`bound`](Self::bound); the statements in the transaction run on the bare
+    /// connection, with the server's `statement_timeout` alone (see `# Bounds`).
     ///
     /// # Errors
     ///
-    /// The connection's error.
+    /// The connection's error, or the bound's timeout (see `# Bounds`).
     pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
         self.flags.set(USED);
-        let result = Connection::begin(&mut self.inner).await;
+        let flags = Arc::clone(&self.flags);
+        let result = bounded(self.bound, &flags, Connection::begin(&mut self.inner)).await;
         if let Err(e) = &result {
             self.flags.note_error(e);
         }

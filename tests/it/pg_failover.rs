@@ -97,6 +97,8 @@ async fn a_frozen_server_holds_no_caller_past_its_bound_and_the_pool_heals() -> 
     assert_eq!(code.as_deref(), Some("57014"), "the server cancelled it: {err}");
     assert!(!held.is_broken(), "a statement the server cancelled leaves the connection usable");
     sqlx::query("SELECT 1").execute(&mut *held).await?;
+    let mut beginning = pool.acquire().await?;
+    sqlx::query("SELECT 1").execute(&mut *beginning).await?;
 
     blocking(|| pg.freeze())?;
     let frozen_at = Instant::now();
@@ -123,6 +125,14 @@ async fn a_frozen_server_holds_no_caller_past_its_bound_and_the_pool_heals() -> 
     }
     assert!(held.is_broken(), "a connection that missed its bound reads as broken");
     drop(held);
+    // So does a transaction's BEGIN.
+    match tokio::time::timeout(3 * bound, beginning.begin()).await {
+        Err(_) => panic!("a BEGIN on a frozen server outlived 3x its bound ({bound:?})"),
+        Ok(Ok(_)) => panic!("a BEGIN on a frozen server succeeded"),
+        Ok(Err(e)) => assert!(is_statement_bound(&e), "the client bound's error: {e}"),
+    }
+    assert!(beginning.is_broken(), "a BEGIN that missed its bound breaks the connection");
+    drop(beginning);
 
     // The fault's own length, not a wait for an event.
     tokio::time::sleep(FROZEN_FOR.saturating_sub(frozen_at.elapsed())).await;
@@ -140,8 +150,8 @@ async fn a_frozen_server_holds_no_caller_past_its_bound_and_the_pool_heals() -> 
     assert!(all.wrong.is_empty(), "calls past their bounds: {:?}", all.wrong);
     assert!(all.acquire_failed + all.statement_bound > 0, "callers saw the freeze: {all:?}");
     assert!(
-        pool.stats().closed.get(CloseReason::Broken) >= 1,
-        "the connection that missed its bound was closed: {:?}",
+        pool.stats().closed.get(CloseReason::Broken) >= 2,
+        "the connections that missed their bounds were closed: {:?}",
         pool.stats().closed
     );
 

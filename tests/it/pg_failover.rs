@@ -1,7 +1,8 @@
 //! pool-postgres through the failures that do not close sockets and the ones that move the
 //! primary: a frozen server (`SIGSTOP` of the postmaster and its backends) against the
 //! statement timeout and the pool's bounds; a primary stopped and its streaming replica
-//! promoted, with writes following by themselves; a write routed to a standby.
+//! promoted, with writes following by themselves; a write routed to a standby; a replica's
+//! address leading to a primary and back to a standby (out of the reads, then back in).
 //!
 //! Every test starts its own [`PgInstance`]s: they are frozen, stopped and promoted.
 
@@ -10,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pool_core::{AcquireError, CloseReason, Secret};
-use pool_harness::PgInstance;
+use pool_harness::{PgInstance, Proxy};
 use pool_postgres::sqlx;
+use pool_postgres::sqlx::Connection as _;
+use pool_postgres::sqlx::postgres::PgConnection;
 use pool_postgres::{PgCluster, PgManager, PgPool, PostgresConfig};
 
 type Result<T = ()> = anyhow::Result<T>;
@@ -322,5 +325,92 @@ async fn a_write_on_a_standby_fails_read_only_and_its_connection_is_dropped() ->
     let err = pool.acquire().await.expect_err("no writable server").to_string();
     assert!(err.contains("no writable server") && err.contains("a standby in recovery"), "{err}");
     pool.close().await?;
+    Ok(())
+}
+
+/// Polls `condition` every 20 ms until it holds, failing after 10 s.
+async fn within_10s(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A replica's address that leads to a primary (as after a promotion) takes it out of the read
+/// rotation, and a read that reaches it anyway cannot write; once the address leads to a
+/// standby again, the replica rejoins. A proxy in front of the replica's address plays the
+/// promotion and the return, so both directions run against real servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_leaves_the_reads_and_rejoins_as_a_standby() -> Result {
+    let primary = blocking(PgInstance::start)?;
+    let standby = blocking(|| primary.start_replica())?;
+    let proxy = Proxy::start(standby.port()).await?;
+    let mut config = PostgresConfig::default();
+    config.url = Secret(primary.url());
+    config.replicas =
+        vec![Secret(format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port()))];
+    config.lag_probe_interval = Some(Duration::from_millis(100));
+    config.replica_ban = Duration::from_secs(1);
+    config.pool.pool_size = 1;
+    config.pool.max_overflow = 0;
+    // The proxy's cuts kill idle connections: each checkout checks its connection.
+    config.pool.pre_ping_bypass = Duration::ZERO;
+    let cluster = config.build("rejoin")?;
+    cluster.warmed(Duration::from_secs(10)).await?;
+    within_10s("the probe saw the standby", || cluster.stats().replicas[0].servers > 0).await;
+    assert!(!cluster.stats().replicas[0].promoted);
+
+    // The replica's address now leads to a server out of recovery.
+    proxy.retarget(primary.port());
+    proxy.cut();
+    within_10s("the replica is found promoted", || cluster.stats().replicas[0].promoted).await;
+    let reads = cluster.stats().replicas[0].reads;
+    let mut read = cluster.session_read_only().await?;
+    let recovering: bool =
+        sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *read).await?;
+    assert!(!recovering, "the read went to the primary");
+    drop(read);
+    assert_eq!(cluster.stats().replicas[0].reads, reads, "no read went to the promoted replica");
+    // A replica session that reaches a primary cannot write: it starts read-only. On a primary
+    // the refusal is no standby's: not counted, and the connection is kept.
+    let replica_pool = &cluster.replicas()[0];
+    let mut conn = replica_pool.acquire().await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    let err = sqlx::query("CREATE TABLE written_by_a_read (id int)").execute(&mut *conn).await;
+    let err = err.expect_err("a replica session cannot write");
+    let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25006"), "{err}");
+    drop(conn);
+    let mut conn = replica_pool.acquire().await?;
+    let again: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    assert_eq!(again, pid, "a read-only refusal on a primary keeps the connection");
+    drop(conn);
+    assert_eq!(cluster.stats().read_only_errors, 0, "no write reached a standby");
+    let mut observer = PgConnection::connect(&primary.url()).await?;
+    let written: bool = sqlx::query_scalar("SELECT to_regclass('written_by_a_read') IS NOT NULL")
+        .fetch_one(&mut observer)
+        .await?;
+    assert!(!written, "nothing was written through a read session");
+
+    // Back to a standby: the replica rejoins the reads.
+    proxy.retarget(standby.port());
+    proxy.cut();
+    within_10s("the replica rejoins", || !cluster.stats().replicas[0].promoted).await;
+    // The replica pool's connection to the primary was cut with the rest: a read may find it
+    // dead and ban the replica for a second, so reads are polled until one reaches the standby.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut read = cluster.session_read_only().await?;
+        let recovering: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *read).await;
+        if recovering.is_ok_and(|r| r) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a read reached the standby within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.stats().replicas[0].reads > reads, "reads go to the replica again");
+    cluster.close().await?;
     Ok(())
 }

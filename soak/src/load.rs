@@ -377,7 +377,7 @@ async fn redis_blpop(pools: Arc<Pools>, rec: Arc<Recorder>, worker: usize) {
         let list = format!("soak:list:{}", step % 4);
         rec.request(Kind::RedisBlpop, async {
             let conn = pool.exclusive().await.map_err(|e| ReqError {
-                expected: e.is_timeout(),
+                expected: e.is_timeout() || e.is_unavailable(),
                 message: format!("exclusive: {e}"),
             })?;
             let popped = Instant::now();
@@ -445,7 +445,7 @@ async fn held<T, E>(acquired: Result<Result<T, E>, tokio::time::error::Elapsed>)
 
 fn session_error(e: SessionError) -> ReqError {
     let expected = match &e {
-        SessionError::Acquire(a) => a.is_timeout(),
+        SessionError::Acquire(a) => a.is_timeout() || a.is_unavailable(),
         _ => false,
     };
     ReqError { expected, message: format!("acquire: {e}") }

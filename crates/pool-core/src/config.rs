@@ -70,6 +70,18 @@ pub struct PoolConfig {
     /// Report a connection held longer than this \[off\].
     #[cfg_attr(feature = "serde", serde(with = "crate::seconds::zero_is_off"))]
     pub leak_detection_threshold: Option<Duration>,
+    /// Open the circuit breaker after this many connects or checks failed in a row \[5\]; 0
+    /// turns it off.
+    ///
+    /// While it is open, an acquire that finds nothing idle fails at once with
+    /// [`AcquireError::Unavailable`](crate::AcquireError::Unavailable), naming the last
+    /// connect error and when the next probe runs, instead of waiting `pool_timeout` for
+    /// connects that keep failing; callers already waiting fail the same way as it opens. One
+    /// probe connect at a time tries the server, the first within 100 ms, then with a backoff
+    /// doubling from 100 ms up to 2 s, with jitter, whether or not anyone waits, so the pool
+    /// learns when the server is back; the first connect that succeeds closes the breaker. A
+    /// connect or a check that succeeds sets the count back to zero.
+    pub breaker_threshold: u32,
 }
 
 impl Default for PoolConfig {
@@ -89,6 +101,7 @@ impl Default for PoolConfig {
             health_check_interval: Some(Duration::from_secs(30)),
             max_connecting: 2,
             leak_detection_threshold: None,
+            breaker_threshold: 5,
         }
     }
 }
@@ -103,9 +116,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 impl PoolConfig {
     /// The engine's environment variables, named after the backend's prefix: `POOL_SIZE` is
     /// `DATABASE_POOL_SIZE` for pool-postgres and `REDIS_POOL_SIZE` for pool-redis, so every
-    /// backend reads the same four the same way. Seconds are read as
+    /// backend reads the same five the same way. Seconds are read as
     /// [`Seconds`](crate::Seconds) says: `POOL_TIMEOUT` greater than zero, `POOL_RECYCLE` 0 or
-    /// less for never (SQLAlchemy's `-1`).
+    /// less for never (SQLAlchemy's `-1`); `POOL_BREAKER_THRESHOLD` 0 turns the breaker off.
     pub const ENV: &'static [crate::EnvVar<PoolConfig>] = &[
         crate::EnvVar {
             name: "POOL_SIZE",
@@ -140,6 +153,17 @@ impl PoolConfig {
             form: crate::EnvForm::Seconds(crate::Seconds::ZeroIsOff),
             set: |c, v| {
                 c.pool_recycle = v.duration(crate::Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
+        crate::EnvVar {
+            name: "POOL_BREAKER_THRESHOLD",
+            key: "breaker_threshold",
+            form: crate::EnvForm::Count,
+            set: |c, v| {
+                let n = v.count()?;
+                c.breaker_threshold =
+                    u32::try_from(n).map_err(|_| format!("must be at most {}", u32::MAX))?;
                 Ok(())
             },
         },
@@ -387,6 +411,8 @@ impl<M: Manager> Builder<M> {
         max_connecting: usize,
         /// See [`PoolConfig::leak_detection_threshold`].
         leak_detection_threshold: Option<Duration>,
+        /// See [`PoolConfig::breaker_threshold`].
+        breaker_threshold: u32,
     }
 
     /// Makes the pool read tokio's clock rather than the CPU's counter (feature `testing`): for

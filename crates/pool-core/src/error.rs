@@ -1,4 +1,5 @@
-//! Errors, one type per operation: [`AcquireError`], [`TryAcquireError`], [`BuildError`],
+//! Errors, one type per operation: [`AcquireError`] (with [`TimeoutError`] and
+//! [`UnavailableError`]), [`TryAcquireError`], [`BuildError`],
 //! [`WarmError`], [`ResizeError`], [`CloseError`], [`RegisterError`], [`ObserveError`].
 
 use std::sync::Arc;
@@ -19,6 +20,11 @@ pub enum AcquireError<E: std::error::Error + 'static> {
         /// The pool's name.
         pool: Arc<str>,
     },
+    /// The circuit breaker is open: connects (or checks) failed `breaker_threshold` times in a
+    /// row, nothing was idle, and the caller failed at once rather than wait `pool_timeout` for
+    /// a connect that keeps failing.
+    #[error(transparent)]
+    Unavailable(#[from] UnavailableError<E>),
 }
 
 impl<E: std::error::Error + 'static> AcquireError<E> {
@@ -26,6 +32,44 @@ impl<E: std::error::Error + 'static> AcquireError<E> {
     pub fn is_timeout(&self) -> bool {
         matches!(self, AcquireError::Timeout(_))
     }
+
+    /// Whether the open circuit breaker refused the acquire.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AcquireError::Unavailable(_))
+    }
+
+    /// The last connect error this error carries, if any (a timeout's or the breaker's).
+    pub fn last_connect_error(&self) -> Option<&Arc<ConnectError<E>>> {
+        match self {
+            AcquireError::Timeout(t) => t.last_error.as_ref(),
+            AcquireError::Unavailable(u) => u.last_error.as_ref(),
+            AcquireError::Closed { .. } => None,
+        }
+    }
+}
+
+/// An acquire the open circuit breaker refused at once: how many connects and checks failed in
+/// a row, for how long the breaker has been open, when its probe tries next, and the last
+/// connect error.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "pool {pool:?} is unavailable: circuit breaker open for {open_for:?} after {failures} failed connects or checks in a row, {}{}",
+    next_probe_in.map_or_else(|| "a probe is connecting now".to_owned(), |d| format!("next probe in {d:?}")),
+    last_error.as_ref().map(|e| format!("; last connect error: {e}")).unwrap_or_default()
+)]
+#[non_exhaustive]
+pub struct UnavailableError<E: std::error::Error + 'static> {
+    /// The pool's name.
+    pub pool: Arc<str>,
+    /// Connects and checks failed in a row.
+    pub failures: u32,
+    /// How long the breaker has been open.
+    pub open_for: Duration,
+    /// When the probe tries next, if it is waiting (`None` while it connects).
+    pub next_probe_in: Option<Duration>,
+    /// The most recent connect failure.
+    #[source]
+    pub last_error: Option<Arc<ConnectError<E>>>,
 }
 
 /// An acquire that waited its whole timeout: how long, the pool's state at that moment, and the

@@ -50,7 +50,7 @@ pub use crate::credentials::{
 pub use crate::dyn_pool::{DynPool, Health};
 pub use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, LookupError, ObserveError, RegisterError,
-    ResizeError, TimeoutError, TryAcquireError, WarmError,
+    ResizeError, TimeoutError, TryAcquireError, UnavailableError, WarmError,
 };
 pub use crate::guard::PooledConnection;
 pub use crate::manager::Manager;

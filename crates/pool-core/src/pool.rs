@@ -12,6 +12,8 @@
 //!   connect tasks, retirement and close.
 //! - [`maintenance`]: the reaper of expired waiters, the maintenance task (idle timeout,
 //!   lifetimes, health checks, leak reports) and the check both it and a checkout run.
+//! - [`breaker`]: the circuit breaker's state and transitions: open after failures in a row,
+//!   fail fast while open, one probe, closed by the first connect that succeeds.
 //! - [`panic`](mod@panic): the isolation of a backend's panic to the one operation it broke.
 
 use std::sync::atomic::AtomicU64;
@@ -26,6 +28,7 @@ use crate::observer::Observer;
 use crate::stats::Stats;
 
 mod acquire;
+mod breaker;
 mod handle;
 mod lifecycle;
 mod maintenance;
@@ -56,6 +59,8 @@ pub(crate) struct Shared<M: Manager> {
     drained: Notify,
     /// Signalled whenever a connect succeeds and when the pool closes, for `warmed`.
     warm: Notify,
+    /// Signalled when the pool closes: connects waiting out a backoff stop at once.
+    closing: Notify,
     /// Wakes the reaper task, which times out waiters (one timer for the whole queue).
     reaper: Arc<Notify>,
     next_id: AtomicU64,

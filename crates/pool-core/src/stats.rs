@@ -229,6 +229,8 @@ pub(crate) struct Stats {
     pub(crate) connect_errors: AtomicU64,
     pub(crate) closed: [AtomicU64; 8],
     pub(crate) leaks: AtomicU64,
+    pub(crate) breaker_opens: AtomicU64,
+    pub(crate) breaker_rejections: AtomicU64,
     pub(crate) peak_in_use: AtomicUsize,
     pub(crate) peak_waiting: AtomicUsize,
     pub(crate) wait: Histogram,
@@ -247,6 +249,7 @@ pub(crate) struct Gauges {
     pub(crate) waiting: usize,
     pub(crate) connecting: usize,
     pub(crate) open: usize,
+    pub(crate) breaker_open: bool,
     /// [`PoolStats::in_use_time`], kept under the lock where `in_use` changes.
     pub(crate) in_use_time: Duration,
     /// [`Stats::resets`] as read under the lock (a reset runs whole under it, so this count is
@@ -263,7 +266,15 @@ impl Stats {
         self.resets.fetch_add(1, AcqRel);
         // The zeroing stores below must not be seen before the odd count.
         std::sync::atomic::fence(Release);
-        for c in [&self.waits, &self.timeouts, &self.created, &self.connect_errors, &self.leaks] {
+        for c in [
+            &self.waits,
+            &self.timeouts,
+            &self.created,
+            &self.connect_errors,
+            &self.leaks,
+            &self.breaker_opens,
+            &self.breaker_rejections,
+        ] {
             c.store(0, Relaxed);
         }
         for c in &self.closed {
@@ -342,6 +353,9 @@ impl Stats {
             use_time: self.usage.snapshot(),
             in_use_time: g.in_use_time,
             connect_time: self.connect.snapshot(),
+            breaker_open: g.breaker_open,
+            breaker_opens: self.breaker_opens.load(Relaxed),
+            breaker_rejections: self.breaker_rejections.load(Relaxed),
             routing: None,
             resets: 0,
         }
@@ -424,6 +438,13 @@ pub struct PoolStats {
     pub in_use_time: Duration,
     /// How long successful connects took.
     pub connect_time: HistogramSnapshot,
+    /// Whether the circuit breaker is open now (a gauge): acquires that find nothing idle fail
+    /// at once until its probe connects.
+    pub breaker_open: bool,
+    /// Times the circuit breaker opened.
+    pub breaker_opens: u64,
+    /// Acquires the open circuit breaker failed at once.
+    pub breaker_rejections: u64,
     /// The pool's part in a read/write router, when it sits in one (`None` from the engine
     /// itself: a router's pools fill it in, as `pool-postgres`'s cluster does).
     pub routing: Option<Routing>,

@@ -76,7 +76,7 @@ macro_rules! metric {
 
 /// Every metric, in the order `docs/metrics.md` lists them: the semantic conventions' first,
 /// then ours.
-pub const METRICS: [Metric; 21] = [
+pub const METRICS: [Metric; 24] = [
     metric!(
         "db.client.connection.count",
         "db_client_connection_count",
@@ -245,6 +245,30 @@ pub const METRICS: [Metric; 21] = [
         [],
         "The replica's replay lag at the cluster's last probe (absent before the first); replicas of a cluster only"
     ),
+    metric!(
+        "db.client.connection.breaker.open",
+        "db_client_connection_breaker_open",
+        Gauge,
+        "{breaker}",
+        [],
+        "1 while the pool's circuit breaker is open (acquires that find nothing idle fail at once until a probe connects), 0 while it is closed"
+    ),
+    metric!(
+        "db.client.connection.breaker.opens",
+        "db_client_connection_breaker_opens_total",
+        Counter,
+        "{opening}",
+        [],
+        "Times the circuit breaker opened after breaker_threshold failed connects or checks in a row"
+    ),
+    metric!(
+        "db.client.connection.breaker.rejections",
+        "db_client_connection_breaker_rejections_total",
+        Counter,
+        "{request}",
+        [],
+        "Acquires the open circuit breaker failed at once"
+    ),
 ];
 
 /// A value of one metric for one pool.
@@ -337,6 +361,9 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
         // Routing is non-exhaustive: a kind of router this catalog does not know yet.
         Some(_) | None => {}
     }
+    out.push(int(21, usize::from(s.breaker_open)));
+    out.push(count(22, s.breaker_opens));
+    out.push(count(23, s.breaker_rejections));
     out
 }
 

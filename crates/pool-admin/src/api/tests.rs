@@ -479,6 +479,8 @@ async fn a_health_check_that_times_out_names_the_last_connect_error() {
         .name("down")
         .pool_size(1)
         .connect_timeout(Duration::from_secs(30))
+        // The wait, not the breaker's fail-fast (which `breaker` tests in pool-core).
+        .breaker_threshold(0)
         .build()
         .unwrap();
     let registry = Registry::new();

@@ -95,6 +95,14 @@ pub struct PoolStats {
     pub connect_errors: u64,
     /// Connections held past `leak_detection_threshold` since the last reset.
     pub leaks_detected: u64,
+    /// Whether the pool's circuit breaker is open now: connects or checks failed
+    /// `breaker_threshold` times in a row, and acquires that find nothing idle fail at once
+    /// until a probe connects.
+    pub breaker_open: bool,
+    /// Times the circuit breaker opened since the last reset.
+    pub breaker_opens: u64,
+    /// Acquires the open circuit breaker failed at once since the last reset.
+    pub breaker_rejections: u64,
     /// Connections closed since the last reset, by reason (`expired`, `idle`, `broken`...);
     /// the values add up to `connections_closed`.
     pub closed_by_reason: BTreeMap<String, u64>,

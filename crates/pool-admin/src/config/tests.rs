@@ -321,7 +321,7 @@ fn unprefixed_variables_add_main_beside_the_files_pools() {
 #[test]
 fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
     // A cluster's keys: the engine's and the cluster's own, in one list.
-    let pg_keys = "connect_statements, connect_timeout, connection_budget, \
+    let pg_keys = "breaker_threshold, connect_statements, connect_timeout, connection_budget, \
                    health_check_interval, idle_timeout, lag_probe_interval, \
                    leak_detection_threshold, max_connecting, max_overflow, max_replica_lag, \
                    min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, \
@@ -345,7 +345,7 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
         ),
         (
             "[redis.cache]\nsharedclients = 2\n",
-            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tls_ca_cert, tls_cert, tls_key)".to_owned(),
+            "unknown key redis.cache.sharedclients in TOML file {}: did you mean shared_clients? (known keys: breaker_threshold, command_timeout, connect_commands, connect_timeout, health_check_interval, idle_timeout, leak_detection_threshold, max_connecting, max_connections, max_overflow, max_reconnect_delay, min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, retry_on_timeout, shared_clients, shared_command_timeout, socket_keepalive, tls_ca_cert, tls_cert, tls_key)".to_owned(),
         ),
     ];
     for (toml, expected) in cases {

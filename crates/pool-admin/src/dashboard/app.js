@@ -235,7 +235,12 @@ function quantile(counts, bounds, q) {
 }
 
 function showNumbers(pool, s) {
-  const values = { ...s, max_size: s.pool_size + s.max_overflow };
+  const values = {
+    ...s,
+    max_size: s.pool_size + s.max_overflow,
+    // Open: callers that find nothing idle fail at once until a probe connects.
+    breaker: s.breaker_open ? `open (${s.breaker_rejections} failed fast)` : 'closed',
+  };
   for (const dd of pool.card.querySelectorAll('[data-field]')) {
     dd.textContent = String(values[dd.dataset.field]);
   }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::panic::caught_now;
-use super::state::{LeakEntry, PoolState, Waiter};
+use super::state::{LeakEntry, PoolState, State, Waiter};
 use super::{Conn, Held, Shared};
 use crate::clock::{self, Instant};
 use crate::error::ConnectError;
@@ -30,8 +30,22 @@ pub(super) enum Wait {
 /// Why an acquire failed, which the handle's method turns into its own error type.
 pub(super) enum AcquireFail<E: std::error::Error + 'static> {
     Closed,
-    Timeout { waited: Duration, state: PoolState, last_error: Option<Arc<ConnectError<E>>> },
+    Timeout {
+        waited: Duration,
+        state: PoolState,
+        last_error: Option<Arc<ConnectError<E>>>,
+    },
     NoneIdle(PoolState),
+    /// The breaker is open and nothing was idle.
+    Unavailable(Unavailable<E>),
+}
+
+/// What an acquire refused by the open breaker reports.
+pub(super) struct Unavailable<E: std::error::Error + 'static> {
+    pub(super) failures: u32,
+    pub(super) open_for: Duration,
+    pub(super) next_probe_in: Option<Duration>,
+    pub(super) last_error: Option<Arc<ConnectError<E>>>,
 }
 
 impl<M: Manager> Shared<M> {
@@ -66,6 +80,8 @@ impl<M: Manager> Shared<M> {
                     st.in_use.up(now);
                     st.note_in_use(&self.stats);
                     Step::Idle(conn)
+                } else if st.breaker.is_open() && matches!(wait, Wait::Upto(_)) {
+                    Step::Unavailable(self.unavailable(&st, now))
                 } else if let Wait::Upto(_) = wait {
                     started.get_or_insert(now);
                     let deadline = deadline_for(now, wait);
@@ -124,6 +140,12 @@ impl<M: Manager> Shared<M> {
                     return Ok(self.checked_out(conn, now, started, location));
                 }
                 Step::NoneIdle(state) => return Err(AcquireFail::NoneIdle(state)),
+                Step::Unavailable(why) => {
+                    // Failing at once must not starve the runtime: a caller that retries in a
+                    // loop would never yield. Counts against tokio's cooperative budget.
+                    tokio::task::consume_budget().await;
+                    return Err(AcquireFail::Unavailable(why));
+                }
                 Step::Queued { id, rx, wake, connects } => {
                     if wake {
                         self.reaper.notify_one();
@@ -137,10 +159,25 @@ impl<M: Manager> Shared<M> {
                             Ok(self.checked_out(conn, self.now(), Some(start), location))
                         }
                         Err(QueueEnd::Closed) => Err(AcquireFail::Closed),
+                        Err(QueueEnd::Unavailable) => {
+                            let now = self.now();
+                            Err(AcquireFail::Unavailable(self.unavailable(&self.lock(), now)))
+                        }
                         Err(QueueEnd::TimedOut) => Err(self.timed_out(start)),
                     };
                 }
             }
+        }
+    }
+
+    /// Counts an acquire the open breaker refused and says why (under the lock).
+    fn unavailable(&self, st: &State<M>, now: Instant) -> Unavailable<M::Error> {
+        self.stats.breaker_rejections.fetch_add(1, Relaxed);
+        Unavailable {
+            failures: st.breaker.streak,
+            open_for: st.breaker.open_since.map_or(Duration::ZERO, |at| now.duration_since(at)),
+            next_probe_in: st.breaker.next_probe.map(|at| at.duration_since(now)),
+            last_error: st.last_error.clone(),
         }
     }
 
@@ -236,12 +273,15 @@ enum Checked<C> {
 enum QueueEnd {
     Closed,
     TimedOut,
+    /// The breaker opened while the caller waited.
+    Unavailable,
 }
 
-enum Step<C> {
+enum Step<C, E: std::error::Error + 'static> {
     Idle(Conn<C>),
     Queued { id: u64, rx: oneshot::Receiver<Conn<C>>, wake: bool, connects: usize },
     NoneIdle(PoolState),
+    Unavailable(Unavailable<E>),
 }
 
 /// A caller's place in the queue; leaving it (drop) gives back anything handed to it.
@@ -259,8 +299,16 @@ impl<M: Manager> Queued<'_, M> {
         self.rx = None;
         match received {
             Ok(conn) => Ok(conn),
-            Err(_) if self.shared.lock().closed => Err(QueueEnd::Closed),
-            Err(_) => Err(QueueEnd::TimedOut),
+            Err(_) => {
+                let st = self.shared.lock();
+                if st.closed {
+                    Err(QueueEnd::Closed)
+                } else if st.breaker.is_open() {
+                    Err(QueueEnd::Unavailable)
+                } else {
+                    Err(QueueEnd::TimedOut)
+                }
+            }
         }
     }
 }

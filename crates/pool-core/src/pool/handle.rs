@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::acquire::{AcquireFail, Wait};
+use super::breaker::Breaker;
 use super::maintenance::{maintain, reap};
 use super::panic::caught;
 use super::state::{InUse, PoolState, State};
@@ -23,7 +24,7 @@ use crate::clock::Clock;
 use crate::config::{Builder, PoolConfig};
 use crate::error::{
     AcquireError, BuildError, CloseError, ConnectError, ObserveError, ResizeError, TimeoutError,
-    TryAcquireError, WarmError,
+    TryAcquireError, UnavailableError, WarmError,
 };
 use crate::guard::PooledConnection;
 use crate::manager::Manager;
@@ -83,6 +84,7 @@ impl<M: Manager> ConnectionPool<M> {
             last_error: None,
             leaks: HashMap::new(),
             warming: 0,
+            breaker: Breaker::default(),
         };
         let shared = Arc::new(Shared {
             id: format!("{}:{name}", M::BACKEND).into(),
@@ -94,6 +96,7 @@ impl<M: Manager> ConnectionPool<M> {
             observer: OnceLock::new(),
             drained: Notify::new(),
             warm: Notify::new(),
+            closing: Notify::new(),
             reaper: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
             runtime: handle.clone(),
@@ -148,7 +151,10 @@ impl<M: Manager> ConnectionPool<M> {
     ///
     /// [`AcquireError::Timeout`] after `pool_timeout` in all (the wait, the checks and the
     /// connects it waited for), carrying how long it waited, the pool's state at that moment
-    /// and the last connect error; [`AcquireError::Closed`] once the pool is closed.
+    /// and the last connect error; [`AcquireError::Unavailable`] at once, without waiting,
+    /// while the circuit breaker is open and nothing is idle, or as soon as it opens for a
+    /// caller already waiting (see [`PoolConfig::breaker_threshold`]);
+    /// [`AcquireError::Closed`] once the pool is closed.
     #[track_caller]
     pub fn acquire(
         &self,
@@ -229,6 +235,13 @@ impl<M: Manager> ConnectionPool<M> {
                     last_error,
                 })
             }
+            AcquireFail::Unavailable(u) => AcquireError::Unavailable(UnavailableError {
+                pool: self.shared.name.clone(),
+                failures: u.failures,
+                open_for: u.open_for,
+                next_probe_in: u.next_probe_in,
+                last_error: u.last_error,
+            }),
         })
     }
 
@@ -438,6 +451,7 @@ impl<M: Manager> ConnectionPool<M> {
                 waiting: st.waiters.len(),
                 connecting: st.connecting,
                 open: st.open(),
+                breaker_open: st.breaker.is_open(),
                 in_use_time: st.in_use.time(now),
                 // `reset_stats` resets under the lock: this count and `in_use_time` agree.
                 resets: self.shared.stats.resets.load(Acquire),
@@ -550,6 +564,7 @@ impl<M: Manager> ConnectionPool<M> {
         drop(waiters);
         shared.reaper.notify_one();
         shared.warm.notify_waiters();
+        shared.closing.notify_waiters();
         for conn in idle {
             shared.close_conn(conn, CloseReason::PoolClosed);
         }

@@ -1,12 +1,15 @@
 //! What becomes of a connection after its checkout: its return (straight to the oldest waiter
 //! or the idle list, or through the background reset first), its retirement and close, and
-//! the connect tasks that open new ones, with backoff while connects fail.
+//! the connect tasks that open new ones, with backoff while connects fail and the circuit
+//! breaker's probe while it is open.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::panic::{caught, caught_now};
+use super::state::{State, Waiter};
 use super::{Conn, Held, Shared};
 use crate::clock::{self, Instant};
 use crate::error::ConnectError;
@@ -203,11 +206,33 @@ impl<M: Manager> Shared<M> {
         }
     }
 
+    /// Counts a failed connect or check in the breaker's streak (under the lock). When that
+    /// opens the breaker, returns the waiters, to be dropped outside the lock: each wakes with
+    /// [`AcquireError::Unavailable`](crate::AcquireError::Unavailable).
+    pub(super) fn breaker_failed(
+        &self,
+        st: &mut State<M>,
+        now: Instant,
+    ) -> VecDeque<Waiter<M::Connection>> {
+        if !st.breaker.failed(self.config.breaker_threshold, now) {
+            return VecDeque::new();
+        }
+        self.stats.breaker_opens.fetch_add(1, Relaxed);
+        tracing::warn!(
+            pool = %self.id,
+            failures = st.breaker.streak,
+            "circuit breaker opened: acquires that find nothing idle fail at once until a probe connects"
+        );
+        std::mem::take(&mut st.waiters)
+    }
+
     /// One connect slot: opens a connection and gives it to the oldest waiter or the idle
     /// list; on failure, backs off with jitter and retries while callers wait (in `acquire`,
-    /// or in `warmed` for a pool short of `min_idle`).
+    /// or in `warmed` for a pool short of `min_idle`). While the breaker is open, the slot that
+    /// is its probe retries on the probe's schedule whoever waits, and the others end.
     async fn connect(self: Arc<Self>) {
         let bound = self.config.connect_timeout;
+        let mut probe = std::mem::take(&mut self.lock().breaker.unclaimed);
         loop {
             let start = self.now();
             let result =
@@ -220,35 +245,76 @@ impl<M: Manager> Shared<M> {
                     Err(_) => Err(ConnectError::TimedOut(bound)),
                 };
             let error = match result {
-                Ok(raw) => return self.opened(raw, start),
+                Ok(raw) => return self.opened(raw, start, probe),
                 Err(e) => e,
             };
             self.stats.connect_errors.fetch_add(1, Relaxed);
             tracing::warn!(pool = %self.id, error = %error, "connect failed");
-            let delay = {
+            // Registered before the state is read: a close after that read still wakes us.
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            let (delay, waiters) = {
+                let now = self.now();
                 let mut st = self.lock();
                 st.connect_failures = st.connect_failures.saturating_add(1);
                 st.last_error = Some(Arc::new(error));
-                if st.closed || (st.waiters.is_empty() && !st.warm_wanted()) {
-                    st.connecting -= 1;
-                    drop(st);
-                    self.drained.notify_waiters();
-                    return;
+                let waiters = self.breaker_failed(&mut st, now);
+                let was_probe = probe;
+                if probe && !st.breaker.is_open() {
+                    // Another connect closed the breaker meanwhile: an ordinary slot again.
+                    probe = false;
+                    st.breaker.probing = false;
+                } else if !probe && st.breaker.is_open() && !st.breaker.probing {
+                    probe = true;
+                    st.breaker.probing = true;
                 }
-                backoff(st.connect_failures)
+                let delay = if st.closed {
+                    None
+                } else if probe {
+                    if was_probe {
+                        st.breaker.probes_failed = st.breaker.probes_failed.saturating_add(1);
+                    }
+                    let delay = st.breaker.probe_delay();
+                    st.breaker.next_probe = Some(clock::after(now, delay));
+                    Some(delay)
+                } else if st.breaker.is_open() || (st.waiters.is_empty() && !st.warm_wanted()) {
+                    None
+                } else {
+                    Some(backoff(st.connect_failures))
+                };
+                if delay.is_none() {
+                    st.connecting -= 1;
+                    if probe {
+                        st.breaker.probing = false;
+                    }
+                }
+                (delay, waiters)
             };
-            tokio::time::sleep(delay).await;
+            drop(waiters);
+            let Some(delay) = delay else {
+                self.drained.notify_waiters();
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut closing => {}
+            }
             let mut st = self.lock();
             if st.closed {
                 st.connecting -= 1;
+                if probe {
+                    st.breaker.probing = false;
+                }
                 drop(st);
                 self.drained.notify_waiters();
                 return;
             }
+            st.breaker.next_probe = None;
         }
     }
 
-    fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant) {
+    fn opened(self: &Arc<Self>, raw: M::Connection, start: Instant, probe: bool) {
         let now = self.now();
         self.stats.created.fetch_add(1, Relaxed);
         let took = now.duration_since(start);
@@ -267,6 +333,16 @@ impl<M: Manager> Shared<M> {
         st.connecting -= 1;
         st.connect_failures = 0;
         st.last_error = None;
+        if probe {
+            st.breaker.probing = false;
+        }
+        if let Some(since) = st.breaker.connected() {
+            tracing::info!(
+                pool = %self.id,
+                open_for = ?now.duration_since(since),
+                "circuit breaker closed: a connect succeeded"
+            );
+        }
         if st.closed {
             st.closing += 1;
             drop(st);

@@ -46,7 +46,7 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Checks `conn`, held by `held`, bounded by `connect_timeout`; on failure retires it and
-    /// says what failed.
+    /// says what failed. Either way the breaker counts it.
     pub(super) async fn check(
         self: &Arc<Self>,
         mut conn: Conn<M::Connection>,
@@ -57,6 +57,7 @@ impl<M: Manager> Shared<M> {
         let error = match tokio::time::timeout(bound, check).await {
             Ok(Ok(Ok(()))) => {
                 conn.alive_at = self.now();
+                self.lock().breaker.checked();
                 return Ok(conn);
             }
             Ok(Ok(Err(e))) => format!("check failed: {e}"),
@@ -64,7 +65,11 @@ impl<M: Manager> Shared<M> {
             Err(_) => format!("check timed out after {bound:?}"),
         };
         tracing::debug!(pool = %self.id, conn = conn.id, %error, "connection failed its check");
-        self.retire(conn, CloseReason::FailedCheck, held, self.now());
+        let now = self.now();
+        // Counted before the retire, whose connects then see the breaker as this left it.
+        let waiters = self.breaker_failed(&mut self.lock(), now);
+        drop(waiters);
+        self.retire(conn, CloseReason::FailedCheck, held, now);
         Err(error)
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::breaker::Breaker;
 use super::{Conn, Held};
 use crate::clock::Instant;
 use crate::error::ConnectError;
@@ -44,6 +45,10 @@ pub struct PoolState {
     /// Connect attempts that failed in a row since the last successful one (0 when the last
     /// connect succeeded): a router can skip a pool whose server refuses connections.
     pub connect_failures: u32,
+    /// Whether the circuit breaker is open: connects and checks failed `breaker_threshold`
+    /// times in a row, and an acquire that finds nothing idle fails at once until a probe
+    /// connects.
+    pub breaker_open: bool,
 }
 
 impl PoolState {
@@ -63,13 +68,14 @@ impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} in use, {} idle, {} waiting, {} connecting, limit {} + {} overflow",
+            "{} in use, {} idle, {} waiting, {} connecting, limit {} + {} overflow{}",
             self.in_use,
             self.idle,
             self.waiting,
             self.connecting,
             self.pool_size,
-            self.max_overflow
+            self.max_overflow,
+            if self.breaker_open { ", breaker open" } else { "" }
         )
     }
 }
@@ -114,6 +120,8 @@ pub(super) struct State<M: Manager> {
     pub(super) leaks: HashMap<u64, LeakEntry>,
     /// Callers waiting in `warmed`: while any wait, failed warm-up connects are retried.
     pub(super) warming: usize,
+    /// The circuit breaker: failures in a row, open or closed, its probe.
+    pub(super) breaker: Breaker,
 }
 
 /// Connections checked out by users, and the time they spent checked out: the integral of the
@@ -220,6 +228,7 @@ impl<M: Manager> State<M> {
             pool_size: self.pool_size,
             max_overflow: self.max_overflow,
             connect_failures: self.connect_failures,
+            breaker_open: self.breaker.is_open(),
         }
     }
 
@@ -267,8 +276,17 @@ impl<M: Manager> State<M> {
     /// (a reset on return, a check), which come back or, failing, start a connect then; and to
     /// keep `min_idle` warm (unless connects are failing, `warm` is false and nobody waits in
     /// `warmed`), within the size limit and `max_connecting`.
+    /// While the breaker is open, only its probe, when none runs.
     pub(super) fn connects_to_start(&mut self, max_connecting: usize, warm: bool) -> usize {
         if self.closed {
+            return 0;
+        }
+        if self.breaker.is_open() {
+            let room = self.open() < self.max_size() && self.connecting < max_connecting;
+            if room && self.breaker.start_probe() {
+                self.connecting += 1;
+                return 1;
+            }
             return 0;
         }
         let open = self.open();

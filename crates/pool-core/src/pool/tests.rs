@@ -232,9 +232,15 @@ async fn timeout_error_reports_the_wait_and_the_pool_state() {
 async fn timeout_error_carries_the_last_connect_error() {
     let m = TestManager::new();
     m.fail_connects(true);
-    let pool = paused(&m).min_idle(Some(0)).pool_timeout(Duration::from_secs(3)).build().unwrap();
+    let pool = paused(&m)
+        .min_idle(Some(0))
+        .breaker_threshold(0)
+        .pool_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
     let err = pool.acquire().await.unwrap_err();
     let msg = err.to_string();
+    assert!(err.is_timeout(), "{msg}");
     assert!(msg.ends_with("; last connect error: test manager: connection refused"), "{msg}");
     assert!(pool.stats().connect_errors >= 2, "connects were retried with backoff");
     assert!(pool.state().connect_failures >= 2);
@@ -491,7 +497,8 @@ async fn warmed_retries_failed_connects_while_it_waits() {
 async fn warmed_times_out_naming_the_pool_the_count_and_the_last_connect_error() {
     let m = TestManager::new();
     m.fail_connects(true);
-    let pool = paused(&m).pool_size(3).max_connecting(2).build().unwrap();
+    // Without the breaker, whose probe would go on trying after the wait.
+    let pool = paused(&m).pool_size(3).max_connecting(2).breaker_threshold(0).build().unwrap();
     let err = pool.warmed(Duration::from_secs(2)).await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -1523,4 +1530,139 @@ async fn only_a_pool_that_asks_reads_tokios_clock() {
         real < Duration::from_secs(600),
         "the shipping clock skipped ahead with tokio's: {real:?}"
     );
+}
+
+/// Polls `cond` on tokio's paused clock, 10 ms at a time, for at most `limit` of it.
+async fn within(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_after_failed_connects_in_a_row_and_fails_callers_at_once() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = paused(&m)
+        .pool_size(2)
+        .min_idle(Some(0))
+        .breaker_threshold(3)
+        .pool_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    // A caller that waits is woken as the breaker opens, long before its own timeout.
+    let start = tokio::time::Instant::now();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(600), "woken by the breaker, not its timeout");
+    assert_eq!(m.counts().failed_connects, 3, "opened at the third failure in a row");
+    let msg = err.to_string();
+    assert!(msg.starts_with("pool \"t\" is unavailable: circuit breaker open for "), "{msg}");
+    assert!(msg.contains("after 3 failed connects or checks in a row"), "{msg}");
+    assert!(msg.ends_with("; last connect error: test manager: connection refused"), "{msg}");
+    assert!(pool.state().breaker_open);
+
+    // While it is open, a caller fails without waiting at all: the paused clock does not move.
+    let before = tokio::time::Instant::now();
+    let err = pool.acquire().await.unwrap_err();
+    assert_eq!(tokio::time::Instant::now(), before, "no wait: {err}");
+    let AcquireError::Unavailable(why) = &err else { panic!("{err}") };
+    assert!(why.last_error.is_some() && why.failures >= 3);
+    let stats = pool.stats();
+    assert!(stats.breaker_open);
+    assert_eq!((stats.breaker_opens, stats.breaker_rejections), (1, 2));
+    assert_eq!(stats.timeouts, 0, "nobody waited out a timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_probe_at_a_time_retries_and_its_first_success_closes_the_breaker() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = paused(&m).pool_size(4).max_connecting(4).breaker_threshold(2).build().unwrap();
+    within(Duration::from_secs(5), "breaker open", || pool.state().breaker_open).await;
+    // Nobody asks, yet the probe keeps trying, one connect at a time.
+    let failed = m.counts().failed_connects;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(pool.state().connecting <= 1, "{}", pool.state());
+        assert!(pool.state().breaker_open);
+    }
+    let probes = m.counts().failed_connects - failed;
+    // Over 10 s, probes backing off from 100 ms to 2 s: more than 3, fewer than 100.
+    assert!((3..100).contains(&probes), "{probes} probes in 10 s");
+    let err = pool.acquire().await.unwrap_err();
+    assert!(err.to_string().contains("next probe in"), "{err}");
+
+    m.fail_connects(false);
+    within(Duration::from_secs(3), "breaker closed by a probe", || !pool.state().breaker_open)
+        .await;
+    let conn = pool.acquire().await.expect("served once the breaker closed");
+    drop(conn);
+    within(Duration::from_secs(3), "warm again", || pool.state().idle == 4).await;
+    assert_eq!(pool.stats().breaker_opens, 1);
+    pool.close().await.unwrap();
+    assert_eq!(m.counts().live, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_checks_count_toward_the_breaker_and_an_idle_connection_still_serves() {
+    let m = TestManager::new();
+    let pool =
+        warm_pool(paused(&m).pool_size(3).health_check_interval(None).breaker_threshold(2), 3)
+            .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    m.fail_connects(true);
+    m.fail_next_checks(2);
+    // Two pre-pings fail (the breaker opens), the third idle connection passes and serves.
+    let conn = pool.acquire().await.expect("an idle connection still serves");
+    assert_eq!(pool.stats().closed.get(CloseReason::FailedCheck), 2);
+    assert!(pool.state().breaker_open, "{}", pool.state());
+    let err = pool.acquire().await.unwrap_err();
+    assert!(err.is_unavailable(), "nothing idle: {err}");
+    drop(conn);
+    m.fail_connects(false);
+    within(Duration::from_secs(3), "closed by the probe", || !pool.state().breaker_open).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_threshold_turns_the_breaker_off() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = paused(&m)
+        .min_idle(Some(0))
+        .breaker_threshold(0)
+        .pool_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(m.counts().failed_connects > 5);
+    assert!(!pool.state().breaker_open);
+    assert_eq!(pool.stats().breaker_opens, 0);
+}
+
+/// A close while a connect sleeps out its backoff ends the sleep: `close` does not wait for it.
+/// (On tokio's paused clock a sleep ends as soon as every task idles, so this test runs the
+/// clock that ships and a backoff the close's bound cannot cover.)
+#[tokio::test]
+async fn close_ends_a_connect_backoff_at_once() {
+    let m = TestManager::new();
+    m.fail_connects(true);
+    let pool = builder(&m)
+        .pool_size(1)
+        .breaker_threshold(0)
+        .pool_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(600)).await.map(drop) }
+    });
+    // After 8 failures the backoff is at least 1.6 s, eight times close's 200 ms bound.
+    m.wait_until(|c| c.failed_connects >= 8).await;
+    pool.close().await.expect("the connect's backoff ended as the pool closed");
+    assert!(matches!(waiter.await.unwrap(), Err(AcquireError::Closed { .. })));
+    assert_eq!(pool.state().connecting, 0);
 }

@@ -97,6 +97,16 @@ impl PgCluster {
                     }
                     continue;
                 }
+                // Its breaker is open: connects or checks failed in a row. Banned like a pool
+                // whose connects fail; the breaker's probe tells the pool when it is back.
+                Err(AcquireError::Unavailable(u)) => {
+                    let error = u.last_error.as_ref().map_or_else(
+                        || "circuit breaker open".to_owned(),
+                        |e| format!("circuit breaker open: {e}"),
+                    );
+                    inner.ban(i, error);
+                    continue;
+                }
                 Err(_) => continue,
             };
             if inner.settings.lag_probe_interval.is_none() {

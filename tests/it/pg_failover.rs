@@ -113,6 +113,8 @@ async fn a_frozen_server_holds_no_caller_past_its_bound_and_the_pool_heals() -> 
                 let mut out = Outcomes::default();
                 while !stop.load(Ordering::SeqCst) {
                     call(&pool, bound, &mut out).await;
+                    // Pacing, so that callers failed fast by a breaker do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 out
             })

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -30,7 +31,8 @@ pub(crate) const START_ATTEMPTS: usize = 5;
 /// system user through `runuser`, since PostgreSQL refuses to run as root.
 ///
 /// Dropping an instance stops the server immediately and removes its files, also while
-/// a panicking test unwinds, unless it was [detached](Self::detach).
+/// a panicking test unwinds, unless it was [detached](Self::detach); a [frozen](Self::freeze)
+/// server is thawed first.
 ///
 /// # Examples
 ///
@@ -46,6 +48,8 @@ pub struct PgInstance {
     root: PathBuf,
     port: u16,
     detached: bool,
+    /// Stopped with `SIGSTOP` by [`freeze`](Self::freeze), until [`thaw`](Self::thaw).
+    frozen: AtomicBool,
 }
 
 impl PgInstance {
@@ -196,6 +200,64 @@ impl PgInstance {
         self.start_server()
     }
 
+    /// Freezes the server as a stopped VM or a hung host would: `SIGSTOP` to the postmaster,
+    /// then to every process it started (backends, the checkpointer, WAL senders...). Its
+    /// sockets stay open and the kernel still accepts connections and acknowledges packets,
+    /// but nothing answers: queries, connects and pings wait until the client gives up.
+    /// [`thaw`](Self::thaw) resumes it; dropping the instance thaws it before stopping it.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not running or `kill` fails.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("freezing a server that is not running")?;
+        self.frozen.store(true, Ordering::SeqCst);
+        // The postmaster first, so that it starts nothing new; then its children, looked for
+        // twice in case one was forked as the postmaster stopped.
+        signal(pid, "STOP")?;
+        let mut stopped = Vec::new();
+        for _ in 0..2 {
+            for child in children(pid) {
+                if !stopped.contains(&child) {
+                    // A child may have exited since it was listed.
+                    let _ = signal(child, "STOP");
+                    stopped.push(child);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes a server stopped by [`freeze`](Self::freeze): `SIGCONT` to its processes, the
+    /// postmaster last. Thawing a server that is not frozen does nothing.
+    ///
+    /// # Errors
+    ///
+    /// Fails if `kill` fails.
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        if !self.frozen.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(pid) = self.pid() else { return Ok(()) };
+        for child in children(pid) {
+            let _ = signal(child, "CONT");
+        }
+        signal(pid, "CONT")
+    }
+
+    /// Promotes this standby (one from [`start_replica`](Self::start_replica)) to a primary
+    /// with `pg_ctl promote -w`, which returns once it accepts writes.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the server is not a running standby or `pg_ctl promote` fails.
+    pub fn promote(&self) -> anyhow::Result<()> {
+        run(as_postgres(self.bin.join("pg_ctl"))
+            .args(["promote", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir()))?;
+        Ok(())
+    }
+
     /// Whether the server is running, according to `pg_ctl status`.
     pub fn is_running(&self) -> bool {
         as_postgres(self.bin.join("pg_ctl"))
@@ -254,7 +316,13 @@ impl PgInstance {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let Some(root) = claim_dir(&format!("pg-{port}"))? else { continue };
-            let pg = PgInstance { bin: bin.clone(), root, port, detached: false };
+            let pg = PgInstance {
+                bin: bin.clone(),
+                root,
+                port,
+                detached: false,
+                frozen: AtomicBool::new(false),
+            };
             give_to_postgres(&pg.root)?;
             match prepare(&pg) {
                 Ok(()) => return Ok(pg),
@@ -357,6 +425,7 @@ impl Drop for PgInstance {
         if self.detached {
             return;
         }
+        let _ = self.thaw();
         if self.data_dir().join("postmaster.pid").exists() {
             let _ = self.pg_ctl_stop("immediate");
         }
@@ -389,6 +458,11 @@ pub(crate) fn stop_abandoned(root: &Path, data: &Path) -> anyhow::Result<()> {
     if !ours {
         return Ok(());
     }
+    // A server frozen by its owner would never see the signal.
+    for child in children(pid) {
+        let _ = signal(child, "CONT");
+    }
+    let _ = signal(pid, "CONT");
     crate::owner::signal_and_wait(pid, "QUIT", Duration::from_secs(30))
 }
 
@@ -397,6 +471,35 @@ fn stop_data_dir(bin: &Path, data: &Path, mode: &str) -> anyhow::Result<()> {
         .args(["stop", "-w", "-t", "60", "-m", mode, "-D"])
         .arg(data))?;
     Ok(())
+}
+
+/// Sends `SIG<name>` to process `pid` with `kill`.
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The processes whose parent is `pid`, from `/proc/<pid>/stat`'s fourth field.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the command name may hold spaces and parentheses.
+            let (_, rest) = stat.rsplit_once(") ")?;
+            let ppid: u32 = rest.split_ascii_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 /// Quotes an SQL identifier: `"name"`, with its double quotes doubled.

@@ -6,6 +6,7 @@ mod dashboard; // pool-admin's dashboard in headless Chromium: charts, numbers, 
 mod harness; // the throwaway PostgreSQL and Redis launchers themselves
 mod metrics; // pool-metrics over real postgres and redis pools, both exporters
 mod optimizer; // the auto-tuner in a closed loop against real postgres
+mod pg_failover; // pool-postgres: a frozen server within every bound, a primary promoted
 mod postgres; // pool-postgres: the guard, reset on return, broken connections, restarts, lifetimes, replicas
 mod redis; // pool-redis: both paths, WATCH, BLPOP, kills, restarts, named pools
 mod redis_ha; // pool-redis: a frozen server on both paths, Sentinel failover, Cluster failover

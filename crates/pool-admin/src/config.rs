@@ -278,7 +278,8 @@ impl AdminConfig {
                 key.strip_suffix(']').and_then(|k| k.rsplit_once('[')).map_or(&*key, |(k, _)| k);
             let source_name = source_in(figment, lookup);
             // The value as written, unless it may hold a password (the backend's is redacted).
-            let secret = ["url", "token", "replicas"].iter().any(|s| lookup.ends_with(s));
+            let secret =
+                ["url", "token", "replicas", "primaries"].iter().any(|s| lookup.ends_with(s));
             let value = match figment.find_value(&key) {
                 Ok(v @ (Value::Num(..) | Value::Bool(..) | Value::String(..))) if !secret => {
                     shown(&v)

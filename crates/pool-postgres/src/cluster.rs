@@ -43,6 +43,17 @@ use self::probe::{FORGET_AFTER_PERIODS, lag_of, probe};
 ///   timeout while the server is still down). The primary is never banned.
 /// - The lag probe measures, every `lag_probe_interval`, each replica's replay lag and skips a
 ///   replica whose lag exceeds `max_replica_lag` until it is back under half of it (hysteresis).
+/// - The lag probe also asks each replica `pg_is_in_recovery()`: a replica that was promoted
+///   (no longer in recovery) leaves the read rotation, shown as `promoted` in its stats, and
+///   rejoins when the probe finds it a standby again. Replica connections start with
+///   `default_transaction_read_only = on`, so a read that reaches a promoted replica before the
+///   probe sees it cannot write either: reads never silently write.
+/// - The primary may have several candidate servers ([`PgManager::primaries`](crate::PgManager::primaries),
+///   libpq's multi-host URL with `target_session_attrs=read-write`, or
+///   [`PostgresConfig::primaries`](crate::PostgresConfig::primaries)): its connects keep only a
+///   writable server, so after a failover writes move to the new primary as the old
+///   connections break. A write that reaches a standby fails with SQLSTATE 25006, is
+///   counted in [`ClusterStats::read_only_errors`], and its connection is closed.
 /// - [`session_read_only_after`](Self::session_read_only_after) takes a [`CausalToken`] and goes
 ///   only to a replica that has replayed it, else to the primary.
 ///
@@ -94,12 +105,20 @@ struct Health {
     bans: u64,
     /// The servers behind the replica's address, each with its replay position and lag.
     servers: Servers,
+    /// The lag probe found the server out of recovery (promoted to a primary): out of read
+    /// rotation until it is found a standby again.
+    promoted: bool,
     last_error: Option<String>,
 }
 
 impl Health {
     /// Whether reads skip the replica: a ban lasts its cooldown, or, with the lag probe on,
-    /// until the probe lifts it.
+    /// until the probe lifts it; a promoted replica is skipped until it is a standby again.
+    fn out_of_rotation(&self, now: Instant, probing: bool) -> bool {
+        self.promoted || self.banned(now, probing)
+    }
+
+    /// Whether the replica is banned (see [`out_of_rotation`](Self::out_of_rotation)).
     fn banned(&self, now: Instant, probing: bool) -> bool {
         self.banned_until.is_some_and(|until| probing || now < until)
     }
@@ -275,6 +294,7 @@ impl PgCluster {
                 ReplicaStats {
                     pool: r.pool.name().to_owned(),
                     reads: r.reads.load(Relaxed),
+                    promoted: h.promoted,
                     banned,
                     ban_remaining: h
                         .banned_until
@@ -294,6 +314,10 @@ impl PgCluster {
             name: self.inner.name.clone(),
             fallbacks: self.inner.fallbacks.load(Relaxed),
             causal_primary_reads: self.inner.causal_primary_reads.load(Relaxed),
+            read_only_errors: std::iter::once(&self.inner.primary)
+                .chain(self.inner.replicas.iter().map(|r| &r.pool))
+                .map(|pool| pool.manager().read_only_errors())
+                .sum(),
             replicas,
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pool_core::{
-    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Secret,
+    CredentialProvider, EnvError, EnvForm, EnvVar, FileCredentials, PoolConfig, Seconds, Secret,
 };
 
 use crate::cluster::PgCluster;
@@ -53,6 +53,14 @@ pub struct PostgresConfig {
     /// The read replicas' URLs (`DATABASE_REPLICA_URLS`, comma-separated); their pools are named
     /// `<name>-replica-1`, `-2`...
     pub replicas: Vec<Secret>,
+    /// Further candidate primaries (`DATABASE_PRIMARY_URLS`, comma-separated) \[none\]: with
+    /// any, the primary pool's connects try `url`'s server and these, the last one found
+    /// writable first, and keep only a writable session, so writes follow a failover by
+    /// themselves (see [`PgManager::primaries`]). Only each URL's host and port are used; its
+    /// user and database must be `url`'s. `url` may name several hosts itself, as libpq's
+    /// `postgres://a:5432,b:5432/app?target_session_attrs=read-write`. A replica may be a
+    /// candidate primary too: promoted, it leaves the read rotation.
+    pub primaries: Vec<Secret>,
     /// `sslmode` for every connection of the cluster (`DATABASE_SSL_MODE`): `disable`,
     /// `prefer`, `require`, `verify-ca` or `verify-full` \[unset: the URL's `sslmode`, else
     /// `PGSSLMODE`, else `prefer`\]. Over a Unix socket no TLS is used, as in libpq.
@@ -84,6 +92,14 @@ pub struct PostgresConfig {
     /// reset returns to, so they cost nothing per return \[none; `PGOPTIONS` and the URL's
     /// `options` apply too\].
     pub server_settings: BTreeMap<String, String>,
+    /// The longest a statement may run (`DATABASE_STATEMENT_TIMEOUT`, seconds) \[`None`, 0 in a
+    /// file or variable: no bound\]: the server's `statement_timeout` on every connection, and
+    /// a bound on each query's wait on the client (the timeout plus a grace of up to a second),
+    /// past which the query fails and its connection is closed, so that a frozen server cannot
+    /// hold a caller for ever (see [`PgManager::statement_timeout`]). At most 2147483647 ms,
+    /// PostgreSQL's limit; not with `server_settings.statement_timeout` as well.
+    #[cfg_attr(feature = "serde", serde(with = "pool_core::seconds::zero_is_off"))]
+    pub statement_timeout: Option<Duration>,
     /// The engine's settings, for the primary's pool and each replica's (`DATABASE_POOL_SIZE`,
     /// `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT`, `DATABASE_POOL_RECYCLE`).
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -118,6 +134,7 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: Secret::from("postgres://postgres@127.0.0.1:5432/postgres"),
             replicas: Vec::new(),
+            primaries: Vec::new(),
             ssl_mode: None,
             ssl_root_cert: None,
             ssl_cert: None,
@@ -125,6 +142,7 @@ impl Default for PostgresConfig {
             password_file: None,
             connect_statements: Vec::new(),
             server_settings: BTreeMap::new(),
+            statement_timeout: None,
             pool: PoolConfig::default(),
             reset_on_return: ResetOnReturn::Session,
             max_replica_lag: Some(Duration::from_secs(10)),
@@ -160,6 +178,15 @@ impl PostgresConfig {
             form: EnvForm::List,
             set: |c, v| {
                 c.replicas = v.list()?.into_iter().map(Secret).collect();
+                Ok(())
+            },
+        },
+        EnvVar {
+            name: "PRIMARY_URLS",
+            key: "primaries",
+            form: EnvForm::List,
+            set: |c, v| {
+                c.primaries = v.list()?.into_iter().map(Secret).collect();
                 Ok(())
             },
         },
@@ -209,11 +236,21 @@ impl PostgresConfig {
                 Ok(())
             },
         },
+        EnvVar {
+            name: "STATEMENT_TIMEOUT",
+            key: "statement_timeout",
+            form: EnvForm::Seconds(Seconds::ZeroIsOff),
+            set: |c, v| {
+                c.statement_timeout = v.duration(Seconds::ZeroIsOff)?;
+                Ok(())
+            },
+        },
     ];
 
     /// Every variable a cluster reads, `(variable, key, form)`: `DATABASE_URL`,
-    /// `DATABASE_REPLICA_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
-    /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`, then the engine's
+    /// `DATABASE_REPLICA_URLS`, `DATABASE_PRIMARY_URLS`, `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`,
+    /// `DATABASE_SSL_CERT`, `DATABASE_SSL_KEY`, `DATABASE_PASSWORD_FILE`,
+    /// `DATABASE_STATEMENT_TIMEOUT`, then the engine's
     /// `DATABASE_POOL_SIZE`, `DATABASE_POOL_OVERFLOW`, `DATABASE_POOL_TIMEOUT` and
     /// `DATABASE_POOL_RECYCLE`.
     ///
@@ -274,7 +311,8 @@ impl PostgresConfig {
     /// (`PGSSLROOTCERT`) is refused as the URL's, saying which.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let urls = std::iter::once(("url".to_owned(), &self.url))
-            .chain(self.replicas.iter().enumerate().map(|(i, u)| (format!("replicas[{i}]"), u)));
+            .chain(self.replicas.iter().enumerate().map(|(i, u)| (format!("replicas[{i}]"), u)))
+            .chain(self.primaries.iter().enumerate().map(|(i, u)| (format!("primaries[{i}]"), u)));
         for (setting, url) in urls {
             if let Some(reason) = url_problem(url) {
                 return Err(invalid(&setting, url, reason));
@@ -291,6 +329,24 @@ impl PostgresConfig {
                     },
                     Origin::Url | Origin::Env => invalid(&setting, url, problem.to_string()),
                 });
+            }
+        }
+        if let Ok(primary) = PgManager::from_url(self.url.expose()) {
+            let whose = |m: &PgManager| {
+                let o = m.options();
+                (o.get_username().to_owned(), o.get_database().map(str::to_owned))
+            };
+            for (i, url) in self.primaries.iter().enumerate() {
+                let Ok(candidate) = PgManager::from_url(url.expose()) else { continue };
+                if whose(&candidate) != whose(&primary) {
+                    return Err(invalid(
+                        &format!("primaries[{i}]"),
+                        url,
+                        "a candidate primary has url's user and database: only its host and \
+                         port are used"
+                            .to_owned(),
+                    ));
+                }
             }
         }
         if let Some(path) = &self.password_file
@@ -319,6 +375,24 @@ impl PostgresConfig {
                     setting: format!("server_settings.{name}"),
                     value: format!("{value:?}"),
                     reason: "a server setting's name is letters, digits, _ and . (statement_timeout, myext.option)".to_owned(),
+                });
+            }
+        }
+        if let Some(timeout) = self.statement_timeout {
+            if self.server_settings.contains_key("statement_timeout") {
+                return Err(ConfigError::Invalid {
+                    setting: "statement_timeout".to_owned(),
+                    value: format!("{timeout:?}"),
+                    reason: "server_settings.statement_timeout is set too: set one of them"
+                        .to_owned(),
+                });
+            }
+            if timeout > MAX_STATEMENT_TIMEOUT {
+                return Err(ConfigError::Invalid {
+                    setting: "statement_timeout".to_owned(),
+                    value: format!("{timeout:?}"),
+                    reason: "must be at most 2147483647 ms (about 24.8 days), PostgreSQL's limit"
+                        .to_owned(),
                 });
             }
         }
@@ -362,13 +436,22 @@ impl PostgresConfig {
                 .tls(self.tls())
                 .server_settings(&self.server_settings)
                 .connect_statements(&self.connect_statements)
+                .statement_timeout(self.statement_timeout)
                 .reset_on_return(self.reset_on_return);
             if let Some(provider) = &credentials {
                 manager = manager.with_shared_credentials(Arc::clone(provider));
             }
             Ok::<_, ClusterBuildError>(manager)
         };
-        let mut builder = PgCluster::builder(name, manager(&self.url)?)
+        let mut primary = manager(&self.url)?;
+        if !self.primaries.is_empty() {
+            let mut others = Vec::new();
+            for url in &self.primaries {
+                others.extend(manager(url)?.hosts());
+            }
+            primary = primary.primaries(others);
+        }
+        let mut builder = PgCluster::builder(name, primary)
             .config(self.pool.clone())
             .replica_ban(self.replica_ban)
             .replica_timeout(self.replica_timeout)
@@ -392,6 +475,9 @@ impl PostgresConfig {
         }
     }
 }
+
+/// PostgreSQL's largest `statement_timeout`: `i32::MAX` milliseconds.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 fn invalid(setting: &str, url: &Secret, reason: String) -> ConfigError {
     ConfigError::Invalid { setting: setting.to_owned(), value: url.redacted(), reason }
@@ -579,6 +665,50 @@ mod tests {
         c.server_settings.insert("bad name".into(), "1".into());
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("invalid setting server_settings.bad name"), "{err}");
+    }
+
+    #[test]
+    fn candidate_primaries_are_read_and_must_share_the_user_and_database() {
+        let c = with(&[
+            ("DATABASE_URL", "postgres://app:pw@a:5432/app"),
+            ("DATABASE_PRIMARY_URLS", "postgres://app:pw@b:5433/app,postgres://app@c/app"),
+        ])
+        .unwrap();
+        assert_eq!(c.primaries.len(), 2);
+        let err = with(&[
+            ("DATABASE_URL", "postgres://app:hunter2@a/app"),
+            ("DATABASE_PRIMARY_URLS", "postgres://other:hunter2@b/app"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "DATABASE_PRIMARY_URLS", "{err}");
+        assert!(err.to_string().contains("user and database"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err =
+            with(&[("DATABASE_PRIMARY_URLS", "postgres://u:hunter2@b:port/app")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_PRIMARY_URLS", "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_statement_timeout_is_read_in_seconds_and_checked() {
+        let c = with(&[("DATABASE_STATEMENT_TIMEOUT", "2.5")]).unwrap();
+        assert_eq!(c.statement_timeout, Some(Duration::from_millis(2500)));
+        for off in ["0", "-1"] {
+            let c = with(&[("DATABASE_STATEMENT_TIMEOUT", off)]).unwrap();
+            assert_eq!(c.statement_timeout, None, "{off:?} is off");
+        }
+        let err = with(&[("DATABASE_STATEMENT_TIMEOUT", "30s")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_STATEMENT_TIMEOUT", "{err}");
+        let err = with(&[("DATABASE_STATEMENT_TIMEOUT", "3000000")]).unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL's limit"), "{err}");
+        let mut c = PostgresConfig {
+            statement_timeout: Some(Duration::from_secs(5)),
+            ..PostgresConfig::default()
+        };
+        c.validate().unwrap();
+        c.server_settings.insert("statement_timeout".into(), "5s".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("invalid setting statement_timeout"), "{err}");
     }
 
     /// A file's table and the variables mean the same: the numbers go through the same forms.

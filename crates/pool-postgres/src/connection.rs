@@ -7,8 +7,9 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
@@ -122,10 +123,31 @@ impl FromStr for ResetOnReturn {
 /// - a query whose future or row stream was dropped before it finished, whose replies are
 ///   drained on return;
 /// - an error that means the connection is gone (an IO, TLS or protocol error, or a `FATAL`
-///   error from the server such as `pg_terminate_backend`): it is closed on return.
+///   error from the server such as `pg_terminate_backend`): it is closed on return;
+/// - a write refused as read-only: sqlx's database error with SQLSTATE 25006
+///   (`read_only_sql_transaction`, "cannot execute INSERT in a read-only transaction") is
+///   returned as it is, and the reset on return asks the server `pg_is_in_recovery()`: on a
+///   standby the write is counted (a cluster's [`read_only_errors`](crate::ClusterStats)) and
+///   the connection closed, so that the next connect finds the writable server; on a primary
+///   (a transaction the user made read-only on purpose) the connection is reset and kept.
+///
+/// # Bounds
+///
+/// With a statement timeout ([`PgManager::statement_timeout`](crate::PgManager::statement_timeout)),
+/// every query run through this type as an `Executor` (`&mut *conn`) waits for the server at
+/// most [`bound`](Self::bound): the server's own `statement_timeout` plus a grace for its reply.
+/// A query that waits longer (the server is frozen, its host or network gone quiet) fails with
+/// `sqlx::Error::Io` of kind [`std::io::ErrorKind::TimedOut`], and the connection is marked
+/// [broken](Self::is_broken): the pool closes it and never hands it out again. A row stream is
+/// bounded per row: the wait for each next row, not the time the caller spends between rows.
+/// What runs on the bare `PgConnection` (`&mut **conn`, and so sqlx transactions from
+/// [`begin`](Self::begin)) has only the server's `statement_timeout`; the pool's reset after it
+/// is bounded by `connect_timeout`.
 pub struct PgConn {
     inner: PgConnection,
     flags: Arc<Flags>,
+    /// How long a query may wait for the server before it fails and breaks the connection.
+    bound: Option<Duration>,
     /// The server this connection reached and how far it had replayed, when the cluster asked
     /// ([`crate::server::sight`]).
     seen: Option<(ServerId, Option<Lsn>)>,
@@ -135,7 +157,26 @@ pub struct PgConn {
 
 impl PgConn {
     pub(crate) fn new(inner: PgConnection) -> Self {
-        PgConn { inner, flags: Arc::default(), seen: None, check_prepared: false }
+        PgConn { inner, flags: Arc::default(), bound: None, seen: None, check_prepared: false }
+    }
+
+    /// This connection with every query bounded by `bound` (see the type's `# Bounds`).
+    pub(crate) fn bounded(mut self, bound: Option<Duration>) -> Self {
+        self.bound = bound;
+        self
+    }
+
+    /// This connection with its writes refused as read-only counted in `counter`.
+    pub(crate) fn counting(mut self, counter: Arc<AtomicU64>) -> Self {
+        let bits = self.flags.bits.load(Ordering::Relaxed);
+        self.flags = Arc::new(Flags { bits: AtomicU8::new(bits), read_only_errors: counter });
+        self
+    }
+
+    /// How long a query through this connection may wait for the server before it fails with
+    /// a timeout and the connection is closed; `None` without a statement timeout.
+    pub fn bound(&self) -> Option<Duration> {
+        self.bound
     }
 
     /// Takes the bare sqlx connection out.
@@ -150,14 +191,17 @@ impl PgConn {
     }
 
     /// Starts an sqlx transaction, as [`Connection::begin`] does on the bare connection
-    /// (`conn.begin()` on the pool's guard resolves here).
+    /// (`conn.begin()` on the pool's guard resolves here). Its `BEGIN` waits for the server at
+    /// most [`bound`](Self::bound); the statements in the transaction run on the bare
+    /// connection, with the server's `statement_timeout` alone (see `# Bounds`).
     ///
     /// # Errors
     ///
-    /// The connection's error.
+    /// The connection's error, or the bound's timeout (see `# Bounds`).
     pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
         self.flags.set(USED);
-        let result = Connection::begin(&mut self.inner).await;
+        let flags = Arc::clone(&self.flags);
+        let result = bounded(self.bound, &flags, Connection::begin(&mut self.inner)).await;
         if let Err(e) = &result {
             self.flags.note_error(e);
         }
@@ -210,7 +254,9 @@ impl PgConn {
     /// that may have left state ran, a query is unfinished, or sqlx holds commands it has not
     /// sent yet (a dropped transaction's `ROLLBACK`).
     pub(crate) fn needs_reset(&self) -> bool {
-        self.flags.get(USED | BUSY) || self.inner.should_flush() || self.inner.is_in_transaction()
+        self.flags.get(USED | BUSY | READ_ONLY)
+            || self.inner.should_flush()
+            || self.inner.is_in_transaction()
     }
 
     /// The bare connection, for the pool's own statements (the connect statements and hook),
@@ -249,6 +295,25 @@ impl PgConn {
         if self.flags.get(BUSY) || self.inner.should_flush() {
             self.drain().await?;
             self.flags.clear(BUSY);
+        }
+        if self.flags.get(READ_ONLY) {
+            // The transaction the refusal aborted is rolled back first, or the question fails.
+            if self.flags.get(USED) {
+                self.clean(ResetOnReturn::Transaction, None).await?;
+            }
+            self.flags.clear(READ_ONLY);
+            let sql = "SELECT pg_catalog.pg_is_in_recovery()";
+            if sqlx::query_scalar::<_, bool>(sql).fetch_one(&mut self.inner).await? {
+                self.flags.read_only_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "a write reached a standby (SQLSTATE 25006): its connection is closed"
+                );
+                return Err(sqlx::Error::Protocol(
+                    "a write reached a standby in recovery (SQLSTATE 25006): the connection is \
+                     closed, so that the next connect finds the writable server"
+                        .into(),
+                ));
+            }
         }
         if self.flags.get(USED) {
             self.clean(mode, then).await?;
@@ -453,7 +518,9 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
         let query = Sniff { inner: query, flags: Arc::clone(&flags) };
-        Box::pin(Watched { stream: self.inner.fetch_many(query), flags })
+        let bound = self.bound;
+        let stream = self.inner.fetch_many(query);
+        Box::pin(Watched { stream, flags, bound, waiting: None, expired: false })
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(
@@ -467,9 +534,10 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
         let query = Sniff { inner: query, flags: Arc::clone(&flags) };
+        let bound = self.bound;
         let fut = self.inner.fetch_optional(query);
         Box::pin(async move {
-            let result = fut.await;
+            let result = bounded(bound, &flags, fut).await;
             flags.finished(result.as_ref().err());
             result
         })
@@ -486,9 +554,10 @@ impl<'c> Executor<'c> for &'c mut PgConn {
         // Preparing runs nothing, so it cannot change the session.
         let flags = Arc::clone(&self.flags);
         flags.set(BUSY);
+        let bound = self.bound;
         let fut = self.inner.prepare_with(sql, parameters);
         Box::pin(async move {
-            let result = fut.await;
+            let result = bounded(bound, &flags, fut).await;
             flags.finished(result.as_ref().err());
             result
         })
@@ -511,21 +580,27 @@ const USED: u8 = 1;
 const BUSY: u8 = 2;
 /// A query failed in a way that means the connection is gone.
 const BROKEN: u8 = 4;
+/// A statement was refused as a write on a read-only server (SQLSTATE 25006).
+const READ_ONLY: u8 = 8;
 
 #[derive(Debug, Default)]
-struct Flags(AtomicU8);
+struct Flags {
+    bits: AtomicU8,
+    /// Where writes refused as read-only are counted (the manager's counter).
+    read_only_errors: Arc<AtomicU64>,
+}
 
 impl Flags {
     fn get(&self, bits: u8) -> bool {
-        self.0.load(Ordering::Relaxed) & bits != 0
+        self.bits.load(Ordering::Relaxed) & bits != 0
     }
 
     fn set(&self, bits: u8) {
-        self.0.fetch_or(bits, Ordering::Relaxed);
+        self.bits.fetch_or(bits, Ordering::Relaxed);
     }
 
     fn clear(&self, bits: u8) {
-        self.0.fetch_and(!bits, Ordering::Relaxed);
+        self.bits.fetch_and(!bits, Ordering::Relaxed);
     }
 
     /// A query finished, with `error` if it failed.
@@ -539,8 +614,45 @@ impl Flags {
     fn note_error(&self, error: &sqlx::Error) {
         if is_fatal(error) {
             self.set(BROKEN);
+        } else if is_read_only(error) {
+            // Whether the server is a standby is asked by the reset on return.
+            self.set(READ_ONLY);
         }
     }
+}
+
+/// `fut` bounded by `bound`: past it, the connection is marked broken and the query fails
+/// with [`timed_out`].
+async fn bounded<T>(
+    bound: Option<Duration>,
+    flags: &Flags,
+    fut: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let Some(bound) = bound else { return fut.await };
+    match tokio::time::timeout(bound, fut).await {
+        Ok(result) => result,
+        Err(_) => {
+            flags.set(BROKEN);
+            Err(timed_out(bound))
+        }
+    }
+}
+
+/// The error of a query that waited for the server longer than its connection's bound.
+fn timed_out(bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no reply from the server within {bound:?} (its statement_timeout and a grace): \
+             the server may be frozen or unreachable; the connection is closed"
+        ),
+    ))
+}
+
+/// Whether a statement failed because the server is read-only: SQLSTATE 25006,
+/// `read_only_sql_transaction`.
+fn is_read_only(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
 }
 
 /// Whether an error means the connection can no longer be used.
@@ -657,22 +769,43 @@ impl<'q, E: Execute<'q, Postgres>> Execute<'q, Postgres> for Sniff<E> {
     }
 }
 
-/// A result stream that marks the connection done when it ends and broken on a fatal error.
+/// A result stream that marks the connection done when it ends and broken on a fatal error,
+/// and fails when the server leaves it waiting for a row longer than `bound`.
 struct Watched<'e> {
     stream: BoxStream<'e, Result<Either<PgQueryResult, PgRow>, sqlx::Error>>,
     flags: Arc<Flags>,
+    bound: Option<Duration>,
+    /// While the stream waits for the server: when that wait exceeds `bound`.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait exceeded `bound`: the stream ended with the timeout.
+    expired: bool,
 }
 
 impl Stream for Watched<'_> {
     type Item = Result<Either<PgQueryResult, PgRow>, sqlx::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
         let polled = self.stream.as_mut().poll_next(cx);
         match &polled {
             Poll::Ready(None) => self.flags.finished(None),
             Poll::Ready(Some(Err(e))) => self.flags.note_error(e),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Pending => {
+                // The wait starts now, not when the caller last took a row.
+                let Some(bound) = self.bound else { return Poll::Pending };
+                let timer = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.expired = true;
+                    self.flags.set(BROKEN);
+                    return Poll::Ready(Some(Err(timed_out(bound))));
+                }
+                return Poll::Pending;
+            }
         }
+        self.waiting = None;
         polled
     }
 }

@@ -32,6 +32,15 @@ pub enum PgError {
         #[source]
         source: CredentialError,
     },
+    /// No candidate server accepted a writable session
+    /// ([`PgManager::primaries`](crate::PgManager::primaries), `target_session_attrs=read-write`):
+    /// each was a standby, read-only or unreachable.
+    #[error("no writable server among the candidates: {servers}")]
+    NoWritableServer {
+        /// Each server tried, `host:port: why` (`read-only: a standby in recovery`, the
+        /// connect's error), separated by `; `.
+        servers: String,
+    },
     /// A connect statement or the after-connect hook failed.
     #[error("the connect hook failed on {server}: {source}")]
     Hook {

@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 
 mod budget;
+mod candidates;
 mod cluster;
 mod config;
 mod connection;

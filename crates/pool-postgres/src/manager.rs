@@ -3,12 +3,15 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use pool_core::{Credential, CredentialProvider, Manager};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError};
 use sqlx::{AssertSqlSafe, Connection};
 
+use crate::candidates::{self, Candidates, Target};
 use crate::connection::{PgConn, ResetOnReturn};
 use crate::error::{PgError, UrlError};
 use crate::tls::{self, SslMode, Tls, TlsSettings};
@@ -52,8 +55,10 @@ pub type ConnectHook = Arc<
 ///   and, by default, resets the session ([`ResetOnReturn`] names the exact statements), the
 ///   connect statements sent again in the same round trip and the hook run again after it; an
 ///   interrupted query is drained first; a failed reset closes the connection;
-/// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error is closed
-///   on return, never handed out again;
+/// - broken: a connection whose last query failed with an IO, protocol or `FATAL` error, or
+///   waited for the server past its [statement timeout](Self::statement_timeout)'s bound, is
+///   closed on return, never handed out again, and so is one whose write was refused by a
+///   standby (SQLSTATE 25006, found by the reset, see [`PgConn`]);
 /// - close: sqlx's graceful `Terminate`.
 ///
 /// # Examples
@@ -79,6 +84,11 @@ pub struct PgManager {
     /// The connect statements, joined into one simple query.
     statements: Option<Arc<str>>,
     hook: Option<ConnectHook>,
+    statement_timeout: Option<Duration>,
+    /// The servers a connect may try, shared by clones (the last writable one is remembered).
+    candidates: Arc<Candidates>,
+    /// Writes that reached a read-only server (SQLSTATE 25006) on this manager's connections.
+    read_only_errors: Arc<AtomicU64>,
 }
 
 impl PgManager {
@@ -91,6 +101,9 @@ impl PgManager {
             credentials: None,
             statements: None,
             hook: None,
+            statement_timeout: None,
+            candidates: Arc::new(Candidates::new(Vec::new(), Target::Any)),
+            read_only_errors: Arc::default(),
         }
     }
 
@@ -112,7 +125,9 @@ impl PgManager {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(refuse("the scheme must be postgres:// or postgresql://".into()));
         }
-        let options = PgConnectOptions::from_str(url)
+        let split = candidates::split(url).map_err(refuse)?;
+        let single = split.as_ref().map_or(url, |s| s.url.as_str());
+        let options = PgConnectOptions::from_str(single)
             .map_err(|source| UrlError { url: redact(url), source: unwrapped(source) })?;
         if SslMode::of(options.get_ssl_mode()).is_none() {
             return Err(refuse(
@@ -121,8 +136,88 @@ impl PgManager {
                     .into(),
             ));
         }
-        let tls = Tls::of_url(url, &options);
-        Ok(PgManager { tls, ..PgManager::new(options) })
+        let tls = Tls::of_url(single, &options);
+        let mut manager = PgManager { tls, ..PgManager::new(options) };
+        if let Some(split) = split {
+            let default_port = manager.options.get_port();
+            let hosts =
+                split.hosts.into_iter().map(|(h, p)| (h, p.unwrap_or(default_port))).collect();
+            let target = split.target.unwrap_or(Target::Any);
+            manager.candidates = Arc::new(Candidates::new(hosts, target));
+        }
+        Ok(manager)
+    }
+
+    /// Adds servers that a connect may reach instead, as libpq's multi-host URLs do, and
+    /// accepts only a writable session (libpq's `target_session_attrs=read-write`): each
+    /// connect tries the servers in turn, the last one found writable first, and keeps the
+    /// first connection whose server is not in recovery (`pg_is_in_recovery()`) and has
+    /// `transaction_read_only` off; it closes the others. So after a failover (the old primary
+    /// gone, a standby promoted), new connections reach the new primary by themselves as the
+    /// old ones break. Each candidate is a host and port; everything else (user, database,
+    /// TLS, settings) is the manager's. A connect that finds no writable server fails with
+    /// [`PgError::NoWritableServer`], naming each server and why.
+    ///
+    /// A server that never answers (frozen, its packets dropped) holds a connect until the
+    /// pool's `connect_timeout`; the next connect starts with the server after it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_postgres::PgManager;
+    ///
+    /// # fn f() -> Result<(), pool_postgres::UrlError> {
+    /// // The same as `postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write`.
+    /// let manager = PgManager::from_url("postgres://app@db-a/app")?.primaries([("db-b", 5432)]);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn primaries<H: Into<String>>(
+        mut self,
+        others: impl IntoIterator<Item = (H, u16)>,
+    ) -> Self {
+        let mut hosts = self.candidates.hosts.clone();
+        if hosts.is_empty() {
+            let own = self.options.get_host().to_owned();
+            hosts.push((own, self.options.get_port()));
+        }
+        for (host, port) in others {
+            let host = host.into();
+            if !hosts.iter().any(|(h, p)| *h == host && *p == port) {
+                hosts.push((host, port));
+            }
+        }
+        self.candidates = Arc::new(Candidates::new(hosts, Target::ReadWrite));
+        self
+    }
+
+    /// Whether connects accept only a writable session ([`primaries`](Self::primaries), or
+    /// `target_session_attrs=read-write` in the URL).
+    pub fn read_write_only(&self) -> bool {
+        self.candidates.target == Target::ReadWrite
+    }
+
+    /// The servers a connect may try, `host:port`, in order (the URL's own server alone for a
+    /// URL with one host).
+    pub fn servers(&self) -> Vec<String> {
+        if self.candidates.hosts.is_empty() {
+            return vec![self.server()];
+        }
+        self.candidates.hosts.iter().map(|(h, p)| host_port(h, *p)).collect()
+    }
+
+    /// The servers a connect may try, as `(host, port)`.
+    pub(crate) fn hosts(&self) -> Vec<(String, u16)> {
+        if self.candidates.hosts.is_empty() {
+            return vec![(self.options.get_host().to_owned(), self.options.get_port())];
+        }
+        self.candidates.hosts.clone()
+    }
+
+    /// Writes that reached a standby (SQLSTATE 25006 on a server in recovery) on this
+    /// manager's connections: each closed its connection.
+    pub(crate) fn read_only_errors(&self) -> u64 {
+        self.read_only_errors.load(Relaxed)
     }
 
     /// The connect options, as given (the credential provider's password and the settled
@@ -253,6 +348,56 @@ impl PgManager {
         self
     }
 
+    /// Bounds every statement on the server and every wait for it on the client \[`None`: no
+    /// bound\].
+    ///
+    /// - The server: `statement_timeout` is sent in each connection's startup packet (as
+    ///   [`server_settings`](Self::server_settings) would send it, in whole milliseconds, at most
+    ///   PostgreSQL's 2147483647), so it is the session's default and survives the reset; the
+    ///   server cancels a statement that runs longer (SQLSTATE 57014), and the connection stays
+    ///   usable.
+    /// - The client: a server that cannot enforce it (stopped, its host frozen, the network
+    ///   silently dropping packets) would leave the query waiting until TCP gives up, which on a
+    ///   host that still acknowledges packets is never. So each query through a pooled
+    ///   [`PgConn`] waits for the server at most the timeout plus a grace for the server's own
+    ///   error to arrive (the timeout again, at most one second: 1 s gives 2 s, 100 ms gives
+    ///   200 ms); past that it fails with `sqlx::Error::Io` of kind
+    ///   [`TimedOut`](std::io::ErrorKind::TimedOut) and the connection is closed (see
+    ///   [`PgConn`]'s `# Bounds` for what the client bound covers).
+    ///
+    /// The pool bounds its own round trips (the check before a checkout, the reset on return,
+    /// close) with `connect_timeout`, with or without this setting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use pool_postgres::PgManager;
+    ///
+    /// # fn f() -> Result<(), pool_postgres::UrlError> {
+    /// let manager =
+    ///     PgManager::from_url("postgres://app@db/app")?.statement_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(manager.statement_bound(), Some(Duration::from_secs(6)));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        let timeout = timeout.filter(|t| !t.is_zero());
+        if let Some(t) = timeout {
+            let ms = t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128);
+            self.options = self.options.options([("statement_timeout", format!("{ms}ms"))]);
+        }
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// How long a query through this manager's connections may wait for the server: the
+    /// [statement timeout](Self::statement_timeout) plus its grace; `None` without one.
+    pub fn statement_bound(&self) -> Option<Duration> {
+        self.statement_timeout.map(|t| t.saturating_add(t.min(STATEMENT_GRACE)))
+    }
+
     /// Runs `hook` on every new connection, after the connect statements, and again after each
     /// session reset (see [`ConnectHook`]). A hook that fails makes the connect fail with its
     /// error; after a reset, it closes the connection.
@@ -262,18 +407,77 @@ impl PgManager {
         self
     }
 
-    /// The options a connect uses: the credential's password, and the mode settled.
-    fn connect_options(&self, credential: Option<&Credential>) -> PgConnectOptions {
+    /// The options a connect to `server` (`None`: the options' own) uses: the credential's
+    /// password, and the mode settled.
+    fn connect_options(
+        &self,
+        credential: Option<&Credential>,
+        server: Option<&(String, u16)>,
+    ) -> PgConnectOptions {
         let mut options = self.options.clone().ssl_mode(self.tls.effective().into());
+        if let Some((host, port)) = server {
+            options = options.host(host).port(*port);
+        }
         if let Some(credential) = credential {
             options = options.password(credential.expose());
         }
         options
     }
 
-    /// Opens a connection with `credential` (sqlx's error, for [`explain`](Self::explain)).
-    async fn open(&self, credential: Option<&Credential>) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.connect_options(credential)).await
+    /// Opens a connection to `server` with `credential` (sqlx's error, for
+    /// [`explain`](Self::explain)).
+    async fn open(
+        &self,
+        credential: Option<&Credential>,
+        server: Option<&(String, u16)>,
+    ) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.connect_options(credential, server)).await
+    }
+
+    /// Opens a connection to `server`, with the provider's credential if there is one.
+    async fn open_one(&self, server: Option<&(String, u16)>) -> Result<PgConnection, PgError> {
+        match &self.credentials {
+            None => self.open(None, server).await.map_err(|e| self.explain(e)),
+            Some(provider) => self.open_with(provider, server).await,
+        }
+    }
+
+    /// Opens a connection to the first candidate that accepts the session asked for, the
+    /// last one found so first.
+    async fn open_candidate(&self) -> Result<PgConnection, PgError> {
+        let candidates = &self.candidates;
+        let n = candidates.len();
+        let start = candidates.start();
+        let mut refused = Vec::with_capacity(n);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let server = candidates.host(i);
+            let name = server.map_or_else(|| self.server(), |(h, p)| host_port(h, *p));
+            let mut conn = match self.open_one(server).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    refused.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            if candidates.target == Target::ReadWrite {
+                match candidates::not_writable(&mut conn).await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => {
+                        let _ = conn.close().await;
+                        refused.push(format!("{name}: {why}"));
+                        continue;
+                    }
+                    Err(e) => {
+                        refused.push(format!("{name}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            candidates.found(i);
+            return Ok(conn);
+        }
+        Err(PgError::NoWritableServer { servers: refused.join("; ") })
     }
 
     fn explain(&self, error: sqlx::Error) -> PgError {
@@ -292,6 +496,7 @@ impl PgManager {
     async fn open_with(
         &self,
         provider: &Arc<dyn CredentialProvider>,
+        server: Option<&(String, u16)>,
     ) -> Result<PgConnection, PgError> {
         let ask = || async {
             provider
@@ -300,7 +505,7 @@ impl PgManager {
                 .map_err(|source| PgError::Credentials { server: self.server(), source })
         };
         let first = ask().await?;
-        let refused = match self.open(Some(&first)).await {
+        let refused = match self.open(Some(&first), server).await {
             Err(e) if is_auth_failure(&e) => e,
             result => return result.map_err(|e| self.explain(e)),
         };
@@ -309,7 +514,7 @@ impl PgManager {
         if second.secret() == first.secret() {
             return Err(self.explain(refused));
         }
-        self.open(Some(&second)).await.map_err(|e| {
+        self.open(Some(&second), server).await.map_err(|e| {
             if is_auth_failure(&e) {
                 provider.refused(&second);
             }
@@ -332,6 +537,15 @@ impl PgManager {
         Ok(())
     }
 }
+
+/// `host:port`, with an IPv6 address in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// The most a query waits, past its connection's statement timeout, for the server's own
+/// timeout error before the client gives up on the connection.
+const STATEMENT_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether a connect failed because the server refused the credential: SQLSTATE 28P01
 /// (`invalid_password`) or 28000 (`invalid_authorization_specification`, which some
@@ -358,6 +572,9 @@ impl fmt::Debug for PgManager {
             .field("credentials", &self.credentials)
             .field("connect_statements", &self.statements.is_some())
             .field("after_connect", &self.hook.is_some())
+            .field("statement_timeout", &self.statement_timeout)
+            .field("servers", &self.servers())
+            .field("read_write_only", &self.read_write_only())
             .field("reset_on_return", &self.reset)
             .finish_non_exhaustive()
     }
@@ -369,11 +586,14 @@ impl Manager for PgManager {
     const BACKEND: &'static str = "postgresql";
 
     async fn connect(&self) -> Result<PgConn, PgError> {
-        let bare = match &self.credentials {
-            None => self.open(None).await.map_err(|e| self.explain(e))?,
-            Some(provider) => self.open_with(provider).await?,
+        let bare = if self.candidates.is_plain() {
+            self.open_one(None).await?
+        } else {
+            self.open_candidate().await?
         };
-        let mut conn = PgConn::new(bare);
+        let mut conn = PgConn::new(bare)
+            .bounded(self.statement_bound())
+            .counting(Arc::clone(&self.read_only_errors));
         if let Err(e) = self.prepare(conn.bare(), true).await {
             conn.close().await;
             return Err(e);
@@ -452,6 +672,30 @@ mod tests {
         let err = PgManager::from_url("postgres://u:secret@h/db?sslmode=allow").unwrap_err();
         assert!(err.to_string().contains("sslmode=allow"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_url_with_several_hosts_makes_candidates_and_hides_its_password_in_errors() {
+        let m = PgManager::from_url(
+            "postgres://u:hunter2@a:5432,b:5433/db?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert_eq!(m.servers(), ["a:5432", "b:5433"]);
+        assert!(m.read_write_only());
+        assert_eq!((m.options().get_host(), m.options().get_database()), ("a", Some("db")));
+        let m = PgManager::from_url("postgres://u@a/db").unwrap();
+        assert!(!m.read_write_only());
+        let m = m.primaries([("b", 5433), ("a", 5432)]);
+        assert_eq!(m.servers(), ["a:5432", "b:5433"], "the URL's own first, each once");
+        assert!(m.read_write_only());
+        for url in [
+            "postgres://u:hunter2@a,,b/db",
+            "postgres://u:hunter2@a:x,b/db",
+            "postgres://u:hunter2@a,b/db?target_session_attrs=standby",
+        ] {
+            let err = PgManager::from_url(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && err.contains("u:***@"), "{err}");
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(crate) struct Sighting {
     pub(crate) replay: Option<Lsn>,
     /// Seconds since the last transaction the server replayed committed on the primary.
     pub(crate) ts_lag: Option<f64>,
+    /// `pg_is_in_recovery()`: false on a primary, a promoted standby among them.
+    pub(crate) in_recovery: bool,
 }
 
 /// The text of [`QUERY`], for `concat!`.
@@ -32,7 +34,8 @@ macro_rules! sight_sql {
     () => {
         "SELECT pg_catalog.inet_server_addr()::text, pg_catalog.inet_server_port(), \
          pg_catalog.pg_postmaster_start_time()::text, pg_catalog.pg_last_wal_replay_lsn()::text, \
-         extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())::float8"
+         extract(epoch FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp())::float8, \
+         pg_catalog.pg_is_in_recovery()"
     };
 }
 
@@ -46,10 +49,10 @@ pub(crate) const PROBE_MARK: &str = "/* pool-postgres lag probe */";
 /// [`QUERY`] as the lag probe sends it.
 const PROBE_QUERY: &str = concat!("/* pool-postgres lag probe */ ", sight_sql!());
 
-type Row = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<f64>);
+type Row = (Option<String>, Option<i32>, Option<String>, Option<String>, Option<f64>, bool);
 
 fn sighting(row: Row) -> Result<Sighting, sqlx::Error> {
-    let (addr, port, started, replay, ts_lag) = row;
+    let (addr, port, started, replay, ts_lag, in_recovery) = row;
     let replay = replay
         .map(|t| t.parse().map_err(|e: crate::TokenError| sqlx::Error::Decode(e.into())))
         .transpose()?;
@@ -58,7 +61,8 @@ fn sighting(row: Row) -> Result<Sighting, sqlx::Error> {
     let addr = addr.unwrap_or_else(|| "local".to_owned());
     let port = port.map_or_else(String::new, |p| p.to_string());
     let started = started.unwrap_or_default();
-    Ok(Sighting { server: ServerId(format!("{addr}:{port} started {started}")), replay, ts_lag })
+    let server = ServerId(format!("{addr}:{port} started {started}"));
+    Ok(Sighting { server, replay, ts_lag, in_recovery })
 }
 
 /// Runs [`QUERY`] on a pooled connection, without counting it as a use (it changes nothing),
@@ -172,7 +176,12 @@ mod tests {
     }
 
     fn seen(server: &str, replay: u64) -> Sighting {
-        Sighting { server: ServerId(server.to_owned()), replay: Some(Lsn(replay)), ts_lag: None }
+        Sighting {
+            server: ServerId(server.to_owned()),
+            replay: Some(Lsn(replay)),
+            ts_lag: None,
+            in_recovery: true,
+        }
     }
 
     #[test]

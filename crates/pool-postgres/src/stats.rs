@@ -15,6 +15,10 @@ pub struct ClusterStats {
     pub fallbacks: u64,
     /// Of those, reads carrying a causal token.
     pub causal_primary_reads: u64,
+    /// Writes that reached a standby (SQLSTATE 25006 on a server in recovery), on any pool of
+    /// the cluster: each failed and closed its connection (counted as its reset on return
+    /// finds the server in recovery).
+    pub read_only_errors: u64,
     /// Each replica, in order.
     pub replicas: Vec<ReplicaStats>,
 }
@@ -27,6 +31,9 @@ pub struct ReplicaStats {
     pub pool: String,
     /// Reads routed to it.
     pub reads: u64,
+    /// Whether the lag probe found it promoted (out of recovery, a primary now): out of read
+    /// rotation until it is a standby again.
+    pub promoted: bool,
     /// Whether it is banned now.
     pub banned: bool,
     /// While banned, how long until it may be tried again.

@@ -325,9 +325,9 @@ fn unknown_keys_name_the_file_once_and_suggest_the_closest_key() {
                    health_check_interval, idle_timeout, lag_probe_interval, \
                    leak_detection_threshold, max_connecting, max_overflow, max_replica_lag, \
                    min_idle, password_file, pool_pre_ping, pool_recycle, pool_size, \
-                   pool_timeout, pool_use_lifo, pre_ping_bypass, recycle_jitter, replica_ban, \
+                   pool_timeout, pool_use_lifo, pre_ping_bypass, primaries, recycle_jitter, replica_ban, \
                    replica_timeout, replicas, reset_on_return, server_settings, ssl_cert, \
-                   ssl_key, ssl_mode, ssl_root_cert, url";
+                   ssl_key, ssl_mode, ssl_root_cert, statement_timeout, url";
     let cases = [
         (
             "[postgres.main]\npool_sise = 3\n",

@@ -166,7 +166,10 @@ impl ClusterBuilder {
         let mut replicas = Vec::with_capacity(self.replicas.len());
         for (i, manager) in self.replicas.into_iter().enumerate() {
             let name = format!("{}-replica-{}", self.name, i + 1);
-            let pool = build(name, cluster_wide(manager), replica_config)?;
+            // A replica promoted under a read cannot take its writes either.
+            let manager =
+                cluster_wide(manager).server_settings([("default_transaction_read_only", "on")]);
+            let pool = build(name, manager, replica_config)?;
             replicas.push(Replica {
                 pool,
                 health: Mutex::new(Health::default()),

@@ -35,7 +35,8 @@ impl Member {
                 let probing = cluster.settings.lag_probe_interval.is_some();
                 Routing::Replica {
                     bans: h.bans,
-                    banned: h.banned(Instant::now(), probing),
+                    // A promoted replica is out of rotation like a banned one.
+                    banned: h.out_of_rotation(Instant::now(), probing),
                     lagging: h.servers.all_lagging(),
                     lag: h.servers.worst().0,
                 }

@@ -84,7 +84,22 @@ pub(super) async fn probe(cluster: Weak<Inner>, period: Duration) {
                 .await;
             match answer {
                 Err(e) => inner.ban(i, e),
+                Ok(seen) if !seen.in_recovery => {
+                    let mut h = replica.health();
+                    h.banned_until = None;
+                    if !h.promoted {
+                        h.promoted = true;
+                        tracing::warn!(cluster = %inner.name, pool = %replica.pool.id(), "replica is no longer in recovery (promoted): out of read rotation");
+                    }
+                }
                 Ok(seen) => {
+                    let promoted = {
+                        let mut h = replica.health();
+                        std::mem::take(&mut h.promoted)
+                    };
+                    if promoted {
+                        tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), "replica is a standby again: back in read rotation");
+                    }
                     if replica.health().banned_until.take().is_some() {
                         tracing::info!(cluster = %inner.name, pool = %replica.pool.id(), "replica back in rotation");
                     }

@@ -158,7 +158,7 @@ impl Inner {
             }
             let behind = {
                 let h = r.health();
-                if h.banned(now, probing) || (token.is_none() && h.servers.all_lagging()) {
+                if h.out_of_rotation(now, probing) || (token.is_none() && h.servers.all_lagging()) {
                     continue;
                 }
                 token.is_some_and(|t| h.servers.replayed_by_all().is_none_or(|lsn| lsn < t))

@@ -40,6 +40,13 @@ pub(super) enum Fault {
     /// Redis stopped (`SIGSTOP`) for longer than every bound of its pools, then continued: its
     /// sockets stay open and nothing answers.
     RedisFreeze,
+    /// The PostgreSQL primary and its backends stopped (`SIGSTOP`) for longer than every bound
+    /// of its pool, then continued.
+    PrimaryFreeze,
+    /// The primary stopped for good and the replica promoted (`pg_ctl promote`): the cluster,
+    /// which has the replica as a candidate primary, must move its writes there. Once, at the
+    /// end of the run, since it leaves no replica behind.
+    Promotion,
 }
 
 /// The delay of [`Fault::SlowNetwork`].
@@ -50,7 +57,7 @@ impl Fault {
     /// reached is banned for the soak's `replica_ban` ([`REPLICA_BAN`](crate::REPLICA_BAN)),
     /// so its reads take that long to come back, while the later faults (primary and Redis) do
     /// not touch replica reads.
-    const ALL: [Fault; 11] = [
+    const ALL: [Fault; 12] = [
         Fault::ReplayPause,
         Fault::TerminateBackends,
         Fault::ReplicaStopStart,
@@ -62,12 +69,16 @@ impl Fault {
         Fault::DropTraffic,
         Fault::Blackhole,
         Fault::RedisFreeze,
+        Fault::PrimaryFreeze,
     ];
 
     /// The kinds of request this fault hurts: it has healed once each has succeeded again.
     pub(super) fn heal_kinds(self) -> &'static [Kind] {
         match self {
-            Fault::TerminateBackends | Fault::PrimaryRestart => &[Kind::PgWrite, Kind::PgTxn],
+            Fault::TerminateBackends
+            | Fault::PrimaryRestart
+            | Fault::PrimaryFreeze
+            | Fault::Promotion => &[Kind::PgWrite, Kind::PgTxn],
             Fault::ReplicaStopStart | Fault::ReplayPause => &[Kind::PgReplicaRead],
             Fault::RedisClientKill | Fault::RedisRestart | Fault::RedisFreeze => {
                 &[Kind::RedisShared, Kind::RedisBlpop]
@@ -84,7 +95,7 @@ impl Fault {
     pub(super) fn measured_by_requests(self) -> Option<Duration> {
         match self {
             Fault::SlowNetwork => Some(SLOW),
-            Fault::Blackhole | Fault::RedisFreeze => Some(HURT),
+            Fault::Blackhole | Fault::RedisFreeze | Fault::PrimaryFreeze => Some(HURT),
             _ => None,
         }
     }
@@ -109,8 +120,9 @@ impl Fault {
             Fault::Blackhole => {
                 (slot * 2 / 3).clamp(Duration::from_secs(6), Duration::from_secs(10))
             }
-            // Longer than every bound of the Redis pools (command_timeout 5 s).
-            Fault::RedisFreeze => {
+            // Longer than every bound of the pools (command_timeout 5 s for Redis; pool_timeout
+            // 5 s and the statements' 3 s for PostgreSQL).
+            Fault::RedisFreeze | Fault::PrimaryFreeze => {
                 (slot * 2 / 3).clamp(Duration::from_secs(7), Duration::from_secs(10))
             }
             _ => Duration::ZERO,
@@ -132,7 +144,7 @@ pub(super) fn schedule(duration: Duration) -> Vec<Planned> {
     let rounds = (duration.as_secs() / 60).max(1) as usize;
     let n = Fault::ALL.len() * rounds;
     let slot = duration / u32::try_from(n + 1).unwrap_or(u32::MAX);
-    Fault::ALL
+    let mut planned: Vec<Planned> = Fault::ALL
         .iter()
         .cycle()
         .take(n)
@@ -142,7 +154,13 @@ pub(super) fn schedule(duration: Duration) -> Vec<Planned> {
             at: slot * u32::try_from(i).unwrap_or(0) + slot / 2,
             length: fault.length(slot),
         })
-        .collect()
+        .collect();
+    planned.push(Planned {
+        fault: Fault::Promotion,
+        at: slot * u32::try_from(n).unwrap_or(0) + slot / 2,
+        length: Duration::ZERO,
+    });
+    planned
 }
 
 /// One injected fault.
@@ -366,6 +384,29 @@ async fn inject(
             pg_proxy.blackhole(false);
             redis_proxy.blackhole(false);
             Ok((format!("nothing passed for {:.1}s", length.as_secs_f64()), None))
+        }
+        Fault::PrimaryFreeze => {
+            let p = Arc::clone(&primary);
+            blocking(move || p.freeze()).await?;
+            tokio::time::sleep(length).await;
+            blocking(move || primary.thaw()).await?;
+            Ok((format!("stopped (SIGSTOP) for {:.1}s", length.as_secs_f64()), None))
+        }
+        Fault::Promotion => {
+            // A fast shutdown sends the standby all the WAL first: no acknowledged write is lost.
+            blocking(move || primary.stop()).await?;
+            let stopped = recorder.now();
+            blocking(move || replica.promote()).await?;
+            let promoted = recorder.now();
+            servers.promoted.store(true, std::sync::atomic::Ordering::Relaxed);
+            let lost = grew(0, || primary_hurt(pools)).await;
+            Ok((
+                format!(
+                    "primary stopped, replica promoted {:.1}s later; {lost} primary connections lost",
+                    (promoted - stopped).as_secs_f64()
+                ),
+                Some(lost),
+            ))
         }
         Fault::RedisFreeze => {
             let redis = Arc::clone(&servers.redis);

@@ -15,6 +15,7 @@ mod load;
 
 use std::collections::HashSet;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +65,7 @@ fn run(minutes: f64) -> anyhow::Result<ExitCode> {
         primary: Arc::new(primary),
         replica: Arc::new(replica),
         redis: Arc::new(Mutex::new(redis)),
+        promoted: Arc::new(AtomicBool::new(false)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -83,6 +85,8 @@ struct Servers {
     replica: Arc<PgInstance>,
     redis: Arc<Mutex<RedisInstance>>,
     redis_port: u16,
+    /// Set once the replica was promoted and the primary stopped for good.
+    promoted: Arc<AtomicBool>,
 }
 
 /// One checked invariant.
@@ -164,6 +168,10 @@ fn config(servers: &Servers, pg_proxy: &Proxy, redis_proxy: &Proxy) -> AdminConf
     let mut pg = PostgresConfig::default();
     pg.url = Secret(format!("postgres://postgres@127.0.0.1:{}/postgres", pg_proxy.port()));
     pg.replicas = vec![Secret(servers.replica.url())];
+    // A candidate primary too: promoted, it takes the writes.
+    pg.primaries = vec![Secret(servers.replica.url())];
+    // A frozen server holds a query no longer than this and a grace (3 s in all).
+    pg.statement_timeout = Some(Duration::from_secs(2));
     pg.pool.pool_size = 6;
     pg.pool.max_overflow = 6;
     pg.pool.pool_timeout = load::PG_POOL_TIMEOUT;
@@ -258,9 +266,11 @@ async fn counts(servers: &Servers, pools: &Pools) -> anyhow::Result<Counts> {
     let primary = servers.primary.clone();
     let replica = servers.replica.clone();
     let redis_port = servers.redis_port;
+    let promoted = servers.promoted.load(Relaxed);
     let (pg, rep, redis) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {PG_POOL_BACKENDS_WHERE}");
-        let pg: usize = primary.psql(&sql)?.parse()?;
+        // After the promotion the old primary is stopped for good.
+        let pg: usize = if promoted { 0 } else { primary.psql(&sql)?.parse()? };
         let rep: usize = replica.psql(&sql)?.parse()?;
         // Every client but the one asking.
         let list = faults::redis_command(redis_port, &["CLIENT", "LIST"])?;
@@ -277,11 +287,22 @@ async fn counts(servers: &Servers, pools: &Pools) -> anyhow::Result<Counts> {
             s.engine.open + s.shared_connected
         })
         .sum();
-    let replica_open = cluster.replicas().iter().map(|r| r.stats().open).sum();
-    Ok(Counts {
-        primary: (pg, cluster.primary().stats().open),
-        replica: (rep, replica_open),
-        redis: (redis, redis_pools),
+    let replica_open: usize = cluster.replicas().iter().map(|r| r.stats().open).sum();
+    let primary_open = cluster.primary().stats().open;
+    Ok(if promoted {
+        // The promoted replica serves both pools: the writes and, out of the read rotation, the
+        // replica pool's connections still open.
+        Counts {
+            primary: (pg, 0),
+            replica: (rep, primary_open + replica_open),
+            redis: (redis, redis_pools),
+        }
+    } else {
+        Counts {
+            primary: (pg, primary_open),
+            replica: (rep, replica_open),
+            redis: (redis, redis_pools),
+        }
     })
 }
 
@@ -472,7 +493,10 @@ fn faults_did_something(runs: &[FaultRun]) -> Invariant {
 
 /// Every acknowledged write is on the primary, and no write of an abandoned transaction is.
 async fn writes_kept(servers: &Servers, recorder: &Recorder) -> anyhow::Result<Vec<Invariant>> {
-    let mut conn = sqlx::PgConnection::connect(&servers.primary.url())
+    // After the promotion, the writes are on the promoted replica.
+    let url =
+        if servers.promoted.load(Relaxed) { servers.replica.url() } else { servers.primary.url() };
+    let mut conn = sqlx::PgConnection::connect(&url)
         .await
         .context("connecting to the primary to read the writes back")?;
     let ids: Vec<(i64,)> =
@@ -540,6 +564,8 @@ fn faults_healed(runs: &[FaultRun], recorder: &Recorder) -> Invariant {
 fn heal_limit(fault: Fault) -> Duration {
     match fault {
         Fault::ReplicaStopStart | Fault::ReplayPause => REPLICA_BAN + faults::GRACE,
+        // Issue 23's target: writes within 10 s of the new primary accepting them.
+        Fault::Promotion => Duration::from_secs(10),
         _ => faults::GRACE,
     }
 }
@@ -718,6 +744,8 @@ impl Fault {
             Fault::CancelledAcquires => "cancelled-acquire burst",
             Fault::Blackhole => "blackhole (proxy partition)",
             Fault::RedisFreeze => "redis frozen (SIGSTOP)",
+            Fault::PrimaryFreeze => "primary frozen (SIGSTOP)",
+            Fault::Promotion => "replica promoted",
         }
     }
 }

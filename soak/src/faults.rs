@@ -43,6 +43,9 @@ pub(super) enum Fault {
     /// The PostgreSQL primary and its backends stopped (`SIGSTOP`) for longer than every bound
     /// of its pool, then continued.
     PrimaryFreeze,
+    /// The Sentinel group's master killed: the sentinels promote its replica and the pool over
+    /// Sentinel must follow. Once, near the end, since it leaves no replica behind.
+    SentinelFailover,
     /// The primary stopped for good and the replica promoted (`pg_ctl promote`): the cluster,
     /// which has the replica as a candidate primary, must move its writes there. Once, at the
     /// end of the run, since it leaves no replica behind.
@@ -87,6 +90,7 @@ impl Fault {
                 &[Kind::PgWrite, Kind::PgTxn, Kind::RedisShared, Kind::RedisBlpop]
             }
             Fault::CancelledAcquires => &[Kind::PgWrite, Kind::PgRead, Kind::RedisBlpop],
+            Fault::SentinelFailover => &[Kind::RedisHa],
         }
     }
 
@@ -155,11 +159,14 @@ pub(super) fn schedule(duration: Duration) -> Vec<Planned> {
             length: fault.length(slot),
         })
         .collect();
-    planned.push(Planned {
-        fault: Fault::Promotion,
-        at: slot * u32::try_from(n).unwrap_or(0) + slot / 2,
-        length: Duration::ZERO,
-    });
+    // The two that leave no replica behind, once each, at the end.
+    for fault in [Fault::SentinelFailover, Fault::Promotion] {
+        planned.push(Planned {
+            fault,
+            at: slot * u32::try_from(n).unwrap_or(0) + slot / 2,
+            length: Duration::ZERO,
+        });
+    }
     planned
 }
 
@@ -391,6 +398,25 @@ async fn inject(
             tokio::time::sleep(length).await;
             blocking(move || primary.thaw()).await?;
             Ok((format!("stopped (SIGSTOP) for {:.1}s", length.as_secs_f64()), None))
+        }
+        Fault::SentinelFailover => {
+            let group = Arc::clone(&servers.sentinel);
+            let (old, new, took) = blocking(move || {
+                let mut group = group.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let old = group.master_port()?;
+                group.kill_master()?;
+                let killed = std::time::Instant::now();
+                let new = group.wait_for_failover(old, Duration::from_secs(30))?;
+                Ok((old, new, killed.elapsed()))
+            })
+            .await?;
+            Ok((
+                format!(
+                    "master :{old} killed, the sentinels made :{new} master {:.1}s later",
+                    took.as_secs_f64()
+                ),
+                Some(u64::from(new != old)),
+            ))
         }
         Fault::Promotion => {
             // A fast shutdown sends the standby all the WAL first: no acknowledged write is lost.

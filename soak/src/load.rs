@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use pool_admin::Pools;
 use pool_postgres::{SessionError, sqlx};
+use pool_redis::RedisPool;
 use pool_redis::fred::error::{Error as RedisError, ErrorKind};
-use pool_redis::fred::interfaces::{KeysInterface as _, ListInterface as _};
+use pool_redis::fred::interfaces::{ClientLike as _, KeysInterface as _, ListInterface as _};
+use pool_redis::fred::types::CustomCommand;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -45,10 +47,12 @@ pub(super) enum Kind {
     RedisBlpop,
     /// Acquires given 0-2 ms before they are cancelled (counted, never failures).
     CancelledAcquire,
+    /// An exclusive connection of the pool over Sentinel, `SET` of a unique key, then `WAIT 1`.
+    RedisHa,
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 7] = [
+    pub(super) const ALL: [Kind; 8] = [
         Kind::PgRead,
         Kind::PgReplicaRead,
         Kind::PgWrite,
@@ -56,6 +60,7 @@ impl Kind {
         Kind::RedisShared,
         Kind::RedisBlpop,
         Kind::CancelledAcquire,
+        Kind::RedisHa,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -67,6 +72,7 @@ impl Kind {
             Kind::RedisShared => "redis set+get",
             Kind::RedisBlpop => "redis blpop",
             Kind::CancelledAcquire => "cancelled acquire",
+            Kind::RedisHa => "redis sentinel set",
         }
     }
 
@@ -81,6 +87,8 @@ impl Kind {
             Kind::RedisShared => 2 * REDIS_COMMAND_TIMEOUT + MARGIN,
             Kind::RedisBlpop => REDIS_POOL_TIMEOUT + REDIS_COMMAND_TIMEOUT + MARGIN,
             Kind::CancelledAcquire => Duration::from_millis(2) + MARGIN,
+            // The checkout, the `SET` and the `WAIT` (its own 100 ms, under the command bound).
+            Kind::RedisHa => REDIS_POOL_TIMEOUT + 2 * REDIS_COMMAND_TIMEOUT + MARGIN,
         }
     }
 }
@@ -121,6 +129,9 @@ pub(super) struct Recorder {
     /// found nothing started (only a restart or a failover explains one).
     redis_compared: AtomicU64,
     redis_nil: Mutex<Vec<Duration>>,
+    /// Keys the Sentinel pool's `SET` acknowledged, and whether `WAIT 1` then said a replica
+    /// had it.
+    ha_acked: Mutex<Vec<(String, bool)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +153,7 @@ impl Recorder {
             in_flight: Mutex::default(),
             redis_compared: AtomicU64::new(0),
             redis_nil: Mutex::default(),
+            ha_acked: Mutex::default(),
         }
     }
 
@@ -186,6 +198,11 @@ impl Recorder {
         let failed =
             lock(&self.failures).iter().filter(|f| kinds.contains(&f.kind) && within(f.at)).count();
         slow_ok + failed
+    }
+
+    /// The Sentinel pool's acknowledged keys, each with whether a replica had it (`WAIT 1`).
+    pub(super) fn ha_acked(&self) -> Vec<(String, bool)> {
+        lock(&self.ha_acked).clone()
     }
 
     /// Redis reads compared with the value written, and when those that found nothing started.
@@ -438,6 +455,34 @@ async fn redis_blpop(pools: Arc<Pools>, rec: Arc<Recorder>, worker: usize) {
             }
         })
         .await;
+        pause().await;
+    }
+}
+
+/// Writes through the pool over Sentinel: a unique key on an exclusive connection, then `WAIT 1
+/// 100`, whose answer says whether a replica had the write (it survives a failover) or not
+/// (asynchronous replication may lose it).
+pub(super) async fn redis_ha(pool: RedisPool, rec: Arc<Recorder>, worker: usize) {
+    let mut step = 0u64;
+    while !rec.stopping() {
+        step += 1;
+        let key = format!("soak:ha:{worker}:{step}");
+        let acked = rec
+            .request(Kind::RedisHa, async {
+                let conn = pool.exclusive().await.map_err(|e| ReqError {
+                    expected: e.is_timeout() || e.is_unavailable(),
+                    message: format!("exclusive: {e}"),
+                })?;
+                conn.set::<(), _, _>(&key, step, None, None, false).await.map_err(redis_error)?;
+                // Acknowledged from here; a `WAIT` that fails leaves it unconfirmed.
+                let wait = CustomCommand::new_static("WAIT", None, true);
+                let replicas = conn.custom::<i64, _>(wait, vec![1, 100]).await.unwrap_or(0);
+                Ok(replicas >= 1)
+            })
+            .await;
+        if let Some(confirmed) = acked {
+            lock(&rec.ha_acked).push((key, confirmed));
+        }
         pause().await;
     }
 }

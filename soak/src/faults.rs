@@ -208,6 +208,7 @@ pub(super) async fn run(
         if at > now {
             tokio::time::sleep(at - now).await;
         }
+        ready(planned.fault, pools).await;
         let start = recorder.now();
         eprintln!("soak: {:>6.1}s {:?}", start.as_secs_f64(), planned.fault);
         let result = inject(planned, servers, pools, recorder, pg_proxy, redis_proxy).await;
@@ -253,6 +254,27 @@ fn replicas_hurt(pools: &Pools) -> u64 {
 
 fn redis_hurt(pools: &Pools) -> u64 {
     pools.redis.iter().flat_map(|r| r.iter()).map(|p| hurt(&p.stats().engine)).sum()
+}
+
+/// Waits (up to `replica_ban` and [`GRACE`]) until the fault can do what it is for: a replica
+/// fault needs the replica in the read rotation, where an earlier fault (terminated backends)
+/// may have banned it for `replica_ban`; out of rotation, stopping it would touch nothing. A
+/// fault still not ready then runs anyway, and its effect says what it did.
+async fn ready(fault: Fault, pools: &Pools) {
+    if !matches!(fault, Fault::ReplicaStopStart | Fault::ReplayPause) {
+        return;
+    }
+    let until = tokio::time::Instant::now() + crate::REPLICA_BAN + GRACE;
+    let usable = || {
+        pools.clusters["main"]
+            .stats()
+            .replicas
+            .iter()
+            .all(|r| !r.banned && !r.lagging && !r.promoted)
+    };
+    while !usable() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// How much `measure` grew from `before`, waiting up to [`GRACE`] for it to grow: the pools

@@ -425,6 +425,7 @@ fn replication(state: &AdminState) -> wire::Replication {
                     pool: replica_id(&r.pool),
                     reads: r.reads,
                     banned: r.banned,
+                    promoted: r.promoted,
                     bans: r.bans,
                     lagging: r.lagging,
                     lag_seconds: r.lag.map(secs),
@@ -432,7 +433,12 @@ fn replication(state: &AdminState) -> wire::Replication {
                     last_error: r.last_error.clone(),
                 })
                 .collect();
-            (name.clone(), wire::ClusterReplication { fallbacks: s.fallbacks, replicas })
+            let replication = wire::ClusterReplication {
+                fallbacks: s.fallbacks,
+                read_only_errors: s.read_only_errors,
+                replicas,
+            };
+            (name.clone(), replication)
         })
         .collect();
     wire::Replication(clusters)

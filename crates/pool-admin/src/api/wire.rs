@@ -196,6 +196,9 @@ pub struct ClusterReplication {
     /// Reads sent to the primary because no replica was usable (banned, lagging, or behind a
     /// causal token). Not zeroed by `reset-stats`.
     pub fallbacks: u64,
+    /// Writes a standby refused as read-only (SQLSTATE 25006, a primary address that led to a
+    /// standby); each closed its connection. Not zeroed by `reset-stats`.
+    pub read_only_errors: u64,
     /// Each replica's state, in the order of the cluster's configuration.
     pub replicas: Vec<Replica>,
 }
@@ -210,6 +213,9 @@ pub struct Replica {
     pub reads: u64,
     /// Whether it is banned now (a failed connect or check): reads skip it until the ban ends.
     pub banned: bool,
+    /// Whether its server was promoted (it answers as a primary, not in recovery): reads skip
+    /// it until it is a standby again.
+    pub promoted: bool,
     /// How many times it was banned. Not zeroed by `reset-stats`.
     pub bans: u64,
     /// Whether plain reads skip it now for replication lag.

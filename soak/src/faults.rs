@@ -208,7 +208,7 @@ pub(super) async fn run(
         if at > now {
             tokio::time::sleep(at - now).await;
         }
-        ready(planned.fault, pools).await;
+        ready(planned.fault, pools, recorder).await;
         let start = recorder.now();
         eprintln!("soak: {:>6.1}s {:?}", start.as_secs_f64(), planned.fault);
         let result = inject(planned, servers, pools, recorder, pg_proxy, redis_proxy).await;
@@ -257,22 +257,27 @@ fn redis_hurt(pools: &Pools) -> u64 {
 }
 
 /// Waits (up to `replica_ban` and [`GRACE`]) until the fault can do what it is for: a replica
-/// fault needs the replica in the read rotation, where an earlier fault (terminated backends)
-/// may have banned it for `replica_ban`; out of rotation, stopping it would touch nothing. A
-/// fault still not ready then runs anyway, and its effect says what it did.
-async fn ready(fault: Fault, pools: &Pools) {
+/// fault needs the replica in the read rotation, serving reads, where an earlier fault
+/// (terminated backends, a lag) may have taken it out for a while; out of rotation, stopping or
+/// pausing it would touch nothing. A fault still not ready then runs anyway, and its effect
+/// says what it did.
+async fn ready(fault: Fault, pools: &Pools, recorder: &Recorder) {
     if !matches!(fault, Fault::ReplicaStopStart | Fault::ReplayPause) {
         return;
     }
     let until = tokio::time::Instant::now() + crate::REPLICA_BAN + GRACE;
-    let usable = || {
-        pools.clusters["main"]
+    let serving = || {
+        let now = recorder.now();
+        let in_rotation = pools.clusters["main"]
             .stats()
             .replicas
             .iter()
-            .all(|r| !r.banned && !r.lagging && !r.promoted)
+            .all(|r| !r.banned && !r.lagging && !r.promoted);
+        // A read the replica served that started within the last 200 ms.
+        let recent = now.saturating_sub(Duration::from_millis(200));
+        in_rotation && recorder.first_success_after(Kind::PgReplicaRead, recent).is_some()
     };
-    while !usable() && tokio::time::Instant::now() < until {
+    while !serving() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -228,7 +228,7 @@ pub(super) async fn run(
 }
 
 /// How long after a fault's end a failure it caused is still explained, and within which the
-/// pools must serve again (issue 23's target for a server back).
+/// pools must serve again: the target for a server that answers again.
 pub(super) const GRACE: Duration = Duration::from_secs(5);
 
 /// The slowest a request may be and still be untouched by a partition or a frozen server.

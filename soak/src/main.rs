@@ -630,7 +630,7 @@ fn faults_healed(runs: &[FaultRun], recorder: &Recorder) -> Invariant {
 fn heal_limit(fault: Fault) -> Duration {
     match fault {
         Fault::ReplicaStopStart | Fault::ReplayPause => REPLICA_BAN + faults::GRACE,
-        // Issue 23's target: writes within 10 s of the new primary accepting them.
+        // The target: writes within 10 s of the new primary accepting them.
         Fault::Promotion | Fault::SentinelFailover => Duration::from_secs(10),
         _ => faults::GRACE,
     }

@@ -214,6 +214,30 @@ pub const METRICS: [Metric; 24] = [
         "Connection-time in use (the integral of used connections over time): its rate is how many connections were in use on average, each hold counted for its part in the interval"
     ),
     metric!(
+        "db.client.connection.breaker.open",
+        "db_client_connection_breaker_open",
+        Gauge,
+        "{breaker}",
+        [],
+        "1 while the pool's circuit breaker is open (acquires that find nothing idle fail at once until a probe connects), 0 while it is closed"
+    ),
+    metric!(
+        "db.client.connection.breaker.opens",
+        "db_client_connection_breaker_opens_total",
+        Counter,
+        "{opening}",
+        [],
+        "Times the circuit breaker opened after breaker_threshold failed connects or checks in a row"
+    ),
+    metric!(
+        "db.client.connection.breaker.rejections",
+        "db_client_connection_breaker_rejections_total",
+        Counter,
+        "{request}",
+        [],
+        "Acquires the open circuit breaker failed at once"
+    ),
+    metric!(
         "db.client.connection.fallbacks",
         "db_client_connection_fallbacks_total",
         Counter,
@@ -244,30 +268,6 @@ pub const METRICS: [Metric; 24] = [
         "s",
         [],
         "The replica's replay lag at the cluster's last probe (absent before the first); replicas of a cluster only"
-    ),
-    metric!(
-        "db.client.connection.breaker.open",
-        "db_client_connection_breaker_open",
-        Gauge,
-        "{breaker}",
-        [],
-        "1 while the pool's circuit breaker is open (acquires that find nothing idle fail at once until a probe connects), 0 while it is closed"
-    ),
-    metric!(
-        "db.client.connection.breaker.opens",
-        "db_client_connection_breaker_opens_total",
-        Counter,
-        "{opening}",
-        [],
-        "Times the circuit breaker opened after breaker_threshold failed connects or checks in a row"
-    ),
-    metric!(
-        "db.client.connection.breaker.rejections",
-        "db_client_connection_breaker_rejections_total",
-        Counter,
-        "{request}",
-        [],
-        "Acquires the open circuit breaker failed at once"
     ),
 ];
 
@@ -333,10 +333,13 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
         label: None,
         value: Value::Seconds(s.in_use_time.as_secs_f64()),
     });
+    out.push(int(17, usize::from(s.breaker_open)));
+    out.push(count(18, s.breaker_opens));
+    out.push(count(19, s.breaker_rejections));
     match s.routing {
-        Some(Routing::Primary { fallbacks }) => out.push(count(17, fallbacks)),
+        Some(Routing::Primary { fallbacks }) => out.push(count(20, fallbacks)),
         Some(Routing::Replica { bans, banned, lagging, lag }) => {
-            out.push(count(18, bans));
+            out.push(count(21, bans));
             // A banned replica is banned whatever its lag; the states are exclusive.
             let now = if banned {
                 "banned"
@@ -346,13 +349,13 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
                 "usable"
             };
             out.extend(["usable", "banned", "lagging"].map(|state| Sample {
-                metric: m(19),
+                metric: m(22),
                 label: Some((attr::REPLICA_STATE, state)),
                 value: Value::Int(u64::from(state == now)),
             }));
             if let Some(lag) = lag {
                 out.push(Sample {
-                    metric: m(20),
+                    metric: m(23),
                     label: None,
                     value: Value::Seconds(lag.as_secs_f64()),
                 });
@@ -361,9 +364,6 @@ pub(crate) fn samples(s: &PoolStats) -> Vec<Sample<'_>> {
         // Routing is non-exhaustive: a kind of router this catalog does not know yet.
         Some(_) | None => {}
     }
-    out.push(int(21, usize::from(s.breaker_open)));
-    out.push(count(22, s.breaker_opens));
-    out.push(count(23, s.breaker_rejections));
     out
 }
 
